@@ -1,0 +1,114 @@
+"""The `autolab` command: run (start or resume), status, report, prepare."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+from pathlib import Path  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from autolab.config import Params, ParamsError, load_params  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="campaign parameters")
+
+
+def _params(path: Path, overrides: dict | None = None) -> Params:
+    try:
+        return load_params(path, overrides)
+    except ParamsError as err:
+        console.print(f"[red]invalid parameters[/red]\n{err}")
+        raise typer.Exit(2) from None
+
+
+def _overrides(benchmark: str | None, name: str | None, max_proposals: int | None) -> dict:
+    campaign: dict = {}
+    if benchmark:
+        campaign["benchmark"] = benchmark
+    if name:
+        campaign["name"] = name
+    if max_proposals is not None:
+        campaign["max_proposals"] = max_proposals
+    return {"campaign": campaign} if campaign else {}
+
+
+@app.command()
+def run(
+    benchmark: str = typer.Argument(None, help="benchmark name (default: params.yaml's)"),
+    params: Path = PARAMS,
+    name: str = typer.Option(None, help="campaign name; an existing one is resumed"),
+    max_proposals: int = typer.Option(None, help="override campaign.max_proposals"),
+) -> None:
+    """Start a campaign, or resume it where it stopped."""
+    overrides = _overrides(benchmark, name, max_proposals)
+    p = _params(params, overrides)  # fail before anything runs
+    from flows.campaign import campaign
+
+    campaign(params_path=str(params), overrides=overrides)
+    from autolab.summary import campaign_summary
+
+    console.print(campaign_summary(p))
+
+
+@app.command()
+def status(params: Path = PARAMS, name: str = typer.Option(None)) -> None:
+    """Progress of a campaign: proposals, accepted, failed, best, budget left."""
+    from autolab.archive import Archive
+    from autolab.report import campaign_status, render_status
+    from benchmarks import get_benchmark
+
+    p = _params(params, _overrides(None, name, None))
+    root = p.paths.workdir / p.campaign.name / "archive"
+    if not (root / "campaign.json").exists():
+        console.print(f"no campaign {p.campaign.name!r} under {p.paths.workdir}")
+        raise typer.Exit(1)
+    metric = get_benchmark(p.campaign.benchmark).metric
+    console.print(render_status(campaign_status(Archive(root), p, metric)))
+
+
+@app.command()
+def report(params: Path = PARAMS, name: str = typer.Option(None)) -> None:
+    """Write the Markdown report and the best-so-far plot of a campaign."""
+    from autolab.archive import Archive
+    from autolab.report import build_report
+    from benchmarks import get_benchmark
+
+    p = _params(params, _overrides(None, name, None))
+    root = p.paths.workdir / p.campaign.name / "archive"
+    if not (root / "campaign.json").exists():
+        console.print(f"no campaign {p.campaign.name!r} under {p.paths.workdir}")
+        raise typer.Exit(1)
+    metric = get_benchmark(p.campaign.benchmark).metric
+    path = build_report(Archive(root), p, metric, p.paths.reports / p.campaign.name)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def prepare(benchmark: str = typer.Argument(None), params: Path = PARAMS) -> None:
+    """Prepare a benchmark's data splits and export its seed solutions (DVC stage)."""
+    from autolab.archive import atomic_write
+    from benchmarks import get_benchmark
+
+    p = _params(params, _overrides(benchmark, None, None))
+    bench = get_benchmark(p.campaign.benchmark)
+    out = p.paths.prepared_dir / bench.name
+    data_dir = p.paths.data_dir if p.paths.data_dir.exists() else None
+    info = bench.prepare(data_dir, (out / "data").resolve())
+    for path, text in bench.seed_files(p.campaign.seed_variant).items():
+        atomic_write(out / "seeds" / p.campaign.seed_variant / path, text.encode())
+    console.print(f"prepared {bench.name}: {info}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,135 @@
+"""Campaign parameters: params.yaml, validated before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autolab.records import content_key
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignParams(_Strict):
+    name: str = Field("tinylm-default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    benchmark: str = "tinylm"
+    seed_variant: str = "default"
+    threads: int = Field(2, ge=1, le=64)
+    max_proposals: int = Field(16, ge=0, description="iterations to run, the seed excluded")
+    max_wall_clock_min: float = Field(60.0, gt=0)
+    patience: int = Field(0, ge=0, description="stop after this many proposals without a new champion; 0 = never")
+    random_seed: int = 0
+
+
+class BudgetOverride(_Strict):
+    """Optional overrides of the benchmark's own trial budget."""
+
+    amount: int | None = Field(None, gt=0)
+    wall_clock_s: float | None = Field(None, gt=0)
+    memory_mb: int | None = Field(None, gt=0)
+
+
+class EvaluationParams(_Strict):
+    alpha: float = Field(0.01, gt=0, lt=0.5)
+    min_seeds: int = Field(3, ge=2)
+    max_seeds: int = Field(5, ge=2)
+    test_seeds: int = Field(3, ge=2)
+    parallel_trials: int = Field(1, ge=1)
+    seeds_base: int = Field(1000, ge=0, description="trial seeds are seeds_base + i")
+
+    @model_validator(mode="after")
+    def _seeds_ordered(self) -> EvaluationParams:
+        if self.max_seeds < self.min_seeds:
+            raise ValueError(f"max_seeds ({self.max_seeds}) must be >= min_seeds ({self.min_seeds})")
+        return self
+
+
+class ProposerParams(_Strict):
+    kind: Literal["auto", "offline"] = "auto"
+    operators: dict[Literal["tune", "improve", "crossover"], float] = Field(
+        default_factory=lambda: {"tune": 0.4, "improve": 0.45, "crossover": 0.15}
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> ProposerParams:
+        if any(w < 0 for w in self.operators.values()) or sum(self.operators.values()) <= 0:
+            raise ValueError("operator weights must be >= 0 and not all zero")
+        return self
+
+
+class PathParams(_Strict):
+    data_dir: Path = Path("../shared/data")
+    workdir: Path = Path("runs")
+    prepared_dir: Path = Path("artifacts")
+    mlruns: Path = Path("mlruns")
+    reports: Path = Path("reports")
+
+
+class TrackingParams(_Strict):
+    mlflow: bool = True
+
+
+class Params(_Strict):
+    campaign: CampaignParams = CampaignParams()
+    budget: BudgetOverride = BudgetOverride()
+    evaluation: EvaluationParams = EvaluationParams()
+    proposer: ProposerParams = ProposerParams()
+    paths: PathParams = PathParams()
+    tracking: TrackingParams = TrackingParams()
+
+    def key(self) -> str:
+        return content_key(self.model_dump(mode="json"))
+
+
+class ParamsError(ValueError):
+    """params.yaml is unusable; the message names each bad key and what is wrong."""
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid setting(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against params.yaml's documented keys)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  - {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: object, source: str = "params") -> Params:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format(err, source)) from None
+
+
+def load_params(path: Path | str = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate params.yaml; `overrides` is a nested dict merged on top."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = merge(data, overrides)
+    return parse_params(data, str(path))
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,176 @@
+"""The nouns of a campaign as plain, serialisable records.
+
+Every record that is stored in the archive or crosses a process boundary is one of
+these pydantic models. Ids are content keys: the same work always gets the same id,
+which is what makes resume and caching exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from benchmarks.protocol import CheckResult
+
+Operator = Literal["seed", "draft", "improve", "debug", "crossover", "tune"]
+TrialStatus = Literal["ok", "failed"]
+FailureKind = Literal["crash", "timeout", "oom", "nan", "budget", "integrity", "output", "infra"]
+Verdict = Literal["accept", "reject", "more", "failed"]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def content_key(*parts: object, length: int = 16) -> str:
+    """sha256 of the JSON of `parts`, shortened; the id of a piece of work."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class FileEdit(BaseModel):
+    """Search/replace on one file; `search=None` replaces the whole file."""
+
+    path: str
+    search: str | None = None
+    replace: str
+
+
+class EditStep(BaseModel):
+    """The named operation a proposer applied, kept for lineage and for learning."""
+
+    name: str
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class Cost(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0
+
+
+class Proposal(BaseModel):
+    id: str
+    campaign: str
+    thread: int
+    operator: Operator
+    parents: list[str]
+    rationale: str
+    steps: list[EditStep] = Field(default_factory=list)
+    edits: list[FileEdit]
+    proposer: str
+    cost: Cost = Field(default_factory=Cost)
+    created_at: datetime = Field(default_factory=now)
+
+
+class Candidate(BaseModel):
+    """A complete snapshot of the editable files; id = hash of their content."""
+
+    id: str
+    benchmark: str
+    parents: list[str]
+    proposal_id: str | None
+    files: dict[str, str] = Field(description="path -> sha256 of the file's bytes")
+    diff: str = ""
+    created_at: datetime = Field(default_factory=now)
+
+    @staticmethod
+    def key(files: dict[str, str]) -> str:
+        return content_key(sorted(files.items()))
+
+
+class Trial(BaseModel):
+    id: str
+    candidate_id: str
+    seed: int
+    split: Literal["val", "test"]
+    status: TrialStatus
+    failure: FailureKind | None = None
+    reason: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    budget_used: float = 0.0
+    wall_s: float = 0.0
+    workload_s: float = Field(0.0, description="seconds spent inside sandboxed steps")
+    peak_rss_mb: float = 0.0
+    harness_hash_before: str = ""
+    harness_hash_after: str = ""
+    isolation: str = ""
+    checks: list[CheckResult] = Field(default_factory=list)
+    log_tail: str = ""
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime = Field(default_factory=now)
+
+    @staticmethod
+    def key(candidate_id: str, seed: int, split: str, harness_version: str, budget: dict) -> str:
+        return content_key("trial", candidate_id, seed, split, harness_version, budget)
+
+
+class Evaluation(BaseModel):
+    """A candidate's trials compared with a reference (its parent, or the champion)."""
+
+    id: str
+    candidate_id: str
+    reference_id: str
+    metric: str
+    values: list[float]
+    reference_values: list[float]
+    mean: float | None = None
+    reference_mean: float | None = None
+    delta: float | None = Field(None, description="mean - reference_mean")
+    effect_size: float | None = Field(None, description="Hedges' g, signed so >0 is better")
+    p_value: float | None = None
+    alpha: float
+    decision: Verdict
+    reason: str = ""
+    created_at: datetime = Field(default_factory=now)
+
+
+class AuditVerdict(BaseModel):
+    id: str
+    candidate_id: str
+    level: int
+    checks: list[CheckResult]
+    passed: bool
+    created_at: datetime = Field(default_factory=now)
+
+
+class Decision(BaseModel):
+    """What the select step did with one proposal; one per proposal."""
+
+    id: str
+    campaign: str
+    thread: int
+    proposal_id: str
+    candidate_id: str | None
+    outcome: Literal["accepted", "rejected", "failed", "refused"]
+    reason: str
+    champion: bool = False
+    evaluation_id: str | None = None
+    audit_id: str | None = None
+    created_at: datetime = Field(default_factory=now)
+
+
+class TestResult(BaseModel):
+    """Final confirmation on the held-out split: champion vs seed."""
+
+    champion_id: str
+    seed_id: str
+    evaluation: Evaluation
+
+
+class CampaignRecord(BaseModel):
+    name: str
+    benchmark: str
+    params_hash: str
+    seed_candidate: str
+    status: Literal["running", "finished"] = "running"
+    stop_reason: str = ""
+    mlflow_run_id: str | None = None
+    test: TestResult | None = None
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None

@@ -1,0 +1,398 @@
+"""What people see of a campaign: status, a Markdown report and a best-so-far plot.
+
+Everything here is recomputed from the archive on each call, so a report can be rebuilt
+at any time (mid-campaign, after a crash, on another machine) and never disagrees with it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from autolab.archive import Archive
+from autolab.config import Params
+from autolab.records import CampaignRecord, Candidate, Decision, Evaluation, Proposal, Trial, now
+from autolab.stats import hedges_g, one_sided_p
+from benchmarks.protocol import Direction, MetricSpec
+
+COLOURS = {"seed": "#555555", "accepted": "#2ca02c", "rejected": "#1f77b4", "failed": "#d62728"}
+
+
+@dataclass
+class View:
+    """The archive of one campaign, indexed once so each figure is a cheap lookup."""
+
+    campaign: CampaignRecord
+    metric: MetricSpec
+    proposals: dict[str, Proposal]
+    decisions: list[Decision]
+    candidates: dict[str, Candidate]
+    evaluations: dict[str, Evaluation]
+    trials: dict[str, list[Trial]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, archive: Archive, metric: MetricSpec) -> View:
+        campaign = archive.campaign()
+        if campaign is None:
+            raise FileNotFoundError(f"no campaign.json in {archive.root}")
+        view = cls(
+            campaign=campaign,
+            metric=metric,
+            proposals={p.id: p for p in archive.all(Proposal) if p.campaign == campaign.name},
+            decisions=[d for d in archive.all(Decision) if d.campaign == campaign.name],
+            candidates={c.id: c for c in archive.all(Candidate)},
+            evaluations={e.id: e for e in archive.all(Evaluation)},
+        )
+        for t in archive.all(Trial):
+            view.trials.setdefault(t.candidate_id, []).append(t)
+        return view
+
+    # -- per-candidate figures -------------------------------------------------------------
+    def values(self, candidate_id: str, split: str = "val") -> list[float]:
+        """Metric values of the candidate's successful trials on `split`, in seed order."""
+        ok = [
+            t
+            for t in self.trials.get(candidate_id, [])
+            if t.split == split and t.status == "ok" and self.metric.name in t.metrics
+        ]
+        return [t.metrics[self.metric.name] for t in sorted(ok, key=lambda t: t.seed)]
+
+    def mean(self, candidate_id: str, split: str = "val") -> float | None:
+        vals = self.values(candidate_id, split)
+        return statistics.fmean(vals) if vals else None
+
+    def decision_of(self, candidate_id: str) -> Decision | None:
+        """The last decision that concerned the candidate (a duplicate may be refused later)."""
+        found = [d for d in self.decisions if d.candidate_id == candidate_id]
+        evaluated = [d for d in found if d.outcome != "refused"]
+        return (evaluated or found or [None])[-1]
+
+    def outcome(self, candidate_id: str) -> str:
+        if candidate_id == self.campaign.seed_candidate:
+            return "seed"
+        decision = self.decision_of(candidate_id)
+        return decision.outcome if decision else "pending"
+
+    def evaluation_of(self, candidate_id: str) -> Evaluation | None:
+        """The evaluation the selection used, else the candidate's latest one."""
+        decision = self.decision_of(candidate_id)
+        if decision and decision.evaluation_id in self.evaluations:
+            return self.evaluations[decision.evaluation_id]
+        same = [e for e in self.evaluations.values() if e.candidate_id == candidate_id]
+        return same[-1] if same else None
+
+    def proposal_of(self, candidate_id: str) -> Proposal | None:
+        cand = self.candidates.get(candidate_id)
+        return self.proposals.get(cand.proposal_id or "") if cand else None
+
+    # -- campaign-level figures ------------------------------------------------------------
+    def champion(self) -> str:
+        crowned = [d.candidate_id for d in self.decisions if d.champion and d.candidate_id]
+        return crowned[-1] if crowned else self.campaign.seed_candidate
+
+    def gain(self, value: float | None, reference: float | None) -> float | None:
+        """Improvement of value over reference, positive when better in the metric's sense."""
+        if value is None or reference is None:
+            return None
+        diff = value - reference
+        return -diff if self.metric.direction is Direction.MINIMIZE else diff
+
+    def minutes(self, when: datetime) -> float:
+        return (when - self.campaign.started_at).total_seconds() / 60.0
+
+
+def pct(gain: float | None, reference: float | None) -> float | None:
+    if gain is None or not reference:
+        return None
+    return 100.0 * gain / abs(reference)
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def _failure_counts(view: View) -> dict[str, int]:
+    """Failed proposals by the kind of their first failed trial ("no trial" if none ran)."""
+    counts: Counter[str] = Counter()
+    for d in (d for d in view.decisions if d.outcome == "failed"):
+        bad = [t for t in view.trials.get(d.candidate_id or "", []) if t.status == "failed"]
+        counts[(bad[0].failure or "unknown") if bad else "no trial"] += 1
+    return dict(counts)
+
+
+def _best(view: View) -> tuple[str | None, float | None]:
+    """Best val mean of any candidate run so far, significant or not."""
+    means = {cid: m for cid in view.candidates if (m := view.mean(cid)) is not None}
+    pick = min if view.metric.direction is Direction.MINIMIZE else max
+    best = pick(means, key=means.__getitem__, default=None)
+    return best, means.get(best or "")
+
+
+def campaign_status(archive: Archive, params: Params, metric: MetricSpec) -> dict[str, Any]:
+    """Counts and budget of a campaign, the data behind `autolab status`."""
+    return _status(View.load(archive, metric), params)
+
+
+def _status(view: View, params: Params) -> dict[str, Any]:
+    camp, metric = view.campaign, view.metric
+    ran = {d.candidate_id for d in view.decisions if view.trials.get(d.candidate_id or "")}
+    outcomes = Counter(d.outcome for d in view.decisions)
+    champion = view.champion()
+    seed_mean, champ_mean = view.mean(camp.seed_candidate), view.mean(champion)
+    best_id, best_mean = _best(view)
+    elapsed = view.minutes(camp.finished_at or now())
+    gain = view.gain(champ_mean, seed_mean)
+    return {
+        "campaign": camp.name,
+        "benchmark": camp.benchmark,
+        "metric": metric.name,
+        "direction": metric.direction.value,
+        "status": camp.status,
+        "stop_reason": camp.stop_reason,
+        "proposals": len(view.proposals),
+        "evaluated": len(ran),
+        **{k: outcomes[k] for k in ("accepted", "rejected", "failed", "refused")},
+        "failures_by_kind": _failure_counts(view),
+        "champion": champion,
+        "champion_mean": champ_mean,
+        "seed": camp.seed_candidate,
+        "seed_mean": seed_mean,
+        "gain": gain,
+        "gain_pct": pct(gain, seed_mean),
+        "best_candidate": best_id,
+        "best_mean": best_mean,
+        "cost_usd": sum(p.cost.usd for p in view.proposals.values()),
+        "elapsed_min": elapsed,
+        "candidates_left": max(0, params.campaign.max_candidates - len(view.proposals)),
+        "minutes_left": max(0.0, params.campaign.max_wall_clock_min - elapsed),
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render_status(status: dict[str, Any]) -> Any:
+    """A rich Table of `campaign_status`, so the CLI stays a thin printer."""
+    from rich.table import Table
+
+    table = Table(title=f"{status['campaign']} ({status['benchmark']})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    s = status
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(s["failures_by_kind"].items()))
+    gain_pct = "" if s["gain_pct"] is None else f" ({s['gain_pct']:+.2f}%)"
+    rows = {
+        "status": s["status"] + (f" ({s['stop_reason']})" if s["stop_reason"] else ""),
+        "proposals": s["proposals"],
+        "candidates evaluated": s["evaluated"],
+        "accepted / rejected": f"{s['accepted']} / {s['rejected']}",
+        "failed": f"{s['failed']}" + (f" ({kinds})" if kinds else ""),
+        "refused": s["refused"],
+        f"champion {s['metric']}": f"{s['champion'][:8]}  {_fmt(s['champion_mean'])}",
+        f"seed {s['metric']}": f"{s['seed'][:8]}  {_fmt(s['seed_mean'])}",
+        "gain over seed": _fmt(s["gain"]) + gain_pct,
+        "best so far": f"{(s['best_candidate'] or '-')[:8]}  {_fmt(s['best_mean'])}",
+        "candidates left": s["candidates_left"],
+        "minutes left": f"{s['minutes_left']:.1f} (elapsed {s['elapsed_min']:.1f})",
+        "proposer cost": f"${s['cost_usd']:.2f}",
+    }
+    for name, value in rows.items():
+        table.add_row(name, str(value))
+    return table
+
+
+# -- report -------------------------------------------------------------------------------
+
+TEMPLATE = Path(__file__).parent / "templates" / "report.md.j2"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """One Markdown table cell: no pipes or newlines, and short."""
+    text = " ".join(text.replace("|", "\\|").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _steps(proposal: Proposal | None) -> str:
+    if proposal is None or not proposal.steps:
+        return "-"
+    return "; ".join(
+        s.name + (f"({', '.join(f'{k}={v}' for k, v in s.params.items())})" if s.params else "")
+        for s in proposal.steps
+    )
+
+
+def _headline(view: View, champion: str) -> dict[str, Any]:
+    """Champion vs seed on val: the archived comparison if any, else the loop's own test."""
+    seed = view.campaign.seed_candidate
+    out = {"gain": None if champion == seed else view.gain(view.mean(champion), view.mean(seed))}
+    pair = (champion, seed)
+    found = [e for e in view.evaluations.values() if (e.candidate_id, e.reference_id) == pair]
+    if found:
+        return out | {"p": found[-1].p_value, "g": found[-1].effect_size, "source": "archived"}
+    a, b = view.values(champion), view.values(seed)
+    sign = -1.0 if view.metric.direction is Direction.MINIMIZE else 1.0
+    g = hedges_g(np.asarray(a) * sign, np.asarray(b) * sign)
+    p = one_sided_p(a, b, view.metric)
+    return out | {"p": p, "g": g, "source": "one-sided Welch's t-test on val seeds"}
+
+
+def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
+    """Champion back to the seed along first parents, returned seed first."""
+    chain, cid = [], champion
+    while cid and cid not in chain and cid in view.candidates:
+        chain.append(cid)
+        cid = view.candidates[cid].parents[0] if view.candidates[cid].parents else None
+    rows = []
+    for cid in reversed(chain):
+        proposal, ev = view.proposal_of(cid), view.evaluation_of(cid)
+        vals, parents = view.values(cid), view.candidates[cid].parents
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        stat = f"{_fmt(view.mean(cid))} ± {_fmt(std)} (n={len(vals)})" if vals else "-"
+        row = {"id": cid, "p": ev.p_value if ev else None, "stat": stat}
+        row["operator"] = proposal.operator if proposal else "seed"
+        if len(parents) > 1:
+            row["operator"] += " of " + " x ".join(f"`{p[:8]}`" for p in parents)
+        row["steps"] = _cell(_steps(proposal))
+        row["rationale"] = _cell(proposal.rationale if proposal else "seed solution")
+        rows.append(row)
+    return rows
+
+
+def _proposal_rows(view: View) -> list[dict[str, Any]]:
+    by_proposal = {d.proposal_id: d for d in view.decisions}
+    rows = []
+    for p in view.proposals.values():
+        d = by_proposal.get(p.id)
+        cid = d.candidate_id if d else None
+        ev = view.evaluations.get(d.evaluation_id or "") if d else None
+        row = {"thread": p.thread, "id": p.id, "operator": p.operator}
+        row["cand"] = f"`{cid[:8]}`" + (" (champion)" if d and d.champion else "") if cid else "-"
+        row["outcome"] = d.outcome if d else "pending"
+        row["mean"] = view.mean(cid) if cid else None
+        row["p"] = ev.p_value if ev else None
+        row["reason"] = _cell(d.reason if d else "")
+        rows.append(row)
+    return rows
+
+
+def _failure_rows(view: View) -> list[dict[str, Any]]:
+    """Failed proposals with the loop's reason, then every failed trial with its own."""
+    rows = [
+        {"cand": (d.candidate_id or "-")[:8], "what": "failed", "reason": _cell(d.reason, 300)}
+        for d in view.decisions
+        if d.outcome == "failed"
+    ]
+    for cid, trials in view.trials.items():
+        for t in sorted(trials, key=lambda t: (t.split, t.seed)):
+            if t.status == "failed":
+                what = f"{t.split} seed {t.seed} {t.failure or 'failed'}"
+                rows.append({"cand": cid[:8], "what": what, "reason": _cell(t.reason, 300)})
+    return rows
+
+
+def champion_diff(archive: Archive, seed: str, champion: str) -> str:
+    """Unified diff of every editable file, seed -> champion (empty when they are the same)."""
+    old, new = archive.read_files(seed), archive.read_files(champion)
+    lines: list[str] = []
+    for path in sorted(old.keys() | new.keys()):
+        lines += difflib.unified_diff(
+            old.get(path, "").splitlines(keepends=True),
+            new.get(path, "").splitlines(keepends=True),
+            fromfile=f"a/{path}" if path in old else "/dev/null",
+            tofile=f"b/{path}" if path in new else "/dev/null",
+        )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n")
+
+
+def _champion_steps(view: View) -> tuple[list[float], list[float]]:
+    """Times (min) and val means at which each champion took over, the seed at minute 0."""
+    seed_mean = view.mean(view.campaign.seed_candidate)
+    xs, ys = ([0.0], [seed_mean]) if seed_mean is not None else ([], [])
+    for d in view.decisions:
+        mean = view.mean(d.candidate_id) if d.champion and d.candidate_id else None
+        if mean is not None:
+            xs.append(view.minutes(d.created_at))
+            ys.append(mean)
+    return xs, ys
+
+
+def plot_best_so_far(view: View, path: Path) -> Path:
+    """Every val trial by outcome, failures as x on the top edge, and the champion's step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    seen: set[str] = set()
+    end = 0.0
+    for cid, trials in view.trials.items():
+        outcome = view.outcome(cid)
+        colour = COLOURS.get(outcome, "#999999")
+        for t in (t for t in trials if t.split == "val"):
+            x = view.minutes(t.finished_at)
+            end = max(end, x)
+            label = None if outcome in seen else outcome
+            seen.add(outcome)
+            if t.status == "ok" and view.metric.name in t.metrics:
+                ax.scatter(x, t.metrics[view.metric.name], s=18, color=colour, label=label)
+            else:  # no metric: an x on the top edge, in the candidate's outcome colour
+                ax.scatter(x, 0.97, marker="x", color=colour, label=label, transform=top)
+    xs, ys = _champion_steps(view)
+    if ys:
+        xs, ys = xs + [max(end, xs[-1])], ys + [ys[-1]]
+        ax.step(xs, ys, where="post", color="black", label="champion (best so far)")
+    if (seed_mean := view.mean(view.campaign.seed_candidate)) is not None:
+        ax.axhline(seed_mean, color="#555555", linestyle="--", linewidth=1, label="seed mean")
+    better = "lower" if view.metric.direction is Direction.MINIMIZE else "higher"
+    ax.set_xlabel("minutes since campaign start")
+    ax.set_ylabel(f"val {view.metric.name} {view.metric.unit}".strip())
+    ax.set_title(f"{view.campaign.name}: best so far ({better} is better; x = failed trial)")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: Path) -> Path:
+    """Write report.md and best_so_far.png under out_dir; return the report's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    view = View.load(archive, metric)
+    status = _status(view, params)
+    champion, test = status["champion"], view.campaign.test
+    plot_best_so_far(view, out_dir / "best_so_far.png")
+    template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
+    text = template.render(
+        c=view.campaign,
+        m=metric,
+        s=status,
+        h=_headline(view, champion),
+        t=test.evaluation if test else None,
+        tg=view.gain(test.evaluation.mean, test.evaluation.reference_mean) if test else None,
+        lineage=_lineage(view, champion),
+        proposals=_proposal_rows(view),
+        failures=_failure_rows(view),
+        diff=champion_diff(archive, view.campaign.seed_candidate, champion),
+        f=_fmt,
+        pc=lambda gain, ref: "-" if pct(gain, ref) is None else f"{pct(gain, ref):+.2f}%",
+    )
+    path = out_dir / "report.md"
+    path.write_text(text.rstrip() + "\n")
+    return path

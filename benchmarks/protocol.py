@@ -1,0 +1,191 @@
+"""The contract between a benchmark and the research loop.
+
+A benchmark says what may change (editable files, seed solutions), what judges
+(a trusted harness run in the sandbox, a trusted scorer run in the parent), and how
+much a trial may spend. The search policy never looks inside a benchmark beyond this
+protocol, and a benchmark imports nothing of the loop but this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Split = Literal["val", "test"]
+
+
+class Direction(StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class MetricSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    direction: Direction
+    unit: str = ""
+
+    def better(self, a: float, b: float) -> bool:
+        """True when value a is strictly better than value b."""
+        return a < b if self.direction is Direction.MINIMIZE else a > b
+
+
+class Budget(BaseModel):
+    """What one trial may spend: a deterministic work budget plus a wall-clock safety net."""
+
+    model_config = ConfigDict(frozen=True)
+    unit: str = Field(description="what `amount` counts, e.g. 'train_tokens' or 'calls'")
+    amount: int = Field(gt=0)
+    wall_clock_s: float = Field(gt=0, description="hard cap enforced by the sandbox")
+    memory_mb: int = Field(gt=0, description="hard cap on the trial's resident memory")
+
+
+class Knob(BaseModel):
+    """A numeric or categorical setting written as `NAME = value` in an editable file."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    file: str
+    kind: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[str | int | float | bool, ...] = ()
+
+
+class CodeEdit(BaseModel):
+    """A named, parametrised change to an editable file, applied by a pure function.
+
+    `apply(source, **params)` returns the new source or raises EditNotApplicable.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    file: str
+    description: str
+    params: dict[str, tuple[str | int | float | bool, ...]] = Field(default_factory=dict)
+    apply: Callable[..., str] = Field(exclude=True)
+
+
+class EditNotApplicable(ValueError):
+    """The edit's anchor is not in this source (already applied, or code diverged)."""
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    knobs: tuple[Knob, ...] = ()
+    edits: tuple[CodeEdit, ...] = ()
+
+
+class SandboxStep(BaseModel):
+    """One untrusted command of a trial. It runs in the trial's workspace, in the sandbox."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    argv: tuple[str, ...]
+    timeout_s: float
+    readable: tuple[str, ...] = Field(
+        default=(), description="absolute paths outside the workspace the step may read"
+    )
+
+
+class TrialContext(BaseModel):
+    """Everything a benchmark needs to lay out and score one trial."""
+
+    model_config = ConfigDict(frozen=True)
+    workspace: Path = Field(description="writable dir holding a copy of the candidate's files")
+    inputs_dir: Path = Field(description="read-only inputs prepared by trusted code for this trial")
+    prepared_dir: Path = Field(description="the benchmark's prepared data (trusted side only)")
+    seed: int
+    split: Split
+    budget: Budget
+    threads: int = 1
+    python: str = Field(description="interpreter the sandboxed steps run with")
+
+
+class Score(BaseModel):
+    """What the trusted scorer measured from the candidate's outputs."""
+
+    metrics: dict[str, float]
+    budget_used: float = Field(description="amount of Budget.unit the trial consumed")
+    evidence: dict[str, str | float | int | bool] = Field(default_factory=dict)
+
+
+class TrialFailure(Exception):
+    """Raised by trusted benchmark code when a trial's outputs cannot be scored.
+
+    kind is one of: crash, timeout, oom, nan, budget, integrity, output.
+    """
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+class CheckResult(BaseModel):
+    name: str
+    passed: bool
+    evidence: str = ""
+
+
+AuditCheck = Callable[[TrialContext, Score], CheckResult]
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """Implemented once per benchmark folder under benchmarks/."""
+
+    name: str
+    metric: MetricSpec
+    editable_files: tuple[str, ...]
+    budget: Budget
+    hardware: Literal["cpu", "gpu"]
+
+    def seed_files(self, variant: str = "default") -> dict[str, str]:
+        """Editable files of a seed solution, path -> text."""
+        ...
+
+    def harness_files(self) -> list[Path]:
+        """Trusted files whose hashes must not change across a trial."""
+        ...
+
+    def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
+        """Build splits under prepared_dir (idempotent); return a short description."""
+        ...
+
+    def stage_inputs(self, ctx: TrialContext) -> None:
+        """Trusted: write the trial's inputs (seeded data, eval split) into ctx.inputs_dir."""
+        ...
+
+    def steps(self, ctx: TrialContext) -> list[SandboxStep]:
+        """Untrusted commands of one trial, in order."""
+        ...
+
+    def score(self, ctx: TrialContext) -> Score:
+        """Trusted: compute the metric from the outputs the steps left in the workspace."""
+        ...
+
+    def audit_checks(self) -> list[AuditCheck]:
+        """The benchmark's own integrity checks, run after scoring."""
+        ...
+
+    def search_space(self) -> SearchSpace:
+        """Knobs and code edits the offline proposer may use."""
+        ...
+
+
+def hash_files(paths: list[Path]) -> str:
+    """Stable content hash of a list of files (names and bytes)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p.name).encode())
+        h.update(b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,72 @@
+"""A campaign: prepare, baseline the seed, iterate over threads until a stop, confirm on test.
+
+Started or resumed the same way: everything done before is in the archive and is skipped.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import flow
+
+from autolab.config import load_params
+from autolab.lab import Lab, open_lab
+from autolab.records import Decision, Proposal, now
+from tasks.confirm import confirm_on_test, finish
+from tasks.prepare import prepare_data, register_seed
+from tasks.run import run_trials
+from flows.iteration import iteration
+
+
+def stop_reason(lab: Lab) -> str | None:
+    c = lab.params.campaign
+    decisions = lab.archive.all(Decision)
+    if len(decisions) >= c.max_proposals:
+        return f"reached max_proposals={c.max_proposals}"
+    if now() - lab.campaign.started_at >= timedelta(minutes=c.max_wall_clock_min):
+        return f"reached max_wall_clock_min={c.max_wall_clock_min}"
+    if c.patience:
+        since = next((i for i, d in enumerate(reversed(decisions)) if d.champion), len(decisions))
+        if since >= c.patience:
+            return f"no new champion in {c.patience} proposals"
+    return None
+
+
+def next_index(lab: Lab) -> int:
+    """Iterations run in order, so the next one is the first without a decision."""
+    return len(lab.archive.all(Decision))
+
+
+def report_progress(lab: Lab, index: int, decision: Decision) -> None:
+    proposal = lab.archive.get(Proposal, decision.proposal_id)
+    steps = ", ".join(s.name for s in proposal.steps) if proposal else ""
+    star = "  NEW CHAMPION" if decision.champion else ""
+    print(
+        f"[{index + 1}/{lab.params.campaign.max_proposals}] thread {decision.thread} "
+        f"{proposal.operator if proposal else '?'}({steps}) -> {decision.outcome}: "
+        f"{decision.reason[:110]}{star}",
+        flush=True,
+    )
+
+
+@flow(name="campaign", validate_parameters=False)
+def campaign(
+    benchmark: str | None = None, params_path: str = "params.yaml", overrides: dict | None = None
+) -> dict:
+    overrides = dict(overrides or {})
+    if benchmark:
+        overrides.setdefault("campaign", {})["benchmark"] = benchmark
+    lab = open_lab(load_params(params_path, overrides))
+
+    prepare_data(lab)
+    register_seed(lab)
+    run_trials(lab, lab.campaign.seed_candidate, lab.seeds(lab.params.evaluation.max_seeds))
+
+    while (reason := stop_reason(lab)) is None:
+        index = next_index(lab)
+        report_progress(lab, index, iteration(lab, index))
+
+    record = finish(lab, confirm_on_test(lab), reason)
+    print(f"campaign {record.name} finished: {reason}", flush=True)
+    return {"campaign": record.name, "champion": record.test.champion_id, "stop_reason": reason,
+            "proposals": len(lab.archive.all(Proposal))}
