@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup run test lint report status clean
+.PHONY: setup run test lint report status clean repro
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,7 @@ report: setup
 
 clean:
 	rm -rf runs artifacts reports .prefect
+
+# DVC pipeline (prepare -> campaign -> report) with the virtualenv's tools on PATH.
+repro: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro

@@ -22,7 +22,9 @@ class CampaignParams(_Strict):
     threads: int = Field(2, ge=1, le=64)
     max_proposals: int = Field(16, ge=0, description="iterations to run, the seed excluded")
     max_wall_clock_min: float = Field(60.0, gt=0)
-    patience: int = Field(0, ge=0, description="stop after this many proposals without a new champion; 0 = never")
+    patience: int = Field(
+        0, ge=0, description="stop after this many proposals without a new champion; 0 = never"
+    )
     random_seed: int = 0
 
 
@@ -45,7 +47,9 @@ class EvaluationParams(_Strict):
     @model_validator(mode="after")
     def _seeds_ordered(self) -> EvaluationParams:
         if self.max_seeds < self.min_seeds:
-            raise ValueError(f"max_seeds ({self.max_seeds}) must be >= min_seeds ({self.min_seeds})")
+            raise ValueError(
+                f"max_seeds ({self.max_seeds}) must be >= min_seeds ({self.min_seeds})"
+            )
         return self
 
 

@@ -37,7 +37,9 @@ class Lab:
     def campaign(self) -> CampaignRecord:
         record = self.archive.campaign()
         if record is None:
-            raise RuntimeError(f"campaign {self.name!r} has not been started in {self.archive.root}")
+            raise RuntimeError(
+                f"campaign {self.name!r} has not been started in {self.archive.root}"
+            )
         return record
 
     @property

@@ -21,6 +21,7 @@ from autolab.archive import Archive
 from autolab.config import Params
 from autolab.records import CampaignRecord, Candidate, Decision, Evaluation, Proposal, Trial, now
 from autolab.stats import hedges_g, one_sided_p
+from autolab.tracking import steps_text
 from benchmarks.protocol import Direction, MetricSpec
 
 COLOURS = {"seed": "#555555", "accepted": "#2ca02c", "rejected": "#1f77b4", "failed": "#d62728"}
@@ -170,17 +171,16 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "best_mean": best_mean,
         "cost_usd": sum(p.cost.usd for p in view.proposals.values()),
         "elapsed_min": elapsed,
-        "candidates_left": max(0, params.campaign.max_candidates - len(view.proposals)),
+        "proposals_left": max(0, params.campaign.max_proposals - len(view.proposals)),
         "minutes_left": max(0.0, params.campaign.max_wall_clock_min - elapsed),
     }
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
+    """Four significant digits: metric scales differ by benchmark."""
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    return str(value)
+    return "-" if value is None else str(value)
 
 
 def render_status(status: dict[str, Any]) -> Any:
@@ -204,7 +204,7 @@ def render_status(status: dict[str, Any]) -> Any:
         f"seed {s['metric']}": f"{s['seed'][:8]}  {_fmt(s['seed_mean'])}",
         "gain over seed": _fmt(s["gain"]) + gain_pct,
         "best so far": f"{(s['best_candidate'] or '-')[:8]}  {_fmt(s['best_mean'])}",
-        "candidates left": s["candidates_left"],
+        "proposals left": s["proposals_left"],
         "minutes left": f"{s['minutes_left']:.1f} (elapsed {s['elapsed_min']:.1f})",
         "proposer cost": f"${s['cost_usd']:.2f}",
     }
@@ -222,15 +222,6 @@ def _cell(text: str, limit: int = 160) -> str:
     """One Markdown table cell: no pipes or newlines, and short."""
     text = " ".join(text.replace("|", "\\|").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _steps(proposal: Proposal | None) -> str:
-    if proposal is None or not proposal.steps:
-        return "-"
-    return "; ".join(
-        s.name + (f"({', '.join(f'{k}={v}' for k, v in s.params.items())})" if s.params else "")
-        for s in proposal.steps
-    )
 
 
 def _headline(view: View, champion: str) -> dict[str, Any]:
@@ -261,10 +252,11 @@ def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
         std = statistics.stdev(vals) if len(vals) > 1 else None
         stat = f"{_fmt(view.mean(cid))} ± {_fmt(std)} (n={len(vals)})" if vals else "-"
         row = {"id": cid, "p": ev.p_value if ev else None, "stat": stat}
+        row["ref"] = f" vs `{ev.reference_id[:8]}`" if ev else ""
         row["operator"] = proposal.operator if proposal else "seed"
         if len(parents) > 1:
             row["operator"] += " of " + " x ".join(f"`{p[:8]}`" for p in parents)
-        row["steps"] = _cell(_steps(proposal))
+        row["steps"] = _cell(steps_text(proposal))
         row["rationale"] = _cell(proposal.rationale if proposal else "seed solution")
         rows.append(row)
     return rows
@@ -329,17 +321,19 @@ def _champion_steps(view: View) -> tuple[list[float], list[float]]:
 
 
 def plot_best_so_far(view: View, path: Path) -> Path:
-    """Every val trial by outcome, failures as x on the top edge, and the champion's step line."""
-    import matplotlib
+    """Every val trial by outcome, failures as x on the top edge, and the champion's step line.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on a bare Figure (Agg canvas, no pyplot), so no global backend or state is touched.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.transforms import blended_transform_factory
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig = Figure(figsize=(8, 4.5), dpi=110)
+    ax = fig.subplots()
     top = blended_transform_factory(ax.transData, ax.transAxes)
     seen: set[str] = set()
-    end = 0.0
+    finished = view.campaign.finished_at
+    end = view.minutes(finished) if finished else 0.0
     for cid, trials in view.trials.items():
         outcome = view.outcome(cid)
         colour = COLOURS.get(outcome, "#999999")
@@ -360,13 +354,13 @@ def plot_best_so_far(view: View, path: Path) -> Path:
         ax.axhline(seed_mean, color="#555555", linestyle="--", linewidth=1, label="seed mean")
     better = "lower" if view.metric.direction is Direction.MINIMIZE else "higher"
     ax.set_xlabel("minutes since campaign start")
-    ax.set_ylabel(f"val {view.metric.name} {view.metric.unit}".strip())
+    unit = f" ({view.metric.unit})" if view.metric.unit else ""
+    ax.set_ylabel(f"val {view.metric.name}{unit}")
     ax.set_title(f"{view.campaign.name}: best so far ({better} is better; x = failed trial)")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

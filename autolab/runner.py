@@ -165,7 +165,8 @@ def _score_and_audit(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> No
         prog.checks.append(res)
         if not res.passed:
             kind = "budget" if "budget" in res.name.lower() else "integrity"
-            prog.fail(kind, f"audit {res.name} failed: {res.evidence}".rstrip(": "))
+            evidence = f": {res.evidence}" if res.evidence else ""
+            prog.fail(kind, f"audit {res.name} failed{evidence}")
 
 
 def _hidden_paths(hidden: Sequence[Path], prepared_dir: Path, work_root: Path,
@@ -212,7 +213,10 @@ def run_trial(
 ) -> Trial:
     """Run one candidate on one seed and split; never raises for the candidate's faults.
 
-    env_extra is passed to every step (secret-looking names are refused by the sandbox).
+    The trial id is a content key, so re-running the same work reuses the same dir (any
+    leftovers of a killed run are removed first). Exceptions other than TrialFailure from
+    the benchmark, and SandboxError, propagate as infrastructure faults. env_extra is
+    passed to every step (secret-looking names are refused by the sandbox).
     """
     work_root, prepared_dir = Path(work_root).absolute(), Path(prepared_dir).absolute()
     trial_id = Trial.key(candidate_id, seed, split, harness_version(bench),
@@ -227,13 +231,16 @@ def run_trial(
     ctx = TrialContext(workspace=ws, inputs_dir=inputs, prepared_dir=prepared_dir, seed=seed,
                        split=split, budget=budget, threads=threads, python=python)
     prog = _Progress()
-    before = hash_files(bench.harness_files())
+    before = after = hash_files(bench.harness_files())
+    finished = False
     try:
         after = _execute(bench, ctx, candidate_files,
                          _hidden_paths(hidden, prepared_dir, work_root, python), env_extra, prog)
+        finished = True
     finally:
         log = "".join(prog.log)
-        status_line = f"== trial {trial_id}: {prog.failure or 'ok'} {prog.reason}".rstrip()
+        outcome = prog.failure or ("ok" if finished else "infrastructure fault")
+        status_line = f"== trial {trial_id}: {outcome} {prog.reason}".rstrip()
         (trial_dir / "log.txt").write_text(log + status_line + "\n", encoding="utf-8")
         if not keep_outputs:
             _rmtree(ws)

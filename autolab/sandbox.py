@@ -15,7 +15,6 @@ sandbox that cannot start raises SandboxError, which the caller may retry.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import resource
@@ -126,17 +125,19 @@ def isolation_mode() -> Isolation:
 
 
 def _bwrap_prefix(workspace: Path, readable: Sequence[Path], hidden: Sequence[Path]) -> list[str]:
-    """bwrap argv. Order matters: later mounts cover earlier ones, so hidden dirs are
-    blanked first, readable paths are re-exposed inside them, the workspace comes last."""
+    """bwrap argv. Later mounts cover earlier ones, so mounts go from the shallowest path
+    to the deepest: the most specific rule wins (a readable dir inside a hidden one is
+    re-exposed, a hidden file inside it is hidden again); the workspace comes last."""
     argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--die-with-parent"]
-    for p in hidden:
-        if p.is_dir():
+    rules = [(p, False) for p in hidden] + [(p, True) for p in readable]
+    for p, show in sorted(rules, key=lambda r: len(r[0].parts)):
+        if show:
+            argv += ["--ro-bind-try", str(p), str(p)]
+        elif p.is_dir():
             argv += ["--tmpfs", str(p)]
         elif p.exists():
             argv += ["--ro-bind", "/dev/null", str(p)]
-    for p in readable:
-        argv += ["--ro-bind-try", str(p), str(p)]
     if workspace != Path("/"):
         argv += ["--bind", str(workspace), str(workspace)]
     return argv
@@ -204,7 +205,10 @@ class _Watch:
     def exited(self) -> bool:
         """True once the child is a zombie; WNOWAIT keeps its pid (and process group)
         reserved so the group can still be killed safely before reaping."""
-        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped by someone else's SIGCHLD handling
+            return True
         return info is not None
 
     def kill_all(self) -> None:
@@ -222,9 +226,12 @@ class _Watch:
             except psutil.Error:
                 pass
 
-    def reap(self) -> int:
-        """Reap the child; its exit status as Popen reports it."""
-        _, status = os.waitpid(self.proc.pid, 0)
+    def reap(self) -> int | None:
+        """Reap the child; its exit status as Popen reports it (None if reaped elsewhere)."""
+        try:
+            _, status = os.waitpid(self.proc.pid, 0)
+        except ChildProcessError:
+            return None
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         return self.proc.returncode
 
@@ -275,42 +282,41 @@ def _signal_of(rc: int, isolation: Isolation) -> int | None:
 
 
 def classify(
-    rc: int, killed: tuple[Status, str] | None, stderr: str, isolation: Isolation
+    rc: int | None, killed: tuple[Status, str] | None, stderr: str, isolation: Isolation
 ) -> tuple[Status, str]:
     """Status and one human line from how the command ended."""
     if killed is not None:
         return killed
     if rc == 0:
         return "ok", ""
+    if rc is None:
+        return "crash", "exit status lost (the process was reaped elsewhere)"
     line = _last_line(stderr)
-    for ln in reversed(stderr.splitlines()):
-        if _OOM_TEXT.search(ln):
+    for ln in [ln for ln in stderr.splitlines() if ln.strip()][-5:]:
+        if _OOM_TEXT.search(ln):  # only near the end: an early warning is not the cause
             return "oom", ln.strip()[:300]
     sig = _signal_of(rc, isolation)
     if sig == signal.SIGKILL:
         return "oom", "killed by SIGKILL, not by the sandbox (out of memory, killed by the kernel?)"
     if sig is not None:
-        return "crash", f"killed by {signal.Signals(sig).name}" + (f": {line}" if line else "")
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return "crash", f"killed by {name}" + (f": {line}" if line else "")
     return "crash", f"exited {rc}" + (f": {line}" if line else "")
 
 
-def _bwrap_started(status_r: int) -> bool:
-    """bwrap writes {"child-pid": N} to its status fd once the sandbox is set up; no
-    such line means bwrap itself failed (an infrastructure fault)."""
+def _bwrap_ran(status_r: int) -> bool:
+    """bwrap writes {"exit-code": N} to its status fd when the command it started ends;
+    a bwrap that exits 1 without it failed to set the sandbox up (an infrastructure fault)."""
     os.set_blocking(status_r, False)
     try:
-        data = os.read(status_r, 65536).decode(errors="replace")
+        return b'"exit-code"' in os.read(status_r, 65536)
     except BlockingIOError:
-        data = ""
+        return False
     finally:
         os.close(status_r)
-    for line in data.splitlines():
-        try:
-            if "child-pid" in json.loads(line):
-                return True
-        except (json.JSONDecodeError, TypeError):
-            continue
-    return False
 
 
 def _preexec(address_space_mb: int | None) -> Callable[[], None] | None:
@@ -381,7 +387,7 @@ def run_sandboxed(
             rc = w.reap()
         wall = time.monotonic() - started
         stdout, stderr = _tail(out), _tail(err)
-    if not _bwrap_started(status_r) and mode == "bwrap":
+    if not _bwrap_ran(status_r) and mode == "bwrap" and rc == 1 and w.killed is None:
         raise SandboxError(f"bwrap failed to start: {_last_line(stderr)}")
     status, reason = classify(rc, w.killed, stderr, mode)
     return SandboxResult(

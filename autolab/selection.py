@@ -34,7 +34,11 @@ class SearchState:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def accepted_in(self, thread: int) -> list[Node]:
-        return [n for n in self.nodes.values() if n.id == self.seed_id or (n.accepted and n.thread == thread)]
+        return [
+            n
+            for n in self.nodes.values()
+            if n.id == self.seed_id or (n.accepted and n.thread == thread)
+        ]
 
     def ancestors(self, node_id: str) -> set[str]:
         seen, stack = set(), [node_id]
@@ -110,15 +114,22 @@ def plan_next(
 ) -> Plan:
     mine = head(state, thread, metric)
     others = [head(state, t, metric) for t in range(threads) if t != thread]
-    mates = [o for o in others if o.id != mine.id and o.id not in state.ancestors(mine.id)
-             and mine.id not in state.ancestors(o.id)]
+    mates = [
+        o
+        for o in others
+        if o.id != mine.id
+        and o.id not in state.ancestors(mine.id)
+        and mine.id not in state.ancestors(o.id)
+    ]
     ops = {op: w for op, w in weights.items() if w > 0 and (op != "crossover" or mates)}
     if not ops:
         ops = {"improve": 1.0}
     operator = rng.choices(list(ops), weights=list(ops.values()))[0]
     if operator == "crossover":
         mate = rng.choice(mates)
-        return Plan(thread, "crossover", (mine.id, mate.id), lowest_common_ancestor(state, mine.id, mate.id))
+        return Plan(
+            thread, "crossover", (mine.id, mate.id), lowest_common_ancestor(state, mine.id, mate.id)
+        )
     parent = mine
     pool = [n for n in state.accepted_in(thread) if n.id != mine.id]
     if pool and rng.random() < EXPLORE_PROB:

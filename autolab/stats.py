@@ -71,19 +71,29 @@ def compare(
     base = dict(mean=float(a.mean()), reference_mean=float(b.mean()), delta=delta, effect_size=g)
     ahead = metric.better(float(a.mean()), float(b.mean()))
     if len(values) < min_seeds:
-        return Comparison(**base, p_value=p, decision="more", reason=f"{len(values)} of {min_seeds} seeds")
+        return Comparison(
+            **base, p_value=p, decision="more", reason=f"{len(values)} of {min_seeds} seeds"
+        )
     if p is None:
         return Comparison(
-            **base, p_value=None, decision="reject", reason="no variance across seeds: test undefined"
+            **base,
+            p_value=None,
+            decision="reject",
+            reason="no variance across seeds: test undefined",
         )
     if p < alpha:
         return Comparison(**base, p_value=p, decision="accept", reason=f"p={p:.2g} < alpha={alpha}")
     if len(values) >= max_seeds:
         return Comparison(
-            **base, p_value=p, decision="reject", reason=f"p={p:.2g} >= alpha={alpha} at {len(values)} seeds"
+            **base,
+            p_value=p,
+            decision="reject",
+            reason=f"p={p:.2g} >= alpha={alpha} at {len(values)} seeds",
         )
     if not ahead or p > FUTILITY_P:
         return Comparison(
             **base, p_value=p, decision="reject", reason=f"futility: p={p:.2g}, delta={delta:+.4g}"
         )
-    return Comparison(**base, p_value=p, decision="more", reason=f"promising: p={p:.2g}; adding seeds")
+    return Comparison(
+        **base, p_value=p, decision="more", reason=f"promising: p={p:.2g}; adding seeds"
+    )

@@ -11,7 +11,8 @@ from benchmarks import get_benchmark
 
 def _vals(trials: list[Trial], cid: str, split: str, metric: str) -> list[float]:
     return [
-        t.metrics[metric] for t in trials
+        t.metrics[metric]
+        for t in trials
         if t.candidate_id == cid and t.split == split and t.status == "ok" and metric in t.metrics
     ]
 
@@ -38,7 +39,9 @@ def campaign_summary(params: Params) -> str:
     decisions = archive.all(Decision)
     seed = record.seed_candidate
     champ = record.test.champion_id if record.test else seed
-    evaluated = {d.candidate_id for d in decisions if d.outcome in ("accepted", "rejected", "failed")}
+    evaluated = {
+        d.candidate_id for d in decisions if d.outcome in ("accepted", "rejected", "failed")
+    }
     lines = [
         f"campaign   {record.name} ({record.benchmark}) - {record.status}: {record.stop_reason}",
         f"proposals  {len(decisions)}; candidates evaluated {len(evaluated - {None})}; "
@@ -47,10 +50,18 @@ def campaign_summary(params: Params) -> str:
         f"refused {sum(d.outcome == 'refused' for d in decisions)}",
         f"champion   {champ}" + (" (the seed: nothing beat it)" if champ == seed else ""),
         f"val  {metric.name}  "
-        + _gain(_vals(trials, champ, "val", metric.name), _vals(trials, seed, "val", metric.name),
-                metric, metric.unit),
+        + _gain(
+            _vals(trials, champ, "val", metric.name),
+            _vals(trials, seed, "val", metric.name),
+            metric,
+            metric.unit,
+        ),
         f"test {metric.name}  "
-        + _gain(_vals(trials, champ, "test", metric.name), _vals(trials, seed, "test", metric.name),
-                metric, metric.unit),
+        + _gain(
+            _vals(trials, champ, "test", metric.name),
+            _vals(trials, seed, "test", metric.name),
+            metric,
+            metric.unit,
+        ),
     ]
     return "\n".join(lines)

@@ -1,9 +1,8 @@
 """A mirror of the archive in MLflow, for people comparing runs in the MLflow UI.
 
 The archive stays the source of truth; nothing here is read back by the loop. Every call
-finds its run by tags before creating one, so replaying the same records after a crash or
-a resume updates the existing runs instead of duplicating them. MLflow is imported lazily
-(it is slow to import) and only in this module.
+finds its run by tags before creating one, so replaying records after a crash or a resume
+updates runs instead of duplicating them. MLflow is imported lazily: it is slow to import.
 """
 
 from __future__ import annotations
@@ -11,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from autolab.config import Params
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 PARENT_TAG = "mlflow.parentRunId"
 ROLE, CAMPAIGN, CANDIDATE = "autolab.role", "autolab.campaign", "autolab.candidate_id"
 PARAM_MAX, TAG_MAX = 500, 5000
+Point = tuple[str, float, int, int | None]  # metric key, value, step, timestamp in ms
+Flat = Mapping[str, str]
+NONE: Flat = MappingProxyType({})
 
 
 def tracking_uri(mlruns_dir: Path) -> str:
@@ -62,20 +67,10 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def steps_text(proposal: Proposal | None) -> str:
     if proposal is None or not proposal.steps:
         return "-"
-    parts = []
-    for s in proposal.steps:
-        args = ",".join(f"{k}={v}" for k, v in s.params.items())
-        parts.append(f"{s.name}({args})" if args else s.name)
-    return "; ".join(parts)
-
-
-def _failures_text(trials: list[Trial]) -> str:
-    blocks = []
-    for t in sorted(trials, key=lambda t: (t.split, t.seed)):
-        if t.status == "failed":
-            head = f"[{t.split} seed {t.seed}] {t.failure or 'failed'}: {t.reason}"
-            blocks.append(head + (f"\n{t.log_tail.rstrip()}" if t.log_tail else ""))
-    return "\n\n".join(blocks)
+    return "; ".join(
+        s.name + ("(" + ",".join(f"{k}={v}" for k, v in s.params.items()) + ")" if s.params else "")
+        for s in proposal.steps
+    )
 
 
 class Tracker:
@@ -128,11 +123,7 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def _log(
-        self,
-        run_id: str,
-        metrics: Iterable[tuple[str, float, int, int | None]] = (),
-        params: dict[str, str] | None = None,
-        tags: dict[str, str] | None = None,
+        self, run_id: str, metrics: Iterable[Point] = (), params: Flat = NONE, tags: Flat = NONE
     ) -> None:
         """log_batch of what the run does not hold yet, so replays neither fail nor repeat.
 
@@ -146,15 +137,13 @@ class Tracker:
         points = []
         for key, value, step, when in metrics:
             if key in run.data.metrics and key not in history:
-                history[key] = {(m.step, m.value) for m in self.client.get_metric_history(run_id, key)}
+                old = self.client.get_metric_history(run_id, key)
+                history[key] = {(m.step, m.value) for m in old}
             if (step, float(value)) not in history.get(key, set()):
-                points.append(Metric(key, float(value), when or _ms(datetime.now()), step))
-        new_params = [Param(k, v) for k, v in (params or {}).items() if k not in run.data.params]
-        new_tags = [RunTag(k, str(v)[:TAG_MAX]) for k, v in (tags or {}).items()]
-        for i in range(0, max(len(points), len(new_params), len(new_tags)), 100):
-            self.client.log_batch(
-                run_id, points[i : i + 100], new_params[i : i + 100], new_tags[i : i + 100]
-            )
+                points.append(Metric(key, float(value), when or int(time.time() * 1000), step))
+        new_params = [Param(k, v) for k, v in params.items() if k not in run.data.params]
+        new_tags = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
+        self.client.log_batch(run_id, points, new_params, new_tags)  # < 100 of each here
 
     # -- campaign run ----------------------------------------------------------------------
     def _parent(self, campaign: CampaignRecord) -> str:
@@ -164,21 +153,18 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         exp_id = self.experiment_id(campaign.benchmark)
+        tags = {ROLE: "campaign", CAMPAIGN: campaign.name}
         run_id = None
-        if campaign.mlflow_run_id:
-            try:
-                run = self.client.get_run(campaign.mlflow_run_id)
-                if run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
-                    run_id = run.info.run_id
-            except MlflowException:
-                run_id = None
-        run_id = run_id or self._find(exp_id, {ROLE: "campaign", CAMPAIGN: campaign.name})
+        try:
+            run = self.client.get_run(campaign.mlflow_run_id) if campaign.mlflow_run_id else None
+            if run and run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                run_id = run.info.run_id
+        except MlflowException:  # recorded id unknown to this store (e.g. a new mlruns dir)
+            pass
+        run_id = run_id or self._find(exp_id, tags)
         if run_id is None:
-            tags = {ROLE: "campaign", CAMPAIGN: campaign.name}
-            run = self.client.create_run(
-                exp_id, start_time=_ms(campaign.started_at), tags=tags, run_name=campaign.name
-            )
-            run_id = run.info.run_id
+            start = _ms(campaign.started_at)
+            run_id = self.client.create_run(exp_id, start, tags, campaign.name).info.run_id
         self._parents[campaign.name] = run_id
         return run_id
 
@@ -189,44 +175,41 @@ class Tracker:
         run_id = self._parent(campaign)
         if self.client.get_run(run_id).info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
-        tags = {
-            "benchmark": campaign.benchmark,
-            "params_hash": campaign.params_hash,
-            "seed_candidate": campaign.seed_candidate,
-            "status": campaign.status,
-            "proposer": params.proposer.kind,
-        }
+        shown = {"benchmark", "params_hash", "seed_candidate", "status"}
+        tags = {ROLE: "campaign", CAMPAIGN: campaign.name} | campaign.model_dump(include=shown)
         self._log(run_id, params=flatten(params.model_dump(mode="json")), tags=tags)
         return run_id
 
     def log_champion(
-        self, campaign: CampaignRecord, candidate_id: str, mean: float, metric: MetricSpec, step: int
+        self, campaign: CampaignRecord, cid: str, mean: float, metric: MetricSpec, at: datetime
     ) -> None:
-        """A new champion: one point of the parent's champion curve (step = proposals made)."""
-        if not self.enabled:
-            return
-        run_id = self._parent(campaign)
-        point = (f"champion_{metric.name}", mean, step, None)
-        self._log(run_id, metrics=[point], tags={"champion": candidate_id})
+        """Append a point to the parent's champion curve (step = crowning order) and retag it.
 
-    def finish_campaign(
-        self,
-        campaign: CampaignRecord,
-        metric: MetricSpec,
-        champion_mean: float | None = None,
-        seed_mean: float | None = None,
-    ) -> None:
-        """Final val and test-split figures on the parent run, then end it."""
+        log_candidate calls this for each champion and the seed, so callers need not. Replays
+        change nothing: a value already on the curve, or older than its last point, is skipped.
+        """
         if not self.enabled:
             return
-        run_id = self._parent(campaign)
-        when = _ms(campaign.finished_at)
-        name = metric.name
+        run_id, key, ms = self._parent(campaign), f"champion_{metric.name}", _ms(at)
+        curve = self.client.get_metric_history(run_id, key)
+        if any(p.value == float(mean) or p.timestamp > ms for p in curve):
+            return
+        self._log(run_id, [(key, mean, len(curve), ms)], tags={"champion": cid})
+
+    def finish_campaign(self, campaign: CampaignRecord, metric: MetricSpec) -> None:
+        """Final val and test-split figures on the parent run, then end it.
+
+        Val means come from the champion's and the seed's runs (log the seed's run too).
+        """
+        if not self.enabled:
+            return
+        run_id, name = self._parent(campaign), metric.name
+        when, test = _ms(campaign.finished_at), campaign.test
+        crowned = self.client.get_run(run_id).data.tags.get("champion", campaign.seed_candidate)
+        champion_mean = self._val_mean(campaign, test.champion_id if test else crowned, name)
+        seed_mean = self._val_mean(campaign, campaign.seed_candidate, name)
         sign = -1.0 if metric.direction is Direction.MINIMIZE else 1.0
-        figures: dict[str, float | None] = {
-            f"champion_val_{name}": champion_mean,
-            f"seed_val_{name}": seed_mean,
-        }
+        figures = {f"champion_val_{name}": champion_mean, f"seed_val_{name}": seed_mean}
         if champion_mean is not None and seed_mean is not None:
             figures["val_gain"] = sign * (champion_mean - seed_mean)
         tags = {"status": campaign.status, "stop_reason": campaign.stop_reason}
@@ -245,6 +228,11 @@ class Tracker:
         self._log(run_id, metrics=points, tags=tags)
         self.client.set_terminated(run_id, "FINISHED", end_time=when)
 
+    def _val_mean(self, campaign: CampaignRecord, candidate_id: str, name: str) -> float | None:
+        where = {CANDIDATE: candidate_id, PARENT_TAG: self._parent(campaign)}
+        run_id = self._find(self.experiment_id(campaign.benchmark), where)
+        return self.client.get_run(run_id).data.metrics.get(f"{name}_mean") if run_id else None
+
     # -- candidate runs --------------------------------------------------------------------
     def log_candidate(
         self,
@@ -259,60 +247,32 @@ class Tracker:
     ) -> str | None:
         """One child run per evaluated candidate, reused when the candidate is logged again.
 
-        `proposal` and `decision` are None for the seed; `candidate` is None for a proposal
-        refused before it became a candidate, which gets no run.
+        `proposal` and `decision` are None for the seed. A refused proposal gets no run (and
+        must not relabel the run of the known candidate it duplicated).
         """
-        if not self.enabled or candidate is None:
+        if not self.enabled or candidate is None or (decision and decision.outcome == "refused"):
             return None
-        parent = self._parent(campaign)
+        entry = Entry(candidate, proposal, trials, evaluation, verdict, decision)
+        parent, tags = self._parent(campaign), entry.tags(campaign)
         exp_id = self.experiment_id(campaign.benchmark)
-        tags = _candidate_tags(campaign, candidate, proposal, verdict, decision)
         run_id = self._find(exp_id, {CANDIDATE: candidate.id, PARENT_TAG: parent})
         if run_id is None:
             started = min((t.started_at for t in trials), default=candidate.created_at)
-            run_name = f"{tags['thread']}-{tags['operator']}-{candidate.id[:8]}"
-            run = self.client.create_run(
-                exp_id,
-                start_time=_ms(started),
-                tags={CANDIDATE: candidate.id, PARENT_TAG: parent},
-                run_name=run_name,
-            )
-            run_id = run.info.run_id
-        metrics = _candidate_metrics(trials, evaluation, verdict, decision, metric)
-        self._log(run_id, metrics, _candidate_params(candidate, proposal), tags)
-        self._candidate_artifacts(run_id, candidate, proposal, trials, evaluation, verdict, decision)
+            name = f"{tags['thread']}-{tags['operator']}-{candidate.id[:8]}"
+            tags0 = {CANDIDATE: candidate.id, PARENT_TAG: parent}
+            run_id = self.client.create_run(exp_id, _ms(started), tags0, name).info.run_id
+        self._log(run_id, entry.metrics(metric), entry.params(), tags)
+        for name, text in entry.artifacts():
+            self.client.log_text(run_id, text, name)
+        last = max((t.finished_at for t in trials), default=None)
+        end = decision.created_at if decision else last
         status = "FAILED" if decision and decision.outcome == "failed" else "FINISHED"
-        end = decision.created_at if decision else max((t.finished_at for t in trials), default=None)
         self.client.set_terminated(run_id, status, end_time=_ms(end))
+        if tags["champion"] == "true" and (mean := val_mean(trials, metric)) is not None:
+            crowned = decision.created_at if decision else campaign.started_at
+            self.log_champion(campaign, candidate.id, mean, metric, crowned)
         return run_id
 
-    def _candidate_artifacts(
-        self,
-        run_id: str,
-        candidate: Candidate,
-        proposal: Proposal | None,
-        trials: list[Trial],
-        evaluation: Evaluation | None,
-        verdict: AuditVerdict | None,
-        decision: Decision | None,
-    ) -> None:
-        """Small text artifacts; rewriting one replaces it, so replays stay single copies."""
-        files = {
-            "candidate.diff": candidate.diff or "# no change: this is the seed\n",
-            "audit.json": verdict.model_dump_json(indent=1) if verdict else None,
-            "evaluation.json": evaluation.model_dump_json(indent=1) if evaluation else None,
-            "decision.json": decision.model_dump_json(indent=1) if decision else None,
-            "proposal.json": proposal.model_dump_json(indent=1) if proposal else None,
-            "trials.json": json.dumps(
-                [t.model_dump(mode="json", exclude={"log_tail"}) for t in trials], indent=1
-            ),
-            "failures.txt": _failures_text(trials) or None,
-        }
-        for name, text in files.items():
-            if text is not None:
-                self.client.log_text(run_id, text, name)
-
-    # -- whole archive ---------------------------------------------------------------------
     def sync(self, archive: Archive, params: Params, metric: MetricSpec) -> str | None:
         """Mirror a whole archive: the way to rebuild or repair MLflow from the records."""
         campaign = archive.campaign()
@@ -323,100 +283,112 @@ class Tracker:
         for t in archive.all(Trial):
             trials.setdefault(t.candidate_id, []).append(t)
         seed = archive.get(Candidate, campaign.seed_candidate)
-        self.log_candidate(campaign, seed, None, trials.get(campaign.seed_candidate, []),
-                           None, None, None, metric)  # fmt: skip
-        decisions = [d for d in archive.all(Decision) if d.campaign == campaign.name]
-        for step, d in enumerate(decisions, start=1):
-            if d.candidate_id is None:
+        seed_trials = trials.get(campaign.seed_candidate, [])
+        self.log_candidate(campaign, seed, None, seed_trials, None, None, None, metric)
+        for d in archive.all(Decision):
+            if d.candidate_id is None or d.campaign != campaign.name:
                 continue
-            vals = [t.metrics[metric.name] for t in trials.get(d.candidate_id, [])
-                    if t.split == "val" and t.status == "ok" and metric.name in t.metrics]  # fmt: skip
-            self.log_candidate(
-                campaign,
-                archive.get(Candidate, d.candidate_id),
-                archive.get(Proposal, d.proposal_id),
-                trials.get(d.candidate_id, []),
-                archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None,
-                archive.get(AuditVerdict, d.audit_id) if d.audit_id else None,
-                d,
-                metric,
-            )
-            if d.champion and vals:
-                self.log_champion(campaign, d.candidate_id, statistics.fmean(vals), metric, step)
+            cand = archive.get(Candidate, d.candidate_id)
+            prop = archive.get(Proposal, d.proposal_id)
+            ev = archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None
+            audit = archive.get(AuditVerdict, d.audit_id) if d.audit_id else None
+            ran = trials.get(d.candidate_id, [])
+            self.log_candidate(campaign, cand, prop, ran, ev, audit, d, metric)
         if campaign.status == "finished":
             self.finish_campaign(campaign, metric)
         return run_id
 
 
-def _candidate_tags(
-    campaign: CampaignRecord,
-    candidate: Candidate,
-    proposal: Proposal | None,
-    verdict: AuditVerdict | None,
-    decision: Decision | None,
-) -> dict[str, str]:
-    """Tags to filter and group by in the UI; `champion` = it became champion when selected."""
-    champion = decision.champion if decision else candidate.id == campaign.seed_candidate
-    note = proposal.rationale if proposal else "seed solution"
-    if decision:
-        note += f"\n\n{decision.outcome}: {decision.reason}"
-    return {
-        CAMPAIGN: campaign.name,
-        "operator": proposal.operator if proposal else "seed",
-        "proposer": proposal.proposer if proposal else "seed",
-        "outcome": decision.outcome if decision else "seed",
-        "thread": str(proposal.thread) if proposal else "0",
-        "champion": str(champion).lower(),
-        "audit": "none" if verdict is None else ("passed" if verdict.passed else "failed"),
-        "mlflow.note.content": note,
-    }
+def _ok(trials: list[Trial], split: str, name: str) -> list[Trial]:
+    """Trials of `split` that produced the metric, in seed order (step k = k-th seed)."""
+    good = (t for t in trials if t.split == split and t.status == "ok" and name in t.metrics)
+    return sorted(good, key=lambda t: t.seed)
 
 
-def _candidate_params(candidate: Candidate, proposal: Proposal | None) -> dict[str, str]:
-    return {
-        "candidate_id": candidate.id,
-        "proposal_id": candidate.proposal_id or "-",
-        "operator": proposal.operator if proposal else "seed",
-        "proposer": proposal.proposer if proposal else "seed",
-        "parents": ",".join(candidate.parents) or "-",
-        "edit_steps": steps_text(proposal)[:PARAM_MAX],
-        "files_edited": ",".join(sorted({e.path for e in proposal.edits})) if proposal else "-",
-    }
+def val_mean(trials: list[Trial], metric: MetricSpec) -> float | None:
+    vals = [t.metrics[metric.name] for t in _ok(trials, "val", metric.name)]
+    return statistics.fmean(vals) if vals else None
 
 
-def _candidate_metrics(
-    trials: list[Trial],
-    evaluation: Evaluation | None,
-    verdict: AuditVerdict | None,
-    decision: Decision | None,
-    metric: MetricSpec,
-) -> list[tuple[str, float, int, int | None]]:
-    """Per-seed values (step = seed index, and `<name>_seed<k>`) plus summary figures."""
-    name, points = metric.name, []
-    for split, key in (("val", name), ("test", f"test_{name}")):
-        ok = sorted(
-            (t for t in trials if t.split == split and t.status == "ok" and name in t.metrics),
-            key=lambda t: t.seed,
-        )
-        for k, t in enumerate(ok):
-            when = _ms(t.finished_at)
-            points += [(key, t.metrics[name], k, when), (f"{key}_seed{k}", t.metrics[name], 0, when)]
-        if split == "val" and ok:
-            vals = [t.metrics[name] for t in ok]
-            points.append((f"{name}_mean", statistics.fmean(vals), 0, None))
-            if len(vals) > 1:
-                points.append((f"{name}_std", statistics.stdev(vals), 0, None))
-    summary: dict[str, float | None] = {
-        "n_seeds": float(sum(t.split == "val" and t.status == "ok" for t in trials)),
-        "n_failed_trials": float(sum(t.status == "failed" for t in trials)),
-        "audit_passed": None if verdict is None else float(verdict.passed),
-    }
-    if evaluation is not None:
-        summary |= {
-            "p_value": evaluation.p_value,
-            "effect_size": evaluation.effect_size,
-            "delta": evaluation.delta,
-            f"reference_{name}_mean": evaluation.reference_mean,
+@dataclass(frozen=True)
+class Entry:
+    """One candidate's records, turned into the params, tags, metrics and files of its run."""
+
+    candidate: Candidate
+    proposal: Proposal | None
+    trials: list[Trial]
+    evaluation: Evaluation | None
+    verdict: AuditVerdict | None
+    decision: Decision | None
+
+    def tags(self, campaign: CampaignRecord) -> dict[str, str]:
+        """For filtering and grouping in the UI; `champion`: it became champion when selected."""
+        p, d, v = self.proposal, self.decision, self.verdict
+        crowned = d.champion if d else self.candidate.id == campaign.seed_candidate
+        note = p.rationale if p else "seed solution"
+        note += f"\n\n{d.outcome}: {d.reason}" if d else ""
+        return {
+            CAMPAIGN: campaign.name,
+            "operator": p.operator if p else "seed",
+            "proposer": p.proposer if p else "seed",
+            "outcome": d.outcome if d else "seed",
+            "thread": str(p.thread) if p else "0",
+            "champion": str(crowned).lower(),
+            "audit": "none" if v is None else ("passed" if v.passed else "failed"),
+            "mlflow.note.content": note,
         }
-    when = _ms(decision.created_at) if decision else None
-    return points + [(k, v, 0, when) for k, v in summary.items() if v is not None]
+
+    def params(self) -> dict[str, str]:
+        p, c = self.proposal, self.candidate
+        return {
+            "candidate_id": c.id,
+            "proposal_id": c.proposal_id or "-",
+            "operator": p.operator if p else "seed",
+            "proposer": p.proposer if p else "seed",
+            "parents": ",".join(c.parents) or "-",
+            "edit_steps": steps_text(p)[:PARAM_MAX],
+            "files_edited": ",".join(sorted({e.path for e in p.edits})) if p else "-",
+        }
+
+    def metrics(self, metric: MetricSpec) -> list[Point]:
+        """Per-seed values (step = seed index, and `<name>_seed<k>`) plus summary figures."""
+        name, points, e = metric.name, [], self.evaluation
+        for split, key in (("val", name), ("test", f"test_{name}")):
+            for k, t in enumerate(_ok(self.trials, split, name)):
+                when, value = _ms(t.finished_at), t.metrics[name]
+                points += [(key, value, k, when), (f"{key}_seed{k}", value, 0, when)]
+        vals = [t.metrics[name] for t in _ok(self.trials, "val", name)]
+        summary = {
+            f"{name}_mean": statistics.fmean(vals) if vals else None,
+            f"{name}_std": statistics.stdev(vals) if len(vals) > 1 else None,
+            "n_seeds": float(len(vals)),
+            "n_failed_trials": float(sum(t.status == "failed" for t in self.trials)),
+            "audit_passed": None if self.verdict is None else float(self.verdict.passed),
+            "p_value": e.p_value if e else None,
+            "effect_size": e.effect_size if e else None,
+            "delta": e.delta if e else None,
+            f"reference_{name}_mean": e.reference_mean if e else None,
+        }
+        when = _ms(self.decision.created_at) if self.decision else None
+        return points + [(k, v, 0, when) for k, v in summary.items() if v is not None]
+
+    def artifacts(self) -> Iterator[tuple[str, str]]:
+        """(name, text) of each file; logging a name again replaces the file, never adds one."""
+        yield "candidate.diff", self.candidate.diff or "# no change: this is the seed\n"
+        records = (self.proposal, self.evaluation, self.verdict, self.decision)
+        for name, record in zip(
+            ("proposal", "evaluation", "audit", "decision"), records, strict=True
+        ):
+            if record is not None:
+                yield f"{name}.json", record.model_dump_json(indent=1)
+        dumps = [t.model_dump(mode="json", exclude={"log_tail"}) for t in self.trials]
+        yield "trials.json", json.dumps(dumps, indent=1)
+        failed = sorted((t for t in self.trials if t.status == "failed"), key=lambda t: t.seed)
+        if failed:
+            yield (
+                "failures.txt",
+                "\n\n".join(
+                    f"[{t.split} seed {t.seed}] {t.failure}: {t.reason}\n{t.log_tail}".rstrip()
+                    for t in failed
+                ),
+            )

@@ -23,7 +23,9 @@ def _check_path(path: str, editable: tuple[str, ...]) -> None:
     if pure.is_absolute() or ".." in pure.parts:
         raise PatchRefused(f"edit path {path!r} leaves the candidate's folder")
     if path not in editable:
-        raise PatchRefused(f"edit touches non-editable file {path!r} (editable: {', '.join(editable)})")
+        raise PatchRefused(
+            f"edit touches non-editable file {path!r} (editable: {', '.join(editable)})"
+        )
 
 
 def apply_edits(
@@ -57,7 +59,10 @@ def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
         if a != b:
             out.extend(
                 difflib.unified_diff(
-                    a.splitlines(keepends=True), b.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+                    a.splitlines(keepends=True),
+                    b.splitlines(keepends=True),
+                    f"a/{path}",
+                    f"b/{path}",
                 )
             )
     return "".join(out)
@@ -88,11 +93,26 @@ def make_candidate(
 # -- static checks (the build step's cheap gate before any trial) ---------------------------
 
 FORBIDDEN_MODULES = frozenset(
-    {"autolab", "benchmarks", "subprocess", "socket", "ctypes", "multiprocessing", "importlib",
-     "requests", "urllib", "http", "httpx", "pty", "signal"}
+    {
+        "autolab",
+        "benchmarks",
+        "subprocess",
+        "socket",
+        "ctypes",
+        "multiprocessing",
+        "importlib",
+        "requests",
+        "urllib",
+        "http",
+        "httpx",
+        "pty",
+        "signal",
+    }
 )
 FORBIDDEN_CALLS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint"})
-FORBIDDEN_ATTRS = frozenset({"system", "popen", "fork", "execv", "execve", "kill", "environ", "modules"})
+FORBIDDEN_ATTRS = frozenset(
+    {"system", "popen", "fork", "execv", "execve", "kill", "environ", "modules"}
+)
 
 
 def static_findings(path: str, source: str) -> list[str]:

@@ -12,10 +12,9 @@ from prefect import flow
 from autolab.config import load_params
 from autolab.lab import Lab, open_lab
 from autolab.records import Decision, Proposal, now
-from tasks.confirm import confirm_on_test, finish
-from tasks.prepare import prepare_data, register_seed
-from tasks.run import run_trials
 from flows.iteration import iteration
+from tasks.confirm import confirm_on_test, finish
+from tasks.prepare import baseline, prepare_data, register_seed
 
 
 def stop_reason(lab: Lab) -> str | None:
@@ -60,7 +59,7 @@ def campaign(
 
     prepare_data(lab)
     register_seed(lab)
-    run_trials(lab, lab.campaign.seed_candidate, lab.seeds(lab.params.evaluation.max_seeds))
+    baseline(lab)
 
     while (reason := stop_reason(lab)) is None:
         index = next_index(lab)
@@ -68,5 +67,9 @@ def campaign(
 
     record = finish(lab, confirm_on_test(lab), reason)
     print(f"campaign {record.name} finished: {reason}", flush=True)
-    return {"campaign": record.name, "champion": record.test.champion_id, "stop_reason": reason,
-            "proposals": len(lab.archive.all(Proposal))}
+    return {
+        "campaign": record.name,
+        "champion": record.test.champion_id,
+        "stop_reason": reason,
+        "proposals": len(lab.archive.all(Proposal)),
+    }

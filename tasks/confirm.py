@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from prefect import task
 
@@ -33,7 +34,12 @@ def confirm_on_test(lab: Lab) -> TestResult:
 @task(name="finish")
 def finish(lab: Lab, test: TestResult, stop_reason: str) -> CampaignRecord:
     record = lab.campaign.model_copy(
-        update={"status": "finished", "stop_reason": stop_reason, "test": test, "finished_at": now()}
+        update={
+            "status": "finished",
+            "stop_reason": stop_reason,
+            "test": test,
+            "finished_at": now(),
+        }
     )
     lab.archive.put_campaign(record)
     export_champion(lab, record)
@@ -47,12 +53,17 @@ def finish(lab: Lab, test: TestResult, stop_reason: str) -> CampaignRecord:
 def export_champion(lab: Lab, record: CampaignRecord) -> None:
     """The champion's files and numbers, a DVC-tracked output of the campaign stage."""
     out = lab.params.paths.prepared_dir.resolve() / lab.bench.name / "champion"
+    if out.exists():
+        shutil.rmtree(out)  # an earlier champion's files must not linger beside the new one
     champ = record.test.champion_id if record.test else champion_id(lab)
     for path, text in lab.archive.read_files(champ).items():
         atomic_write(out / path, text.encode())
     metric = lab.bench.metric.name
     val = compare_trials(
-        lab, champ, reference_trials(lab, champ), record.seed_candidate,
+        lab,
+        champ,
+        reference_trials(lab, champ),
+        record.seed_candidate,
         reference_trials(lab, record.seed_candidate),
     )
     summary = {
@@ -65,4 +76,4 @@ def export_champion(lab: Lab, record: CampaignRecord) -> None:
         f"test_{metric}_seed": record.test.evaluation.reference_mean if record.test else None,
         "test_p_value": record.test.evaluation.p_value if record.test else None,
     }
-    atomic_write(out / "metrics.json", json.dumps(summary, indent=1).encode())
+    atomic_write(out.parent / "champion.json", json.dumps(summary, indent=1).encode())

@@ -14,7 +14,9 @@ def values(trials: list[Trial], metric: str) -> list[float]:
 
 
 def reference_trials(lab: Lab, candidate_id: str, split: str = "val") -> list[Trial]:
-    return [t for t in lab.archive.all(Trial) if t.candidate_id == candidate_id and t.split == split]
+    return [
+        t for t in lab.archive.all(Trial) if t.candidate_id == candidate_id and t.split == split
+    ]
 
 
 def first_failure(trials: list[Trial]) -> Trial | None:
@@ -34,8 +36,11 @@ def compare_trials(
         c = compare(mine, theirs, metric, ev.alpha, ev.min_seeds, ev.max_seeds)
         result = dict(decision=c.decision, reason=c.reason)
         stats = dict(
-            mean=c.mean, reference_mean=c.reference_mean, delta=c.delta,
-            effect_size=c.effect_size, p_value=c.p_value,
+            mean=c.mean,
+            reference_mean=c.reference_mean,
+            delta=c.delta,
+            effect_size=c.effect_size,
+            p_value=c.p_value,
         )
     return Evaluation(
         id=content_key("evaluation", candidate_id, reference_id, sorted(t.id for t in trials)),

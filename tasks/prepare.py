@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import task
 
 from autolab.lab import Lab
-from autolab.records import CampaignRecord, Candidate
+from autolab.records import CampaignRecord, Candidate, Trial
 from autolab.workspace import make_candidate
 from tasks import INFRA_RETRIES
+from tasks.run import run_trials
 
 
 @task(name="prepare-data", retries=INFRA_RETRIES)
@@ -27,7 +28,10 @@ def register_seed(lab: Lab) -> CampaignRecord:
     record = lab.archive.campaign()
     if record is None:
         record = CampaignRecord(
-            name=lab.name, benchmark=lab.bench.name, params_hash=lab.params.key(), seed_candidate=seed.id
+            name=lab.name,
+            benchmark=lab.bench.name,
+            params_hash=lab.params.key(),
+            seed_candidate=seed.id,
         )
     elif record.benchmark != lab.bench.name or record.seed_candidate != seed.id:
         raise ValueError(
@@ -39,3 +43,23 @@ def register_seed(lab: Lab) -> CampaignRecord:
     record = record.model_copy(update={"mlflow_run_id": run_id})
     lab.archive.put_campaign(record)
     return record
+
+
+def baseline(lab: Lab) -> list[Trial]:
+    """The seed on every seed the evaluation may use: the first reference of every thread."""
+    seed = lab.campaign.seed_candidate
+    trials = run_trials(lab, seed, lab.seeds(lab.params.evaluation.max_seeds))
+    try:
+        lab.tracker.log_candidate(
+            lab.campaign,
+            lab.archive.get(Candidate, seed),
+            None,
+            trials,
+            None,
+            None,
+            None,
+            lab.bench.metric,
+        )
+    except Exception as err:  # noqa: BLE001 - MLflow is a mirror; the archive is the truth
+        print(f"warning: MLflow could not record the seed: {err}")
+    return trials

@@ -94,25 +94,41 @@ def propose(lab: Lab, index: int) -> Proposal | tuple[Proposal, Halt]:
     rng_seed = lab.params.campaign.random_seed * 100_003 + index
     threads = lab.params.campaign.threads
     plan = plan_next(
-        state, index % threads, threads, lab.params.proposer.operators,
-        lab.bench.metric, random.Random(rng_seed),
+        state,
+        index % threads,
+        threads,
+        lab.params.proposer.operators,
+        lab.bench.metric,
+        random.Random(rng_seed),
     )
     started = time.monotonic()
     try:
         draft = lab.proposer.propose(request_for(lab, plan, state, rng_seed))
     except ProposalError as err:
         failed = Proposal(
-            id=pid, campaign=lab.name, thread=plan.thread, operator=plan.operator,
-            parents=list(plan.parents), rationale=f"proposer gave no edit: {err}", edits=[],
+            id=pid,
+            campaign=lab.name,
+            thread=plan.thread,
+            operator=plan.operator,
+            parents=list(plan.parents),
+            rationale=f"proposer gave no edit: {err}",
+            edits=[],
             proposer=lab.proposer.name,
         )
         lab.archive.put(failed)
         return failed, Halt("failed", failed.rationale)
     draft.cost.seconds = draft.cost.seconds or time.monotonic() - started
     proposal = Proposal(
-        id=pid, campaign=lab.name, thread=plan.thread, operator=draft.operator,
-        parents=list(plan.parents), rationale=draft.rationale, steps=draft.steps,
-        edits=draft.edits, proposer=lab.proposer.name, cost=draft.cost,
+        id=pid,
+        campaign=lab.name,
+        thread=plan.thread,
+        operator=draft.operator,
+        parents=list(plan.parents),
+        rationale=draft.rationale,
+        steps=draft.steps,
+        edits=draft.edits,
+        proposer=lab.proposer.name,
+        cost=draft.cost,
     )
     lab.archive.put(proposal)
     return proposal

@@ -11,7 +11,9 @@ from tasks import INFRA_RETRIES, INFRA_RETRY_DELAY_S
 
 
 def trial_id(lab: Lab, candidate_id: str, seed: int, split: str) -> str:
-    return Trial.key(candidate_id, seed, split, lab.harness_version, lab.budget.model_dump(mode="json"))
+    return Trial.key(
+        candidate_id, seed, split, lab.harness_version, lab.budget.model_dump(mode="json")
+    )
 
 
 def _cache_key(_context, parameters: dict) -> str:

@@ -21,11 +21,18 @@ def beats_champion(lab: Lab, candidate_id: str, evaluation: Evaluation) -> tuple
     if champion == evaluation.reference_id:
         return True, "beats its parent, the champion"
     vs = compare_trials(
-        lab, candidate_id, reference_trials(lab, candidate_id), champion, reference_trials(lab, champion)
+        lab,
+        candidate_id,
+        reference_trials(lab, candidate_id),
+        champion,
+        reference_trials(lab, champion),
     )
     lab.archive.put(vs)
     ok = vs.p_value is not None and vs.p_value < lab.params.evaluation.alpha
-    return ok, f"vs champion {champion[:8]}: p={vs.p_value if vs.p_value is not None else float('nan'):.2g}"
+    return (
+        ok,
+        f"vs champion {champion[:8]}: p={vs.p_value if vs.p_value is not None else float('nan'):.2g}",
+    )
 
 
 def decide(
@@ -43,30 +50,48 @@ def decide(
         champion, why = beats_champion(lab, cand, evaluation)
         reason = f"{evaluation.reason}; {why}"
     return Decision(
-        id=content_key("decision", proposal.id), campaign=lab.name, thread=proposal.thread,
-        proposal_id=proposal.id, candidate_id=cand, outcome=outcome, reason=reason,
-        champion=champion, evaluation_id=evaluation.id, audit_id=verdict.id if verdict else None,
+        id=content_key("decision", proposal.id),
+        campaign=lab.name,
+        thread=proposal.thread,
+        proposal_id=proposal.id,
+        candidate_id=cand,
+        outcome=outcome,
+        reason=reason,
+        champion=champion,
+        evaluation_id=evaluation.id,
+        audit_id=verdict.id if verdict else None,
     )
 
 
-def mirror(lab: Lab, decision: Decision, proposal: Proposal, evaluation: Evaluation | None,
-           verdict: AuditVerdict | None) -> None:
+def mirror(
+    lab: Lab,
+    decision: Decision,
+    proposal: Proposal,
+    evaluation: Evaluation | None,
+    verdict: AuditVerdict | None,
+) -> None:
     """MLflow is a view of the archive: a tracking outage must not stop the research."""
     if decision.candidate_id is None:
         return
-    from tasks.evaluate import reference_trials as trials_of
-
     try:
         lab.tracker.log_candidate(
-            lab.campaign, lab.archive.get(Candidate, decision.candidate_id), proposal,
-            trials_of(lab, decision.candidate_id), evaluation, verdict, decision, lab.bench.metric,
+            lab.campaign,
+            lab.archive.get(Candidate, decision.candidate_id),
+            proposal,
+            reference_trials(lab, decision.candidate_id),
+            evaluation,
+            verdict,
+            decision,
+            lab.bench.metric,
         )
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow mirror failed for %s: %s", decision.candidate_id, err)
 
 
 @task(name="select")
-def select(lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditVerdict | None) -> Decision:
+def select(
+    lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditVerdict | None
+) -> Decision:
     decision = decide(lab, proposal, evaluation, verdict)
     lab.archive.put(decision)
     mirror(lab, decision, proposal, evaluation, verdict)
@@ -76,8 +101,13 @@ def select(lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditV
 @task(name="record-halt")
 def record_halt(lab: Lab, proposal: Proposal, candidate_id: str | None, halt: Halt) -> Decision:
     decision = Decision(
-        id=content_key("decision", proposal.id), campaign=lab.name, thread=proposal.thread,
-        proposal_id=proposal.id, candidate_id=candidate_id, outcome=halt.outcome, reason=halt.reason,
+        id=content_key("decision", proposal.id),
+        campaign=lab.name,
+        thread=proposal.thread,
+        proposal_id=proposal.id,
+        candidate_id=candidate_id,
+        outcome=halt.outcome,
+        reason=halt.reason,
     )
     lab.archive.put(decision)
     mirror(lab, decision, proposal, None, None)

@@ -1,0 +1,86 @@
+"""Whole campaigns, in process, on the fast no-op benchmark."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ScriptedProposer, write_params
+
+from autolab.archive import Archive
+from autolab.records import Decision, Proposal, Trial
+
+GOOD = "VALUE = 1.0\nOFFSET = 0.5\n"
+CRASH = 'raise RuntimeError("candidate exploded")\n'
+HANG = "while True:\n    pass\n"
+NAN = 'VALUE = float("nan")\nOFFSET = 0.5\n'
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def archive_of(tmp_path, name="test-noop") -> Archive:
+    return Archive(tmp_path / "runs" / name / "archive")
+
+
+def test_campaign_end_to_end_on_noop(tmp_path, prefect_api):
+    from flows.campaign import campaign
+
+    params = write_params(tmp_path, max_proposals=6)
+    result = campaign(params_path=str(params))
+    archive = archive_of(tmp_path)
+    record = archive.campaign()
+    assert record.status == "finished" and "max_proposals" in record.stop_reason
+    decisions = archive.all(Decision)
+    assert len(decisions) == 6 == len(archive.all(Proposal))
+    assert record.test is not None and record.test.champion_id == result["champion"]
+    assert any(t.split == "test" for t in archive.all(Trial))
+    # val trials of every evaluated candidate used at least min_seeds seeds
+    for d in decisions:
+        if d.outcome in ("accepted", "rejected"):
+            n = sum(
+                t.candidate_id == d.candidate_id and t.split == "val" for t in archive.all(Trial)
+            )
+            assert n >= 3
+    assert (tmp_path / "artifacts" / "noop" / "champion.json").exists()
+    # resuming a finished campaign runs nothing again
+    before = {t.id: t.started_at for t in archive.all(Trial)}
+    campaign(params_path=str(params))
+    assert {t.id: t.started_at for t in archive.all(Trial)} == before
+
+
+def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, prefect_api, monkeypatch):
+    """A crash, a hang past the time limit, a NaN and an edit outside the editable files
+    each become a decision with its reason; the good candidate after them still wins."""
+    from flows.campaign import campaign
+
+    scripted = ScriptedProposer(
+        "solution.py",
+        [
+            ("crash", CRASH),
+            ("hang", HANG),
+            ("nan", NAN),
+            ("other:harness.py", "x = 1\n"),
+            ("good", GOOD),
+        ],
+    )
+    monkeypatch.setattr("autolab.lab.make_proposer", lambda _params: scripted)
+    params = write_params(tmp_path, max_proposals=5, budget={"wall_clock_s": 3})
+    campaign(params_path=str(params))
+
+    archive = archive_of(tmp_path)
+    by_label = {}
+    for d in archive.all(Decision):
+        proposal = archive.get(Proposal, d.proposal_id)
+        by_label[proposal.steps[0].name] = d
+    assert by_label["crash"].outcome == "failed"
+    assert "crash" in by_label["crash"].reason and "candidate exploded" in by_label["crash"].reason
+    assert by_label["hang"].outcome == "failed" and "timeout" in by_label["hang"].reason
+    assert by_label["nan"].outcome == "failed" and "nan" in by_label["nan"].reason
+    assert by_label["other:harness.py"].outcome == "refused"
+    assert "non-editable" in by_label["other:harness.py"].reason
+    assert by_label["good"].outcome == "accepted" and by_label["good"].champion
+    assert archive.campaign().status == "finished"
