@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import psutil
 import pytest
 
 from autolab.sandbox import available_modes
+
+# Telemetry off for everything the tests start (Prefect servers, MLflow, DVC).
+for _key, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 # AUTOLAB_SANDBOX value -> the isolation name a SandboxResult / Trial records
 ISOLATION_MODES = {"none": "none", "unshare": "unshare-net", "bwrap": "bwrap"}

@@ -10,14 +10,16 @@ from autolab.proposers.base import Draft, ProposalRequest
 from autolab.records import EditStep, FileEdit
 
 
-def write_params(tmp: Path, benchmark: str = "noop", **sections: dict) -> Path:
+def write_params(
+    tmp: Path, benchmark: str = "noop", max_proposals: int = 4, **sections: dict
+) -> Path:
     """A params.yaml whose every path lies under tmp."""
     data: dict = {
         "campaign": {
             "name": f"test-{benchmark}",
             "benchmark": benchmark,
             "threads": 2,
-            "max_proposals": 4,
+            "max_proposals": max_proposals,
             "max_wall_clock_min": 30,
         },
         "evaluation": {"min_seeds": 3, "max_seeds": 4, "test_seeds": 3},

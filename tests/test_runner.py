@@ -154,7 +154,13 @@ def test_hang_times_out(tmp_path: Path, isolation: str) -> None:
 
 def test_oom(tmp_path: Path) -> None:
     bench = FakeBench(tmp_path / "bench", memory_mb=200)
-    code = "def solve(x, seed):\n    return len([b'x' * 50_000_000 for _ in range(60)])\n"
+    code = """
+        import time
+        def solve(x, seed):
+            held = [b"x" * 50_000_000 for _ in range(60)]
+            time.sleep(30)
+            return len(held)
+    """
     t = trial(bench, tmp_path, code)
     assert t.failure == "oom" and "over the 200 MB limit" in t.reason
     assert t.peak_rss_mb > 200

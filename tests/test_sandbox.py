@@ -87,9 +87,11 @@ def test_background_process_killed_after_clean_exit(
 
 def test_memory_over_limit_is_oom(tmp_path: Path, isolation: str) -> None:
     code = """
+        import time
         chunks = []
         for _ in range(60):
             chunks.append(b"x" * 50_000_000)   # written pages: 3 GB in all
+        time.sleep(30)  # hold it, so even a slow poll sees it
     """
     r = run_code(tmp_path / "ws", code, memory_mb=200)
     assert r.status == "oom", r

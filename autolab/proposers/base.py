@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,7 @@ class ProposalError(RuntimeError):
     """The proposer could not produce a usable edit (garbled reply, nothing left to try...)."""
 
 
+@runtime_checkable
 class Proposer(Protocol):
     name: str
     operators: frozenset[str]

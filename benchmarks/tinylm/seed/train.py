@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-N_LAYER = 4
+N_LAYER = 2
 N_HEAD = 4
 N_EMBD = 128
 MLP_RATIO = 4
 BLOCK_SIZE = 256
-SEQ_LEN = 128
-BATCH_SIZE = 16
+SEQ_LEN = 64
+BATCH_SIZE = 4
 LR = 3e-3
 WEIGHT_DECAY = 0.1
 WARMUP_FRAC = 0.05

@@ -1,0 +1,1 @@
+"""A benchmark whose trial does almost nothing: it measures the orchestration itself."""
