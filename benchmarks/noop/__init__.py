@@ -1,1 +1,1 @@
-"""A benchmark whose trial does almost nothing: it measures the orchestration itself."""
+"""noop: a benchmark that does no work, for measuring the loop's own overhead."""

@@ -1,29 +1,31 @@
-"""Trusted driver of a noop trial, run in the sandbox: import the candidate, write its knobs.
+"""Trusted driver of the noop benchmark's one sandboxed step: import the solution, write its value.
 
-It reports the candidate's constants, not a score: the scorer in the parent computes it.
+Run as: python -m benchmarks.noop.harness --workspace W --seed S
+Kept free of heavy imports: the point of this benchmark is to cost nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workspace", type=Path, required=True)
-    args = ap.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("solution", args.workspace / "solution.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = args.workspace / "out"
+    parser = argparse.ArgumentParser(prog="benchmarks.noop.harness")
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args(argv)
+    workspace = args.workspace.resolve()
+    sys.path.insert(0, str(workspace))
+    import solution  # the candidate's workspace/solution.py
+
+    out = workspace / "out"
     out.mkdir(exist_ok=True)
-    values = {"VALUE": float(module.VALUE), "OFFSET": float(module.OFFSET)}
-    (out / "result.json").write_text(json.dumps(values))
+    result = {"value": float(solution.value()), "calls": 1, "seed": args.seed}
+    (out / "result.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -53,8 +53,10 @@ def rotary(source: str, base: float = 10000.0) -> str:
         "rotary",
     )
     source = _replace(source, "        self.wpe = nn.Embedding(BLOCK_SIZE, N_EMBD)\n", "", "rotary")
-    source = _replace(source, _ATTN_CLASS, _ROTARY_FN.format(base=float(base)) + _ATTN_CLASS, "rotary")
-    return _replace(source, _DROP_LINE, "        q, k = rotary(q), rotary(k)\n" + _DROP_LINE, "rotary")
+    helper = _ROTARY_FN.format(base=float(base))
+    source = _replace(source, _ATTN_CLASS, helper + _ATTN_CLASS, "rotary")
+    apply_line = "        q, k = rotary(q), rotary(k)\n"
+    return _replace(source, _DROP_LINE, apply_line + _DROP_LINE, "rotary")
 
 
 def qk_norm(source: str) -> str:
@@ -96,7 +98,8 @@ def relu_squared(source: str) -> str:
 
 def rmsnorm(source: str) -> str:
     """RMSNorm (no mean subtraction, no bias) instead of LayerNorm."""
-    return _replace(source, "    return nn.LayerNorm(dim)\n", "    return nn.RMSNorm(dim)\n", "rmsnorm")
+    old, new = "    return nn.LayerNorm(dim)\n", "    return nn.RMSNorm(dim)\n"
+    return _replace(source, old, new, "rmsnorm")
 
 
 def zero_init_proj(source: str) -> str:

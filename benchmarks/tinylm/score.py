@@ -83,7 +83,8 @@ def check_budget(ctx: TrialContext, score: Score) -> CheckResult:
     except TrialFailure as err:
         return CheckResult(name="budget_respected", passed=False, evidence=err.reason)
     ok = size == ctx.budget.amount + 1 and 0 <= tokens <= ctx.budget.amount
-    evidence = f"stream {size} bytes for amount {ctx.budget.amount}; harness counted {tokens} tokens"
+    amount = ctx.budget.amount
+    evidence = f"stream {size} bytes for amount {amount}; harness counted {tokens} tokens"
     return CheckResult(name="budget_respected", passed=ok, evidence=evidence)
 
 
@@ -109,7 +110,7 @@ def check_causal(ctx: TrialContext, score: Score) -> CheckResult:
         return CheckResult(name="causal_predictions", passed=False, evidence=str(err))
     k = len(probe)
     if not 0 < k <= len(full) or probe.shape[1:] != full.shape[1:]:
-        return CheckResult(name="causal_predictions", passed=False, evidence="probe logits malformed")
+        return CheckResult(name="causal_predictions", passed=False, evidence="malformed probe")
     diff = np.abs(full[:k, :PROBE_AT].astype(np.float32) - probe[:, :PROBE_AT].astype(np.float32))
     worst = float(np.nan_to_num(diff, nan=np.inf).max())
     return CheckResult(

@@ -115,7 +115,10 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     for name, p in model.named_parameters():
         is_matrix = p.dim() >= 2 and not name.startswith(("wte", "wpe"))
         (decay if is_matrix else other).append(p)
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": other, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": WEIGHT_DECAY},
+        {"params": other, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.95), eps=1e-8)
 
 
