@@ -139,7 +139,7 @@ def _run_steps(
             return
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
-        readable = [ctx.inputs_dir, *(Path(p) for p in step.readable)]
+        readable = [Path(p) for p in step.readable]  # only its own inputs: train never sees eval
         res = run_sandboxed(step.argv, ctx.workspace, limits, readable=readable, hidden=hidden,
                             env_extra=env_extra)
         prog.add_step(step.name, res)

@@ -30,10 +30,12 @@ def iteration(lab: Lab, index: int) -> Decision:
         return record_halt(lab, proposal, candidate.id, halt)
 
     parent = proposal.parents[0]
-    trials = run_trials(lab, candidate.id, lab.seeds(lab.params.evaluation.min_seeds))
+    ev = lab.params.evaluation
+    trials = run_trials(lab, candidate.id, lab.seeds(ev.min_seeds))
     evaluation = evaluate(lab, candidate.id, trials, parent)
-    while evaluation.decision == "more":  # sequential testing: one more seed at a time
-        trials += run_trials(lab, candidate.id, lab.seeds(1, start=len(trials)))
+    while evaluation.decision == "more":  # sequential testing: a few more seeds at a time
+        more = min(ev.parallel_trials, ev.max_seeds - len(trials))
+        trials += run_trials(lab, candidate.id, lab.seeds(more, start=len(trials)))
         evaluation = evaluate(lab, candidate.id, trials, parent)
 
     verdict = audit(lab, candidate.id, trials) if evaluation.decision != "failed" else None

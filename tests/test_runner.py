@@ -73,7 +73,7 @@ class FakeBench:
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
         argv = (ctx.python, str(self.harness), str(ctx.seed), str(ctx.inputs_dir))
         return [SandboxStep(name="train", argv=argv, timeout_s=self.step_timeout_s,
-                            readable=(str(self.harness_dir),))]
+                            readable=(str(self.harness_dir), str(ctx.inputs_dir)))]
 
     def score(self, ctx: TrialContext) -> Score:
         if self.fail_score_with is not None:
@@ -238,3 +238,14 @@ def test_infrastructure_fault_propagates(bench: FakeBench, tmp_path: Path) -> No
     (trial_dir,) = (tmp_path / "work").iterdir()
     assert sorted(p.name for p in trial_dir.iterdir()) == ["log.txt"]
     assert "infrastructure fault" in (trial_dir / "log.txt").read_text()
+
+
+def test_a_step_reads_only_the_inputs_it_names(tmp_path: Path, force_isolation) -> None:
+    """Under bwrap, inputs staged for another step (e.g. eval windows) stay out of reach."""
+    force_isolation("bwrap")
+    bench = FakeBench(tmp_path)
+    bench.steps = lambda ctx: [SandboxStep(
+        name="train", argv=(ctx.python, str(bench.harness), "0", str(ctx.inputs_dir)),
+        timeout_s=30, readable=(str(bench.harness_dir),))]
+    t = trial(bench, tmp_path, "def solve(x, seed):\n    return x\n")
+    assert t.status == "failed" and "data.json" in t.reason

@@ -34,13 +34,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_ctx(tmp: Path, prepared: Path, seed: int = 0, amount: int = 4096,
-             split: str = "val") -> TrialContext:
+def make_ctx(
+    tmp: Path, prepared: Path, seed: int = 0, amount: int = 4096, split: str = "val"
+) -> TrialContext:
     budget = Budget(unit="train_tokens", amount=amount, wall_clock_s=120, memory_mb=3000)
     ws, inputs = tmp / f"ws{seed}{split}", tmp / f"in{seed}{split}"
     ws.mkdir(parents=True, exist_ok=True)
-    return TrialContext(workspace=ws, inputs_dir=inputs, prepared_dir=prepared, seed=seed,
-                        split=split, budget=budget, threads=1, python=sys.executable)
+    return TrialContext(
+        workspace=ws,
+        inputs_dir=inputs,
+        prepared_dir=prepared,
+        seed=seed,
+        split=split,
+        budget=budget,
+        threads=1,
+        python=sys.executable,
+    )
 
 
 # -- prepare and stage ----------------------------------------------------------------------
@@ -112,8 +121,12 @@ def test_steps_read_only_their_own_inputs(prepared, tmp_path):
 # -- scoring and audits ---------------------------------------------------------------------
 
 
-def write_outputs(ctx: TrialContext, logits: np.ndarray, tokens: int | None = None,
-                  probe: np.ndarray | None = None) -> None:
+def write_outputs(
+    ctx: TrialContext,
+    logits: np.ndarray,
+    tokens: int | None = None,
+    probe: np.ndarray | None = None,
+) -> None:
     out = ctx.workspace / "out"
     out.mkdir(exist_ok=True)
     np.save(out / "logits.npy", logits)
@@ -180,7 +193,9 @@ def test_audits_catch_overspending_and_peeking(prepared, tmp_path):
     score = BENCH.score(ctx)
     results = {c.name: c.passed for c in (check(ctx, score) for check in BENCH.audit_checks())}
     assert results == {
-        "budget_respected": False, "eval_outputs_complete": True, "causal_predictions": False,
+        "budget_respected": False,
+        "eval_outputs_complete": True,
+        "causal_predictions": False,
     }
 
 
@@ -197,8 +212,9 @@ def test_seed_and_search_space_fit_together():
     for knob in space.knobs:
         assert f"\n{knob.name} = " in SEED, knob.name
     tree = ast.parse(SEED)
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                for a in n.names}
+    imported = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     assert imported <= {"math", "torch"}
 
 
@@ -239,8 +255,9 @@ def run_trial(prepared: Path, tmp: Path, source: str, amount: int, seed: int = 0
     (ctx.workspace / "train.py").write_text(source)
     BENCH.stage_inputs(ctx)
     for step in BENCH.steps(ctx):
-        res = subprocess.run(step.argv, cwd=ctx.workspace, capture_output=True, text=True,
-                             timeout=step.timeout_s)
+        res = subprocess.run(
+            step.argv, cwd=ctx.workspace, capture_output=True, text=True, timeout=step.timeout_s
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     score = BENCH.score(ctx)
     checks = {c.name: c.passed for c in (check(ctx, score) for check in BENCH.audit_checks())}
@@ -265,7 +282,7 @@ def test_seed_learns_well_below_uniform(prepared, tmp_path):
     assert result["bpb"] < 5.0, result
 
 
-PEEKING = '''
+PEEKING = """
 import torch
 import torch.nn.functional as F
 
@@ -282,10 +299,22 @@ class Peek(torch.nn.Module):
 
 def train(ctx):
     return Peek()
-'''
+"""
 
 
 def test_a_model_that_reads_the_future_is_caught(prepared, tmp_path):
     result = run_trial(prepared, tmp_path, PEEKING, amount=1024)
     assert result["bpb"] < 1.0  # it looks excellent...
     assert result["checks"]["causal_predictions"] is False  # ...and the audit says why
+
+
+def test_seed_passes_a_sandboxed_trial(prepared, tmp_path):
+    runner = pytest.importorskip("autolab.runner")
+    budget = BENCH.budget.model_copy(update={"amount": 8192})
+    trial = runner.run_trial(
+        BENCH, "seed", BENCH.seed_files(), 0, "val", budget,
+        work_root=tmp_path / "trials", prepared_dir=prepared, threads=1,
+    )  # fmt: skip
+    assert trial.status == "ok", trial.reason + trial.log_tail
+    assert trial.metrics["bpb"] < 8.0 and trial.budget_used == 8192
+    assert [c.name for c in trial.checks if not c.passed] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,7 @@ def noise(seed: int) -> float:
     return NOISE * float(np.random.default_rng(seed).standard_normal())
 
 
-def _edit(old: str, new: str, name: str) -> object:
+def _edit(old: str, new: str, name: str) -> Callable[..., str]:
     def apply(source: str, **params: float) -> str:
         if source.count(old) != 1:
             raise EditNotApplicable(f"{name}: anchor {old.strip()!r} not found")

@@ -28,7 +28,7 @@ class TinyLM:
     name = "tinylm"
     metric = MetricSpec(name="bpb", direction=Direction.MINIMIZE, unit="bits/byte")
     editable_files: tuple[str, ...] = ("train.py",)
-    budget = Budget(unit="train_tokens", amount=262_144, wall_clock_s=80.0, memory_mb=3000)
+    budget = Budget(unit="train_tokens", amount=196_608, wall_clock_s=80.0, memory_mb=3000)
     hardware: Literal["cpu", "gpu"] = "cpu"
 
     def seed_files(self, variant: str = "default") -> dict[str, str]:

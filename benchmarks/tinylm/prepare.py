@@ -45,8 +45,10 @@ def _load_meta(prepared_dir: Path) -> dict | None:
         return None
     if meta.get("version") != PREPARE_VERSION:
         return None
-    if not all((prepared_dir / f"{s}.bin").is_file() for s in SPLITS):
-        return None
+    for s in SPLITS:
+        path = prepared_dir / f"{s}.bin"
+        if not path.is_file() or path.stat().st_size != meta["bytes"][s]:
+            return None
     return meta
 
 

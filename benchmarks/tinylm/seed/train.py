@@ -83,7 +83,7 @@ class GPT(nn.Module):
         self.head.weight = self.wte.weight  # tied embeddings
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):  # residual outputs: scaled for depth
+            if name.endswith("proj.weight"):  # outputs of residual branches
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * N_LAYER))
 
     @staticmethod
