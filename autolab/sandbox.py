@@ -124,13 +124,19 @@ def isolation_mode() -> Isolation:
     return available_modes()[-1]
 
 
+def _runtime_paths() -> list[Path]:
+    """What the sandboxed interpreter needs even when it lives under /tmp (which bwrap
+    replaces): the virtualenv, the base Python, and the installed project's sources."""
+    return sorted({Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]})
+
+
 def _bwrap_prefix(workspace: Path, readable: Sequence[Path], hidden: Sequence[Path]) -> list[str]:
     """bwrap argv. Later mounts cover earlier ones, so mounts go from the shallowest path
     to the deepest: the most specific rule wins (a readable dir inside a hidden one is
     re-exposed, a hidden file inside it is hidden again); the workspace comes last."""
     argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--die-with-parent"]
-    rules = [(p, False) for p in hidden] + [(p, True) for p in readable]
+    rules = [(p, False) for p in hidden] + [(p, True) for p in (*readable, *_runtime_paths())]
     for p, show in sorted(rules, key=lambda r: len(r[0].parts)):
         if show:
             argv += ["--ro-bind-try", str(p), str(p)]

@@ -5,6 +5,7 @@ Started or resumed the same way: everything done before is in the archive and is
 
 from __future__ import annotations
 
+import statistics
 from datetime import timedelta
 
 from prefect import flow
@@ -57,9 +58,15 @@ def campaign(
         overrides.setdefault("campaign", {})["benchmark"] = benchmark
     lab = open_lab(load_params(params_path, overrides))
 
-    prepare_data(lab)
+    print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
     register_seed(lab)
-    baseline(lab)
+    seed_trials = baseline(lab)
+    vals = [t.metrics[lab.bench.metric.name] for t in seed_trials if t.status == "ok"]
+    print(
+        f"seed {lab.campaign.seed_candidate[:8]}: {lab.bench.metric.name} "
+        f"{statistics.fmean(vals) if vals else float('nan'):.4f} on {len(vals)} seeds",
+        flush=True,
+    )
 
     while (reason := stop_reason(lab)) is None:
         index = next_index(lab)

@@ -1,0 +1,47 @@
+"""Dependencies run one way: CLI -> flows -> tasks -> autolab -> benchmarks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from autolab.workspace import static_findings
+from benchmarks import BENCHMARK_NAMES, get_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "benchmarks": {"autolab", "flows", "tasks"},
+    "autolab": {"flows", "tasks"},
+    "tasks": {"flows"},
+}
+ALLOWED = {"autolab/cli.py"}  # the top of the stack
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ALLOWED or "/seed/" in rel:
+            continue
+        if hits := imported_roots(path) & FORBIDDEN[package]:
+            bad.append(f"{rel} imports {sorted(hits)}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
+def test_seed_solutions_pass_the_build_gate(name):
+    for path, source in get_benchmark(name).seed_files().items():
+        assert static_findings(path, source) == [], path
