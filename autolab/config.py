@@ -56,7 +56,7 @@ class EvaluationParams(_Strict):
 class ProposerParams(_Strict):
     kind: Literal["auto", "offline"] = "auto"
     operators: dict[Literal["tune", "improve", "crossover"], float] = Field(
-        default_factory=lambda: {"tune": 0.4, "improve": 0.45, "crossover": 0.15}
+        default_factory=lambda: {"tune": 0.3, "improve": 0.55, "crossover": 0.15}
     )
 
     @model_validator(mode="after")

@@ -122,8 +122,11 @@ class Evaluation(BaseModel):
     mean: float | None = None
     reference_mean: float | None = None
     delta: float | None = Field(None, description="mean - reference_mean")
-    effect_size: float | None = Field(None, description="Hedges' g, signed so >0 is better")
+    effect_size: float | None = Field(
+        None, description="Hedges' g (welch) or Cohen's d_z (paired), signed so >0 is better"
+    )
     p_value: float | None = None
+    test: Literal["paired", "welch"] = "welch"
     alpha: float
     decision: Verdict
     reason: str = ""
@@ -171,6 +174,7 @@ class CampaignRecord(BaseModel):
     status: Literal["running", "finished"] = "running"
     stop_reason: str = ""
     mlflow_run_id: str | None = None
+    val: Evaluation | None = Field(None, description="champion vs seed on the val split")
     test: TestResult | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None

@@ -231,7 +231,8 @@ def _headline(view: View, champion: str) -> dict[str, Any]:
     pair = (champion, seed)
     found = [e for e in view.evaluations.values() if (e.candidate_id, e.reference_id) == pair]
     if found:
-        return out | {"p": found[-1].p_value, "g": found[-1].effect_size, "source": "archived"}
+        e = found[-1]
+        return out | {"p": e.p_value, "g": e.effect_size, "source": f"{e.test} test on val seeds"}
     a, b = view.values(champion), view.values(seed)
     sign = -1.0 if view.metric.direction is Direction.MINIMIZE else 1.0
     g = hedges_g(np.asarray(a) * sign, np.asarray(b) * sign)

@@ -1,9 +1,12 @@
 """Is a candidate really better than its reference? Multi-seed, one-sided, sequential.
 
-Welch's t-test (scipy.stats) on per-seed metric values, one-sided in the metric's
+A trial's seed fixes its initialisation and its data order, so a candidate and its
+reference run on the same seeds are matched pairs: the paired t-test (scipy.stats) on
+per-seed differences removes the seed-to-seed variance both share. Where the seeds do
+not match, Welch's t-test on the two samples is used. Both are one-sided in the metric's
 direction. Seeds are added in rounds until the answer is clear: accept at p < alpha,
-reject when the maximum number of seeds is reached or when the candidate is not even
-ahead on average (a futility stop that saves compute).
+reject at the maximum number of seeds, or earlier when the candidate is not even ahead
+on average (a futility stop that saves compute).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Comparison:
     p_value: float | None
     decision: str
     reason: str
+    test: str = "welch"
 
 
 def hedges_g(better: np.ndarray, worse: np.ndarray) -> float | None:
@@ -52,6 +56,42 @@ def one_sided_p(values: list[float], reference: list[float], metric: MetricSpec)
     return None if math.isnan(p) else p
 
 
+def paired_p(values: list[float], reference: list[float], metric: MetricSpec) -> float | None:
+    """p-value of 'values are better than their matched reference values'."""
+    if len(values) < 2 or len(values) != len(reference):
+        return None
+    alternative = "less" if metric.direction is Direction.MINIMIZE else "greater"
+    p = float(stats.ttest_rel(values, reference, alternative=alternative).pvalue)
+    return None if math.isnan(p) else p
+
+
+def paired_effect(diffs: np.ndarray) -> float | None:
+    """Mean difference over the spread of differences (Cohen's d_z), signed: >0 is better."""
+    sd = diffs.std(ddof=1) if len(diffs) > 1 else 0.0
+    return float(diffs.mean() / sd) if sd > 0 else None
+
+
+def compare_seeds(
+    values: dict[int, float],
+    reference: dict[int, float],
+    metric: MetricSpec,
+    alpha: float,
+    min_seeds: int,
+    max_seeds: int,
+) -> Comparison:
+    """Paired on the seeds both ran when one side's seeds contain the other's; else Welch."""
+    common = sorted(set(values) & set(reference))
+    if len(common) >= 2 and len(common) == min(len(values), len(reference)):
+        return compare(
+            [values[s] for s in common],
+            [reference[s] for s in common],
+            metric, alpha, min_seeds, max_seeds, paired=True,
+        )  # fmt: skip
+    return compare(
+        list(values.values()), list(reference.values()), metric, alpha, min_seeds, max_seeds
+    )
+
+
 def compare(
     values: list[float],
     reference: list[float],
@@ -59,6 +99,7 @@ def compare(
     alpha: float,
     min_seeds: int,
     max_seeds: int,
+    paired: bool = False,
 ) -> Comparison:
     """Decide accept / reject / more from the seeds measured so far."""
     if not values or not reference:
@@ -66,9 +107,17 @@ def compare(
     a, b = np.asarray(values, float), np.asarray(reference, float)
     sign = -1.0 if metric.direction is Direction.MINIMIZE else 1.0
     delta = float(a.mean() - b.mean())
-    g = hedges_g(a * sign, b * sign)
-    p = one_sided_p(values, reference, metric)
-    base = dict(mean=float(a.mean()), reference_mean=float(b.mean()), delta=delta, effect_size=g)
+    if paired:
+        g, p = paired_effect((a - b) * sign), paired_p(values, reference, metric)
+    else:
+        g, p = hedges_g(a * sign, b * sign), one_sided_p(values, reference, metric)
+    base = dict(
+        mean=float(a.mean()),
+        reference_mean=float(b.mean()),
+        delta=delta,
+        effect_size=g,
+        test="paired" if paired else "welch",
+    )
     ahead = metric.better(float(a.mean()), float(b.mean()))
     if len(values) < min_seeds:
         return Comparison(

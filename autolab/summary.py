@@ -4,28 +4,21 @@ from __future__ import annotations
 
 from autolab.archive import Archive
 from autolab.config import Params
-from autolab.records import Decision, Trial
-from autolab.stats import one_sided_p
+from autolab.records import Decision, Evaluation
 from benchmarks import get_benchmark
 
 
-def _vals(trials: list[Trial], cid: str, split: str, metric: str) -> list[float]:
-    return [
-        t.metrics[metric]
-        for t in trials
-        if t.candidate_id == cid and t.split == split and t.status == "ok" and metric in t.metrics
-    ]
-
-
-def _gain(mine: list[float], ref: list[float], metric, unit: str) -> str:
-    if not mine or not ref:
+def _gain(e: Evaluation | None, unit: str, same: bool) -> str:
+    if e is None or e.mean is None or e.reference_mean is None:
         return "not measured"
-    a, b = sum(mine) / len(mine), sum(ref) / len(ref)
-    p = one_sided_p(mine, ref, metric)
-    p_text = f"p={p:.2g}" if p is not None else "p undefined"
+    seeds = f"n={len(e.values)}"
+    if same:
+        return f"{e.mean:.4f} {unit} (the seed itself; {seeds})"
+    p = f"p={e.p_value:.2g}" if e.p_value is not None else "p undefined"
+    pct = 100 * (e.mean - e.reference_mean) / e.reference_mean
     return (
-        f"{a:.4f} vs seed {b:.4f} {unit} ({a - b:+.4f}, {100 * (a - b) / b:+.2f}%; "
-        f"{p_text}; n={len(mine)}/{len(ref)})"
+        f"{e.mean:.4f} vs seed {e.reference_mean:.4f} {unit} "
+        f"({e.mean - e.reference_mean:+.4f}, {pct:+.2f}%; {e.test} test {p}; {seeds})"
     )
 
 
@@ -34,34 +27,19 @@ def campaign_summary(params: Params) -> str:
     record = archive.campaign()
     if record is None:
         return f"no campaign {params.campaign.name!r}"
-    metric = get_benchmark(record.benchmark).metric
-    trials = archive.all(Trial)
     decisions = archive.all(Decision)
     seed = record.seed_candidate
     champ = record.test.champion_id if record.test else seed
-    evaluated = {
-        d.candidate_id for d in decisions if d.outcome in ("accepted", "rejected", "failed")
-    }
-    lines = [
+    metric = get_benchmark(record.benchmark).metric
+    same = champ == seed
+    test = record.test.evaluation if record.test else None
+    evaluated = {d.candidate_id for d in decisions if d.outcome != "refused"} - {None}
+    count = {k: sum(d.outcome == k for d in decisions) for k in ("accepted", "failed", "refused")}
+    return "\n".join([
         f"campaign   {record.name} ({record.benchmark}) - {record.status}: {record.stop_reason}",
-        f"proposals  {len(decisions)}; candidates evaluated {len(evaluated - {None})}; "
-        f"accepted {sum(d.outcome == 'accepted' for d in decisions)}; "
-        f"failed {sum(d.outcome == 'failed' for d in decisions)}; "
-        f"refused {sum(d.outcome == 'refused' for d in decisions)}",
-        f"champion   {champ}" + (" (the seed: nothing beat it)" if champ == seed else ""),
-        f"val  {metric.name}  "
-        + _gain(
-            _vals(trials, champ, "val", metric.name),
-            _vals(trials, seed, "val", metric.name),
-            metric,
-            metric.unit,
-        ),
-        f"test {metric.name}  "
-        + _gain(
-            _vals(trials, champ, "test", metric.name),
-            _vals(trials, seed, "test", metric.name),
-            metric,
-            metric.unit,
-        ),
-    ]
-    return "\n".join(lines)
+        f"proposals  {len(decisions)}; candidates evaluated {len(evaluated)}; "
+        f"accepted {count['accepted']}; failed {count['failed']}; refused {count['refused']}",
+        f"champion   {champ}" + (" (the seed: nothing beat it at alpha)" if same else ""),
+        f"val  {metric.name}  {_gain(record.val, metric.unit, same)}",
+        f"test {metric.name}  {_gain(test, metric.unit, same)}",
+    ])  # fmt: skip

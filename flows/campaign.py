@@ -39,7 +39,13 @@ def next_index(lab: Lab) -> int:
 
 def report_progress(lab: Lab, index: int, decision: Decision) -> None:
     proposal = lab.archive.get(Proposal, decision.proposal_id)
-    steps = ", ".join(s.name for s in proposal.steps) if proposal else ""
+    steps = (
+        "; ".join(
+            s.name + "".join(f" {k}={v}" for k, v in s.params.items()) for s in proposal.steps
+        )
+        if proposal
+        else ""
+    )
     star = "  NEW CHAMPION" if decision.champion else ""
     print(
         f"[{index + 1}/{lab.params.campaign.max_proposals}] thread {decision.thread} "

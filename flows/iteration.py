@@ -29,13 +29,15 @@ def iteration(lab: Lab, index: int) -> Decision:
     if (halt := build(lab, candidate)) is not None:
         return record_halt(lab, proposal, candidate.id, halt)
 
-    parent = proposal.parents[0]
-    ev = lab.params.evaluation
-    trials = run_trials(lab, candidate.id, lab.seeds(ev.min_seeds))
+    parent, ev = proposal.parents[0], lab.params.evaluation
+    seeds = lab.seeds(ev.min_seeds)
+    trials = run_trials(lab, candidate.id, seeds)
+    run_trials(lab, parent, seeds)  # the parent on the same seeds: matched pairs (cached)
     evaluation = evaluate(lab, candidate.id, trials, parent)
-    while evaluation.decision == "more":  # sequential testing: a few more seeds at a time
-        more = min(ev.parallel_trials, ev.max_seeds - len(trials))
-        trials += run_trials(lab, candidate.id, lab.seeds(more, start=len(trials)))
+    while evaluation.decision == "more" and len(trials) < ev.max_seeds:  # sequential testing
+        seeds = lab.seeds(min(ev.parallel_trials, ev.max_seeds - len(trials)), start=len(trials))
+        trials += run_trials(lab, candidate.id, seeds)
+        run_trials(lab, parent, seeds)
         evaluation = evaluate(lab, candidate.id, trials, parent)
 
     verdict = audit(lab, candidate.id, trials) if evaluation.decision != "failed" else None

@@ -80,18 +80,15 @@ def main() -> None:
         rows = measure()
     per_trial = [(w - work) / n for w, work, n in rows if n]
     work_per_trial = [work / n for _, work, n in rows if n]
-    print(
-        f"iterations with trials: {len(per_trial)} of {len(rows)}; trials: {sum(r[2] for r in rows)}"
-    )
-    print(
-        f"workload per trial (sandboxed process): median {statistics.median(work_per_trial):.3f} s"
-    )
+    deciles = statistics.quantiles(per_trial, n=10)
+    trials = sum(r[2] for r in rows)
+    print(f"iterations with trials: {len(per_trial)} of {len(rows)}; trials: {trials}")
+    print(f"workload per trial (sandboxed): median {statistics.median(work_per_trial):.3f} s")
     print(
         f"orchestration overhead per trial: median {statistics.median(per_trial):.3f} s "
-        f"(p10 {statistics.quantiles(per_trial, n=10)[0]:.3f}, p90 {statistics.quantiles(per_trial, n=10)[-1]:.3f})"
-        f"{' without MLflow' if args.no_mlflow else ''}"
+        f"(p10 {deciles[0]:.3f}, p90 {deciles[-1]:.3f})"
+        + (" without MLflow" if args.no_mlflow else "")
     )
-
 
 if __name__ == "__main__":
     main()

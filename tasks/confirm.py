@@ -33,10 +33,20 @@ def confirm_on_test(lab: Lab) -> TestResult:
 
 @task(name="finish")
 def finish(lab: Lab, test: TestResult, stop_reason: str) -> CampaignRecord:
+    seed = lab.campaign.seed_candidate
+    val = compare_trials(
+        lab,
+        test.champion_id,
+        reference_trials(lab, test.champion_id),
+        seed,
+        reference_trials(lab, seed),
+    )
+    lab.archive.put(val)
     record = lab.campaign.model_copy(
         update={
             "status": "finished",
             "stop_reason": stop_reason,
+            "val": val,
             "test": test,
             "finished_at": now(),
         }
@@ -59,19 +69,13 @@ def export_champion(lab: Lab, record: CampaignRecord) -> None:
     for path, text in lab.archive.read_files(champ).items():
         atomic_write(out / path, text.encode())
     metric = lab.bench.metric.name
-    val = compare_trials(
-        lab,
-        champ,
-        reference_trials(lab, champ),
-        record.seed_candidate,
-        reference_trials(lab, record.seed_candidate),
-    )
+    val = record.val
     summary = {
         "campaign": record.name,
         "champion": champ,
-        f"val_{metric}": val.mean,
-        f"val_{metric}_seed": val.reference_mean,
-        "val_p_value": val.p_value,
+        f"val_{metric}": val.mean if val else None,
+        f"val_{metric}_seed": val.reference_mean if val else None,
+        "val_p_value": val.p_value if val else None,
         f"test_{metric}": record.test.evaluation.mean if record.test else None,
         f"test_{metric}_seed": record.test.evaluation.reference_mean if record.test else None,
         "test_p_value": record.test.evaluation.p_value if record.test else None,

@@ -6,11 +6,11 @@ from prefect import task
 
 from autolab.lab import Lab
 from autolab.records import Evaluation, Trial, content_key
-from autolab.stats import compare
+from autolab.stats import compare_seeds
 
 
-def values(trials: list[Trial], metric: str) -> list[float]:
-    return [t.metrics[metric] for t in trials if t.status == "ok" and metric in t.metrics]
+def by_seed(trials: list[Trial], metric: str) -> dict[int, float]:
+    return {t.seed: t.metrics[metric] for t in trials if t.status == "ok" and metric in t.metrics}
 
 
 def reference_trials(lab: Lab, candidate_id: str, split: str = "val") -> list[Trial]:
@@ -26,29 +26,32 @@ def first_failure(trials: list[Trial]) -> Trial | None:
 def compare_trials(
     lab: Lab, candidate_id: str, trials: list[Trial], reference_id: str, ref: list[Trial]
 ) -> Evaluation:
-    ev = lab.params.evaluation
-    metric = lab.bench.metric
-    mine, theirs = values(trials, metric.name), values(ref, metric.name)
+    """Paired on seeds where the reference ran the same seeds; Welch's test otherwise."""
+    ev, metric = lab.params.evaluation, lab.bench.metric
+    mine, theirs = by_seed(trials, metric.name), by_seed(ref, metric.name)
+    stats: dict = {}
     if (bad := first_failure(trials)) is not None:
         result = dict(decision="failed", reason=f"seed {bad.seed}: {bad.failure}: {bad.reason}")
-        stats = {}
     else:
-        c = compare(mine, theirs, metric, ev.alpha, ev.min_seeds, ev.max_seeds)
-        result = dict(decision=c.decision, reason=c.reason)
+        c = compare_seeds(mine, theirs, metric, ev.alpha, ev.min_seeds, ev.max_seeds)
+        result = dict(decision=c.decision, reason=f"{c.test}: {c.reason}")
         stats = dict(
             mean=c.mean,
             reference_mean=c.reference_mean,
             delta=c.delta,
             effect_size=c.effect_size,
             p_value=c.p_value,
+            test=c.test,
         )
     return Evaluation(
-        id=content_key("evaluation", candidate_id, reference_id, sorted(t.id for t in trials)),
+        id=content_key(
+            "evaluation", candidate_id, reference_id, sorted(t.id for t in trials + ref)
+        ),
         candidate_id=candidate_id,
         reference_id=reference_id,
         metric=metric.name,
-        values=mine,
-        reference_values=theirs,
+        values=[mine[s] for s in sorted(mine)],
+        reference_values=[theirs[s] for s in sorted(theirs)],
         alpha=ev.alpha,
         **stats,
         **result,

@@ -29,10 +29,8 @@ def beats_champion(lab: Lab, candidate_id: str, evaluation: Evaluation) -> tuple
     )
     lab.archive.put(vs)
     ok = vs.p_value is not None and vs.p_value < lab.params.evaluation.alpha
-    return (
-        ok,
-        f"vs champion {champion[:8]}: p={vs.p_value if vs.p_value is not None else float('nan'):.2g}",
-    )
+    p_text = f"{vs.p_value:.2g}" if vs.p_value is not None else "undefined"
+    return ok, f"vs champion {champion[:8]}: p={p_text}"
 
 
 def decide(

@@ -8,10 +8,11 @@ from helpers import ScriptedProposer, write_params
 from autolab.archive import Archive
 from autolab.records import Decision, Proposal, Trial
 
-GOOD = "VALUE = 1.0\nOFFSET = 0.5\n"
+VALUE_FN = "\n\ndef value():\n    return VALUE + OFFSET\n"
+GOOD = "VALUE = 1.0\nOFFSET = 0.5\n" + VALUE_FN
 CRASH = 'raise RuntimeError("candidate exploded")\n'
 HANG = "while True:\n    pass\n"
-NAN = 'VALUE = float("nan")\nOFFSET = 0.5\n'
+NAN = 'VALUE = float("nan")\nOFFSET = 0.5\n' + VALUE_FN
 
 
 @pytest.fixture(scope="module")

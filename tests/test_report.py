@@ -293,7 +293,7 @@ def test_report_headline_and_counts(built):
     assert path.name == "report.md"
     assert f"**Champion `{ids['c4'][:12]}`**" in text
     assert "**0.2 bits/byte** (+10.00%)" in text  # val gain over the seed
-    assert "**0.19 bits/byte** (+9.45%), p = 0.00031, effect size g = 15.2" in text
+    assert "**0.19 bits/byte** (+9.45%), p = 0.00031 (welch test), effect size 15.2" in text
     assert "| 5 | 4 | 2 | 1 | 1 | 1 | 1 | $1.00 |" in text
 
 
@@ -337,6 +337,6 @@ def test_best_so_far_png(built):
 def test_running_campaign_without_test(tmp_path):
     archive, ids = build_archive(tmp_path / "a", finished=False)
     text = build_report(archive, PARAMS, METRIC, tmp_path / "r").read_text()
-    assert "Test-split gain: not yet measured" in text
+    assert "Test split: not yet measured" in text
     s = campaign_status(archive, PARAMS, METRIC)
     assert s["status"] == "running" and s["minutes_left"] < 60

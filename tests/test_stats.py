@@ -52,3 +52,22 @@ def test_p_value_matches_welch_by_hand():
     ref = stats.ttest_ind(a, b, equal_var=False).pvalue / 2  # a is lower: one-sided half
     assert abs(one_sided_p(a, b, LOWER) - ref) < 1e-12
     assert hedges_g(np.array([2.0, 2.1, 1.9]), np.array([1.0, 1.1, 0.9])) > 0
+
+
+def test_matched_seeds_use_the_paired_test():
+    from autolab.stats import compare_seeds
+
+    # a large shared seed effect hides a small consistent gain from Welch, not from pairing
+    ref = {1000: 3.40, 1001: 3.55, 1002: 3.48, 1003: 3.62}
+    mine = {s: v - 0.02 for s, v in ref.items()}
+    mine[1002] -= 0.005
+    paired = compare_seeds(mine, ref, LOWER, 0.01, 3, 6)
+    assert paired.test == "paired" and paired.decision == "accept"
+    welch = compare(list(mine.values()), list(ref.values()), LOWER, 0.01, 3, 6)
+    assert welch.decision != "accept"
+    # unmatched seeds fall back to Welch's test
+    other = compare_seeds({1: 3.0, 2: 3.1, 3: 3.05}, ref, LOWER, 0.01, 3, 6)
+    assert other.test == "welch"
+    # pairs are the seeds both ran when one side has more seeds than the other
+    longer = {**ref, 1004: 3.5, 1005: 3.6}
+    assert compare_seeds(mine, longer, LOWER, 0.01, 3, 6).test == "paired"
