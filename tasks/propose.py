@@ -92,29 +92,26 @@ def propose(lab: Lab, index: int) -> Proposal | tuple[Proposal, Halt]:
         return existing if existing.edits else (existing, Halt("failed", existing.rationale))
     state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric)
     rng_seed = lab.params.campaign.random_seed * 100_003 + index
+    draft, plan, errors, started = None, None, [], time.monotonic()
+    weights = dict(lab.params.proposer.operators)
+    rng = random.Random(rng_seed)
     threads = lab.params.campaign.threads
-    plan = plan_next(
-        state,
-        index % threads,
-        threads,
-        lab.params.proposer.operators,
-        lab.bench.metric,
-        random.Random(rng_seed),
-    )
-    started = time.monotonic()
-    try:
-        draft = lab.proposer.propose(request_for(lab, plan, state, rng_seed))
-    except ProposalError as err:
+    for _ in range(len(weights) + 1):
+        if draft is not None or not any(w > 0 for w in weights.values()):
+            break
+        # an operator with nothing left to try here yields to the others this iteration
+        plan = plan_next(state, index % threads, threads, weights, lab.bench.metric, rng)
+        try:
+            draft = lab.proposer.propose(request_for(lab, plan, state, rng_seed))
+        except ProposalError as err:
+            errors.append(f"{plan.operator}: {err}")
+            weights[plan.operator] = 0.0
+    if draft is None:
         failed = Proposal(
-            id=pid,
-            campaign=lab.name,
-            thread=plan.thread,
-            operator=plan.operator,
-            parents=list(plan.parents),
-            rationale=f"proposer gave no edit: {err}",
-            edits=[],
-            proposer=lab.proposer.name,
-        )
+            id=pid, campaign=lab.name, thread=plan.thread, operator=plan.operator,
+            parents=list(plan.parents), rationale="proposer gave no edit: " + "; ".join(errors),
+            edits=[], proposer=lab.proposer.name,
+        )  # fmt: skip
         lab.archive.put(failed)
         return failed, Halt("failed", failed.rationale)
     draft.cost.seconds = draft.cost.seconds or time.monotonic() - started

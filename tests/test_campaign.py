@@ -85,3 +85,35 @@ def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, prefect_api, m
     assert "non-editable" in by_label["other:harness.py"].reason
     assert by_label["good"].outcome == "accepted" and by_label["good"].champion
     assert archive.campaign().status == "finished"
+
+
+class OnlyTunes:
+    """Has nothing to offer but `tune`: the other operators must yield to it."""
+
+    name = "only-tunes"
+    operators = frozenset({"tune", "improve", "crossover"})
+
+    def __init__(self):
+        self.calls = 0
+
+    def propose(self, request):
+        from autolab.proposers.base import Draft, ProposalError
+        from autolab.records import EditStep, FileEdit
+
+        if request.operator != "tune":
+            raise ProposalError(f"nothing left for {request.operator}")
+        self.calls += 1
+        text = f"VALUE = {3.0 - 0.25 * self.calls}\nOFFSET = 0.5\n" + VALUE_FN
+        return Draft(operator="tune", rationale="lower VALUE", steps=[EditStep(name="tune")],
+                     edits=[FileEdit(path="solution.py", replace=text)])  # fmt: skip
+
+
+def test_an_exhausted_operator_yields_to_the_others(tmp_path, prefect_api, monkeypatch):
+    monkeypatch.setattr("autolab.lab.make_proposer", lambda _params: OnlyTunes())
+    from flows.campaign import campaign
+
+    campaign(params_path=str(write_params(tmp_path, max_proposals=3)))
+    archive = archive_of(tmp_path)
+    proposals = archive.all(Proposal)
+    assert [p.operator for p in proposals] == ["tune"] * 3
+    assert all(d.outcome == "accepted" for d in archive.all(Decision))
