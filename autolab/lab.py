@@ -48,8 +48,11 @@ class Lab:
 
     @property
     def hidden_paths(self) -> list[Path]:
-        """What a sandboxed trial must never read: prepared splits and every campaign's records."""
-        return [self.prepared_dir, self.params.paths.workdir.resolve() / self.name / "archive"]
+        """What a sandboxed trial must never read: prepared splits (the test split too), every
+        campaign's records and trials, and the MLflow store. The trial's own workspace and
+        inputs are mounted back on top by the sandbox."""
+        p = self.params.paths
+        return [p.prepared_dir.resolve(), p.workdir.resolve(), p.mlruns.resolve()]
 
     def seeds(self, count: int, start: int = 0) -> list[int]:
         base = self.params.evaluation.seeds_base

@@ -6,7 +6,7 @@ Started or resumed the same way: everything done before is in the archive and is
 from __future__ import annotations
 
 import statistics
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from prefect import flow
 
@@ -18,12 +18,14 @@ from tasks.confirm import confirm_on_test, finish
 from tasks.prepare import baseline, prepare_data, register_seed
 
 
-def stop_reason(lab: Lab) -> str | None:
+def stop_reason(lab: Lab, run_started: datetime) -> str | None:
+    """max_proposals counts over the campaign's life; the wall clock over this run, so a
+    nightly run that resumes a campaign gets its own time."""
     c = lab.params.campaign
     decisions = lab.archive.all(Decision)
     if len(decisions) >= c.max_proposals:
         return f"reached max_proposals={c.max_proposals}"
-    if now() - lab.campaign.started_at >= timedelta(minutes=c.max_wall_clock_min):
+    if now() - run_started >= timedelta(minutes=c.max_wall_clock_min):
         return f"reached max_wall_clock_min={c.max_wall_clock_min}"
     if c.patience:
         since = next((i for i, d in enumerate(reversed(decisions)) if d.champion), len(decisions))
@@ -63,6 +65,7 @@ def campaign(
     if benchmark:
         overrides.setdefault("campaign", {})["benchmark"] = benchmark
     lab = open_lab(load_params(params_path, overrides))
+    run_started = now()
 
     print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
     register_seed(lab)
@@ -74,7 +77,7 @@ def campaign(
         flush=True,
     )
 
-    while (reason := stop_reason(lab)) is None:
+    while (reason := stop_reason(lab, run_started)) is None:
         index = next_index(lab)
         report_progress(lab, index, iteration(lab, index))
 

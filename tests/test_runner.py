@@ -249,3 +249,17 @@ def test_a_step_reads_only_the_inputs_it_names(tmp_path: Path, force_isolation) 
         timeout_s=30, readable=(str(bench.harness_dir),))]
     t = trial(bench, tmp_path, "def solve(x, seed):\n    return x\n")
     assert t.status == "failed" and "data.json" in t.reason
+
+
+def test_campaign_folders_are_hidden_but_the_trial_sees_its_own(tmp_path: Path, force_isolation):
+    """The whole work root is hidden; the workspace and named inputs come back on top."""
+    force_isolation("bwrap")
+    bench = FakeBench(tmp_path)
+    secret = tmp_path / "work" / "archive" / "test_split.bin"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("answers")
+    probe = f"open({str(secret)!r}).read()\ndef solve(x, seed):\n    return x\n"
+    t = trial(bench, tmp_path, probe)
+    assert t.status == "failed" and "FileNotFoundError" in t.reason, t.reason
+    ok = trial(bench, tmp_path, "def solve(x, seed):\n    return x * 2 + seed\n")
+    assert ok.status == "ok", ok.reason
