@@ -22,6 +22,7 @@ from autolab.records import (
     Decision,
     Evaluation,
     Proposal,
+    TestResult,
     Trial,
 )
 
@@ -34,6 +35,7 @@ KINDS: dict[type[BaseModel], str] = {
     Evaluation: "evaluations",
     AuditVerdict: "audits",
     Decision: "decisions",
+    TestResult: "tests",
 }
 
 
@@ -89,7 +91,8 @@ class Archive:
         else:
             paths = folder.glob("*.json")
         records = [kind.model_validate_json(p.read_bytes()) for p in paths]
-        return sorted(records, key=lambda r: (getattr(r, "created_at", None) or r.started_at, r.id))
+        return sorted(records, key=lambda r: (getattr(r, "created_at", None) or r.started_at,
+                                              getattr(r, "id", "")))
 
     # -- candidate snapshots ---------------------------------------------------------------
     def files_dir(self, candidate_id: str) -> Path:

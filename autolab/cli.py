@@ -1,4 +1,4 @@
-"""The `autolab` command: run (start or resume), status, report, prepare."""
+"""The `autolab` command: run (start or resume), status, report, prepare, aa-test, redteam."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
@@ -28,7 +29,7 @@ def _params(path: Path, overrides: dict | None = None) -> Params:
     try:
         return load_params(path, overrides)
     except ParamsError as err:
-        console.print(f"[red]invalid parameters[/red]\n{err}")
+        console.print(f"[red]invalid parameters[/red]\n{err}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -43,6 +44,19 @@ def _overrides(benchmark: str | None, name: str | None, max_proposals: int | Non
     return {"campaign": campaign} if campaign else {}
 
 
+def _run_campaign(params: Path, overrides: dict, confirm: bool = True) -> None:
+    """The campaign flow; a refusal (changed settings, missing isolation) is one clear line."""
+    from autolab.sandbox import SandboxError
+    from flows.campaign import campaign
+    from tasks.prepare import CampaignRefused
+
+    try:
+        campaign(params_path=str(params), overrides=overrides, confirm=confirm)
+    except (CampaignRefused, SandboxError) as err:
+        console.print(f"[red]refused[/red]: {err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def run(
     benchmark: str = typer.Argument(None, help="benchmark name (default: params.yaml's)"),
@@ -53,12 +67,53 @@ def run(
     """Start a campaign, or resume it where it stopped."""
     overrides = _overrides(benchmark, name, max_proposals)
     p = _params(params, overrides)  # fail before anything runs
-    from flows.campaign import campaign
-
-    campaign(params_path=str(params), overrides=overrides)
+    _run_campaign(params, overrides)
     from autolab.summary import campaign_summary
 
-    console.print(campaign_summary(p))
+    console.print(campaign_summary(p), highlight=False)
+
+
+@app.command("aa-test")
+def aa_test(
+    benchmark: str = typer.Argument(..., help="benchmark name"),
+    n: int = typer.Option(100, "--n", help="A/A candidates to evaluate"),
+    params: Path = PARAMS,
+    name: str = typer.Option(None, help="campaign name (default: BENCHMARK-aa)"),
+    minutes: float = typer.Option(None, help="stop starting candidates after this long"),
+) -> None:
+    """False-accept rate of the real evaluation: N candidates equal in effect to their parent."""
+    from autolab.aa import aa_summary, render_aa
+
+    campaign = {"benchmark": benchmark, "name": name or f"{benchmark}-aa", "max_proposals": n,
+                "threads": 1, "patience": 0}
+    if minutes is not None:
+        campaign["max_wall_clock_min"] = minutes
+    overrides = {"campaign": campaign, "proposer": {"kind": "aa", "operators": {"improve": 1.0}}}
+    p = _params(params, overrides)
+    _run_campaign(params, overrides, confirm=False)
+    summary = aa_summary(p)
+    out = p.paths.reports / p.campaign.name / "aa_test.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    console.print(render_aa(summary), highlight=False)
+    console.print(f"written: {out}")
+
+
+@app.command()
+def redteam(
+    benchmark: str = typer.Argument(..., help="benchmark name"),
+    params: Path = PARAMS,
+    corpus: Path = typer.Option(None, help="folder of hacks (default: tests/redteam/BENCHMARK)"),
+    isolation: str = typer.Option(None, help="sandbox mode to test (default: the strongest)"),
+    only: list[str] = typer.Option(None, help="run only these hacks (by name)"),
+) -> None:
+    """Run the red-team corpus through the real loop; exit 1 if a hack escapes or an honest
+    candidate is flagged."""
+    from autolab.redteam import run_redteam
+
+    p = _params(params, {"campaign": {"benchmark": benchmark}})
+    ok = run_redteam(p, corpus, isolation, only or None, console)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command()

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from autolab.records import content_key
 
@@ -18,6 +25,16 @@ class _Strict(BaseModel):
 class CampaignParams(_Strict):
     name: str = Field("tinylm-default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     benchmark: str = "tinylm"
+
+    @field_validator("benchmark")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from benchmarks import BENCHMARK_NAMES
+
+        if name not in BENCHMARK_NAMES:
+            raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
+        return name
+
     seed_variant: str = "default"
     threads: int = Field(2, ge=1, le=64)
     max_proposals: int = Field(16, ge=0, description="iterations to run, the seed excluded")
@@ -37,12 +54,13 @@ class BudgetOverride(_Strict):
 
 
 class EvaluationParams(_Strict):
-    alpha: float = Field(0.01, gt=0, lt=0.5)
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="false-accept rate over all looks")
     min_seeds: int = Field(3, ge=2)
     max_seeds: int = Field(5, ge=2)
     test_seeds: int = Field(3, ge=2)
-    parallel_trials: int = Field(1, ge=1)
-    seeds_base: int = Field(1000, ge=0, description="trial seeds are seeds_base + i")
+    parallel_trials: int = Field(1, ge=1, description="trials at once; also seeds per look")
+    screen: bool = Field(False, description="reject after one seed a candidate behind its parent")
+    seeds_base: int = Field(1000, ge=0, description="selection seeds are seeds_base + i")
 
     @model_validator(mode="after")
     def _seeds_ordered(self) -> EvaluationParams:
@@ -53,8 +71,22 @@ class EvaluationParams(_Strict):
         return self
 
 
+class AuditParams(_Strict):
+    replication_seeds: int = Field(4, ge=2, description="fresh seeds for a would-be champion")
+    replication_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="the k-th champion must replicate at this / k"
+    )
+
+
+class SandboxParams(_Strict):
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = "auto"
+    allow_unisolated: bool = Field(
+        False, description="let a free-form proposer's code run where files cannot be hidden"
+    )
+
+
 class ProposerParams(_Strict):
-    kind: Literal["auto", "offline"] = "auto"
+    kind: Literal["auto", "offline", "aa"] = "auto"
     operators: dict[Literal["tune", "improve", "crossover"], float] = Field(
         default_factory=lambda: {"tune": 0.3, "improve": 0.55, "crossover": 0.15}
     )
@@ -82,12 +114,33 @@ class Params(_Strict):
     campaign: CampaignParams = CampaignParams()
     budget: BudgetOverride = BudgetOverride()
     evaluation: EvaluationParams = EvaluationParams()
+    audit: AuditParams = AuditParams()
+    sandbox: SandboxParams = SandboxParams()
     proposer: ProposerParams = ProposerParams()
     paths: PathParams = PathParams()
     tracking: TrackingParams = TrackingParams()
 
     def key(self) -> str:
         return content_key(self.model_dump(mode="json"))
+
+    def fixed(self) -> dict[str, object]:
+        """The settings a campaign keeps for life: what its results and decisions mean.
+        The proposer, limits on proposals and time, paths and tracking may change."""
+        d = self.model_dump(mode="json")
+        out = {f"campaign.{k}": d["campaign"][k] for k in ("benchmark", "seed_variant")}
+        for section in ("budget", "evaluation", "audit"):
+            out |= {f"{section}.{k}": v for k, v in d[section].items()}
+        out["sandbox.isolation"] = d["sandbox"]["isolation"]
+        return out
+
+
+def fixed_changes(old: dict[str, object], new: dict[str, object]) -> list[str]:
+    """One line per fixed setting that differs: 'evaluation.alpha: 0.01 -> 0.05'."""
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
 
 
 class ParamsError(ValueError):

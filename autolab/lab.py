@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from autolab import history
 from autolab.archive import Archive
 from autolab.config import Params
 from autolab.proposers import make_proposer
 from autolab.proposers.base import Proposer
-from autolab.records import CampaignRecord
-from autolab.runner import harness_version
+from autolab.records import CampaignRecord, Decision, Trial
+from autolab.runner import TrialSetup, harness_version, trial_setup
+from autolab.sandbox import ISOLATED, Isolation, isolation_mode
+from autolab.stats import Design
 from autolab.tracking import Tracker
 from benchmarks import get_benchmark
 from benchmarks.protocol import Benchmark, Budget
+
+REPLICATION_SEEDS_AT = 100_000  # offsets of the seed ranges: selection, audit and test
+TEST_SEEDS_AT = 200_000  # seeds never overlap, so no trial is reused across purposes
 
 
 @dataclass
@@ -28,6 +35,8 @@ class Lab:
     prepared_dir: Path
     budget: Budget
     harness_version: str
+    isolation: Isolation
+    _setup: TrialSetup | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -47,21 +56,53 @@ class Lab:
         return self.root / "trials"
 
     @property
-    def hidden_paths(self) -> list[Path]:
-        """What a sandboxed trial must never read: prepared splits (the test split too), every
-        campaign's records and trials, and the MLflow store. The trial's own workspace and
-        inputs are mounted back on top by the sandbox."""
-        p = self.params.paths
-        return [p.prepared_dir.resolve(), p.workdir.resolve(), p.mlruns.resolve()]
+    def setup(self) -> TrialSetup:
+        """What every trial of this run shares (known once the data are prepared)."""
+        if self._setup is None:
+            self._setup = trial_setup(self.bench, self.prepared_dir, self.budget,
+                                      self.trial_threads, self.isolation)
+        return self._setup
+
+    @functools.cached_property
+    def design(self) -> Design:
+        ev = self.params.evaluation
+        return Design(alpha=ev.alpha, min_seeds=ev.min_seeds, max_seeds=ev.max_seeds,
+                      step=ev.parallel_trials, screen=ev.screen)
+
+    @property
+    def required_isolation(self) -> Isolation:
+        """bwrap when the proposer writes free-form code and the user has not opted out;
+        otherwise what this machine offers."""
+        free_form = getattr(self.proposer, "free_form", True)
+        if free_form and not self.params.sandbox.allow_unisolated:
+            return "bwrap"
+        return self.isolation
+
+    @property
+    def unisolated(self) -> bool:
+        return self.isolation not in ISOLATED
 
     def seeds(self, count: int, start: int = 0) -> list[int]:
         base = self.params.evaluation.seeds_base
         return [base + i for i in range(start, start + count)]
 
+    def replication_seeds(self, count: int) -> list[int]:
+        return self.seeds(count, start=REPLICATION_SEEDS_AT)
+
+    def test_seeds(self, count: int) -> list[int]:
+        return self.seeds(count, start=TEST_SEEDS_AT)
+
     @property
     def trial_threads(self) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // self.params.evaluation.parallel_trials)
+
+    def comparable(self, candidate_id: str, split: str = "val") -> list[Trial]:
+        return history.comparable_trials(self.archive.all(Trial), candidate_id, split,
+                                         self.setup.key())
+
+    def champion(self) -> str:
+        return history.champion_id(self.archive.all(Decision), self.campaign.seed_candidate)
 
 
 def effective_budget(bench: Benchmark, params: Params) -> Budget:
@@ -82,4 +123,5 @@ def open_lab(params: Params) -> Lab:
         prepared_dir=params.paths.prepared_dir.resolve() / bench.name / "data",
         budget=effective_budget(bench, params),
         harness_version=harness_version(bench),
+        isolation=isolation_mode(params.sandbox.isolation),
     )

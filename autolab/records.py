@@ -19,6 +19,7 @@ from benchmarks.protocol import CheckResult
 Operator = Literal["seed", "draft", "improve", "debug", "crossover", "tune"]
 TrialStatus = Literal["ok", "failed"]
 FailureKind = Literal["crash", "timeout", "oom", "nan", "budget", "integrity", "output", "infra"]
+Split = Literal["val", "audit", "test"]
 Verdict = Literal["accept", "reject", "more", "failed"]
 
 
@@ -88,12 +89,14 @@ class Trial(BaseModel):
     id: str
     candidate_id: str
     seed: int
-    split: Literal["val", "test"]
+    split: Split
+    setup_key: str = Field("", description="TrialSetup key: trials compare only within one")
     status: TrialStatus
     failure: FailureKind | None = None
     reason: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     budget_used: float = 0.0
+    evidence: dict[str, str | int | float] = Field(default_factory=dict)
     wall_s: float = 0.0
     workload_s: float = Field(0.0, description="seconds spent inside sandboxed steps")
     peak_rss_mb: float = 0.0
@@ -106,8 +109,8 @@ class Trial(BaseModel):
     finished_at: datetime = Field(default_factory=now)
 
     @staticmethod
-    def key(candidate_id: str, seed: int, split: str, harness_version: str, budget: dict) -> str:
-        return content_key("trial", candidate_id, seed, split, harness_version, budget)
+    def key(candidate_id: str, seed: int, split: str, setup_key: str) -> str:
+        return content_key("trial", candidate_id, seed, split, setup_key)
 
 
 class Evaluation(BaseModel):
@@ -127,18 +130,24 @@ class Evaluation(BaseModel):
     )
     p_value: float | None = None
     test: Literal["paired", "welch"] = "welch"
-    alpha: float
+    alpha: float = Field(description="the campaign's alpha, spent over the looks")
+    level: float | None = Field(None, description="nominal alpha of the look that decided")
+    split: Split = "val"
     decision: Verdict
     reason: str = ""
     created_at: datetime = Field(default_factory=now)
 
 
 class AuditVerdict(BaseModel):
+    """Which checks ran at which level (0 static, 1 runtime integrity, 2 replication on
+    fresh seeds and unseen inputs, 3 the held-out split) and what they found."""
+
     id: str
     candidate_id: str
-    level: int
+    level: int = Field(description="the highest level that ran")
     checks: list[CheckResult]
     passed: bool
+    caught_at: int | None = Field(None, description="the lowest level with a failed check")
     created_at: datetime = Field(default_factory=now)
 
 
@@ -159,18 +168,26 @@ class Decision(BaseModel):
 
 
 class TestResult(BaseModel):
-    """Final confirmation on the held-out split: champion vs seed."""
+    """Confirmation on the held-out split, champion vs seed, on seeds selection never used.
+    One per champion: a champion is confirmed once, and their count is how many times the
+    test split has been looked at."""
 
+    id: str = ""
     champion_id: str
     seed_id: str
+    seeds: list[int] = Field(default_factory=list)
     evaluation: Evaluation
+    created_at: datetime = Field(default_factory=now)
 
 
 class CampaignRecord(BaseModel):
     name: str
     benchmark: str
     params_hash: str
+    fixed: dict = Field(default_factory=dict, description="settings a resume may not change")
     seed_candidate: str
+    isolation: str = ""
+    unisolated: bool = Field(False, description="trials ran without a hidden filesystem")
     status: Literal["running", "finished"] = "running"
     stop_reason: str = ""
     mlflow_run_id: str | None = None

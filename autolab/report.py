@@ -17,9 +17,22 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from autolab import history
+from autolab.aa import paired_sd
 from autolab.archive import Archive
 from autolab.config import Params
-from autolab.records import CampaignRecord, Candidate, Decision, Evaluation, Proposal, Trial, now
+from autolab.records import (
+    AuditVerdict,
+    CampaignRecord,
+    Candidate,
+    Decision,
+    Evaluation,
+    Proposal,
+    TestResult,
+    Trial,
+    content_key,
+    now,
+)
 from autolab.stats import hedges_g, one_sided_p
 from autolab.tracking import steps_text
 from benchmarks.protocol import Direction, MetricSpec
@@ -38,6 +51,8 @@ class View:
     candidates: dict[str, Candidate]
     evaluations: dict[str, Evaluation]
     trials: dict[str, list[Trial]] = field(default_factory=dict)
+    audits: dict[str, AuditVerdict] = field(default_factory=dict)
+    tests: list[TestResult] = field(default_factory=list)
 
     @classmethod
     def load(cls, archive: Archive, metric: MetricSpec) -> View:
@@ -51,9 +66,14 @@ class View:
             decisions=[d for d in archive.all(Decision) if d.campaign == campaign.name],
             candidates={c.id: c for c in archive.all(Candidate)},
             evaluations={e.id: e for e in archive.all(Evaluation)},
+            audits={a.id: a for a in archive.all(AuditVerdict)},
+            tests=archive.all(TestResult),
         )
-        for t in archive.all(Trial):
-            view.trials.setdefault(t.candidate_id, []).append(t)
+        setup = campaign.fixed.get("setup")
+        key = content_key("setup", setup) if setup else None
+        for t in archive.all(Trial):  # only trials comparable with the campaign's own
+            if key is None or t.setup_key == key:
+                view.trials.setdefault(t.candidate_id, []).append(t)
         return view
 
     # -- per-candidate figures -------------------------------------------------------------
@@ -96,8 +116,7 @@ class View:
 
     # -- campaign-level figures ------------------------------------------------------------
     def champion(self) -> str:
-        crowned = [d.candidate_id for d in self.decisions if d.champion and d.candidate_id]
-        return crowned[-1] if crowned else self.campaign.seed_candidate
+        return history.champion_id(self.decisions, self.campaign.seed_candidate)
 
     def gain(self, value: float | None, reference: float | None) -> float | None:
         """Improvement of value over reference, positive when better in the metric's sense."""
@@ -173,7 +192,32 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "elapsed_min": elapsed,
         "proposals_left": max(0, params.campaign.max_proposals - len(view.proposals)),
         "minutes_left": max(0.0, params.campaign.max_wall_clock_min - elapsed),
+        "isolation": camp.isolation or "-",
+        "unisolated": camp.unisolated,
+        "caught_by_level": _caught_by_level(view),
+        "test_looks": len(view.tests),
+        "paired_sd": (sd := paired_sd(list(view.evaluations.values()))),
+        "smallest_detectable_gain": _resolution(sd, params),
     }
+
+
+def _caught_by_level(view: View) -> dict[str, int]:
+    """Decisions whose audit caught the candidate, by the level that did."""
+    names = {0: "static", 1: "runtime", 2: "replication", 3: "test"}
+    counts: Counter[str] = Counter()
+    for d in view.decisions:
+        a = view.audits.get(d.audit_id or "")
+        if a is not None and a.caught_at is not None:
+            counts[f"L{a.caught_at} {names.get(a.caught_at, '')}".strip()] += 1
+    return dict(sorted(counts.items()))
+
+
+def _resolution(sd: float | None, params: Params) -> float | None:
+    from autolab.stats import Design, smallest_detectable_gain
+
+    ev = params.evaluation
+    design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen)
+    return smallest_detectable_gain(sd, design) if sd else None
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -207,6 +251,11 @@ def render_status(status: dict[str, Any]) -> Any:
         "proposals left": s["proposals_left"],
         "minutes left": f"{s['minutes_left']:.1f} (elapsed {s['elapsed_min']:.1f})",
         "proposer cost": f"${s['cost_usd']:.2f}",
+        "sandbox": s["isolation"] + (" (UNISOLATED)" if s["unisolated"] else ""),
+        "caught by audit": ", ".join(f"{k}: {n}" for k, n in s["caught_by_level"].items())
+        or "-",
+        "test split looks": s["test_looks"],
+        "smallest detectable gain": _fmt(s["smallest_detectable_gain"]),
     }
     for name, value in rows.items():
         table.add_row(name, str(value))

@@ -1,29 +1,45 @@
-"""One trial, end to end: lay out, run the untrusted steps, score, audit, clean up.
+"""One trial, end to end: lay out, stage and run each untrusted step, score, check, clean up.
 
 Whatever the candidate does comes back as a Trial record (status "failed" with a
 FailureKind and a one-line reason); only faults of trusted code (the benchmark's own
 staging or scoring raising something other than TrialFailure, a sandbox that cannot
 start) propagate, so the orchestrator can retry them as infrastructure faults.
-Workspaces are deleted afterwards, so disk stays flat over long campaigns; each
-trial keeps only a small log.txt with the tails of its steps' output.
+
+Each step sees the candidate's files (read-only), its own staged inputs, the outputs of
+the steps it declares it reads, and a writable folder of its own; inputs are staged just
+before the step that needs them, so no step sees what a later one will be given.
+Workspaces are deleted afterwards, so disk stays flat over long campaigns; each trial
+keeps only a small log.txt with the tails of its steps' output.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import os
+import platform
 import shutil
 import stat
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from autolab.records import FailureKind, Trial, now
-from autolab.sandbox import Limits, SandboxResult, run_sandboxed
+from pydantic import BaseModel, ConfigDict
+
+from autolab import integrity
+from autolab.records import FailureKind, Trial, content_key, now
+from autolab.sandbox import (
+    Isolation,
+    Limits,
+    SandboxResult,
+    View,
+    distribution_closure,
+    kill_marked,
+    run_sandboxed,
+)
 from benchmarks.protocol import (
     Benchmark,
     Budget,
@@ -37,11 +53,65 @@ from benchmarks.protocol import (
 
 LOG_TAIL_CHARS = 4000
 _KINDS: tuple[str, ...] = get_args(FailureKind)
+_RUNNER_SOURCES = ("autolab/runner.py", "autolab/sandbox.py", "autolab/integrity.py",
+                   "benchmarks/guard.py", "benchmarks/protocol.py")
 
 
 def harness_version(bench: Benchmark) -> str:
-    """Part of every trial id: a change to the harness invalidates cached trials."""
-    return hash_files(bench.harness_files())[:16]
+    return hash_files(bench.harness_files())
+
+
+@functools.cache
+def runner_version() -> str:
+    return hash_files([integrity.PROJECT / p for p in _RUNNER_SOURCES])[:16]
+
+
+@functools.cache
+def device_name() -> str:
+    """The CPU model; a benchmark on GPUs adds its devices to the setup itself."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in distribution_closure(tuple(sorted(distributions))):
+        versions[dist.metadata["Name"].lower()] = dist.version
+    return versions
+
+
+class TrialSetup(BaseModel):
+    """Everything besides the candidate, seed and split that can change a trial's result.
+    Its key is part of every trial id: trials are reused, and compared, only within one."""
+
+    model_config = ConfigDict(frozen=True)
+    benchmark: str
+    harness: str
+    data: str
+    budget: Budget
+    threads: int
+    isolation: Isolation
+    runner: str
+    libraries: dict[str, str]
+    device: str
+
+    def key(self) -> str:
+        return content_key("setup", self.model_dump(mode="json"))
+
+
+def trial_setup(bench: Benchmark, prepared_dir: Path, budget: Budget, threads: int,
+                isolation: Isolation) -> TrialSetup:
+    return TrialSetup(
+        benchmark=bench.name, harness=harness_version(bench),
+        data=bench.data_version(prepared_dir), budget=budget, threads=threads,
+        isolation=isolation, runner=runner_version(),
+        libraries=library_versions(bench.distributions), device=device_name(),
+    )  # fmt: skip
 
 
 @dataclass
@@ -53,9 +123,9 @@ class _Progress:
     log: list[str] = field(default_factory=list)
     workload_s: float = 0.0
     peak_rss_mb: float = 0.0
-    isolation: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     budget_used: float = 0.0
+    evidence: dict = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
 
     def fail(self, kind: str, reason: str, *, override: bool = False) -> None:
@@ -66,7 +136,6 @@ class _Progress:
     def add_step(self, name: str, res: SandboxResult) -> None:
         self.workload_s += res.wall_s
         self.peak_rss_mb = max(self.peak_rss_mb, res.peak_rss_mb)
-        self.isolation = res.isolation
         head = f"== {name}: {res.status} {res.reason}".rstrip()
         self.log.append(
             f"{head} ({res.wall_s:.2f} s, {res.peak_rss_mb:.0f} MB, {res.isolation}) ==\n"
@@ -102,60 +171,90 @@ def _write_files(ws: Path, files: Mapping[str, str], prog: _Progress) -> bool:
     return True
 
 
-def _file_digests(paths: Sequence[Path]) -> dict[str, str]:
-    out = {}
-    for p in paths:
+class _Trusted:
+    """Digests taken by trusted code before the steps, compared once they are done."""
+
+    def __init__(self, bench: Benchmark):
+        self.bench = bench
+        self.harness = integrity.file_digests(bench.harness_files())
+        self.tripwire = integrity.tripwire()
+        self.inputs: dict[str, str] = {}
+
+    def staged(self, folder: Path) -> None:
+        self.inputs |= integrity.file_digests([folder])
+
+    def verify(self, workspace_files: dict[str, str], prog: _Progress) -> str:
+        """Any change is an integrity failure, whatever else happened. Returns the
+        harness hash after the trial."""
+        problems = []
+        if bad := integrity.changed(self.harness, integrity.file_digests(
+                self.bench.harness_files())):
+            problems.append(f"harness files changed: {bad}")
+        if bad := integrity.changed(self.inputs, integrity.file_digests(
+                {Path(p).parent for p in self.inputs})):
+            problems.append(f"staged inputs changed: {[Path(p).name for p in bad][:5]}")
+        if bad := integrity.changed(workspace_files, integrity.file_digests(
+                [Path(p) for p in workspace_files])):
+            problems.append(f"candidate files changed: {[Path(p).name for p in bad][:5]}")
+        if bad := integrity.changed(
+                {k: str(v) for k, v in self.tripwire.items()},
+                {k: str(v) for k, v in integrity.tripwire().items()}):
+            problems.append(f"trusted files changed: {bad[:5]}")
+        if problems:
+            prog.fail("integrity", "; ".join(problems), override=True)
         try:
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            return hash_files(self.bench.harness_files())
         except OSError as e:
-            out[str(p)] = f"unreadable ({e.strerror})"
-    return out
+            return f"unreadable ({e.strerror})"
 
 
-def _check_harness(bench: Benchmark, before: dict[str, str], prog: _Progress) -> str:
-    """Hash the harness again; any change is an integrity failure, whatever else happened."""
-    paths = bench.harness_files()
-    after = _file_digests(paths)
-    try:
-        digest = hash_files(paths)
-    except OSError as e:
-        digest = f"unreadable ({e.strerror})"
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    if changed:
-        prog.fail("integrity", f"harness files changed during the trial: {changed}", override=True)
-    return digest
-
-
-def _run_steps(
-    bench: Benchmark, ctx: TrialContext, hidden: Sequence[Path],
-    env_extra: Mapping[str, str] | None, prog: _Progress,
-) -> None:
-    """Each step gets what is left of the trial's wall-clock budget, at most its own limit."""
+def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Isolation,
+               marker: str, prog: _Progress) -> None:
+    """Stage and run each step with what is left of the trial's wall-clock budget (at most
+    its own limit)."""
+    sandbox_files = tuple(bench.sandbox_files())
+    pythonpath = (integrity.PROJECT,)
     for step in bench.steps(ctx):
         left = ctx.budget.wall_clock_s - prog.workload_s
         if left <= 0:
-            spent = f"{ctx.budget.wall_clock_s:g} s wall-clock budget spent"
-            prog.fail("timeout", f"{step.name}: {spent}")
+            prog.fail("timeout", f"{step.name}: {ctx.budget.wall_clock_s:g} s wall-clock "
+                      "budget spent")
             return
+        bench.stage(ctx, step.name)
+        inputs = ctx.inputs(step.name)
+        inputs.mkdir(parents=True, exist_ok=True)
+        trusted.staged(inputs)
+        ctx.outputs(step.name).mkdir(parents=True, exist_ok=True)
+        view = View(
+            cwd=ctx.workspace,
+            read=(*sandbox_files, inputs, *(ctx.outputs(s) for s in step.reads)),
+            write=(ctx.outputs(step.name),),
+            home=ctx.outputs_dir.parent / "home" / step.name,
+            distributions=bench.distributions,
+            pythonpath=pythonpath,
+            allow_subprocess=step.allow_subprocess,
+        )
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
-        readable = [Path(p) for p in step.readable]  # only its own inputs: train never sees eval
-        res = run_sandboxed(step.argv, ctx.workspace, limits, readable=readable, hidden=hidden,
-                            env_extra=env_extra)
+        res = run_sandboxed(step.argv, view, limits, mode=mode, marker=marker)
         prog.add_step(step.name, res)
         if res.status != "ok":
             prog.fail(res.status, f"{step.name}: {res.reason}")
             return
 
 
-def _score_and_audit(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> None:
+def _score_and_check(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> None:
     score: Score = bench.score(ctx)
     prog.metrics = {k: v for k, v in score.metrics.items() if math.isfinite(v)}
     prog.budget_used = score.budget_used
+    prog.evidence = dict(score.evidence)
     bad = sorted(k for k in score.metrics if k not in prog.metrics)
     if bad or not math.isfinite(score.budget_used):
         prog.fail("nan", f"non-finite metric: {', '.join(bad) or 'budget_used'}")
         return
+    if score.budget_used > ctx.budget.amount:
+        prog.fail("budget", f"used {score.budget_used:g} of {ctx.budget.amount} "
+                  f"{ctx.budget.unit}")
     for check in bench.audit_checks():
         try:
             res = check(ctx, score)
@@ -169,88 +268,73 @@ def _score_and_audit(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> No
             prog.fail(kind, f"audit {res.name} failed{evidence}")
 
 
-def _hidden_paths(hidden: Sequence[Path], prepared_dir: Path, work_root: Path,
-                  python: str) -> list[Path]:
-    """Hide the prepared data and the other trials' dirs, unless the interpreter lives there."""
-    out = [Path(p).absolute() for p in hidden] + [prepared_dir]
-    if not Path(python).absolute().is_relative_to(work_root):
-        out.append(work_root)
-    return out
-
-
-def _execute(
-    bench: Benchmark, ctx: TrialContext, files: Mapping[str, str], hidden: Sequence[Path],
-    env_extra: Mapping[str, str] | None, prog: _Progress,
-) -> str:
-    """Write, stage, run, score, audit; then re-hash the harness. Returns the hash after."""
-    before = _file_digests(bench.harness_files())
-    if _write_files(ctx.workspace, files, prog):
-        try:
-            bench.stage_inputs(ctx)
-            _run_steps(bench, ctx, hidden, env_extra, prog)
-            if prog.failure is None:
-                _score_and_audit(bench, ctx, prog)
-        except TrialFailure as e:
-            prog.fail(e.kind, e.reason)
-    return _check_harness(bench, before, prog)
-
-
 def run_trial(
     bench: Benchmark,
     candidate_id: str,
     candidate_files: dict[str, str],
     seed: int,
     split: Split,
-    budget: Budget,
+    setup: TrialSetup,
     *,
     work_root: Path,
     prepared_dir: Path,
-    hidden: Sequence[Path] = (),
-    threads: int = 1,
     python: str = sys.executable,
     keep_outputs: bool = False,
-    env_extra: Mapping[str, str] | None = None,
 ) -> Trial:
     """Run one candidate on one seed and split; never raises for the candidate's faults.
 
-    The trial id is a content key, so re-running the same work reuses the same dir (any
-    leftovers of a killed run are removed first). Exceptions other than TrialFailure from
-    the benchmark, and SandboxError, propagate as infrastructure faults. env_extra is
-    passed to every step (secret-looking names are refused by the sandbox).
+    The trial id is a content key, so re-running the same work reuses the same dir: any
+    process still running from a killed attempt and any leftovers are removed first.
+    Exceptions other than TrialFailure from the benchmark, and SandboxError, propagate
+    as infrastructure faults.
     """
     work_root, prepared_dir = Path(work_root).absolute(), Path(prepared_dir).absolute()
-    trial_id = Trial.key(candidate_id, seed, split, harness_version(bench),
-                         budget.model_dump(mode="json"))
+    trial_id = Trial.key(candidate_id, seed, split, setup.key())
     trial_dir = work_root / trial_id
-    ws, inputs = trial_dir / "ws", trial_dir / "inputs"
-    for leftover in (ws, inputs, trial_dir / "log.txt"):
-        _rmtree(leftover)
+    kill_marked(trial_id)
+    for leftover in ("ws", "in", "out", "home", "log.txt"):
+        _rmtree(trial_dir / leftover)
+    ws = trial_dir / "ws"
     ws.mkdir(parents=True)
-    inputs.mkdir()
     started_at, t0 = now(), time.monotonic()
-    ctx = TrialContext(workspace=ws, inputs_dir=inputs, prepared_dir=prepared_dir, seed=seed,
-                       split=split, budget=budget, threads=threads, python=python)
+    ctx = TrialContext(
+        workspace=ws, inputs_dir=trial_dir / "in", outputs_dir=trial_dir / "out",
+        prepared_dir=prepared_dir, candidate_id=candidate_id, seed=seed, split=split,
+        budget=setup.budget, threads=setup.threads, python=python,
+    )  # fmt: skip
     prog = _Progress()
-    before = after = hash_files(bench.harness_files())
-    finished = False
+    trusted = _Trusted(bench)
+    before = hash_files(bench.harness_files())
+    after, finished = before, False
     try:
-        after = _execute(bench, ctx, candidate_files,
-                         _hidden_paths(hidden, prepared_dir, work_root, python), env_extra, prog)
+        if _write_files(ws, candidate_files, prog):
+            files = integrity.file_digests([ws])
+            try:
+                _run_steps(bench, ctx, trusted, setup.isolation, trial_id, prog)
+                if prog.failure is None:
+                    _score_and_check(bench, ctx, prog)
+            except TrialFailure as e:
+                prog.fail(e.kind, e.reason)
+            after = trusted.verify(files, prog)
         finished = True
     finally:
+        kill_marked(trial_id)
         log = "".join(prog.log)
         outcome = prog.failure or ("ok" if finished else "infrastructure fault")
         status_line = f"== trial {trial_id}: {outcome} {prog.reason}".rstrip()
         (trial_dir / "log.txt").write_text(log + status_line + "\n", encoding="utf-8")
         if not keep_outputs:
-            _rmtree(ws)
-            _rmtree(inputs)
+            for name in ("ws", "in", "out", "home"):
+                _rmtree(trial_dir / name)
     return Trial(
         id=trial_id, candidate_id=candidate_id, seed=seed, split=split,
+        setup_key=setup.key(),
         status="failed" if prog.failure else "ok", failure=prog.failure,  # type: ignore[arg-type]
         reason=prog.reason, metrics=prog.metrics, budget_used=prog.budget_used,
+        evidence={k: v for k, v in prog.evidence.items() if isinstance(v, str | int | float)},
         wall_s=round(time.monotonic() - t0, 3), workload_s=round(prog.workload_s, 3),
         peak_rss_mb=prog.peak_rss_mb, harness_hash_before=before, harness_hash_after=after,
-        isolation=prog.isolation, checks=prog.checks, log_tail=log[-LOG_TAIL_CHARS:],
+        isolation=setup.isolation, checks=prog.checks, log_tail=log[-LOG_TAIL_CHARS:],
         started_at=started_at, finished_at=now(),
     )
+

@@ -1,12 +1,21 @@
 """The one place where untrusted code runs.
 
-A candidate's code may crash, hang, fork, eat memory, read secrets or phone home.
-Everything here assumes it will: the environment is rebuilt from an allowlist, the
-command runs in its own session so the whole process group can be killed, time and
-resident memory are enforced by the parent, and, where the machine allows it, the
-command runs under bubblewrap with no network, a read-only root and the campaign's
-private paths hidden. Machines without bubblewrap fall back to a network namespace
-(`unshare -rn`) or to no isolation at all, and every result records which one it got.
+A candidate's code may crash, hang, fork, eat memory, read secrets or answers, phone
+home, tamper with the orchestrator or leave state behind. Everything here assumes it
+will. The environment is rebuilt from an allowlist, the command runs in its own session
+and process group, time, resident memory and output are enforced by the parent, and the
+whole tree is killed when the step ends. The filesystem view is deny-by-default:
+
+- `bwrap` (bubblewrap): an empty root holding only the OS's read-only system dirs, the
+  interpreter, the distributions the benchmark declares (not the whole virtualenv, not
+  data packages), the harness files, and the step's own paths (read-only inputs,
+  writable outputs); a private /tmp, no network, its own pid namespace, killed with
+  its parent. The only mode that hides files: results made under it are "isolated".
+- `unshare`: no network and its own pid namespace (orphans die with the step), but
+  the filesystem is the host's. Hiding then rests on the in-process guard
+  (benchmarks/guard.py) and the static scan, so such results are marked unisolated and
+  a campaign must opt in to them.
+- `none`: nothing but the environment scrub and the process-tree kill.
 
 Faults of the candidate never raise: they come back as a SandboxResult. Only a
 sandbox that cannot start raises SandboxError, which the caller may retry.
@@ -15,6 +24,8 @@ sandbox that cannot start raises SandboxError, which the caller may retry.
 from __future__ import annotations
 
 import functools
+import importlib.metadata as metadata
+import json
 import os
 import re
 import resource
@@ -22,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,15 +41,21 @@ from pathlib import Path
 from typing import IO, Literal
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["ok", "crash", "timeout", "oom"]
-Isolation = Literal["bwrap", "unshare-net", "none"]
+Status = Literal["ok", "crash", "timeout", "oom", "integrity"]
+Isolation = Literal["bwrap", "unshare", "none"]
+ISOLATED: frozenset[str] = frozenset({"bwrap"})  # modes that hide the filesystem
+STRENGTH: dict[str, int] = {"none": 0, "unshare": 1, "bwrap": 2}
 
 TAIL_BYTES = 4096
+GUARD_EXIT = 113  # benchmarks.guard.GUARD_EXIT; duplicated so this module needs no harness
+MARKER_ENV = "AUTOLAB_TRIAL"
 _POLL_MIN_S, _POLL_MAX_S = 0.005, 0.05
 _MODE_ENV = "AUTOLAB_SANDBOX"
-_MODES = {"bwrap": "bwrap", "unshare": "unshare-net", "unshare-net": "unshare-net", "none": "none"}
+_MODES: dict[str, Isolation] = {
+    "bwrap": "bwrap", "unshare": "unshare", "unshare-net": "unshare", "none": "none",
+}
 _SECRET_NAME = re.compile(
     r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|PRIVATE|"
     r"^AWS_|^AZURE_|^GCP_|^GOOGLE_APPLICATION|^ANTHROPIC|^OPENAI|^GITHUB_|^GH_",
@@ -49,6 +67,10 @@ _OOM_TEXT = re.compile(
     r"OutOfMemoryError|std::bad_alloc|out of memory",
     re.IGNORECASE,
 )
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+              "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
+_HOST_READABLE = ("/sys/devices/system/cpu",)
 
 
 class SandboxError(RuntimeError):
@@ -67,6 +89,26 @@ class Limits(BaseModel):
     output_mb: int = Field(256, gt=0, description="cap on stdout + stderr, so disk stays bounded")
 
 
+class View(BaseModel):
+    """What one step may touch beyond the runtime: read-only paths, writable paths, devices.
+
+    `distributions` names the installed distributions the step imports (their
+    dependencies are added); nothing else of the virtualenv is visible under bwrap.
+    `pythonpath` is prepended to sys.path (e.g. the project root, so the harness imports);
+    it exposes nothing by itself: the harness files it needs are listed in `read`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    cwd: Path
+    read: tuple[Path, ...] = ()
+    write: tuple[Path, ...] = ()
+    devices: tuple[str, ...] = ()
+    distributions: tuple[str, ...] = ()
+    pythonpath: tuple[Path, ...] = ()
+    home: Path | None = Field(None, description="writable HOME/TMPDIR outside bwrap's private /tmp")
+    allow_subprocess: bool = False
+
+
 class SandboxResult(BaseModel):
     returncode: int | None
     status: Status
@@ -76,17 +118,21 @@ class SandboxResult(BaseModel):
     stdout_tail: str = ""
     stderr_tail: str = ""
     isolation: Isolation = "none"
+    guard: str = Field("", description="what the in-process guard stopped, if anything")
+
+
+# -- which isolation ---------------------------------------------------------------------
 
 
 @functools.cache
 def bwrap_works() -> bool:
     """Probe once: user namespaces are often disabled in containers and CI."""
-    return _probe(_bwrap_prefix(Path("/"), (), ()) + ["true"])
+    return _probe(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"])
 
 
 @functools.cache
 def unshare_works() -> bool:
-    return _probe(["unshare", "-rn", "true"])
+    return _probe(_unshare_prefix() + ["true"])
 
 
 def _probe(argv: list[str]) -> bool:
@@ -100,53 +146,123 @@ def _probe(argv: list[str]) -> bool:
 
 
 def available_modes() -> list[Isolation]:
+    """Weakest first."""
     modes: list[Isolation] = ["none"]
     if unshare_works():
-        modes.append("unshare-net")
+        modes.append("unshare")
     if bwrap_works():
         modes.append("bwrap")
     return modes
 
 
-def isolation_mode() -> Isolation:
-    """The strongest isolation available, or the one forced by AUTOLAB_SANDBOX.
-
-    A forced mode that does not work raises rather than silently running weaker.
-    """
-    forced = os.environ.get(_MODE_ENV, "").strip().lower()
+def isolation_mode(requested: str = "auto") -> Isolation:
+    """The strongest isolation available, or the one asked for (AUTOLAB_SANDBOX wins over
+    `requested`). A mode asked for that does not work raises rather than running weaker."""
+    forced = os.environ.get(_MODE_ENV, "").strip().lower() or requested.strip().lower()
     if forced and forced != "auto":
         if forced not in _MODES:
-            raise SandboxError(f"{_MODE_ENV}={forced!r}: expected none, unshare or bwrap")
+            raise SandboxError(f"sandbox mode {forced!r}: expected auto, bwrap, unshare or none")
         mode = _MODES[forced]
         if mode not in available_modes():
-            raise SandboxError(f"{_MODE_ENV}={forced} but {mode} does not work on this machine")
-        return mode  # type: ignore[return-value]
+            raise SandboxError(f"sandbox mode {mode} does not work on this machine{_HOW_TO}")
+        return mode
     return available_modes()[-1]
 
 
-def _runtime_paths() -> list[Path]:
-    """What the sandboxed interpreter needs even when it lives under /tmp (which bwrap
-    replaces): the virtualenv, the base Python, and the installed project's sources."""
-    return sorted({Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]})
+_HOW_TO = (
+    " (install bubblewrap: `apt-get install bubblewrap`, `dnf install bubblewrap`, or your"
+    " distribution's package; it needs unprivileged user namespaces or root)"
+)
 
 
-def _bwrap_prefix(workspace: Path, readable: Sequence[Path], hidden: Sequence[Path]) -> list[str]:
-    """bwrap argv. Later mounts cover earlier ones, so mounts go from the shallowest path
-    to the deepest: the most specific rule wins (a readable dir inside a hidden one is
-    re-exposed, a hidden file inside it is hidden again); the workspace comes last."""
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--die-with-parent"]
-    rules = [(p, False) for p in hidden] + [(p, True) for p in (*readable, *_runtime_paths())]
-    for p, show in sorted(rules, key=lambda r: len(r[0].parts)):
-        if show:
-            argv += ["--ro-bind-try", str(p), str(p)]
-        elif p.is_dir():
-            argv += ["--tmpfs", str(p)]
-        elif p.exists():
-            argv += ["--ro-bind", "/dev/null", str(p)]
-    if workspace != Path("/"):
-        argv += ["--bind", str(workspace), str(workspace)]
-    return argv
+def isolation_advice() -> str:
+    return _HOW_TO.strip(" ()")
+
+
+# -- the runtime a step may see ----------------------------------------------------------
+
+
+def _dist_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.cache
+def distribution_closure(names: tuple[str, ...]) -> tuple[metadata.Distribution, ...]:
+    """The named distributions and everything they require (extras excluded)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    seen: dict[str, metadata.Distribution] = {}
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        key = _dist_key(name)
+        if key in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen[key] = dist
+        for text in dist.requires or []:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                stack.append(req.name)
+    return tuple(seen[k] for k in sorted(seen))
+
+
+@functools.cache
+def site_dirs() -> tuple[Path, ...]:
+    """Every directory where this interpreter (or its base) finds third-party packages."""
+    found = {Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    for prefix in {sys.prefix, sys.base_prefix}:
+        for key in ("purelib", "platlib"):
+            found.add(Path(sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key]))
+    for pattern in ("/usr/lib/python3*/dist-packages", "/usr/local/lib/python3*/*-packages",
+                    "/usr/lib/python3/dist-packages"):
+        found.update(Path("/").glob(pattern.lstrip("/")))
+    return tuple(sorted(p.resolve() for p in found if p.is_dir()))
+
+
+@functools.cache
+def distribution_paths(names: tuple[str, ...]) -> tuple[Path, ...]:
+    """Top-level files and folders of the distributions a step imports, where installed.
+    Startup hooks (.pth files) and shared __pycache__ folders are left out."""
+    out: set[Path] = set()
+    for dist in distribution_closure(names):
+        base = Path(dist.locate_file("")).resolve()
+        for f in dist.files or []:
+            top = f.parts[0]
+            if top in ("..", "__pycache__") or top.endswith(".pth"):
+                continue
+            path = base / top
+            if path.exists():
+                out.add(path)
+    return tuple(sorted(out))
+
+
+@functools.cache
+def interpreter_paths(python: str) -> tuple[Path, ...]:
+    """The interpreter, its standard library and the virtualenv skeleton (no packages)."""
+    paths = {Path(sys.base_prefix).resolve()}
+    exe = Path(python).absolute()
+    paths.add(exe.parent)  # venv/bin (its scripts are inert without their packages)
+    paths.add(exe.resolve().parent)
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    if cfg.exists():
+        paths.add(cfg)
+    return tuple(sorted(paths))
+
+
+def runtime_read_paths(view: View, python: str) -> list[Path]:
+    """Every path a step needs to run, beyond its own inputs; also the guard's read roots."""
+    dists = distribution_paths(tuple(sorted(view.distributions)))
+    return [*interpreter_paths(python), *dists]
+
+
+# -- environment -------------------------------------------------------------------------
 
 
 def is_secret_name(name: str) -> bool:
@@ -154,7 +270,7 @@ def is_secret_name(name: str) -> bool:
 
 
 def build_env(
-    argv0: str, workspace: Path, threads: int, env_extra: Mapping[str, str] | None = None
+    argv0: str, home: Path, threads: int, env_extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The candidate's whole environment, from an allowlist; nothing of the parent leaks.
 
@@ -165,20 +281,68 @@ def build_env(
     n = str(threads)
     env = {
         "PATH": os.pathsep.join([interp_dir, "/usr/local/bin", "/usr/bin", "/bin"]),
-        "HOME": str(workspace),
-        "TMPDIR": str(workspace / ".tmp"),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-        "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1",
+        "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1",
         "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
     }
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     for name, value in (env_extra or {}).items():
         if is_secret_name(name) or _SECRET_VALUE.match(str(value)):
             raise ValueError(f"refusing to pass secret-looking variable {name!r} to the sandbox")
         env[name] = str(value)
     return env
+
+
+# -- command lines -----------------------------------------------------------------------
+
+
+def _unshare_prefix() -> list[str]:
+    """Network and pid namespaces; --kill-child takes the tree down with unshare itself."""
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return ["unshare", *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+def _bwrap_argv(view: View, python: str, masks: Sequence[Path]) -> list[str]:
+    """An empty root with only what the step may see. Mounts apply in order, so masks
+    (tmpfs over package dirs) come before the distributions re-exposed inside them."""
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+    for d in _SYSTEM_DIRS:
+        p = Path(d)
+        if p.is_symlink():
+            argv += ["--symlink", os.readlink(p), d]
+        elif p.is_dir():
+            argv += ["--ro-bind", d, d]
+    for f in (*_ETC_FILES, *_HOST_READABLE):
+        argv += ["--ro-bind-try", f, f]
+    ro = [*interpreter_paths(python)]
+    rules: list[tuple[Path, str]] = [(p, "ro") for p in ro]
+    rules += [(m, "mask") for m in masks]
+    rules += [(p, "ro") for p in distribution_paths(tuple(sorted(view.distributions)))]
+    rules += [(p, "ro") for p in (*view.read, view.cwd)]
+    rules += [(p, "rw") for p in view.write]
+    # shallow before deep, and within a depth the order above: the most specific rule wins
+    order = {kind: i for i, kind in enumerate(("ro", "mask", "rw"))}
+    for path, kind in sorted(rules, key=lambda r: (len(r[0].parts), order[r[1]])):
+        if kind == "mask":
+            argv += ["--tmpfs", str(path)]
+        else:
+            argv += ["--ro-bind-try" if kind == "ro" else "--bind", str(path), str(path)]
+    for dev in view.devices:
+        argv += ["--dev-bind", dev, dev]
+    return argv + ["--chdir", str(view.cwd)]
+
+
+def _masks(python: str) -> list[Path]:
+    """Package dirs hidden under bwrap (the step's distributions are mounted back on top)."""
+    skeleton = set(interpreter_paths(python))
+    return [d for d in site_dirs() if any(d.is_relative_to(p) for p in skeleton) or
+            d.is_relative_to("/usr")]
+
+
+# -- watching ----------------------------------------------------------------------------
 
 
 class _Watch:
@@ -261,6 +425,23 @@ def _watch_loop(w: _Watch, limits: Limits, outs: Sequence[IO[bytes]], started: f
         delay = min(delay * 2, _POLL_MAX_S)
 
 
+def kill_marked(marker: str) -> int:
+    """Kill every live process whose environment carries AUTOLAB_TRIAL=marker: what is left
+    of a trial whose orchestrator was killed. Returns how many were killed."""
+    killed = 0
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(MARKER_ENV) == marker:
+                p.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    return killed
+
+
+# -- results -----------------------------------------------------------------------------
+
+
 def _tail(f: IO[bytes]) -> str:
     f.flush()
     size = os.fstat(f.fileno()).st_size
@@ -279,20 +460,23 @@ def _last_line(text: str) -> str:
 
 
 def _signal_of(rc: int, isolation: Isolation) -> int | None:
-    """Signal that ended the child; bwrap reports a child's signal as 128 + n."""
+    """Signal that ended the child; bwrap and unshare report a child's signal as 128 + n."""
     if rc < 0:
         return -rc
-    if isolation == "bwrap" and 128 < rc < 128 + 65:
+    if isolation != "none" and 128 < rc < 128 + 65:
         return rc - 128
     return None
 
 
 def classify(
-    rc: int | None, killed: tuple[Status, str] | None, stderr: str, isolation: Isolation
+    rc: int | None, killed: tuple[Status, str] | None, stderr: str, isolation: Isolation,
+    guard: str = "",
 ) -> tuple[Status, str]:
     """Status and one human line from how the command ended."""
     if killed is not None:
         return killed
+    if guard or rc == GUARD_EXIT:
+        return "integrity", "runtime guard stopped the step: " + (guard or "exit code 113")
     if rc == 0:
         return "ok", ""
     if rc is None:
@@ -325,6 +509,23 @@ def _bwrap_ran(status_r: int) -> bool:
         os.close(status_r)
 
 
+def _read_guard(fd: int) -> str:
+    os.set_blocking(fd, False)
+    try:
+        data = os.read(fd, 65536).decode("utf-8", "replace")
+    except BlockingIOError:
+        data = ""
+    finally:
+        os.close(fd)
+    for line in data.splitlines():
+        try:
+            hit = json.loads(line)
+            return f"{hit['event']}: {hit['detail']}"[:300]
+        except (ValueError, KeyError, TypeError):
+            return line[:300]
+    return ""
+
+
 def _preexec(address_space_mb: int | None) -> Callable[[], None] | None:
     """RLIMIT_AS for the child, set between fork and exec so every descendant inherits it."""
     if address_space_mb is None:
@@ -333,58 +534,84 @@ def _preexec(address_space_mb: int | None) -> Callable[[], None] | None:
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _command(
-    argv: Sequence[str], mode: Isolation, workspace: Path,
-    readable: Sequence[Path], hidden: Sequence[Path], status_w: int,
-) -> list[str]:
-    if mode == "bwrap":
-        ro = [Path(p).absolute() for p in readable]
-        hide = [Path(p).absolute() for p in hidden]
-        return _bwrap_prefix(workspace, ro, hide) + ["--json-status-fd", str(status_w), *argv]
-    if mode == "unshare-net":
-        return ["unshare", "-rn", *argv]
-    return list(argv)
+def _with_parent(argv: list[str]) -> list[str]:
+    """Kill the step's first process when the orchestrator dies (PR_SET_PDEATHSIG through
+    util-linux's setpriv); bwrap does this itself with --die-with-parent."""
+    if shutil.which("setpriv") is None:
+        return argv
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
+# -- the entry point ---------------------------------------------------------------------
 
 
 def run_sandboxed(
     argv: Sequence[str],
-    workspace: Path,
+    view: View,
     limits: Limits,
-    readable: Sequence[Path] = (),
-    hidden: Sequence[Path] = (),
     env_extra: Mapping[str, str] | None = None,
+    *,
+    mode: Isolation | None = None,
+    marker: str | None = None,
+    guarded: bool = True,
 ) -> SandboxResult:
-    """Run argv with cwd=workspace under the strongest available isolation.
+    """Run argv in view.cwd under `mode` (default: the strongest available).
 
     Never raises for what the command does; raises SandboxError when the sandbox cannot
-    start (missing interpreter, workspace not creatable, bwrap setup failure).
+    start (missing interpreter, paths not creatable, bwrap setup failure). `marker` tags
+    every process of the step so orphans can be found later (kill_marked). With
+    `guarded`, the step's harness gets the guard's policy (AUTOLAB_GUARD) and a channel.
     """
     if not argv:
         raise SandboxError("empty command")
-    workspace = Path(workspace).absolute()
+    mode = mode or isolation_mode()
+    cwd = Path(view.cwd).absolute()
     try:
-        (workspace / ".tmp").mkdir(parents=True, exist_ok=True)
+        for p in (*view.write, *([view.home] if view.home else [])):
+            Path(p).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SandboxError(f"cannot create workspace {workspace}: {e}") from e
-    env = build_env(argv[0], workspace, limits.threads, env_extra)
+        raise SandboxError(f"cannot create step paths: {e}") from e
+    if not cwd.is_dir():
+        raise SandboxError(f"working directory {cwd} does not exist")
+    home = Path("/tmp") if mode == "bwrap" or view.home is None else Path(view.home)
+    env = build_env(argv[0], home, limits.threads, env_extra)
     if shutil.which(argv[0], path=env["PATH"]) is None:
         raise SandboxError(f"interpreter not found: {argv[0]}")
-    mode = isolation_mode()
+    if view.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in view.pythonpath)
+    if marker:
+        env[MARKER_ENV] = marker
+    guard_r, guard_w = os.pipe()
+    if guarded:
+        read = [str(p) for p in (*runtime_read_paths(view, argv[0]), *view.read, cwd)]
+        write = [str(p) for p in view.write] + ([str(home)] if mode != "bwrap" else ["/tmp"])
+        env["AUTOLAB_GUARD"] = json.dumps({
+            "read": read, "write": write, "fd": guard_w,
+            "allow_subprocess": view.allow_subprocess,
+        })
     status_r, status_w = os.pipe()
-    full = _command(argv, mode, workspace, readable, hidden, status_w)
+    if mode == "bwrap":
+        full = _bwrap_argv(view, argv[0], _masks(argv[0]))
+        full += ["--json-status-fd", str(status_w), *argv]
+    elif mode == "unshare":
+        full = _with_parent([*_unshare_prefix(), *argv])
+    else:
+        full = _with_parent(list(argv))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
-                full, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, pass_fds=(status_w,) if mode == "bwrap" else (),
+                full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, pass_fds=(status_w, guard_w),
                 preexec_fn=_preexec(limits.address_space_mb),
             )
         except OSError as e:
-            os.close(status_r)
+            for fd in (status_r, guard_r):
+                os.close(fd)
             raise SandboxError(f"cannot start {full[0]}: {e}") from e
         finally:
             os.close(status_w)
+            os.close(guard_w)
         w = _Watch(proc)
         try:
             _watch_loop(w, limits, (out, err), started)
@@ -393,10 +620,12 @@ def run_sandboxed(
             rc = w.reap()
         wall = time.monotonic() - started
         stdout, stderr = _tail(out), _tail(err)
+    guard = _read_guard(guard_r)
     if not _bwrap_ran(status_r) and mode == "bwrap" and rc == 1 and w.killed is None:
         raise SandboxError(f"bwrap failed to start: {_last_line(stderr)}")
-    status, reason = classify(rc, w.killed, stderr, mode)
+    status, reason = classify(rc, w.killed, stderr, mode, guard)
     return SandboxResult(
         returncode=rc, status=status, reason=reason, wall_s=round(wall, 3),
         peak_rss_mb=round(w.peak_mb, 1), stdout_tail=stdout, stderr_tail=stderr, isolation=mode,
+        guard=guard,
     )

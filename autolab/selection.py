@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from autolab import history
 from autolab.archive import Archive
-from autolab.records import Candidate, Decision, Proposal, Trial
+from autolab.records import AuditVerdict, Candidate, Decision, Evaluation, Proposal, Trial
 from benchmarks.protocol import MetricSpec
 
 EXPLORE_PROB = 0.25
@@ -59,30 +60,32 @@ class Plan:
     base: str | None = None
 
 
-def val_means(trials: list[Trial], metric: MetricSpec) -> dict[str, list[float]]:
+def val_means(trials: list[Trial], metric: MetricSpec, setup_key: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for t in trials:
-        if t.split == "val" and t.status == "ok" and metric.name in t.metrics:
+        ok = t.status == "ok" and metric.name in t.metrics
+        if ok and t.split == "val" and t.setup_key == setup_key:
             out.setdefault(t.candidate_id, []).append(t.metrics[metric.name])
     return out
 
 
-def search_state(archive: Archive, seed_id: str, metric: MetricSpec) -> SearchState:
+def search_state(
+    archive: Archive, seed_id: str, metric: MetricSpec, setup_key: str
+) -> SearchState:
     """Rebuild the search tree from records alone, so a resumed campaign needs nothing else."""
     proposals = {p.id: p for p in archive.all(Proposal)}
-    values = val_means(archive.all(Trial), metric)
-    state = SearchState(seed_id=seed_id, champion_id=seed_id)
+    values = val_means(archive.all(Trial), metric, setup_key)
+    decisions = archive.all(Decision)
+    state = SearchState(seed_id=seed_id, champion_id=history.champion_id(decisions, seed_id))
     for c in archive.all(Candidate):
         thread = proposals[c.proposal_id].thread if c.proposal_id in proposals else None
         vals = values.get(c.id, [])
         state.nodes[c.id] = Node(
             c.id, list(c.parents), thread, sum(vals) / len(vals) if vals else None, len(vals)
         )
-    for d in archive.all(Decision):
+    for d in decisions:
         if d.candidate_id in state.nodes and d.outcome == "accepted":
             state.nodes[d.candidate_id].accepted = True
-        if d.champion and d.candidate_id:
-            state.champion_id = d.candidate_id
         for parent in proposals[d.proposal_id].parents if d.proposal_id in proposals else []:
             if parent in state.nodes:
                 state.nodes[parent].children_tried += 1
@@ -136,3 +139,39 @@ def plan_next(
         fewest = min(n.children_tried for n in pool)
         parent = rng.choice([n for n in pool if n.children_tried == fewest])
     return Plan(thread, operator, (parent.id,))
+
+
+# -- what select decides ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """An accepted candidate against the champion: the val comparison and, if it won that,
+    the level-2 replication and the audit verdict including it."""
+
+    vs_champion: Evaluation
+    replication: Evaluation | None = None
+    verdict: AuditVerdict | None = None
+
+
+def decide(
+    evaluation: Evaluation, verdict: AuditVerdict, challenge: Challenge | None
+) -> tuple[str, str, bool]:
+    """(outcome, reason, crowned): accepted needs the gain over the parent and audit
+    level 1; the crown also needs a gain over the champion and the level-2 replication."""
+    if evaluation.decision != "accept":
+        return "rejected", evaluation.reason, False
+    if not verdict.passed:
+        failed = [c.name for c in verdict.checks if not c.passed]
+        return "rejected", f"audit level {verdict.caught_at} failed: {', '.join(failed)}", False
+    if challenge is None:
+        return "accepted", evaluation.reason, False
+    vs = challenge.vs_champion
+    p = "undefined" if vs.p_value is None else f"{vs.p_value:.2g}"
+    why = f"{evaluation.reason}; vs champion {vs.reference_id[:8]}: p={p}"
+    if challenge.verdict is None:
+        return "accepted", why + " (not better than the champion)", False
+    if not challenge.verdict.passed:
+        bad = next(c for c in challenge.verdict.checks if not c.passed)
+        return "accepted", f"{why}; not crowned: audit level 2 {bad.name}: {bad.evidence}", False
+    return "accepted", f"{why}; replicated at level 2", True

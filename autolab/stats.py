@@ -1,12 +1,21 @@
 """Is a candidate really better than its reference? Multi-seed, one-sided, sequential.
 
 A trial's seed fixes its initialisation and its data order, so a candidate and its
-reference run on the same seeds are matched pairs: the paired t-test (scipy.stats) on
-per-seed differences removes the seed-to-seed variance both share. Where the seeds do
-not match, Welch's t-test on the two samples is used. Both are one-sided in the metric's
-direction. Seeds are added in rounds until the answer is clear: accept at p < alpha,
-reject at the maximum number of seeds, or earlier when the candidate is not even ahead
-on average (a futility stop that saves compute).
+reference run on the same seeds are matched pairs: the paired t-test on per-seed
+differences removes the seed-to-seed variance both share. Where the seeds do not match,
+Welch's t-test is used. Both are one-sided in the metric's direction.
+
+Seeds are added in looks fixed in advance by the design (min_seeds, then `step` more at a
+time up to max_seeds). Looking several times at a test at level alpha would accept an
+equal candidate more often than alpha, so each look spends a share of alpha from the
+spending function alpha(t) = alpha * t**3 of the information fraction t = n / max_seeds
+(O'Brien-Fleming-like: little early, most at the last look, so power stays close to a
+fixed design's). The look at n seeds tests at alpha(n/N) - alpha(n_prev/N). The shares
+add up to alpha, so by the union bound the chance that some look accepts an equal
+candidate is <= alpha, however many looks there are and however they are placed.
+A futility stop (the candidate is not ahead, or clearly unpromising) ends an unclear
+evaluation early; stopping for futility never raises the false-accept rate. Optional
+screening rejects after one seed a candidate that is behind its reference on it.
 """
 
 from __future__ import annotations
@@ -20,6 +29,43 @@ from scipy import stats
 from benchmarks.protocol import Direction, MetricSpec
 
 FUTILITY_P = 0.3
+SPENDING_POWER = 3
+
+
+@dataclass(frozen=True)
+class Design:
+    """A sequential evaluation plan: where the looks are and what each may spend."""
+
+    alpha: float
+    min_seeds: int
+    max_seeds: int
+    step: int = 1
+    screen: bool = False
+
+    def looks(self) -> list[int]:
+        """Seed counts at which the test is run (screening's one seed is not a look)."""
+        out = [self.min_seeds]
+        while out[-1] < self.max_seeds:
+            out.append(min(out[-1] + max(1, self.step), self.max_seeds))
+        return out
+
+    def nominal_alpha(self, n: int) -> float:
+        """The level of the look at n seeds (the latest look at or below n)."""
+        looks = self.looks()
+        done = [k for k in looks if k <= n]
+        if not done:
+            return 0.0
+        k = done[-1]
+        prev = looks[looks.index(k) - 1] if looks.index(k) > 0 else 0
+        return self.spend(k) - self.spend(prev)
+
+    def spend(self, n: int) -> float:
+        """Alpha spent once n seeds have been looked at."""
+        return self.alpha * (min(n, self.max_seeds) / self.max_seeds) ** SPENDING_POWER
+
+    def spent(self) -> float:
+        """Total alpha over all looks: alpha itself, by construction."""
+        return sum(self.nominal_alpha(n) for n in self.looks())
 
 
 @dataclass(frozen=True)
@@ -32,6 +78,7 @@ class Comparison:
     decision: str
     reason: str
     test: str = "welch"
+    level: float | None = None  # the nominal alpha of this look
 
 
 def hedges_g(better: np.ndarray, worse: np.ndarray) -> float | None:
@@ -46,12 +93,15 @@ def hedges_g(better: np.ndarray, worse: np.ndarray) -> float | None:
     return float(d * (1 - 3 / (4 * (n1 + n2) - 9)))
 
 
+def _alternative(metric: MetricSpec) -> str:
+    return "less" if metric.direction is Direction.MINIMIZE else "greater"
+
+
 def one_sided_p(values: list[float], reference: list[float], metric: MetricSpec) -> float | None:
-    """p-value of 'values are better than reference'; None when the test is undefined."""
+    """Welch: p-value of 'values are better than reference'; None when undefined."""
     if len(values) < 2 or len(reference) < 2:
         return None
-    alternative = "less" if metric.direction is Direction.MINIMIZE else "greater"
-    result = stats.ttest_ind(values, reference, equal_var=False, alternative=alternative)
+    result = stats.ttest_ind(values, reference, equal_var=False, alternative=_alternative(metric))
     p = float(result.pvalue)
     return None if math.isnan(p) else p
 
@@ -60,8 +110,7 @@ def paired_p(values: list[float], reference: list[float], metric: MetricSpec) ->
     """p-value of 'values are better than their matched reference values'."""
     if len(values) < 2 or len(values) != len(reference):
         return None
-    alternative = "less" if metric.direction is Direction.MINIMIZE else "greater"
-    p = float(stats.ttest_rel(values, reference, alternative=alternative).pvalue)
+    p = float(stats.ttest_rel(values, reference, alternative=_alternative(metric)).pvalue)
     return None if math.isnan(p) else p
 
 
@@ -72,77 +121,131 @@ def paired_effect(diffs: np.ndarray) -> float | None:
 
 
 def compare_seeds(
-    values: dict[int, float],
-    reference: dict[int, float],
-    metric: MetricSpec,
-    alpha: float,
-    min_seeds: int,
-    max_seeds: int,
+    values: dict[int, float], reference: dict[int, float], metric: MetricSpec, design: Design
 ) -> Comparison:
     """Paired on the seeds both ran when one side's seeds contain the other's; else Welch."""
     common = sorted(set(values) & set(reference))
-    if len(common) >= 2 and len(common) == min(len(values), len(reference)):
-        return compare(
-            [values[s] for s in common],
-            [reference[s] for s in common],
-            metric, alpha, min_seeds, max_seeds, paired=True,
-        )  # fmt: skip
-    return compare(
-        list(values.values()), list(reference.values()), metric, alpha, min_seeds, max_seeds
-    )
+    if common and len(common) == min(len(values), len(reference)):
+        return compare([values[s] for s in common], [reference[s] for s in common], metric,
+                       design, paired=True)
+    return compare(list(values.values()), list(reference.values()), metric, design)
 
 
 def compare(
     values: list[float],
     reference: list[float],
     metric: MetricSpec,
-    alpha: float,
-    min_seeds: int,
-    max_seeds: int,
+    design: Design,
     paired: bool = False,
 ) -> Comparison:
-    """Decide accept / reject / more from the seeds measured so far."""
+    """Decide accept / reject / more from the seeds measured so far, per the design."""
     if not values or not reference:
         return Comparison(None, None, None, None, None, "failed", "no successful trials to compare")
     a, b = np.asarray(values, float), np.asarray(reference, float)
     sign = -1.0 if metric.direction is Direction.MINIMIZE else 1.0
     delta = float(a.mean() - b.mean())
+    n = len(values)
     if paired:
         g, p = paired_effect((a - b) * sign), paired_p(values, reference, metric)
     else:
         g, p = hedges_g(a * sign, b * sign), one_sided_p(values, reference, metric)
-    base = dict(
-        mean=float(a.mean()),
-        reference_mean=float(b.mean()),
-        delta=delta,
-        effect_size=g,
-        test="paired" if paired else "welch",
-    )
+    level = design.nominal_alpha(n)
+    base = dict(mean=float(a.mean()), reference_mean=float(b.mean()), delta=delta,
+                effect_size=g, test="paired" if paired else "welch", p_value=p, level=level)
     ahead = metric.better(float(a.mean()), float(b.mean()))
-    if len(values) < min_seeds:
-        return Comparison(
-            **base, p_value=p, decision="more", reason=f"{len(values)} of {min_seeds} seeds"
-        )
+    if n < design.min_seeds:
+        if design.screen and n == 1 and paired and not ahead:
+            return Comparison(**base, decision="reject",
+                              reason=f"screened out: behind its reference on the first seed "
+                              f"({delta:+.4g})")
+        return Comparison(**base, decision="more", reason=f"{n} of {design.min_seeds} seeds")
     if p is None:
-        return Comparison(
-            **base,
-            p_value=None,
-            decision="reject",
-            reason="no variance across seeds: test undefined",
-        )
-    if p < alpha:
-        return Comparison(**base, p_value=p, decision="accept", reason=f"p={p:.2g} < alpha={alpha}")
-    if len(values) >= max_seeds:
-        return Comparison(
-            **base,
-            p_value=p,
-            decision="reject",
-            reason=f"p={p:.2g} >= alpha={alpha} at {len(values)} seeds",
-        )
+        return Comparison(**base, decision="reject", reason="no variance across seeds: "
+                          "test undefined")
+    if p < level:
+        return Comparison(**base, decision="accept",
+                          reason=f"p={p:.2g} < {level:.3g} (look at {n} seeds, alpha "
+                          f"{design.alpha} spent over {len(design.looks())} looks)")
+    if n >= design.max_seeds:
+        return Comparison(**base, decision="reject",
+                          reason=f"p={p:.2g} >= {level:.3g} at {n} seeds")
     if not ahead or p > FUTILITY_P:
-        return Comparison(
-            **base, p_value=p, decision="reject", reason=f"futility: p={p:.2g}, delta={delta:+.4g}"
-        )
-    return Comparison(
-        **base, p_value=p, decision="more", reason=f"promising: p={p:.2g}; adding seeds"
-    )
+        return Comparison(**base, decision="reject",
+                          reason=f"futility: p={p:.2g}, delta={delta:+.4g}")
+    return Comparison(**base, decision="more", reason=f"promising: p={p:.2g}; adding seeds")
+
+
+def next_seed_count(design: Design, n: int) -> int:
+    """How many seeds the evaluation should have after the next round."""
+    if n < 1 and design.screen:
+        return 1
+    return next((k for k in design.looks() if k > n), design.max_seeds)
+
+
+# -- the design checked by simulation -------------------------------------------------------
+
+
+def simulate(
+    design: Design,
+    effect: float = 0.0,
+    sd_shared: float = 1.0,
+    sd_trial: float = 1.0,
+    draws: int = 100_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Run the sequential paired design on `draws` synthetic candidates (metric minimised):
+    value = shared seed noise + own trial noise, minus `effect` for the candidate.
+
+    Returns the acceptance rate, its 95% Wilson interval and the mean number of candidate
+    seeds used. With effect 0 the acceptance rate is the false-accept rate. The same
+    `compare` decides each draw's looks, vectorised over draws.
+    """
+    rng = np.random.default_rng(seed)
+    n_max = design.max_seeds
+    shared = rng.standard_normal((draws, n_max)) * sd_shared
+    cand = shared + rng.standard_normal((draws, n_max)) * sd_trial - effect
+    ref = shared + rng.standard_normal((draws, n_max)) * sd_trial
+    diffs = cand - ref  # negative is better
+    accepted = np.zeros(draws, bool)
+    open_ = np.ones(draws, bool)
+    used = np.zeros(draws)
+    if design.screen:
+        used[:] = 1
+        open_ &= diffs[:, 0] < 0
+    for k in design.looks():
+        d = diffs[open_, :k]
+        mean, sd = d.mean(axis=1), d.std(axis=1, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = mean / (sd / math.sqrt(k))
+        p = stats.t.cdf(t, df=k - 1)  # one-sided: candidate lower
+        p = np.where(np.isfinite(p), p, np.nan)
+        idx = np.flatnonzero(open_)
+        used[idx] = k
+        acc = p < design.nominal_alpha(k)
+        accepted[idx[acc]] = True
+        stop = acc | np.isnan(p) | (k >= n_max) | (mean >= 0) | (p > FUTILITY_P)
+        open_[idx[stop]] = False
+        if not open_.any():
+            break
+    rate = float(accepted.mean())
+    lo, hi = wilson(int(accepted.sum()), draws)
+    return {"accept_rate": rate, "ci_low": lo, "ci_high": hi, "mean_seeds": float(used.mean())}
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def smallest_detectable_gain(sd_diff: float, design: Design, power: float = 0.8) -> float:
+    """The gain the design detects with `power` at its last look (normal approximation of
+    the paired t-test with the last look's level): the resolution of the benchmark."""
+    n = design.max_seeds
+    level = design.nominal_alpha(n)
+    return float((stats.t.ppf(1 - level, n - 1) + stats.t.ppf(power, n - 1))
+                 * sd_diff / math.sqrt(n))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autolab.archive import Archive
 from autolab.config import Params
+from autolab.history import champion_id
 from autolab.records import Decision, Evaluation
 from benchmarks import get_benchmark
 
@@ -29,7 +30,7 @@ def campaign_summary(params: Params) -> str:
         return f"no campaign {params.campaign.name!r}"
     decisions = archive.all(Decision)
     seed = record.seed_candidate
-    champ = record.test.champion_id if record.test else seed
+    champ = champion_id(decisions, seed)
     metric = get_benchmark(record.benchmark).metric
     same = champ == seed
     test = record.test.evaluation if record.test else None

@@ -2,7 +2,10 @@
 
 The archive stays the source of truth; nothing here is read back by the loop. Every call
 finds its run by tags before creating one, so replaying records after a crash or a resume
-updates runs instead of duplicating them. MLflow is imported lazily: it is slow to import.
+updates runs instead of duplicating them. A store that cannot be opened (half-created by
+a process killed while MLflow made its tables, or damaged) is moved aside and rebuilt
+from the archive: a derived store is never a reason a campaign cannot start. MLflow is
+imported lazily: it is slow to import.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from autolab.records import (
     Proposal,
     Trial,
 )
+from autolab.sandbox import ISOLATED
 from benchmarks.protocol import Direction, MetricSpec
 
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ class Tracker:
     def __init__(self, mlruns_dir: Path, enabled: bool = True):
         self.mlruns_dir = Path(mlruns_dir).resolve()
         self.enabled = enabled
+        self.rebuilt: str | None = None  # why the store was moved aside and started anew
         self._client: MlflowClient | None = None
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}
@@ -87,12 +92,33 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-            from mlflow.tracking import MlflowClient
-
-            self.mlruns_dir.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=tracking_uri(self.mlruns_dir))
+            try:
+                self._client = self._open()
+            except Exception as err:  # noqa: BLE001 - any failure to open means: rebuild
+                self._quarantine(err)
+                self._client = self._open()
         return self._client
+
+    def _open(self) -> MlflowClient:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.mlruns_dir.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=tracking_uri(self.mlruns_dir))
+        client.search_experiments(max_results=1)  # opens (and if new, creates) the schema
+        return client
+
+    def _quarantine(self, err: BaseException) -> None:
+        """Move the unusable store aside (kept for inspection) so a fresh one can be made."""
+        db = self.mlruns_dir / "mlflow.db"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            part = db.with_name(db.name + suffix)
+            if part.exists():
+                part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
+        self._experiments.clear()
+        self._parents.clear()
+        self.rebuilt = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
     def experiment_id(self, benchmark: str) -> str:
         """One experiment per benchmark, its artifacts under <mlruns>/artifacts/<benchmark>."""
@@ -175,7 +201,8 @@ class Tracker:
         run_id = self._parent(campaign)
         if self.client.get_run(run_id).info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
-        shown = {"benchmark", "params_hash", "seed_candidate", "status"}
+        shown = {"benchmark", "params_hash", "seed_candidate", "status", "isolation",
+                 "unisolated"}
         tags = {ROLE: "campaign", CAMPAIGN: campaign.name} | campaign.model_dump(include=shown)
         self._log(run_id, params=flatten(params.model_dump(mode="json")), tags=tags)
         return run_id
@@ -196,7 +223,9 @@ class Tracker:
             return
         self._log(run_id, [(key, mean, len(curve), ms)], tags={"champion": cid})
 
-    def finish_campaign(self, campaign: CampaignRecord, metric: MetricSpec) -> None:
+    def finish_campaign(
+        self, campaign: CampaignRecord, metric: MetricSpec, test_looks: int | None = None
+    ) -> None:
         """Final val and test-split figures on the parent run, then end it.
 
         Val means come from the champion's and the seed's runs (log the seed's run too).
@@ -213,6 +242,8 @@ class Tracker:
         if champion_mean is not None and seed_mean is not None:
             figures["val_gain"] = sign * (champion_mean - seed_mean)
         tags = {"status": campaign.status, "stop_reason": campaign.stop_reason}
+        if test_looks is not None:
+            figures["test_split_looks"] = float(test_looks)
         if campaign.test is not None:
             e = campaign.test.evaluation
             figures |= {
@@ -325,6 +356,7 @@ class Entry:
         """For filtering and grouping in the UI; `champion`: it became champion when selected."""
         p, d, v = self.proposal, self.decision, self.verdict
         crowned = d.champion if d else self.candidate.id == campaign.seed_candidate
+        isolation = sorted({t.isolation for t in self.trials if t.isolation})
         note = p.rationale if p else "seed solution"
         note += f"\n\n{d.outcome}: {d.reason}" if d else ""
         return {
@@ -335,6 +367,9 @@ class Entry:
             "thread": str(p.thread) if p else "0",
             "champion": str(crowned).lower(),
             "audit": "none" if v is None else ("passed" if v.passed else "failed"),
+            "audit_caught_at": "-" if v is None or v.caught_at is None else str(v.caught_at),
+            "isolation": ",".join(isolation) or "-",
+            "unisolated": str(any(i not in ISOLATED for i in isolation)).lower(),
             "mlflow.note.content": note,
         }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
 from pathlib import PurePosixPath
@@ -88,52 +87,3 @@ def make_candidate(
         files=hashes,
         diff=unified_diff(parent_files or {}, files) if parent_files is not None else "",
     )
-
-
-# -- static checks (the build step's cheap gate before any trial) ---------------------------
-
-FORBIDDEN_MODULES = frozenset(
-    {
-        "autolab",
-        "benchmarks",
-        "subprocess",
-        "socket",
-        "ctypes",
-        "multiprocessing",
-        "importlib",
-        "requests",
-        "urllib",
-        "http",
-        "httpx",
-        "pty",
-        "signal",
-    }
-)
-FORBIDDEN_CALLS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint"})
-FORBIDDEN_ATTRS = frozenset(
-    {"system", "popen", "fork", "execv", "execve", "kill", "environ", "modules"}
-)
-
-
-def static_findings(path: str, source: str) -> list[str]:
-    """Syntax errors and uses of escape hatches a candidate has no business with."""
-    try:
-        tree = ast.parse(source, filename=path)
-    except SyntaxError as err:
-        return [f"{path}:{err.lineno}: syntax error: {err.msg}"]
-    found: list[str] = []
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            if name.split(".")[0] in FORBIDDEN_MODULES:
-                found.append(f"{path}:{node.lineno}: imports {name!r}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id in FORBIDDEN_CALLS:
-                found.append(f"{path}:{node.lineno}: calls {node.func.id}()")
-        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRS:
-            found.append(f"{path}:{node.lineno}: uses .{node.attr}")
-    return found

@@ -16,7 +16,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Split = Literal["val", "test"]
+Split = Literal["val", "audit", "test"]
+"""val: selection; audit: fresh held-back windows of the val data for the replication
+audit; test: the held-out split, for the final confirmation only."""
 
 
 class Direction(StrEnum):
@@ -83,29 +85,44 @@ class SearchSpace(BaseModel):
 
 
 class SandboxStep(BaseModel):
-    """One untrusted command of a trial. It runs in the trial's workspace, in the sandbox."""
+    """One untrusted command of a trial, run in the sandbox with the workspace as its
+    read-only working directory. It reads its own staged inputs (`ctx.inputs(name)`)
+    and the outputs of the earlier steps named in `reads`, and writes only
+    `ctx.outputs(name)`. Nothing else of the trial is visible to it."""
 
     model_config = ConfigDict(frozen=True)
     name: str
     argv: tuple[str, ...]
     timeout_s: float
-    readable: tuple[str, ...] = Field(
-        default=(), description="absolute paths outside the workspace the step may read"
-    )
+    reads: tuple[str, ...] = Field(default=(), description="earlier steps whose outputs it reads")
+    allow_subprocess: bool = Field(False, description="may start processes (e.g. compilers)")
 
 
 class TrialContext(BaseModel):
-    """Everything a benchmark needs to lay out and score one trial."""
+    """Everything a benchmark needs to lay out and score one trial.
+
+    `secrets` is trusted memory: what staging chose and the scorer needs (targets,
+    probe positions) stays here and never touches a path a step can read.
+    """
 
     model_config = ConfigDict(frozen=True)
-    workspace: Path = Field(description="writable dir holding a copy of the candidate's files")
-    inputs_dir: Path = Field(description="read-only inputs prepared by trusted code for this trial")
+    workspace: Path = Field(description="read-only dir holding the candidate's files")
+    inputs_dir: Path = Field(description="per-step inputs staged by trusted code")
+    outputs_dir: Path = Field(description="per-step outputs, each written by its step only")
     prepared_dir: Path = Field(description="the benchmark's prepared data (trusted side only)")
+    candidate_id: str = ""
     seed: int
     split: Split
     budget: Budget
     threads: int = 1
     python: str = Field(description="interpreter the sandboxed steps run with")
+    secrets: dict = Field(default_factory=dict, repr=False)
+
+    def inputs(self, step: str) -> Path:
+        return self.inputs_dir / step
+
+    def outputs(self, step: str) -> Path:
+        return self.outputs_dir / step
 
 
 class Score(BaseModel):
@@ -132,6 +149,7 @@ class CheckResult(BaseModel):
     name: str
     passed: bool
     evidence: str = ""
+    level: int = Field(1, description="audit level: 0 static, 1 runtime, 2 replication, 3 test")
 
 
 AuditCheck = Callable[[TrialContext, Score], CheckResult]
@@ -146,6 +164,8 @@ class Benchmark(Protocol):
     editable_files: tuple[str, ...]
     budget: Budget
     hardware: Literal["cpu", "gpu"]
+    distributions: tuple[str, ...]  # what sandboxed steps import (their dependencies follow)
+    allowed_imports: frozenset[str]  # top-level modules candidate code may import
 
     def seed_files(self, variant: str = "default") -> dict[str, str]:
         """Editable files of a seed solution, path -> text."""
@@ -155,12 +175,20 @@ class Benchmark(Protocol):
         """Trusted files whose hashes must not change across a trial."""
         ...
 
+    def sandbox_files(self) -> list[Path]:
+        """Project files the sandboxed steps import (the harness); the rest stays hidden."""
+        ...
+
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
         """Build splits under prepared_dir (idempotent); return a short description."""
         ...
 
-    def stage_inputs(self, ctx: TrialContext) -> None:
-        """Trusted: write the trial's inputs (seeded data, eval split) into ctx.inputs_dir."""
+    def data_version(self, prepared_dir: Path) -> str:
+        """Content hash of the prepared data: part of every trial's key."""
+        ...
+
+    def stage(self, ctx: TrialContext, step: str) -> None:
+        """Trusted, just before `step` runs: write its inputs into ctx.inputs(step)."""
         ...
 
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
@@ -168,7 +196,7 @@ class Benchmark(Protocol):
         ...
 
     def score(self, ctx: TrialContext) -> Score:
-        """Trusted: compute the metric from the outputs the steps left in the workspace."""
+        """Trusted: compute the metric from the steps' outputs and ctx.secrets."""
         ...
 
     def audit_checks(self) -> list[AuditCheck]:
@@ -177,6 +205,11 @@ class Benchmark(Protocol):
 
     def search_space(self) -> SearchSpace:
         """Knobs and code edits the offline proposer may use."""
+        ...
+
+    def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
+        """A copy of a solution that changes its randomness but not its expected metric
+        (for A/A tests of the evaluation): variant i differs from variant j."""
         ...
 
 

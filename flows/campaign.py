@@ -59,7 +59,8 @@ def report_progress(lab: Lab, index: int, decision: Decision) -> None:
 
 @flow(name="campaign", validate_parameters=False)
 def campaign(
-    benchmark: str | None = None, params_path: str = "params.yaml", overrides: dict | None = None
+    benchmark: str | None = None, params_path: str = "params.yaml", overrides: dict | None = None,
+    confirm: bool = True,
 ) -> dict:
     overrides = dict(overrides or {})
     if benchmark:
@@ -69,6 +70,8 @@ def campaign(
 
     print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
     register_seed(lab)
+    note = "" if not lab.unisolated else " - UNISOLATED: trials can read the host's files"
+    print(f"sandbox: {lab.isolation}{note}", flush=True)
     seed_trials = baseline(lab)
     vals = [t.metrics[lab.bench.metric.name] for t in seed_trials if t.status == "ok"]
     print(
@@ -81,11 +84,12 @@ def campaign(
         index = next_index(lab)
         report_progress(lab, index, iteration(lab, index))
 
-    record = finish(lab, confirm_on_test(lab), reason)
+    test = confirm_on_test(lab) if confirm else None  # audit level 3: the held-out split
+    record = finish(lab, test, reason)
     print(f"campaign {record.name} finished: {reason}", flush=True)
     return {
         "campaign": record.name,
-        "champion": record.test.champion_id,
+        "champion": lab.champion(),
         "stop_reason": reason,
         "proposals": len(lab.archive.all(Proposal)),
     }

@@ -1,4 +1,8 @@
-"""One research iteration: propose -> patch -> build -> run -> evaluate -> audit -> select."""
+"""One research iteration: propose -> patch -> build -> run -> evaluate -> audit -> select.
+
+A step that stops the iteration on the candidate's merits returns a Halt, recorded as
+the proposal's decision.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +10,41 @@ from prefect import flow
 
 from autolab.lab import Lab
 from autolab.records import Decision
+from autolab.stats import next_seed_count
 from tasks import Halt
 from tasks.audit import audit
 from tasks.build import build
+from tasks.challenge import challenge_champion
 from tasks.evaluate import evaluate
 from tasks.patch import patch
 from tasks.propose import propose
-from tasks.run import run_trials
+from tasks.run import run_matched
 from tasks.select import record_halt, select
 
 
 @flow(name="iteration", flow_run_name="iteration-{index}", validate_parameters=False)
 def iteration(lab: Lab, index: int) -> Decision:
     proposal = propose(lab, index)
-    if isinstance(proposal, tuple):
-        return record_halt(lab, proposal[0], None, proposal[1])
-
+    if isinstance(proposal, Halt):
+        return record_halt(lab, proposal)
     candidate = patch(lab, proposal)
     if isinstance(candidate, Halt):
-        return record_halt(lab, proposal, None, candidate)
+        return record_halt(lab, candidate)
+    candidate = build(lab, proposal, candidate)  # audit level 0: the static scan
+    if isinstance(candidate, Halt):
+        return record_halt(lab, candidate)
 
-    if (halt := build(lab, candidate)) is not None:
-        return record_halt(lab, proposal, candidate.id, halt)
+    parent, seen = proposal.parents[0], 0
+    while True:  # sequential looks; the parent runs the same seeds (matched pairs)
+        seeds = lab.seeds(next_seed_count(lab.design, seen))
+        trials = run_matched(lab, proposal, candidate.id, parent, seeds)
+        if isinstance(trials, Halt):
+            return record_halt(lab, trials)
+        evaluation = evaluate(lab, candidate.id, parent)
+        if evaluation.decision != "more" or len(trials) >= lab.design.max_seeds:
+            break
+        seen = len(trials)
 
-    parent, ev = proposal.parents[0], lab.params.evaluation
-    seeds = lab.seeds(ev.min_seeds)
-    trials = run_trials(lab, candidate.id, seeds)
-    run_trials(lab, parent, seeds)  # the parent on the same seeds: matched pairs (cached)
-    evaluation = evaluate(lab, candidate.id, trials, parent)
-    while evaluation.decision == "more" and len(trials) < ev.max_seeds:  # sequential testing
-        seeds = lab.seeds(min(ev.parallel_trials, ev.max_seeds - len(trials)), start=len(trials))
-        trials += run_trials(lab, candidate.id, seeds)
-        run_trials(lab, parent, seeds)
-        evaluation = evaluate(lab, candidate.id, trials, parent)
-
-    verdict = audit(lab, candidate.id, trials) if evaluation.decision != "failed" else None
-    return select(lab, proposal, evaluation, verdict)
+    verdict = audit(lab, candidate.id, evaluation)  # level 1: runtime integrity
+    challenge = challenge_champion(lab, candidate.id, evaluation, verdict)  # level 2
+    return select(lab, proposal, evaluation, verdict, challenge)

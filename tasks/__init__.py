@@ -1,18 +1,25 @@
 """One module per step of the iteration DAG: thin Prefect tasks over plain functions.
 
-A task that stops an iteration on the candidate's merits returns a `Halt` (it becomes a
-recorded decision); only infrastructure faults raise, and only those are retried.
+One convention for a step that stops an iteration on the candidate's merits: it returns
+a `Halt` instead of its product, and the flow records it as the proposal's decision.
+Only infrastructure faults raise, and only those are retried.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from autolab.records import AuditVerdict, Proposal
 
 
 @dataclass(frozen=True)
 class Halt:
-    outcome: str  # refused | failed | rejected
+    outcome: Literal["refused", "failed", "rejected"]
     reason: str
+    proposal: Proposal
+    candidate_id: str | None = None
+    verdict: AuditVerdict | None = None  # the audit that caught it, where one did
 
 
 INFRA_RETRIES = 2

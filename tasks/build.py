@@ -1,21 +1,20 @@
-"""build: cheap gates before any trial: syntax and a static scan for escape hatches."""
+"""build: cheap gates before any trial: the static scan (audit level 0)."""
 
 from __future__ import annotations
 
 from prefect import task
 
+from autolab.audit import static_check, verdict
 from autolab.lab import Lab
-from autolab.records import Candidate
-from autolab.workspace import static_findings
+from autolab.records import Candidate, Proposal
 from tasks import Halt
 
 
 @task(name="build")
-def build(lab: Lab, candidate: Candidate) -> Halt | None:
-    findings: list[str] = []
-    for path, source in lab.archive.read_files(candidate.id).items():
-        if path.endswith(".py"):
-            findings += static_findings(path, source)
-    if findings:
-        return Halt("failed", "build: " + "; ".join(findings[:5]))
-    return None
+def build(lab: Lab, proposal: Proposal, candidate: Candidate) -> Candidate | Halt:
+    check = static_check(lab.bench, lab.archive.read_files(candidate.id))
+    if check.passed:
+        return candidate
+    caught = verdict(candidate.id, [check])
+    lab.archive.put(caught)
+    return Halt("failed", f"build: {check.evidence}", proposal, candidate.id, caught)

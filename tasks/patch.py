@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from autolab.lab import Lab
-from autolab.records import Candidate, Proposal
+from autolab.records import Candidate, Decision, Proposal
 from autolab.workspace import PatchFailed, PatchRefused, apply_edits, make_candidate
 from tasks import INFRA_RETRIES, Halt
 
@@ -16,15 +16,20 @@ def patch(lab: Lab, proposal: Proposal) -> Candidate | Halt:
     try:
         files = apply_edits(parent_files, proposal.edits, lab.bench.editable_files)
     except PatchRefused as err:
-        return Halt("refused", str(err))
+        return Halt("refused", str(err), proposal)
     except PatchFailed as err:
-        return Halt("failed", f"patch failed: {err}")
+        return Halt("failed", f"patch failed: {err}", proposal)
     candidate = make_candidate(
         lab.bench.name, files, list(proposal.parents), proposal.id, parent_files=parent_files
     )
     if candidate.id in proposal.parents:
-        return Halt("refused", "edit reproduces a parent")
-    if (known := lab.archive.get(Candidate, candidate.id)) is not None:
-        return known  # the same code reached another way: its trials are reused
+        return Halt("refused", "edit reproduces a parent", proposal)
+    if lab.archive.get(Candidate, candidate.id) is not None:
+        earlier = next((d for d in lab.archive.all(Decision) if d.candidate_id == candidate.id
+                        and d.proposal_id != proposal.id), None)
+        if earlier is not None:  # evaluating it again would be another look at the same test
+            return Halt("refused", f"the same code was evaluated before ({earlier.outcome})",
+                        proposal, candidate.id)
+        return candidate  # written by this proposal before an interruption
     lab.archive.put_candidate(candidate, files)
     return candidate

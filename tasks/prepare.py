@@ -1,14 +1,20 @@
-"""prepare: the benchmark's data splits, the seed candidate and its baseline trials."""
+"""prepare: the benchmark's data splits, the campaign record, the seed's baseline trials."""
 
 from __future__ import annotations
 
 from prefect import task
 
+from autolab.config import fixed_changes
 from autolab.lab import Lab
 from autolab.records import CampaignRecord, Candidate, Trial
+from autolab.sandbox import ISOLATED, isolation_advice, kill_marked
 from autolab.workspace import make_candidate
 from tasks import INFRA_RETRIES
 from tasks.run import run_trials
+
+
+class CampaignRefused(ValueError):
+    """The campaign cannot start or resume as asked; the message says why and what to do."""
 
 
 @task(name="prepare-data", retries=INFRA_RETRIES)
@@ -18,48 +24,88 @@ def prepare_data(lab: Lab) -> dict[str, str]:
     return lab.bench.prepare(data_dir if data_dir.exists() else None, lab.prepared_dir)
 
 
+def check_isolation(lab: Lab) -> None:
+    """A proposer that writes free-form code runs only where files can be hidden, unless
+    the user opts in (sandbox.allow_unisolated)."""
+    if lab.isolation not in ISOLATED and lab.required_isolation in ISOLATED:
+        raise CampaignRefused(
+            f"the {lab.proposer.name} proposer writes free-form code, and this machine offers "
+            f"only '{lab.isolation}' isolation, which cannot hide the data, the test split or "
+            f"the project from it. {isolation_advice().capitalize()}, or set "
+            "sandbox.allow_unisolated: true to run anyway (results are marked unisolated)."
+        )
+
+
 @task(name="register-seed")
 def register_seed(lab: Lab) -> CampaignRecord:
-    """Create the campaign (or reopen it) with the seed solution as its first champion."""
+    """Create the campaign (or reopen it) with the seed solution as its first champion.
+    A resume with different fixed settings is refused, naming each change."""
+    check_isolation(lab)
     files = lab.bench.seed_files(lab.params.campaign.seed_variant)
     seed = make_candidate(lab.bench.name, files, parents=[], proposal_id=None)
     if not lab.archive.has(Candidate, seed.id):
         lab.archive.put_candidate(seed, files)
+    fixed = lab.params.fixed() | {"setup": lab.setup.model_dump(mode="json")}
     record = lab.archive.campaign()
     if record is None:
         record = CampaignRecord(
-            name=lab.name,
-            benchmark=lab.bench.name,
-            params_hash=lab.params.key(),
-            seed_candidate=seed.id,
-        )
+            name=lab.name, benchmark=lab.bench.name, params_hash=lab.params.key(), fixed=fixed,
+            seed_candidate=seed.id, isolation=lab.isolation, unisolated=lab.unisolated,
+        )  # fmt: skip
     elif record.benchmark != lab.bench.name or record.seed_candidate != seed.id:
-        raise ValueError(
+        raise CampaignRefused(
             f"campaign {lab.name!r} exists for benchmark {record.benchmark!r} with seed "
             f"{record.seed_candidate[:8]}; choose another campaign.name"
         )
-    record = record.model_copy(update={"status": "running", "finished_at": None})
-    run_id = lab.tracker.start_campaign(record, lab.params)
-    record = record.model_copy(update={"mlflow_run_id": run_id})
+    elif changes := fixed_changes(_flat(record.fixed), _flat(fixed)):
+        raise CampaignRefused(
+            f"campaign {lab.name!r} was started with other settings; resuming would mix "
+            "results that mean different things:\n  " + "\n  ".join(changes) +
+            "\nRestore them, or choose another campaign.name to start a new campaign."
+        )
+    for stale in (lab.trials_dir.iterdir() if lab.trials_dir.exists() else ()):
+        kill_marked(stale.name)  # processes left by a run killed with its orchestrator
+    record = record.model_copy(update={"status": "running", "finished_at": None,
+                                       "params_hash": lab.params.key()})
+    lab.archive.put_campaign(record)
+    record = record.model_copy(update={"mlflow_run_id": start_tracking(lab, record)})
     lab.archive.put_campaign(record)
     return record
+
+
+def start_tracking(lab: Lab, record: CampaignRecord) -> str | None:
+    """Open the campaign's MLflow run; a store rebuilt from scratch gets the whole archive
+    replayed into it. MLflow is a view: if it still fails, the campaign goes on without."""
+    try:
+        run_id = lab.tracker.start_campaign(record, lab.params)
+        if lab.tracker.rebuilt:
+            print(f"MLflow store was unusable ({lab.tracker.rebuilt}); moved aside and "
+                  "rebuilt from the archive", flush=True)
+            lab.tracker.sync(lab.archive, lab.params, lab.bench.metric)
+        return run_id
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: MLflow unavailable, tracking off for this run: {err}", flush=True)
+        lab.tracker.enabled = False
+        return None
+
+
+def _flat(fixed: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in fixed.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def baseline(lab: Lab) -> list[Trial]:
     """The seed on every seed the evaluation may use: the first reference of every thread."""
     seed = lab.campaign.seed_candidate
-    trials = run_trials(lab, seed, lab.seeds(lab.params.evaluation.max_seeds))
+    trials = run_trials(lab, [(seed, s) for s in lab.seeds(lab.params.evaluation.max_seeds)])
     try:
-        lab.tracker.log_candidate(
-            lab.campaign,
-            lab.archive.get(Candidate, seed),
-            None,
-            trials,
-            None,
-            None,
-            None,
-            lab.bench.metric,
-        )
+        lab.tracker.log_candidate(lab.campaign, lab.archive.get(Candidate, seed), None, trials,
+                                  None, None, None, lab.bench.metric)
     except Exception as err:  # noqa: BLE001 - MLflow is a mirror; the archive is the truth
         print(f"warning: MLflow could not record the seed: {err}")
     return trials

@@ -7,6 +7,7 @@ import time
 
 from prefect import task
 
+from autolab.history import lineage
 from autolab.lab import Lab
 from autolab.proposers.base import CandidateView, HistoryItem, ProposalError, ProposalRequest
 from autolab.proposers.knobs import read_knobs
@@ -21,12 +22,12 @@ def proposal_id(campaign: str, index: int) -> str:
 
 def lineage_steps(lab: Lab, candidate_id: str) -> list[EditStep]:
     """Named steps from the seed down to this candidate, following first parents."""
+    candidates = {c.id: c for c in lab.archive.all(Candidate)}
+    proposals = {p.id: p for p in lab.archive.all(Proposal)}
     steps: list[EditStep] = []
-    cur = lab.archive.get(Candidate, candidate_id)
-    while cur is not None and cur.proposal_id is not None:
-        prop = lab.archive.get(Proposal, cur.proposal_id)
-        steps[:0] = prop.steps if prop else []
-        cur = lab.archive.get(Candidate, cur.parents[0]) if cur.parents else None
+    for cid in lineage(candidates, candidate_id):
+        prop = proposals.get(candidates[cid].proposal_id or "")
+        steps += prop.steps if prop else []
     return steps
 
 
@@ -85,12 +86,13 @@ def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int) -> Prop
 
 
 @task(name="propose", retries=INFRA_RETRIES, retry_delay_seconds=INFRA_RETRY_DELAY_S)
-def propose(lab: Lab, index: int) -> Proposal | tuple[Proposal, Halt]:
+def propose(lab: Lab, index: int) -> Proposal | Halt:
     """The proposal for iteration `index`; an existing one is reused on resume."""
     pid = proposal_id(lab.name, index)
     if (existing := lab.archive.get(Proposal, pid)) is not None:
-        return existing if existing.edits else (existing, Halt("failed", existing.rationale))
-    state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric)
+        return existing if existing.edits else Halt("failed", existing.rationale, existing)
+    state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric,
+                         lab.setup.key())
     rng_seed = lab.params.campaign.random_seed * 100_003 + index
     draft, plan, errors, started = None, None, [], time.monotonic()
     weights = dict(lab.params.proposer.operators)
@@ -113,7 +115,7 @@ def propose(lab: Lab, index: int) -> Proposal | tuple[Proposal, Halt]:
             edits=[], proposer=lab.proposer.name,
         )  # fmt: skip
         lab.archive.put(failed)
-        return failed, Halt("failed", failed.rationale)
+        return Halt("failed", failed.rationale, failed)
     draft.cost.seconds = draft.cost.seconds or time.monotonic() - started
     proposal = Proposal(
         id=pid,

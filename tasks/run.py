@@ -1,19 +1,31 @@
-"""run: one trial of one candidate on one seed, in the sandbox, recorded on completion."""
+"""run: trials of a candidate, in the sandbox, each recorded in the archive on completion.
+
+A trial is a Prefect task run whose cache key is the trial's archive id, so a resumed
+campaign never runs one twice. Prefect keeps its cache records and results inside the
+campaign's folder (`<campaign>/prefect/`), never in the user's home: a different
+campaign, or a fresh clone, shares nothing and runs every trial itself.
+"""
 
 from __future__ import annotations
 
-from prefect import task
+import hashlib
+from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.filesystems import LocalFileSystem
+
+from autolab.audit import runtime_verdict
 from autolab.lab import Lab
-from autolab.records import Trial
+from autolab.records import Proposal, Trial
 from autolab.runner import run_trial as run_in_sandbox
-from tasks import INFRA_RETRIES, INFRA_RETRY_DELAY_S
+from tasks import INFRA_RETRIES, INFRA_RETRY_DELAY_S, Halt
+
+_STORAGE: dict[Path, LocalFileSystem] = {}
 
 
 def trial_id(lab: Lab, candidate_id: str, seed: int, split: str) -> str:
-    return Trial.key(
-        candidate_id, seed, split, lab.harness_version, lab.budget.model_dump(mode="json")
-    )
+    return Trial.key(candidate_id, seed, split, lab.setup.key())
 
 
 def _cache_key(_context, parameters: dict) -> str:
@@ -26,40 +38,61 @@ def _cache_key(_context, parameters: dict) -> str:
     task_run_name="trial-{candidate_id:.8}-{split}-{seed}",
     retries=INFRA_RETRIES,
     retry_delay_seconds=INFRA_RETRY_DELAY_S,
-    cache_key_fn=_cache_key,
     persist_result=True,
 )
 def run_trial(lab: Lab, candidate_id: str, seed: int, split: str = "val") -> Trial:
-    """Keyed by (candidate, seed, split, harness version, budget): the archive holds each
-    completed trial under that key, so a resumed campaign never runs one twice."""
+    """Keyed by the candidate, seed, split and the trial setup (budget, harness, data,
+    runner, threads, libraries, device, isolation)."""
     key = trial_id(lab, candidate_id, seed, split)
     if (done := lab.archive.get(Trial, key)) is not None:
         return done
     trial = run_in_sandbox(
-        lab.bench,
-        candidate_id,
-        lab.archive.read_files(candidate_id),
-        seed,
-        split,
-        lab.budget,
-        work_root=lab.trials_dir,
-        prepared_dir=lab.prepared_dir,
-        hidden=lab.hidden_paths,
-        threads=lab.trial_threads,
+        lab.bench, candidate_id, lab.archive.read_files(candidate_id), seed, split, lab.setup,
+        work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
     )
     assert trial.id == key, "runner and orchestrator disagree on the trial key"
     lab.archive.put(trial)
     return trial
 
 
-def run_trials(lab: Lab, candidate_id: str, seeds: list[int], split: str = "val") -> list[Trial]:
-    """Run seeds `parallel_trials` at a time; each trial is its own Prefect task run."""
-    width = lab.params.evaluation.parallel_trials
+def _campaign_task(lab: Lab):
+    """run_trial with its cache and results in the campaign's own folder."""
+    folder = lab.root / "prefect"
+    if folder not in _STORAGE:
+        block = LocalFileSystem(basepath=str(folder / "results"))
+        block.save("autolab-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16],
+                   overwrite=True)
+        _STORAGE[folder] = block
+    policy = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(key_storage=folder / "keys")
+    return run_trial.with_options(result_storage=_STORAGE[folder], cache_policy=policy)
+
+
+def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val") -> list[Trial]:
+    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run."""
+    width, runner = lab.params.evaluation.parallel_trials, _campaign_task(lab)
     trials: list[Trial] = []
-    for i in range(0, len(seeds), width):
-        futures = [run_trial.submit(lab, candidate_id, s, split) for s in seeds[i : i + width]]
+    for i in range(0, len(jobs), width):
+        futures = [runner.submit(lab, c, s, split) for c, s in jobs[i : i + width]]
         trials += [f.result() for f in futures]
-    for trial in trials:  # a result from Prefect's cache may come from another campaign
-        if not lab.archive.has(Trial, trial.id):
-            lab.archive.put(trial)
     return trials
+
+
+def run_matched(
+    lab: Lab, proposal: Proposal | None, candidate_id: str, reference_id: str,
+    seeds: list[int], split: str = "val",
+) -> list[Trial] | Halt:
+    """The candidate and its reference on the same seeds (matched pairs). A failed trial
+    of the candidate halts the iteration; an integrity or budget failure comes with the
+    level-1 audit that caught it."""
+    jobs = list(dict.fromkeys((c, s) for s in seeds for c in (candidate_id, reference_id)))
+    trials = [t for t in run_trials(lab, jobs, split) if t.candidate_id == candidate_id]
+    bad = next((t for t in trials if t.status != "ok"), None)
+    if bad is None or proposal is None:
+        return trials
+    verdict = None
+    if bad.failure in ("integrity", "budget"):
+        verdict = runtime_verdict(candidate_id, trials, lab.harness_version, lab.budget,
+                                  lab.required_isolation)
+        lab.archive.put(verdict)
+    reason = f"{bad.split} seed {bad.seed}: {bad.failure}: {bad.reason}"
+    return Halt("failed", reason, proposal, candidate_id, verdict)

@@ -1,4 +1,4 @@
-"""Proposers behind one seam: the offline search, with room for an LLM proposer."""
+"""Proposers behind one seam: the offline search, the A/A proposer, room for an LLM."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from autolab.proposers.base import Proposer
 
 
 def make_proposer(params: ProposerParams) -> Proposer:
-    """'auto' and 'offline' both give the offline search in this version."""
+    """'auto' and 'offline' give the offline search in this version; 'aa' the A/A proposer."""
+    if params.kind == "aa":
+        from autolab.proposers.aa import AAProposer
+
+        return AAProposer()
     from autolab.proposers.offline import OfflineProposer
 
     return OfflineProposer()

@@ -69,5 +69,6 @@ class ProposalError(RuntimeError):
 class Proposer(Protocol):
     name: str
     operators: frozenset[str]
+    free_form: bool  # writes code of its own (needs filesystem isolation unless opted out)
 
     def propose(self, request: ProposalRequest) -> Draft: ...

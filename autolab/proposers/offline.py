@@ -47,6 +47,7 @@ class OfflineProposer:
 
     name = "offline"
     operators = frozenset({"tune", "improve", "crossover"})
+    free_form = False  # it applies catalogue edits and knob values, never new code
 
     def __init__(self, n_startup_trials: int = 5, max_moved: int = 2, retries: int = 12):
         self.n_startup_trials = n_startup_trials

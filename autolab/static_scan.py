@@ -1,0 +1,83 @@
+"""Audit level 0: a static scan of candidate code before any trial runs.
+
+Cheap and conservative. It refuses imports outside the benchmark's allowlist, the
+builtins and attributes that reach the interpreter's internals or the outside world
+(files, processes, native code), and attribute access by computed name, which is how
+the rest would be smuggled past it. It is the first of several lines, not the boundary:
+the sandbox and the runtime guard stop what it misses.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+# Names that reach around the language: dynamic code, introspection, I/O, the process.
+FORBIDDEN_NAMES = frozenset({
+    "eval", "exec", "compile", "__import__", "breakpoint", "open", "input", "globals",
+    "locals", "vars", "getattr", "setattr", "delattr", "__builtins__", "__loader__",
+    "__spec__", "memoryview", "help", "exit", "quit",
+})  # fmt: skip
+# Attributes of modules and objects that open files, load native code, start processes,
+# or expose internals from which everything else can be reached.
+FORBIDDEN_ATTRS = frozenset({
+    # files and native code in torch / numpy
+    "from_file", "load", "loadtxt", "genfromtxt", "fromfile", "fromregex", "memmap", "save",
+    "savez", "savez_compressed", "savetxt", "tofile", "load_library", "load_inline",
+    "cpp_extension", "ctypeslib", "hub", "_C", "ops", "classes", "set_default_device",
+    "distributed", "multiprocessing", "jit", "compile", "export",
+    # the process and its environment
+    "system", "popen", "fork", "execv", "execve", "spawn", "kill", "environ", "modules",
+    "getenv", "putenv", "_exit", "settrace", "setprofile", "addaudithook", "_getframe",
+    # interpreter internals
+    "__dict__", "__class__", "__bases__", "__mro__", "__subclasses__", "__globals__",
+    "__code__", "__closure__", "__builtins__", "__getattribute__", "__reduce__",
+    "__reduce_ex__", "__self__", "__func__", "__wrapped__", "__loader__", "__spec__",
+    "__import__", "f_globals", "f_locals", "f_back", "f_builtins", "tb_frame", "gi_frame",
+    "cr_frame", "co_code", "func_globals",
+})  # fmt: skip
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            return ["." * node.level + (node.module or "")]
+        return [node.module or ""]
+    return []
+
+
+def static_findings(
+    path: str, source: str, allowed_imports: Iterable[str], allowed_attrs: Iterable[str] = ()
+) -> list[str]:
+    """Syntax errors and uses of what a candidate has no business with, one line each.
+    A benchmark may allow some attributes its solutions need (e.g. `compile` on a GPU)."""
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as err:
+        return [f"{path}:{err.lineno}: syntax error: {err.msg}"]
+    allowed = frozenset(allowed_imports)
+    forbidden_attrs = FORBIDDEN_ATTRS - frozenset(allowed_attrs)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        for name in _imported(node):
+            if name.split(".")[0] not in allowed:
+                found.append(f"{path}:{line}: imports {name!r} (allowed: the benchmark's list)")
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name in forbidden_attrs or alias.name == "*":
+                    found.append(f"{path}:{line}: imports {alias.name!r} from {node.module}")
+        if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
+            found.append(f"{path}:{line}: uses {node.id}")
+        if isinstance(node, ast.Attribute) and node.attr in forbidden_attrs:
+            found.append(f"{path}:{line}: uses .{node.attr}")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in forbidden_attrs and node.value.isidentifier():
+                found.append(f"{path}:{line}: names {node.value!r}")
+        if isinstance(node, ast.Global | ast.Nonlocal) and any(
+            n.startswith("__") for n in node.names
+        ):
+            found.append(f"{path}:{line}: rebinds {', '.join(node.names)}")
+    return found
