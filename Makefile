@@ -11,9 +11,24 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup run test lint report status clean repro
+.PHONY: setup sandbox-tools run test lint report status clean repro redteam aa-test
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed sandbox-tools
+
+# bubblewrap gives trials a filesystem that shows only what they need, and no network.
+# Installed here where we can (root with apt-get or dnf); otherwise we say how.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)); \
+	  elif [ "$$(id -u)" = 0 ] && command -v dnf >/dev/null 2>&1; then \
+	    dnf install -y -q bubblewrap >/dev/null 2>&1; \
+	  fi; \
+	  command -v bwrap >/dev/null 2>&1 || echo "NOTE: bubblewrap is not installed, so trials cannot be \
+	isolated from the filesystem. Install it (e.g. 'sudo apt-get install bubblewrap') for isolated \
+	results; without it, results are marked unisolated and an LLM proposer needs \
+	sandbox.allow_unisolated: true."; }
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +53,15 @@ status: setup
 report: setup
 	$(VENV)/bin/autolab report --params $(PARAMS)
 
+redteam: setup
+	$(VENV)/bin/autolab redteam $(BENCHMARK) --params $(PARAMS)
+
+aa-test: setup
+	$(VENV)/bin/autolab aa-test $(BENCHMARK) --params $(PARAMS) --n $(N)
+
+N ?= 100
+
+# Campaign archives and the Prefect cache that lives with them, prepared data, reports.
 clean:
 	rm -rf runs artifacts reports .prefect
 

@@ -8,6 +8,7 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -46,11 +47,13 @@ def _overrides(benchmark: str | None, name: str | None, max_proposals: int | Non
 
 def _run_campaign(params: Path, overrides: dict, confirm: bool = True) -> None:
     """The campaign flow; a refusal (changed settings, missing isolation) is one clear line."""
+    from autolab.lab import open_lab
     from autolab.sandbox import SandboxError
     from flows.campaign import campaign
-    from tasks.prepare import CampaignRefused
+    from tasks.prepare import CampaignRefused, preflight
 
     try:
+        preflight(open_lab(load_params(params, overrides)))
         campaign(params_path=str(params), overrides=overrides, confirm=confirm)
     except (CampaignRefused, SandboxError) as err:
         console.print(f"[red]refused[/red]: {err}", highlight=False)
@@ -107,13 +110,27 @@ def redteam(
     isolation: str = typer.Option(None, help="sandbox mode to test (default: the strongest)"),
     only: list[str] = typer.Option(None, help="run only these hacks (by name)"),
 ) -> None:
-    """Run the red-team corpus through the real loop; exit 1 if a hack escapes or an honest
-    candidate is flagged."""
-    from autolab.redteam import run_redteam
+    """Run the red-team corpus through the real loop under the strongest isolation and the
+    fallback; exit 1 if a hack escapes or an honest candidate is flagged."""
+    from autolab.integrity import PROJECT
+    from autolab.redteam import load_corpus, render
+    from flows.redteam import default_modes
+    from flows.redteam import redteam as run_corpus
 
     p = _params(params, {"campaign": {"benchmark": benchmark}})
-    ok = run_redteam(p, corpus, isolation, only or None, console)
-    raise typer.Exit(0 if ok else 1)
+    hacks = load_corpus(corpus or PROJECT / "tests" / "redteam" / benchmark)
+    if only:
+        hacks = [h for h in hacks if h.name in only]
+    rows = []
+    for mode in [isolation] if isolation else default_modes():
+        console.print(f"red team: {len(hacks)} entries under {mode}", highlight=False)
+        rows += run_corpus(p, hacks, mode)
+    print(render(rows), flush=True)
+    out = p.paths.reports / "redteam" / f"{benchmark}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    console.print(f"written: {out}")
+    raise typer.Exit(0 if all(r.ok for r in rows) else 1)
 
 
 @app.command()

@@ -36,6 +36,9 @@ def evaluate(
         result = dict(decision="failed", reason=f"seed {bad.seed}: {bad.failure}: {bad.reason}")
     else:
         c = compare_seeds(mine, theirs, metric, design)
+        if c.test == "paired":  # record the matched pairs the test compared, seed by seed
+            mine = {s: v for s, v in mine.items() if s in theirs}
+            theirs = {s: v for s, v in theirs.items() if s in mine}
         result = dict(decision=c.decision, reason=f"{c.test}: {c.reason}")
         stats = dict(mean=c.mean, reference_mean=c.reference_mean, delta=c.delta,
                      effect_size=c.effect_size, p_value=c.p_value, test=c.test, level=c.level)

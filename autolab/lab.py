@@ -86,8 +86,9 @@ class Lab:
         base = self.params.evaluation.seeds_base
         return [base + i for i in range(start, start + count)]
 
-    def replication_seeds(self, count: int) -> list[int]:
-        return self.seeds(count, start=REPLICATION_SEEDS_AT)
+    def replication_seeds(self, count: int, block: int = 0) -> list[int]:
+        """Seeds of the block-th replication: each challenge gets seeds no one has used."""
+        return self.seeds(count, start=REPLICATION_SEEDS_AT + block * count)
 
     def test_seeds(self, count: int) -> list[int]:
         return self.seeds(count, start=TEST_SEEDS_AT)

@@ -71,6 +71,7 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
               "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 _HOST_READABLE = ("/sys/devices/system/cpu",)
+BWRAP_HOME = Path("/tmp/.autolab-home")  # HOME and TMPDIR inside bwrap's private /tmp
 
 
 class SandboxError(RuntimeError):
@@ -308,7 +309,8 @@ def _bwrap_argv(view: View, python: str, masks: Sequence[Path]) -> list[str]:
     """An empty root with only what the step may see. Mounts apply in order, so masks
     (tmpfs over package dirs) come before the distributions re-exposed inside them."""
     argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", str(BWRAP_HOME),
+            "--dir", "/etc"]
     for d in _SYSTEM_DIRS:
         p = Path(d)
         if p.is_symlink():
@@ -486,6 +488,8 @@ def classify(
         if _OOM_TEXT.search(ln):  # only near the end: an early warning is not the cause
             return "oom", ln.strip()[:300]
     sig = _signal_of(rc, isolation)
+    if isolation == "unshare" and rc == 1 and "sigprocmask unblock failed" in stderr:
+        sig = signal.SIGKILL  # util-linux cannot re-raise an uncatchable signal: it says this
     if sig == signal.SIGKILL:
         return "oom", "killed by SIGKILL, not by the sandbox (out of memory, killed by the kernel?)"
     if sig is not None:
@@ -573,7 +577,10 @@ def run_sandboxed(
         raise SandboxError(f"cannot create step paths: {e}") from e
     if not cwd.is_dir():
         raise SandboxError(f"working directory {cwd} does not exist")
-    home = Path("/tmp") if mode == "bwrap" or view.home is None else Path(view.home)
+    if mode == "bwrap":
+        home = BWRAP_HOME
+    else:  # a home of its own, so nothing is shared with other steps
+        home = Path(view.home) if view.home else Path(tempfile.mkdtemp(prefix="autolab-home-"))
     env = build_env(argv[0], home, limits.threads, env_extra)
     if shutil.which(argv[0], path=env["PATH"]) is None:
         raise SandboxError(f"interpreter not found: {argv[0]}")
@@ -584,7 +591,7 @@ def run_sandboxed(
     guard_r, guard_w = os.pipe()
     if guarded:
         read = [str(p) for p in (*runtime_read_paths(view, argv[0]), *view.read, cwd)]
-        write = [str(p) for p in view.write] + ([str(home)] if mode != "bwrap" else ["/tmp"])
+        write = [str(p) for p in (*view.write, home)]
         env["AUTOLAB_GUARD"] = json.dumps({
             "read": read, "write": write, "fd": guard_w,
             "allow_subprocess": view.allow_subprocess,
@@ -621,6 +628,8 @@ def run_sandboxed(
         wall = time.monotonic() - started
         stdout, stderr = _tail(out), _tail(err)
     guard = _read_guard(guard_r)
+    if mode != "bwrap" and view.home is None:
+        shutil.rmtree(home, ignore_errors=True)
     if not _bwrap_ran(status_r) and mode == "bwrap" and rc == 1 and w.killed is None:
         raise SandboxError(f"bwrap failed to start: {_last_line(stderr)}")
     status, reason = classify(rc, w.killed, stderr, mode, guard)

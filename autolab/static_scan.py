@@ -35,6 +35,10 @@ FORBIDDEN_ATTRS = frozenset({
     "__reduce_ex__", "__self__", "__func__", "__wrapped__", "__loader__", "__spec__",
     "__import__", "f_globals", "f_locals", "f_back", "f_builtins", "tb_frame", "gi_frame",
     "cr_frame", "co_code", "func_globals",
+    # modules a candidate may not import, reached as an attribute of one it may
+    "os", "sys", "subprocess", "socket", "builtins", "importlib", "shutil", "pathlib", "io",
+    "ctypes", "posix", "signal", "pickle", "marshal", "mmap", "urllib", "http", "gc",
+    "inspect", "threading",
 })  # fmt: skip
 
 

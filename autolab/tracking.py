@@ -29,6 +29,7 @@ from autolab.records import (
     Decision,
     Evaluation,
     Proposal,
+    TestResult,
     Trial,
 )
 from autolab.sandbox import ISOLATED
@@ -77,6 +78,17 @@ def steps_text(proposal: Proposal | None) -> str:
     )
 
 
+def _forget_engine(uri: str) -> None:
+    """MLflow keeps one database engine per URI for the whole process; its pooled
+    connections still read the file being moved aside, so a store reopened at the same
+    URI would see the damaged file again."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
 class Tracker:
     """Writes campaign and candidate runs; with enabled=False every method does nothing."""
 
@@ -110,6 +122,7 @@ class Tracker:
 
     def _quarantine(self, err: BaseException) -> None:
         """Move the unusable store aside (kept for inspection) so a fresh one can be made."""
+        _forget_engine(tracking_uri(self.mlruns_dir))
         db = self.mlruns_dir / "mlflow.db"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for suffix in ("", "-journal", "-wal", "-shm"):
@@ -326,7 +339,7 @@ class Tracker:
             ran = trials.get(d.candidate_id, [])
             self.log_candidate(campaign, cand, prop, ran, ev, audit, d, metric)
         if campaign.status == "finished":
-            self.finish_campaign(campaign, metric)
+            self.finish_campaign(campaign, metric, test_looks=len(archive.all(TestResult)))
         return run_id
 
 

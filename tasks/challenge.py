@@ -34,7 +34,8 @@ def challenge_champion(
     if vs.p_value is None or vs.p_value >= alpha:
         return Challenge(vs_champion=vs)
     a = lab.params.audit
-    seeds = lab.replication_seeds(a.replication_seeds)
+    challenges = sum(1 for v in lab.archive.all(AuditVerdict) if v.level >= 2)
+    seeds = lab.replication_seeds(a.replication_seeds, block=challenges)  # fresh every time
     run_matched(lab, None, candidate_id, champion, seeds, split="audit")
     crowned = len(history.champions(lab.archive.all(Decision)))
     level = replication_level(a.replication_alpha, crowned)

@@ -36,6 +36,35 @@ def check_isolation(lab: Lab) -> None:
         )
 
 
+def check_resume(lab: Lab, record: CampaignRecord | None, seed_id: str) -> dict:
+    """The campaign's fixed settings; refused when an existing campaign had others."""
+    fixed = lab.params.fixed() | {"setup": lab.setup.model_dump(mode="json")}
+    if record is None:
+        return fixed
+    if record.benchmark != lab.bench.name or record.seed_candidate != seed_id:
+        raise CampaignRefused(
+            f"campaign {lab.name!r} exists for benchmark {record.benchmark!r} with seed "
+            f"{record.seed_candidate[:8]}; choose another campaign.name"
+        )
+    if changes := fixed_changes(_flat(record.fixed), _flat(fixed)):
+        raise CampaignRefused(
+            f"campaign {lab.name!r} was started with other settings; resuming would mix "
+            "results that mean different things:\n  " + "\n  ".join(changes) +
+            "\nRestore them, or choose another campaign.name to start a new campaign."
+        )
+    return fixed
+
+
+def preflight(lab: Lab) -> None:
+    """Every refusal a campaign's start can meet, checked before any flow runs, so a refusal
+    is one clear line rather than a failed flow run."""
+    check_isolation(lab)
+    if (record := lab.archive.campaign()) is not None:
+        prepare_data.fn(lab)
+        files = lab.bench.seed_files(lab.params.campaign.seed_variant)
+        check_resume(lab, record, make_candidate(lab.bench.name, files, [], None).id)
+
+
 @task(name="register-seed")
 def register_seed(lab: Lab) -> CampaignRecord:
     """Create the campaign (or reopen it) with the seed solution as its first champion.
@@ -45,24 +74,13 @@ def register_seed(lab: Lab) -> CampaignRecord:
     seed = make_candidate(lab.bench.name, files, parents=[], proposal_id=None)
     if not lab.archive.has(Candidate, seed.id):
         lab.archive.put_candidate(seed, files)
-    fixed = lab.params.fixed() | {"setup": lab.setup.model_dump(mode="json")}
     record = lab.archive.campaign()
+    fixed = check_resume(lab, record, seed.id)
     if record is None:
         record = CampaignRecord(
             name=lab.name, benchmark=lab.bench.name, params_hash=lab.params.key(), fixed=fixed,
             seed_candidate=seed.id, isolation=lab.isolation, unisolated=lab.unisolated,
         )  # fmt: skip
-    elif record.benchmark != lab.bench.name or record.seed_candidate != seed.id:
-        raise CampaignRefused(
-            f"campaign {lab.name!r} exists for benchmark {record.benchmark!r} with seed "
-            f"{record.seed_candidate[:8]}; choose another campaign.name"
-        )
-    elif changes := fixed_changes(_flat(record.fixed), _flat(fixed)):
-        raise CampaignRefused(
-            f"campaign {lab.name!r} was started with other settings; resuming would mix "
-            "results that mean different things:\n  " + "\n  ".join(changes) +
-            "\nRestore them, or choose another campaign.name to start a new campaign."
-        )
     for stale in (lab.trials_dir.iterdir() if lab.trials_dir.exists() else ()):
         kill_marked(stale.name)  # processes left by a run killed with its orchestrator
     record = record.model_copy(update={"status": "running", "finished_at": None,
@@ -100,9 +118,16 @@ def _flat(fixed: dict, prefix: str = "") -> dict[str, object]:
 
 
 def baseline(lab: Lab) -> list[Trial]:
-    """The seed on every seed the evaluation may use: the first reference of every thread."""
+    """The seed on every seed the evaluation may use: the first reference of every thread.
+    A seed solution that fails there leaves nothing to compare against: the campaign stops."""
     seed = lab.campaign.seed_candidate
     trials = run_trials(lab, [(seed, s) for s in lab.seeds(lab.params.evaluation.max_seeds)])
+    if bad := [t for t in trials if t.status != "ok"]:
+        raise CampaignRefused(
+            f"the seed solution failed {len(bad)} of its {len(trials)} baseline trials "
+            f"(seed {bad[0].seed}: {bad[0].failure}: {bad[0].reason}); nothing can be compared "
+            f"with it. See {lab.trials_dir / bad[0].id / 'log.txt'}"
+        )
     try:
         lab.tracker.log_candidate(lab.campaign, lab.archive.get(Candidate, seed), None, trials,
                                   None, None, None, lab.bench.metric)

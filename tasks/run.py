@@ -67,13 +67,25 @@ def _campaign_task(lab: Lab):
     return run_trial.with_options(result_storage=_STORAGE[folder], cache_policy=policy)
 
 
-def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val") -> list[Trial]:
-    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run."""
+def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
+               stop_if_fails: str | None = None) -> list[Trial]:
+    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run. With
+    `stop_if_fails`, no new batch starts once a trial of that candidate has failed."""
     width, runner = lab.params.evaluation.parallel_trials, _campaign_task(lab)
     trials: list[Trial] = []
-    for i in range(0, len(jobs), width):
-        futures = [runner.submit(lab, c, s, split) for c, s in jobs[i : i + width]]
+    todo = []
+    for c, s in jobs:  # archived trials are not work: only the rest is batched
+        done = lab.archive.get(Trial, trial_id(lab, c, s, split))
+        if done is not None:
+            trials.append(done)
+        else:
+            todo.append((c, s))
+    for i in range(0, len(todo), width):
+        futures = [runner.submit(lab, c, s, split) for c, s in todo[i : i + width]]
         trials += [f.result() for f in futures]
+        if stop_if_fails and any(t.candidate_id == stop_if_fails and t.status != "ok"
+                                 for t in trials):
+            break
     return trials
 
 
@@ -85,7 +97,8 @@ def run_matched(
     of the candidate halts the iteration; an integrity or budget failure comes with the
     level-1 audit that caught it."""
     jobs = list(dict.fromkeys((c, s) for s in seeds for c in (candidate_id, reference_id)))
-    trials = [t for t in run_trials(lab, jobs, split) if t.candidate_id == candidate_id]
+    ran = run_trials(lab, jobs, split, stop_if_fails=candidate_id if proposal else None)
+    trials = [t for t in ran if t.candidate_id == candidate_id]
     bad = next((t for t in trials if t.status != "ok"), None)
     if bad is None or proposal is None:
         return trials

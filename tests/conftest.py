@@ -19,27 +19,25 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-# AUTOLAB_SANDBOX value -> the isolation name a SandboxResult / Trial records
-ISOLATION_MODES = {"none": "none", "unshare": "unshare-net", "bwrap": "bwrap"}
+ISOLATION_MODES = ("none", "unshare", "bwrap")  # weakest first, as results record them
 
 
 @pytest.fixture
 def force_isolation(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
-    """force_isolation("bwrap") forces that sandbox mode for the test, or skips the test
-    where the machine lacks it; returns the name results record."""
+    """force_isolation("bwrap") forces that sandbox mode (AUTOLAB_SANDBOX) for the test, or
+    skips the test where the machine lacks it; returns the name results record."""
 
     def force(mode: str) -> str:
-        recorded = ISOLATION_MODES[mode]
-        if recorded not in available_modes():
+        if mode not in available_modes():
             pytest.skip(f"{mode} isolation does not work on this machine "
                         "(tool missing or user namespaces disabled)")
         monkeypatch.setenv("AUTOLAB_SANDBOX", mode)
-        return recorded
+        return mode
 
     return force
 
 
-@pytest.fixture(params=list(ISOLATION_MODES))
+@pytest.fixture(params=ISOLATION_MODES)
 def isolation(request: pytest.FixtureRequest, force_isolation: Callable[[str], str]) -> str:
     """Runs the test once per isolation mode that works here; returns the recorded name."""
     return force_isolation(request.param)
@@ -52,9 +50,29 @@ def live_processes() -> Callable[[str], list[psutil.Process]]:
     def find(marker: str) -> list[psutil.Process]:
         found = []
         for p in psutil.process_iter(["cmdline", "status"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if marker in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(p)
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if marker in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except psutil.Error:
+                continue
         return found
 
     return find
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., bool]:
+    """wait_until(pred, timeout_s=5): poll pred until true; returns its last value."""
+    import time
+
+    def wait(pred: Callable[[], bool], timeout_s: float = 5.0, every_s: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if pred():
+                return True
+            if time.monotonic() > deadline:
+                return bool(pred())
+            time.sleep(every_s)
+
+    return wait

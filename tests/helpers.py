@@ -57,3 +57,50 @@ class ScriptedProposer:
             steps=[EditStep(name=label)],
             edits=[FileEdit(path=path, replace=text)],
         )
+
+
+# -- integration tests: one Prefect server, campaign solutions ---------------------------
+
+_PREFECT_SERVER: list = []
+
+
+def prefect_test_server(request) -> None:
+    """Start one Prefect server on a temporary database for the whole test process (the
+    first call starts it, 15 s or so; later calls reuse it); stopped when the session ends.
+    Call it from a module-scoped fixture: `prefect_test_server(request)`."""
+    if _PREFECT_SERVER:
+        return
+    from prefect.testing.utilities import prefect_test_harness
+
+    harness = prefect_test_harness(server_startup_timeout=120)
+    harness.__enter__()
+    _PREFECT_SERVER.append(harness)
+
+    def stop() -> None:
+        try:
+            harness.__exit__(None, None, None)
+        finally:
+            _PREFECT_SERVER.clear()
+
+    request.session.addfinalizer(stop)
+
+
+def prefect_api_url() -> str:
+    """The API of the running test server, for CLI subprocesses (PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def noop_solution(value: float, offset: float = 0.5, extra: str = "") -> str:
+    """A noop solution.py: the metric is value + offset (lower is better), plus noise."""
+    return (
+        f"VALUE = {value!r}\nOFFSET = {offset!r}\n\n\ndef value():\n    return VALUE + OFFSET\n"
+        + extra
+    )
+
+
+def free_form_off(proposer):
+    """Mark a scripted proposer as writing no free-form code (it needs no bwrap)."""
+    proposer.free_form = False
+    return proposer

@@ -1,7 +1,8 @@
 import os
 
 from autolab.archive import Archive, atomic_write
-from autolab.records import Candidate, Proposal, Trial
+from autolab.records import AuditVerdict, Candidate, Evaluation, Proposal, Trial
+from autolab.records import TestResult as Confirmation
 
 
 def test_put_get_all_roundtrip(tmp_path):
@@ -40,3 +41,18 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         pass
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_audits_and_test_results_are_records_too(tmp_path):
+    archive = Archive(tmp_path)
+    ev = Evaluation(id="e", candidate_id="c", reference_id="s", metric="m", values=[1.0],
+                    reference_values=[2.0], alpha=0.01, split="test", decision="accept")
+    confirmed = Confirmation(id="t", champion_id="c", seed_id="s", seeds=[201000],
+                             evaluation=ev)
+    verdict = AuditVerdict(id="a", candidate_id="c", level=0, checks=[], passed=True)
+    for record in (ev, confirmed, verdict):
+        archive.put(record)
+    assert archive.has(Confirmation, "t") and not archive.has(Confirmation, "x")
+    assert archive.get(Confirmation, "t") == confirmed
+    assert archive.all(AuditVerdict) == [verdict]
+    assert (tmp_path / "tests" / "t.json").exists() and (tmp_path / "audits" / "a.json").exists()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from helpers import ScriptedProposer, write_params
+from helpers import ScriptedProposer, free_form_off, prefect_test_server, write_params
 
 from autolab.archive import Archive
-from autolab.records import Decision, Proposal, Trial
+from autolab.config import load_params
+from autolab.records import AuditVerdict, Decision, Proposal, Trial
+from autolab.records import TestResult as Confirmation
+from autolab.sandbox import isolation_mode
+from benchmarks import get_benchmark
 
 VALUE_FN = "\n\ndef value():\n    return VALUE + OFFSET\n"
 GOOD = "VALUE = 1.0\nOFFSET = 0.5\n" + VALUE_FN
@@ -16,11 +22,8 @@ NAN = 'VALUE = float("nan")\nOFFSET = 0.5\n' + VALUE_FN
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_api(request):
+    prefect_test_server(request)
 
 
 def archive_of(tmp_path, name="test-noop") -> Archive:
@@ -35,6 +38,7 @@ def test_campaign_end_to_end_on_noop(tmp_path, prefect_api):
     archive = archive_of(tmp_path)
     record = archive.campaign()
     assert record.status == "finished" and "max_proposals" in record.stop_reason
+    assert record.isolation == isolation_mode("auto") and record.unisolated is False
     decisions = archive.all(Decision)
     assert len(decisions) == 6 == len(archive.all(Proposal))
     assert record.test is not None and record.test.champion_id == result["champion"]
@@ -46,11 +50,20 @@ def test_campaign_end_to_end_on_noop(tmp_path, prefect_api):
                 t.candidate_id == d.candidate_id and t.split == "val" for t in archive.all(Trial)
             )
             assert n >= 3
-    assert (tmp_path / "artifacts" / "noop" / "champion.json").exists()
-    # resuming a finished campaign runs nothing again
+    # the catalogue's edits are large gains: something was crowned, each after replicating
+    crowned = [d for d in decisions if d.champion]
+    assert crowned and result["champion"] == crowned[-1].candidate_id
+    for d in crowned:
+        verdict = archive.get(AuditVerdict, d.audit_id)
+        assert verdict.passed and verdict.level == 2
+    summary = json.loads((tmp_path / "artifacts" / "noop" / "champion.json").read_text())
+    assert summary["champion"] == result["champion"] and summary["test_split_looks"] == 1
+    assert summary["isolation"] == record.isolation
+    # resuming a finished campaign runs nothing again, and looks at the test split no more
     before = {t.id: t.started_at for t in archive.all(Trial)}
     campaign(params_path=str(params))
     assert {t.id: t.started_at for t in archive.all(Trial)} == before
+    assert [c.id for c in archive.all(Confirmation)] == [record.test.id]
 
 
 def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, prefect_api, monkeypatch):
@@ -68,8 +81,10 @@ def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, prefect_api, m
             ("good", GOOD),
         ],
     )
+    free_form_off(scripted)
     monkeypatch.setattr("autolab.lab.make_proposer", lambda _params: scripted)
-    params = write_params(tmp_path, max_proposals=5, budget={"wall_clock_s": 3})
+    params = write_params(tmp_path, max_proposals=5, budget={"wall_clock_s": 3},
+                          tracking={"mlflow": False})
     campaign(params_path=str(params))
 
     archive = archive_of(tmp_path)
@@ -92,6 +107,7 @@ class OnlyTunes:
 
     name = "only-tunes"
     operators = frozenset({"tune", "improve", "crossover"})
+    free_form = False
 
     def __init__(self):
         self.calls = 0
@@ -112,8 +128,41 @@ def test_an_exhausted_operator_yields_to_the_others(tmp_path, prefect_api, monke
     monkeypatch.setattr("autolab.lab.make_proposer", lambda _params: OnlyTunes())
     from flows.campaign import campaign
 
-    campaign(params_path=str(write_params(tmp_path, max_proposals=3)))
+    campaign(params_path=str(write_params(tmp_path, max_proposals=3, tracking={"mlflow": False})))
     archive = archive_of(tmp_path)
     proposals = archive.all(Proposal)
     assert [p.operator for p in proposals] == ["tune"] * 3
     assert all(d.outcome == "accepted" for d in archive.all(Decision))
+
+
+class FreeForm(OnlyTunes):
+    """Writes code of its own: it needs filesystem isolation unless the user opts out."""
+
+    name = "free-form"
+    free_form = True
+
+
+def test_free_form_code_needs_bwrap_unless_allowed(tmp_path, prefect_api, monkeypatch):
+    from autolab.report import build_report, campaign_status
+    from flows.campaign import campaign
+    from tasks.prepare import CampaignRefused
+
+    monkeypatch.setattr("autolab.lab.make_proposer", lambda _params: FreeForm())
+    params = write_params(tmp_path, max_proposals=0, sandbox={"isolation": "none"},
+                          tracking={"mlflow": False})
+    with pytest.raises(CampaignRefused, match="sandbox.allow_unisolated"):
+        campaign(params_path=str(params), confirm=False)
+    archive = archive_of(tmp_path)
+    assert archive.campaign() is None and archive.all(Trial) == []
+
+    campaign(params_path=str(params), overrides={"sandbox": {"allow_unisolated": True}},
+             confirm=False)
+    record = archive.campaign()
+    assert (record.isolation, record.unisolated) == ("none", True)
+    assert {t.isolation for t in archive.all(Trial)} == {"none"}
+    summary = json.loads((tmp_path / "artifacts" / "noop" / "champion.json").read_text())
+    assert summary["unisolated"] is True
+    p, metric = load_params(params), get_benchmark("noop").metric
+    assert campaign_status(archive, p, metric)["unisolated"] is True
+    text = build_report(archive, p, metric, tmp_path / "report").read_text()
+    assert "**Unisolated results.**" in text and "Sandbox: `none` (unisolated)" in text

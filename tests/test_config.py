@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from autolab.config import ParamsError, load_params
+from autolab.config import Params, ParamsError, fixed_changes, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +67,51 @@ def test_cli_reports_invalid_params_before_running(tmp_path):
     assert result.exit_code == 2
     assert "campaign.max_proposals" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_benchmark_names_the_key_and_the_choices(tmp_path):
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, "campaign:\n  benchmark: tinylmm\n"))
+    text = str(err.value)
+    assert "1 invalid setting" in text
+    (line,) = [ln for ln in text.splitlines() if "campaign.benchmark" in ln]
+    assert "unknown benchmark 'tinylmm'" in line and "tinylm" in line and "noop" in line
+
+
+def test_min_seeds_above_max_seeds_is_refused():
+    with pytest.raises(ParamsError, match="max_seeds"):
+        parse_params({"evaluation": {"min_seeds": 6, "max_seeds": 4}})
+    assert parse_params({"evaluation": {"min_seeds": 4, "max_seeds": 4}}).evaluation.max_seeds == 4
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("sandbox", "isolation", "fast"), ("audit", "replication_alpha", 0.5),
+    ("audit", "replication_seeds", 1), ("proposer", "kind", "llm"),
+])
+def test_new_sections_are_validated(section, key, value):
+    with pytest.raises(ParamsError) as err:
+        parse_params({section: {key: value}})
+    assert f"{section}.{key}" in str(err.value)
+
+
+def test_fixed_settings_and_what_changed():
+    base = Params()
+    fixed = base.fixed()
+    assert {"campaign.benchmark", "campaign.seed_variant", "evaluation.alpha",
+            "evaluation.max_seeds", "budget.amount", "audit.replication_alpha",
+            "sandbox.isolation"} <= set(fixed)
+    assert not any(k.startswith(("proposer.", "paths.", "tracking.")) for k in fixed)
+    assert "campaign.max_proposals" not in fixed and "sandbox.allow_unisolated" not in fixed
+    assert fixed_changes(fixed, base.fixed()) == []
+    other = parse_params({"evaluation": {"alpha": 0.05}, "sandbox": {"isolation": "bwrap"},
+                          "campaign": {"max_proposals": 99}, "proposer": {"kind": "offline"}})
+    assert fixed_changes(fixed, other.fixed()) == [
+        "evaluation.alpha: 0.01 -> 0.05", "sandbox.isolation: 'auto' -> 'bwrap'"]
+    assert fixed_changes({"budget.amount": None}, {}) == []
+    assert fixed_changes({}, {"audit.new": 1}) == ["audit.new: None -> 1"]
+
+
+def test_shipped_params_have_the_new_sections():
+    params = load_params(ROOT / "params.yaml")
+    assert params.sandbox.isolation in ("auto", "bwrap", "unshare", "none")
+    assert params.audit.replication_seeds >= 2

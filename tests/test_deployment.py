@@ -1,4 +1,7 @@
-"""`prefect deployment run` against a local Prefect server on 127.0.0.1, with a worker."""
+"""`prefect deployment run` against a local Prefect server on 127.0.0.1, with a worker.
+
+Every deployment in prefect.yaml is registered; the noop one is run (the tinylm one runs
+the same flow with heavier trials)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from autolab.archive import Archive
+from autolab.records import Decision
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +75,14 @@ def test_deployment_run_completes(tmp_path):
                 assert time.monotonic() < deadline, "Prefect server did not come up"
                 time.sleep(1)
         prefect("work-pool", "create", "autolab-local", "--type", "process", env=env)
-        prefect("--no-prompt", "deploy", "--name", "tinylm-nightly", env=env)
+        prefect("--no-prompt", "deploy", "--all", env=env)
+        listed = prefect("deployment", "ls", env=env)
+        assert "tinylm-nightly" in listed and "noop-nightly" in listed
         overrides = {
             "campaign": {"name": "deployment-test", "max_proposals": 1},
-            "budget": {"amount": 8192},
+            "budget": {"amount": 1},
             "evaluation": {"min_seeds": 2, "max_seeds": 2, "test_seeds": 2},
+            "audit": {"replication_seeds": 2},
             "paths": {
                 "workdir": str(tmp_path / "runs"),
                 "prepared_dir": str(tmp_path / "art"),
@@ -84,7 +93,7 @@ def test_deployment_run_completes(tmp_path):
         out = prefect(
             "deployment",
             "run",
-            "campaign/tinylm-nightly",
+            "campaign/noop-nightly",
             "--params",
             json.dumps({"overrides": overrides}),
             env=env,
@@ -95,7 +104,10 @@ def test_deployment_run_completes(tmp_path):
             [sys.executable, "-c", READ_STATE], env=env, capture_output=True, text=True, timeout=60
         )
         assert state.stdout.strip() == "COMPLETED", state.stdout + state.stderr
-        assert (tmp_path / "runs" / "deployment-test" / "archive" / "campaign.json").exists()
+        archive = Archive(tmp_path / "runs" / "deployment-test" / "archive")
+        record = archive.campaign()
+        assert record.benchmark == "noop" and record.status == "finished"
+        assert len(archive.all(Decision)) == 1 and record.test is not None
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

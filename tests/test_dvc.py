@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import prefect_api_url, prefect_test_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def test_dvc_repro_runs_the_pipeline(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_api(request):
+    prefect_test_server(request)
+
+
+def test_dvc_repro_runs_the_pipeline(tmp_path, prefect_api):
     work = tmp_path / "project"
     work.mkdir()
     for name in ("autolab", "flows", "tasks", "benchmarks"):
@@ -27,7 +33,8 @@ def test_dvc_repro_runs_the_pipeline(tmp_path):
     params["campaign"].update(benchmark="noop", name="dvc-test", max_proposals=3)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PREFECT_HOME=str(tmp_path / "ph"),
-               PREFECT_LOGGING_LEVEL="WARNING", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+               PREFECT_API_URL=prefect_api_url(), PREFECT_LOGGING_LEVEL="WARNING",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
 
     def dvc(*args: str) -> str:
         res = subprocess.run([str(BIN / "dvc"), *args], cwd=work, env=env, capture_output=True,
@@ -43,6 +50,7 @@ def test_dvc_repro_runs_the_pipeline(tmp_path):
     assert (work / "artifacts/noop/champion/solution.py").exists()
     metrics = json.loads((work / "artifacts/noop/champion.json").read_text())
     assert metrics["campaign"] == "dvc-test" and metrics["test_value"] is not None
+    assert metrics["test_split_looks"] == 1 and metrics["isolation"] in ("bwrap", "unshare", "none")
     assert (work / "reports/dvc-test/report.md").exists()
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "campaign", "report"}

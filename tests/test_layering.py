@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autolab.workspace import static_findings
+from autolab.static_scan import static_findings
 from benchmarks import BENCHMARK_NAMES, get_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,5 +43,20 @@ def test_no_upward_imports(package):
 
 @pytest.mark.parametrize("name", BENCHMARK_NAMES)
 def test_seed_solutions_pass_the_build_gate(name):
-    for path, source in get_benchmark(name).seed_files().items():
-        assert static_findings(path, source) == [], path
+    bench = get_benchmark(name)
+    for path, source in bench.seed_files().items():
+        assert static_findings(path, source, bench.allowed_imports) == [], path
+
+
+def test_sandboxed_code_imports_only_the_stdlib_and_declared_distributions():
+    """The guard and the harnesses run inside the sandbox: they may import nothing of the
+    loop (autolab), which is not there, nor any package the benchmark does not declare."""
+    import sys
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    for name in BENCHMARK_NAMES:
+        bench = get_benchmark(name)
+        allowed = stdlib | {"benchmarks"} | set(bench.distributions)
+        for path in bench.sandbox_files():
+            bad = imported_roots(path) - allowed
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"

@@ -357,3 +357,32 @@ def test_merge3_fallback_agrees_with_git_on_clean_merges():
     assert conflicts_git == conflicts_py == []
     assert with_git == without
     assert "line two\n" in without and "extra\n" in without and "line 9\n" not in without
+
+
+# --------------------------------------------------------------------- A/A
+def test_aa_proposer_makes_neutral_variants_of_its_parent():
+    from autolab.config import ProposerParams
+    from autolab.proposers import make_proposer
+    from autolab.proposers.aa import AAProposer
+    from benchmarks.noop.benchmark import KNOBS as NOOP_KNOBS
+    from benchmarks.noop.benchmark import Noop
+
+    proposer = make_proposer(ProposerParams(kind="aa"))
+    assert isinstance(proposer, AAProposer) and proposer.free_form is False
+    assert make_proposer(ProposerParams(kind="offline")).free_form is False
+    seed = Noop().seed_files()
+    parent = CandidateView(id="p", files=seed)
+    drafts = [
+        proposer.propose(
+            ProposalRequest(benchmark="noop", operator="improve", thread=0, parents=[parent],
+                            editable_files=["solution.py"], metric=Noop.metric,
+                            search_space=Noop().search_space(), rng_seed=i)  # fmt: skip
+        )
+        for i in (3, 4)
+    ]
+    texts = [_apply(seed, d.edits)["solution.py"] for d in drafts]
+    assert texts[0] != texts[1] and seed["solution.py"] not in texts  # each its own identity
+    for text in texts:  # ... and the same value: only the randomness differs
+        assert read_knobs({"solution.py": text}, NOOP_KNOBS) == read_knobs(seed, NOOP_KNOBS)
+        assert text.startswith(seed["solution.py"].rstrip("\n"))
+    assert [d.steps[0].params["variant"] for d in drafts] == [3, 4]

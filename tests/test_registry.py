@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -40,6 +41,13 @@ def test_each_benchmark_honours_the_protocol(name):
     with pytest.raises(KeyError):
         bench.seed_files("no-such-variant")
     assert all(p.is_file() for p in bench.harness_files())
+    # what runs in the sandbox is part of the harness's identity
+    assert set(bench.sandbox_files()) <= set(bench.harness_files())
+    for dist in bench.distributions:
+        assert importlib.metadata.version(dist)
+    variants = [bench.neutral_variant(files, i) for i in range(2)]
+    assert variants[0] != variants[1] and files not in variants
+    assert all(set(v) == set(files) for v in variants)
     space = bench.search_space()
     for knob in space.knobs:
         assert re.search(rf"^{knob.name} = ", files[knob.file], re.M), knob.name

@@ -233,6 +233,7 @@ def build_archive(root: Path, finished: bool = True) -> tuple[Archive, dict[str,
         decision="accept",
         created_at=at(29),
     )
+    confirmed = FinalTest(id="t-c4", champion_id=c4, seed_id=seed, evaluation=test)
     camp = CampaignRecord(
         name="c1",
         benchmark="tinylm",
@@ -242,8 +243,11 @@ def build_archive(root: Path, finished: bool = True) -> tuple[Archive, dict[str,
         stop_reason="budget" if finished else "",
         started_at=T0,
         finished_at=at(30) if finished else None,
-        test=FinalTest(champion_id=c4, seed_id=seed, evaluation=test) if finished else None,
+        test=confirmed if finished else None,
+        isolation="bwrap",
     )
+    if finished:
+        b.archive.put(confirmed)
     b.archive.put_campaign(camp)
     return b.archive, b.ids
 
@@ -340,3 +344,51 @@ def test_running_campaign_without_test(tmp_path):
     assert "Test split: not yet measured" in text
     s = campaign_status(archive, PARAMS, METRIC)
     assert s["status"] == "running" and s["minutes_left"] < 60
+
+
+def test_status_and_report_show_isolation_test_looks_audit_levels_and_resolution(tmp_path):
+    """An unisolated campaign whose failed candidate was caught at audit level 1, confirmed
+    once on the test split, with one paired evaluation to measure the noise from."""
+    from autolab.stats import Design, smallest_detectable_gain
+
+    archive, ids = build_archive(tmp_path / "a")
+    record = archive.campaign()
+    archive.put_campaign(record.model_copy(update={"isolation": "none", "unisolated": True}))
+    ev1 = archive.get(Evaluation, "ev1")
+    archive.put(ev1.model_copy(update={"test": "paired"}))  # diffs -0.10, -0.11, -0.09
+    caught = AuditVerdict(id="au3", candidate_id=ids["c3"], level=1, passed=False, caught_at=1,
+                          checks=[CheckResult(name="trials_intact", passed=False)])
+    archive.put(caught)
+    archive.put(archive.get(Decision, "dec3").model_copy(update={"audit_id": "au3"}))
+
+    s = campaign_status(archive, PARAMS, METRIC)
+    assert (s["isolation"], s["unisolated"], s["test_looks"]) == ("none", True, 1)
+    assert s["caught_by_level"] == {"L1 runtime": 1}
+    assert s["paired_sd"] == pytest.approx(0.01)
+    ev = PARAMS.evaluation
+    expected = smallest_detectable_gain(0.01, Design(ev.alpha, ev.min_seeds, ev.max_seeds,
+                                                     ev.parallel_trials))
+    assert s["smallest_detectable_gain"] == pytest.approx(expected) and expected > 0.01
+
+    text = build_report(archive, PARAMS, METRIC, tmp_path / "r").read_text()
+    assert "**Unisolated results.** Trials ran under `none`" in text
+    assert "Sandbox: `none` (unisolated). Caught by the audit: L1 runtime: 1." in text
+    assert "looked at 1 time(s)" in text
+    assert f"smallest gain detected with 80% power is {expected:.4g} bits/byte" in text
+
+    from rich.console import Console
+
+    console = Console(width=120, record=True)
+    console.print(render_status(s))
+    shown = console.export_text()
+    for row in ("none (UNISOLATED)", "L1 runtime: 1", "test split looks", f"{expected:.4g}"):
+        assert row in shown
+
+
+def test_an_isolated_campaign_has_no_warning(built):
+    text = built[2].read_text()
+    assert "Unisolated" not in text
+    assert "Sandbox: `bwrap`. Caught by the audit: none." in text
+    assert "looked at 1 time(s)" in text
+    s = campaign_status(built[0], PARAMS, METRIC)
+    assert (s["isolation"], s["unisolated"], s["test_looks"]) == ("bwrap", False, 1)

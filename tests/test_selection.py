@@ -1,14 +1,24 @@
 import random
 
+import pytest
+
 from autolab.archive import Archive
-from autolab.records import Candidate, Decision, Proposal, Trial
-from autolab.selection import head, lowest_common_ancestor, plan_next, search_state
-from benchmarks.protocol import Direction, MetricSpec
+from autolab.records import AuditVerdict, Candidate, Decision, Evaluation, Proposal, Trial
+from autolab.selection import (
+    Challenge,
+    decide,
+    head,
+    lowest_common_ancestor,
+    plan_next,
+    search_state,
+)
+from benchmarks.protocol import CheckResult, Direction, MetricSpec
 
 METRIC = MetricSpec(name="bpb", direction=Direction.MINIMIZE)
+SETUP = "setup-a"  # the TrialSetup key of the trials that count
 
 
-def add(archive, cid, parents, thread, values, outcome, champion=False):
+def add(archive, cid, parents, thread, values, outcome, champion=False, setup=SETUP):
     pid = f"p-{cid}" if parents else None
     if pid:
         archive.put(
@@ -27,10 +37,11 @@ def add(archive, cid, parents, thread, values, outcome, champion=False):
     for i, v in enumerate(values):
         archive.put(
             Trial(
-                id=f"{cid}-{i}",
+                id=f"{cid}-{setup}-{i}",
                 candidate_id=cid,
                 seed=i,
                 split="val",
+                setup_key=setup,
                 status="ok",
                 metrics={"bpb": v},
             )
@@ -57,7 +68,7 @@ def tree(tmp_path):
     add(a, "a2", ["a1"], 0, [1.8, 1.8], "accepted", champion=True)
     add(a, "bad", ["a1"], 0, [2.5], "rejected")
     add(a, "b1", ["seed"], 1, [1.95], "accepted")
-    return search_state(a, "seed", METRIC)
+    return search_state(a, "seed", METRIC, SETUP)
 
 
 def test_state_from_archive(tmp_path):
@@ -91,6 +102,67 @@ def test_mostly_exploits_the_head(tmp_path):
 def test_crossover_needs_diverged_threads(tmp_path):
     a = Archive(tmp_path)
     add(a, "seed", [], None, [2.0], None)
-    s = search_state(a, "seed", METRIC)
+    s = search_state(a, "seed", METRIC, SETUP)
     plan = plan_next(s, 0, 2, {"crossover": 1.0}, METRIC, random.Random(0))
     assert plan.operator != "crossover"
+
+
+def test_only_trials_of_the_current_setup_count(tmp_path):
+    a = Archive(tmp_path)
+    add(a, "seed", [], None, [2.0, 2.0], None)
+    add(a, "a1", ["seed"], 0, [1.9, 1.9], "accepted")
+    add(a, "b1", ["seed"], 0, [1.95], "accepted")
+    # b1 also ran, much better, under another setup (other budget, library, device...)
+    for i in range(3):
+        a.put(Trial(id=f"b1-old-{i}", candidate_id="b1", seed=10 + i, split="val",
+                    setup_key="setup-b", status="ok", metrics={"bpb": 1.0}))  # fmt: skip
+    s = search_state(a, "seed", METRIC, SETUP)
+    assert (s.nodes["b1"].n, s.nodes["b1"].mean) == (1, pytest.approx(1.95))
+    assert head(s, 0, METRIC).id == "a1"
+    other = search_state(a, "seed", METRIC, "setup-b")
+    assert other.nodes["b1"].mean == pytest.approx(1.0) and other.nodes["a1"].n == 0
+    assert head(other, 0, METRIC).id == "b1"
+
+
+# -- decide: the outcome of an evaluated candidate ----------------------------------------------
+
+
+def ev(decision="accept", p=0.001, reference="parent", reason="paired: p small"):
+    return Evaluation(id=f"ev-{reference}-{decision}", candidate_id="c", reference_id=reference,
+                      metric="bpb", values=[1.0, 1.1], reference_values=[1.2, 1.3], p_value=p,
+                      alpha=0.01, decision=decision, reason=reason)  # fmt: skip
+
+
+def audit(*failed_levels, levels=(1,)):
+    checks = [CheckResult(name=f"check{lv}", level=lv, passed=lv not in failed_levels)
+              for lv in sorted(set(levels) | set(failed_levels))]  # fmt: skip
+    return AuditVerdict(id="au", candidate_id="c", level=max(c.level for c in checks),
+                        checks=checks, passed=not failed_levels,
+                        caught_at=min(failed_levels) if failed_levels else None)  # fmt: skip
+
+
+def test_decide_needs_the_gain_and_the_audit():
+    assert decide(ev("reject", 0.4, reason="paired: futility"), audit(), None) == (
+        "rejected", "paired: futility", False)
+    assert decide(ev("failed", None, reason="seed 3: crash"), audit(), None)[0] == "rejected"
+    outcome, reason, crowned = decide(ev(), audit(1), None)
+    assert (outcome, crowned) == ("rejected", False)
+    assert reason == "audit level 1 failed: check1"
+    assert decide(ev(), audit(), None) == ("accepted", "paired: p small", False)
+
+
+def test_decide_crowns_only_after_beating_the_champion_and_replicating():
+    vs = ev(p=0.2, reference="champion")
+    outcome, reason, crowned = decide(ev(), audit(), Challenge(vs_champion=vs))
+    assert (outcome, crowned) == ("accepted", False)
+    assert "vs champion champion: p=0.2" in reason and "not better than the champion" in reason
+    won = ev(p=0.001, reference="champion")
+    replicated = ev(p=0.3, reference="champion")
+    failed = Challenge(vs_champion=won, replication=replicated, verdict=audit(2, levels=(1, 2)))
+    outcome, reason, crowned = decide(ev(), audit(), failed)
+    assert (outcome, crowned) == ("accepted", False)
+    assert "not crowned: audit level 2 check2" in reason
+    passed = Challenge(vs_champion=won, replication=ev(reference="champion"),
+                       verdict=audit(levels=(1, 2)))
+    outcome, reason, crowned = decide(ev(), audit(), passed)
+    assert (outcome, crowned) == ("accepted", True) and reason.endswith("replicated at level 2")

@@ -1,30 +1,43 @@
-"""tinylm: data preparation and staging, the trusted scorer and audits, the edit catalogue,
-and the harness run end to end in subprocesses on small budgets."""
+"""tinylm: data preparation and per-step staging with hidden targets, the trusted scorer and
+its audits (budget, causality probes), the edit catalogue, and a few sandboxed trials on
+small budgets."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
-import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from autolab.runner import run_trial, trial_setup
+from autolab.sandbox import isolation_mode
 from benchmarks import get_benchmark
-from benchmarks.protocol import Budget, EditNotApplicable, TrialContext, TrialFailure
+from benchmarks.protocol import Budget, EditNotApplicable, Score, TrialContext, TrialFailure
 from benchmarks.tinylm import prepare as prep
+from benchmarks.tinylm import score as sc
+from benchmarks.tinylm.contract import (
+    EVAL_BATCH,
+    EVAL_LEN,
+    INPUTS,
+    LOGITS,
+    N_EVAL_WINDOWS,
+    PROBE_BATCH,
+    TRAIN_STREAM,
+    VOCAB_SIZE,
+)
 from benchmarks.tinylm.edits import EDITS
-from benchmarks.tinylm.score import bits_per_byte
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = get_benchmark("tinylm")
 SEED = BENCH.seed_files()["train.py"]
-N, L, V = prep.N_EVAL_WINDOWS, prep.EVAL_LEN, prep.VOCAB_SIZE
+N, L, V = N_EVAL_WINDOWS, EVAL_LEN, VOCAB_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +47,26 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_ctx(
-    tmp: Path, prepared: Path, seed: int = 0, amount: int = 4096, split: str = "val"
-) -> TrialContext:
+def make_ctx(tmp: Path, prepared: Path, seed: int = 0, amount: int = 4096,
+             split: str = "val") -> TrialContext:
     budget = Budget(unit="train_tokens", amount=amount, wall_clock_s=120, memory_mb=3000)
-    ws, inputs = tmp / f"ws{seed}{split}", tmp / f"in{seed}{split}"
-    ws.mkdir(parents=True, exist_ok=True)
+    root = tmp / f"{seed}-{split}-{amount}"
+    (root / "ws").mkdir(parents=True, exist_ok=True)
     return TrialContext(
-        workspace=ws,
-        inputs_dir=inputs,
-        prepared_dir=prepared,
-        seed=seed,
-        split=split,
-        budget=budget,
-        threads=1,
+        workspace=root / "ws", inputs_dir=root / "in", outputs_dir=root / "out",
+        prepared_dir=prepared, seed=seed, split=split, budget=budget, threads=1,
         python=sys.executable,
-    )
+    )  # fmt: skip
+
+
+def stage_all(ctx: TrialContext) -> TrialContext:
+    for step in ("train", "eval", "probe"):
+        BENCH.stage(ctx, step)
+    return ctx
+
+
+def staged(ctx: TrialContext, step: str, name: str) -> np.ndarray:
+    return np.fromfile(ctx.inputs(step) / name, dtype=np.uint8)
 
 
 # -- prepare and stage ----------------------------------------------------------------------
@@ -63,6 +80,7 @@ def test_prepare_is_deterministic_idempotent_and_split_by_document(prepared, tmp
     again = tmp_path / "again"
     prep.prepare(None, again)
     assert json.loads((again / "meta.json").read_text())["sha256"] == meta["sha256"]
+    assert BENCH.data_version(again) == BENCH.data_version(prepared)
     for s in prep.SPLITS:
         digest = hashlib.sha256((prepared / f"{s}.bin").read_bytes()).hexdigest()
         assert digest == meta["sha256"][s]
@@ -86,73 +104,117 @@ def test_prepare_is_deterministic_idempotent_and_split_by_document(prepared, tmp
     assert checked == 6
 
 
-def test_stage_gives_exact_budget_seeded_stream_and_fixed_eval_windows(prepared, tmp_path):
+def test_train_stream_is_exactly_the_budget_and_seeded(prepared, tmp_path):
     a, b, c = (make_ctx(tmp_path, prepared, seed=s, amount=10_000) for s in (1, 1, 2))
     for ctx in (a, b, c):
-        BENCH.stage_inputs(ctx)
-    stream = lambda ctx: (ctx.inputs_dir / prep.TRAIN_STREAM).read_bytes()  # noqa: E731
-    evalb = lambda ctx: (ctx.inputs_dir / prep.EVAL_FILE).read_bytes()  # noqa: E731
-    assert len(stream(a)) == 10_001
-    assert stream(a) == stream(b) and stream(a) != stream(c)
-    assert evalb(a) == evalb(c) and len(evalb(a)) == N * (L + 1)
+        BENCH.stage(ctx, "train")
+    stream = {id(ctx): staged(ctx, "train", TRAIN_STREAM) for ctx in (a, b, c)}
+    assert len(stream[id(a)]) == 10_001  # amount inputs and the target of the last one
+    assert a.secrets["staged_tokens"] == 10_000
+    assert np.array_equal(stream[id(a)], stream[id(b)])
+    assert not np.array_equal(stream[id(a)], stream[id(c)])
+    assert np.array_equal(a.secrets["byte_counts"], np.bincount(stream[id(a)], minlength=256))
     train = (prepared / "train.bin").read_bytes()
-    assert stream(a)[: prep.TRAIN_WINDOW] in train
-
-    val, test = ((prepared / f"{s}.bin").read_bytes() for s in ("val", "test"))
-    windows = np.frombuffer(evalb(a), dtype=np.uint8).reshape(N, L + 1)
-    assert all(w.tobytes() in val for w in windows[::8])
-    t = make_ctx(tmp_path, prepared, seed=1, split="test")
-    BENCH.stage_inputs(t)
-    test_windows = np.frombuffer(evalb(t), dtype=np.uint8).reshape(N, L + 1)
-    assert all(w.tobytes() in test and w.tobytes() not in val for w in test_windows[::8])
+    assert stream[id(a)][: prep.TRAIN_WINDOW].tobytes() in train
+    assert sorted(p.name for p in a.inputs_dir.iterdir()) == ["train"]  # nothing else staged
+    small = make_ctx(tmp_path, prepared, amount=4096)
+    BENCH.stage(small, "train")
+    assert staged(small, "train", TRAIN_STREAM).size == 4097
 
 
-def test_steps_read_only_their_own_inputs(prepared, tmp_path):
+def test_eval_inputs_hold_no_targets(prepared, tmp_path):
+    """Each window's input bytes are staged; its last byte (the final target) is not, and
+    the targets live only in the trial's trusted memory."""
     ctx = make_ctx(tmp_path, prepared)
-    train, ev = BENCH.steps(ctx)
-    assert (train.name, ev.name) == ("train", "eval")
+    BENCH.stage(ctx, "train")
+    BENCH.stage(ctx, "eval")
+    windows = prep.eval_windows(prepared, "val")
+    assert windows.shape == (N, L + 1)
+    x = staged(ctx, "eval", INPUTS)
+    assert x.size == N * L and sorted(p.name for p in ctx.inputs("eval").iterdir()) == [INPUTS]
+    assert np.array_equal(x.reshape(N, L), windows[:, :L])
+    assert np.array_equal(ctx.secrets["targets"], windows[:, 1:])
+    assert sorted(p.name for p in ctx.inputs_dir.iterdir()) == ["eval", "train"]
+    assert ctx.secrets["unigram_bpb"] == pytest.approx(
+        prep.unigram_bpb(ctx.secrets["byte_counts"], windows[:, 1:]))
+
+
+def test_audit_and_test_windows_come_from_their_own_text(prepared):
+    val_text, test_text = ((prepared / f"{s}.bin").read_bytes() for s in ("val", "test"))
+    val = prep.eval_windows(prepared, "val")
+    audit = prep.eval_windows(prepared, "audit")
+    test = prep.eval_windows(prepared, "test")
+    val_starts = [val_text.find(w.tobytes()) for w in val]
+    audit_starts = [val_text.find(w.tobytes()) for w in audit]
+    assert all(s >= 0 for s in val_starts + audit_starts)  # audit windows are val text
+    spans = sorted((s, s + L + 1) for s in val_starts + audit_starts)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+    assert all(w.tobytes() in test_text and w.tobytes() not in val_text for w in test)
+    with pytest.raises(ValueError, match="split"):
+        prep.eval_windows(prepared, "train")
+
+
+def test_probe_rows_are_cut_at_secret_positions(prepared, tmp_path):
+    ctx = stage_all(make_ctx(tmp_path, prepared))
+    windows = prep.eval_windows(prepared, "val")
+    rows = staged(ctx, "probe", INPUTS).reshape(N, L)
+    order, cuts = ctx.secrets["probe_order"], ctx.secrets["probe_cuts"]
+    assert sorted(order) == list(range(N)) and list(order) != list(range(N))
+    assert all(0 <= c < L - 1 for c in cuts)
+    for r, (w, cut) in enumerate(zip(order, cuts, strict=True)):
+        assert np.array_equal(rows[r, : cut + 1], windows[w, : cut + 1])
+        assert rows[r, cut + 1] != windows[w, cut + 1]
+    # the cuts are not derived from the seed: staging the same trial again moves them
+    again = stage_all(make_ctx(tmp_path / "again", prepared))
+    assert not np.array_equal(again.secrets["probe_cuts"], cuts)
+
+
+def test_steps_read_only_what_they_need(prepared, tmp_path):
+    ctx = make_ctx(tmp_path, prepared)
+    train, ev, probe = BENCH.steps(ctx)
+    assert (train.name, ev.name, probe.name) == ("train", "eval", "probe")
     assert train.argv[1:4] == ("-m", "benchmarks.tinylm.harness", "train")
-    assert train.readable == (str(ctx.inputs_dir / "train"),)
-    assert ev.readable == (str(ctx.inputs_dir / "eval"),)
-    assert train.timeout_s > ev.timeout_s >= 30
-    assert str(ctx.prepared_dir) not in " ".join(train.argv + ev.argv)
+    assert (train.reads, ev.reads, probe.reads) == ((), ("train",), ("train",))
+    assert str(ctx.inputs("eval")) in ev.argv and str(ctx.inputs("train")) not in ev.argv
+    assert not any(s.allow_subprocess for s in (train, ev, probe))
+    assert train.timeout_s == ctx.budget.wall_clock_s
+    assert all(str(ctx.prepared_dir) not in " ".join(s.argv) for s in (train, ev, probe))
+    assert set(BENCH.sandbox_files()) <= set(BENCH.harness_files())
+    assert not any(p.name in ("score.py", "prepare.py", "benchmark.py")
+                   for p in BENCH.sandbox_files())
 
 
-# -- scoring and audits ---------------------------------------------------------------------
+# -- scoring ----------------------------------------------------------------------------------
 
 
-def write_outputs(
-    ctx: TrialContext,
-    logits: np.ndarray,
-    tokens: int | None = None,
-    probe: np.ndarray | None = None,
-) -> None:
-    out = ctx.workspace / "out"
-    out.mkdir(exist_ok=True)
-    np.save(out / "logits.npy", logits)
-    np.save(out / "probe_logits.npy", logits[:8] if probe is None else probe)
-    used = ctx.budget.amount if tokens is None else tokens
-    (out / "train_log.json").write_text(json.dumps({"tokens": used, "steps": 3}))
+def write_logits(ctx: TrialContext, step: str, logits: np.ndarray) -> None:
+    ctx.outputs(step).mkdir(parents=True, exist_ok=True)
+    np.save(ctx.outputs(step) / LOGITS, logits)
+
+
+def checks(ctx: TrialContext, score: Score) -> dict[str, bool]:
+    return {c.name: c.passed for c in (check(ctx, score) for check in BENCH.audit_checks())}
 
 
 def test_uniform_logits_score_exactly_eight_bits(prepared, tmp_path):
-    ctx = make_ctx(tmp_path, prepared)
-    BENCH.stage_inputs(ctx)
-    write_outputs(ctx, np.zeros((N, L, V), np.float16))
+    ctx = stage_all(make_ctx(tmp_path, prepared))
+    write_logits(ctx, "eval", np.zeros((N, L, V), np.float16))
+    write_logits(ctx, "probe", np.zeros((N, L, V), np.float16))
     score = BENCH.score(ctx)
     assert score.metrics["bpb"] == pytest.approx(8.0, abs=1e-12)
     assert score.budget_used == ctx.budget.amount
-    assert all(check(ctx, score).passed for check in BENCH.audit_checks())
+    assert score.evidence["unigram_bpb"] == round(ctx.secrets["unigram_bpb"], 4)
+    assert 3.0 < score.evidence["unigram_bpb"] < 6.0
+    assert checks(ctx, score) == {"budget_respected": True, "causal_and_independent": True}
 
 
 def test_confident_correct_logits_score_near_zero_and_match_torch(prepared, tmp_path):
     torch = pytest.importorskip("torch")
-    ctx = make_ctx(tmp_path, prepared)
-    BENCH.stage_inputs(ctx)
-    targets = np.fromfile(ctx.inputs_dir / prep.EVAL_FILE, np.uint8).reshape(N, L + 1)[:, 1:]
+    ctx = stage_all(make_ctx(tmp_path, prepared))
+    targets = ctx.secrets["targets"]
     sharp = np.full((N, L, V), -20.0, np.float16)
     np.put_along_axis(sharp, targets[..., None].astype(np.int64), 20.0, axis=-1)
-    write_outputs(ctx, sharp)
+    write_logits(ctx, "eval", sharp)
     assert BENCH.score(ctx).metrics["bpb"] < 1e-10
 
     noisy = np.random.default_rng(0).normal(0, 3, (N, L, V)).astype(np.float16)
@@ -160,7 +222,16 @@ def test_confident_correct_logits_score_near_zero_and_match_torch(prepared, tmp_
         torch.from_numpy(noisy.astype(np.float32)).view(-1, V),
         torch.from_numpy(targets.astype(np.int64)).reshape(-1),
     ).item() / math.log(2)
-    assert bits_per_byte(noisy, targets) == pytest.approx(ref, rel=1e-5)
+    assert sc.bits_per_byte(noisy, targets) == pytest.approx(ref, rel=1e-5)
+
+
+def test_unigram_bpb_is_the_entropy_of_the_training_frequencies():
+    uniform = np.full(256, 1000)
+    assert prep.unigram_bpb(uniform, np.arange(256)) == pytest.approx(8.0)
+    skewed = np.zeros(256)
+    skewed[ord("a")] = 10**6
+    assert prep.unigram_bpb(skewed, np.full(10, ord("a"))) < 0.01
+    assert prep.unigram_bpb(skewed, np.full(10, ord("b"))) > 15
 
 
 @pytest.mark.parametrize(
@@ -169,41 +240,172 @@ def test_confident_correct_logits_score_near_zero_and_match_torch(prepared, tmp_
         (np.full((N, L, V), np.nan, np.float16), "nan"),
         (np.zeros((N - 1, L, V), np.float16), "output"),
         (np.zeros((N, L, V), np.float32), "output"),
+        (np.zeros((N, L, V), np.float16, order="F"), "output"),
+        (np.zeros((N, L, V), object), "output"),
         (None, "output"),
     ],
-    ids=["nan", "short", "float32", "missing"],
+    ids=["nan", "short", "float32", "fortran", "pickled-objects", "missing"],
 )
 def test_unscorable_outputs_raise_trial_failure(prepared, tmp_path, logits, kind):
-    ctx = make_ctx(tmp_path, prepared)
-    BENCH.stage_inputs(ctx)
+    ctx = stage_all(make_ctx(tmp_path, prepared))
     if logits is not None:
-        write_outputs(ctx, logits)
+        ctx.outputs("eval").mkdir(parents=True)
+        np.save(ctx.outputs("eval") / LOGITS, logits, allow_pickle=True)
     with pytest.raises(TrialFailure) as err:
         BENCH.score(ctx)
     assert err.value.kind == kind
 
 
-def test_audits_catch_overspending_and_peeking(prepared, tmp_path):
-    ctx = make_ctx(tmp_path, prepared)
-    BENCH.stage_inputs(ctx)
-    zeros = np.zeros((N, L, V), np.float16)
-    probe = zeros[:8].copy()
-    probe[:, 3, 7] = 5.0  # a prediction before the probe point moved with the future
-    write_outputs(ctx, zeros, tokens=ctx.budget.amount + 1, probe=probe)
+def forged_npy(path: Path, shape: tuple[int, ...], body: bytes = b"\0" * 64,
+               descr: str = "<f2") -> Path:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(body)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(10**9, L, V), (N, L, V), (N * 10**6, L, V)],
+                         ids=["huge", "expected-but-truncated", "huge-rows"])
+def test_forged_npy_header_is_refused_without_allocating(tmp_path, shape):
+    path = forged_npy(tmp_path / LOGITS, shape)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(TrialFailure) as err:
+            sc.load_array(path, (N, L, V), "float16")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.kind == "output"
+    assert peak < 2**20 and time.perf_counter() - t0 < 1.0
+
+
+def test_oversized_npy_header_is_refused(tmp_path):
+    path = tmp_path / LOGITS
+    header = b"{'descr': '<f2', 'fortran_order': False, 'shape': (64, 256, 256), }"
+    header = header + b" " * (60_000 - len(header)) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header)
+    with pytest.raises(TrialFailure, match="cannot read"):
+        sc.load_array(path, (N, L, V), "float16")
+
+
+def test_check_budget_counts_the_staged_tokens(prepared, tmp_path):
+    ctx = stage_all(make_ctx(tmp_path, prepared, amount=4096))
+    good = Score(metrics={"bpb": 5.0}, budget_used=4096)
+    assert sc.check_budget(ctx, good).passed
+    ctx.secrets["staged_tokens"] = 4097
+    assert not sc.check_budget(ctx, Score(metrics={"bpb": 5.0}, budget_used=4097)).passed
+    ctx.secrets["staged_tokens"] = 4095
+    assert not sc.check_budget(ctx, Score(metrics={"bpb": 5.0}, budget_used=4095)).passed
+    ctx.secrets["staged_tokens"] = 4096
+    assert not sc.check_budget(ctx, Score(metrics={"bpb": 5.0}, budget_used=4000)).passed
+    del ctx.secrets["staged_tokens"]
+    assert not sc.check_budget(ctx, good).passed
+
+
+def test_train_log_is_evidence_only(prepared, tmp_path):
+    """What the sandboxed step says about its own training never sets the budget used."""
+    ctx = stage_all(make_ctx(tmp_path, prepared, amount=4096))
+    write_logits(ctx, "eval", np.zeros((N, L, V), np.float16))
+    ctx.outputs("train").mkdir(parents=True)
+    (ctx.outputs("train") / "train_log.json").write_text(
+        json.dumps({"tokens_handed_out": 10, "steps": float("nan"), "note": "x"}))
     score = BENCH.score(ctx)
-    results = {c.name: c.passed for c in (check(ctx, score) for check in BENCH.audit_checks())}
-    assert results == {
-        "budget_respected": False,
-        "eval_outputs_complete": True,
-        "causal_predictions": False,
-    }
+    assert score.budget_used == 4096 and score.evidence["harness_tokens_handed_out"] == 10
+    assert "harness_steps" not in score.evidence and "harness_note" not in score.evidence
+    (ctx.outputs("train") / "train_log.json").write_text("x" * (sc.TRAIN_LOG_MAX_BYTES + 1))
+    assert not any(k.startswith("harness_") for k in BENCH.score(ctx).evidence)
 
 
-# -- the edit catalogue ---------------------------------------------------------------------
+# -- causality probes, with models emulated in numpy ------------------------------------------
+
+
+def predict(model, rows: np.ndarray, batch: int) -> np.ndarray:
+    """What the harness does: forward `batch` rows at a time, in the staged order."""
+    return np.concatenate([model(rows[i : i + batch]) for i in range(0, len(rows), batch)])
+
+
+def one_hot(x: np.ndarray, scale: float = 3.0) -> np.ndarray:
+    out = np.zeros((*x.shape, V), np.float32)
+    np.put_along_axis(out, x[..., None].astype(np.int64), scale, axis=-1)
+    return out
+
+
+def causal(x):
+    """Depends on the current byte and on the whole prefix (a running mean): causal."""
+    prefix = np.cumsum(x, axis=1) / np.arange(1, x.shape[1] + 1)
+    out = one_hot(x)
+    out[..., 1] += prefix / 64
+    return out
+
+
+def peeks(x):
+    """Predicts the next input byte: the target, read from the input."""
+    return one_hot(np.roll(x, -1, axis=1), 10.0)
+
+
+def batch_mates(x):
+    """Normalises each position over the batch (a leaky batch norm)."""
+    out = one_hot(x)
+    out[..., 0] += x.mean(axis=0) / 16
+    return out
+
+
+class Stateful:
+    """Remembers the previous batch: outputs depend on what was evaluated before."""
+
+    def __init__(self):
+        self.memory = 0.0
+
+    def __call__(self, x):
+        out = one_hot(x)
+        out[..., 0] += self.memory
+        self.memory = float(x[:, :8].mean()) / 16
+        return out
+
+
+@pytest.mark.parametrize(("model", "passes"), [
+    (lambda: causal, True), (lambda: peeks, False), (lambda: batch_mates, False),
+    (Stateful, False),
+], ids=["causal", "peeks-at-next-byte", "depends-on-batch-mates", "keeps-state"])
+def test_check_causal(prepared, tmp_path, model, passes):
+    ctx = stage_all(make_ctx(tmp_path, prepared))
+    x = staged(ctx, "eval", INPUTS).reshape(N, L)
+    probe = staged(ctx, "probe", INPUTS).reshape(N, L)
+    write_logits(ctx, "eval", predict(model(), x, EVAL_BATCH).astype(np.float16))
+    write_logits(ctx, "probe", predict(model(), probe, PROBE_BATCH).astype(np.float16))
+    score = BENCH.score(ctx)
+    result = sc.check_causal(ctx, score)
+    assert result.passed is passes, result.evidence
+    assert result.name == "causal_and_independent" and f"{N} windows probed" in result.evidence
+
+
+def test_check_causal_fails_on_missing_or_forged_probe_outputs(prepared, tmp_path):
+    ctx = stage_all(make_ctx(tmp_path, prepared))
+    write_logits(ctx, "eval", np.zeros((N, L, V), np.float16))
+    score = BENCH.score(ctx)
+    result = sc.check_causal(ctx, score)
+    assert not result.passed and "logits.npy" in result.evidence
+    ctx.outputs("probe").mkdir(parents=True)
+    forged_npy(ctx.outputs("probe") / LOGITS, (10**9, L, V))
+    assert not sc.check_causal(ctx, score).passed
+    write_logits(ctx, "probe", np.zeros((N // 2, L, V), np.float16))  # half the windows
+    assert not sc.check_causal(ctx, score).passed
+
+
+# -- the edit catalogue -------------------------------------------------------------------
 
 
 def first_params(edit) -> dict:
     return {k: v[0] for k, v in edit.params.items()}
+
+
+def apply_all(order) -> str:
+    source = SEED
+    for edit in order:
+        source = edit.apply(source, **first_params(edit))
+    return source
 
 
 def test_seed_and_search_space_fit_together():
@@ -211,15 +413,12 @@ def test_seed_and_search_space_fit_together():
     assert 6 <= len(space.edits) <= 8 and len(space.knobs) >= 8
     for knob in space.knobs:
         assert f"\n{knob.name} = " in SEED, knob.name
-    tree = ast.parse(SEED)
-    imported = {
-        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-    }
-    assert imported <= {"math", "torch"}
 
 
 @pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.name)
-def test_edit_applies_once_and_keeps_the_file_clean(edit):
+def test_edit_applies_once(edit):
+    import ast
+
     for values in itertools.product(*edit.params.values()):
         params = dict(zip(edit.params, values, strict=True))
         edited = edit.apply(SEED, **params)
@@ -231,55 +430,74 @@ def test_edit_applies_once_and_keeps_the_file_clean(edit):
         edit.apply("print('unrelated')\n", **first_params(edit))
 
 
-def apply_all(order) -> str:
-    source = SEED
-    for edit in order:
-        source = edit.apply(source, **first_params(edit))
-    return source
-
-
 def test_edits_compose_in_any_order():
-    forward, backward = apply_all(EDITS), apply_all(reversed(EDITS))
-    assert forward == backward
-    from autolab.workspace import static_findings
-
-    assert static_findings("train.py", forward) == []
-    assert static_findings("train.py", SEED) == []
+    assert apply_all(EDITS) == apply_all(reversed(EDITS))
 
 
-# -- end to end through the harness -------------------------------------------------------
+def load_train_module(source: str, tmp: Path, name: str):
+    path = tmp / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"tinylm_train_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def run_trial(prepared: Path, tmp: Path, source: str, amount: int, seed: int = 0) -> dict:
-    ctx = make_ctx(tmp, prepared, seed=seed, amount=amount)
-    (ctx.workspace / "train.py").write_text(source)
-    BENCH.stage_inputs(ctx)
-    for step in BENCH.steps(ctx):
-        res = subprocess.run(
-            step.argv, cwd=ctx.workspace, capture_output=True, text=True, timeout=step.timeout_s
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
-    score = BENCH.score(ctx)
-    checks = {c.name: c.passed for c in (check(ctx, score) for check in BENCH.audit_checks())}
-    return {"bpb": score.metrics["bpb"], "used": score.budget_used, "checks": checks}
+@pytest.mark.parametrize("variant", ["seed", *(e.name for e in EDITS), "all-edits"])
+def test_edited_train_py_trains_and_predicts(prepared, tmp_path, variant, request):
+    """Every edit (and all of them together) gives a train() that spends the budget and a
+    model that maps (batch, EVAL_LEN) bytes to finite (batch, EVAL_LEN, 256) logits."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.tinylm.harness import TrainContext
+
+    edits = {e.name: e for e in EDITS}
+    source = (SEED if variant == "seed" else apply_all(EDITS) if variant == "all-edits"
+              else edits[variant].apply(SEED, **first_params(edits[variant])))
+    module = load_train_module(source, tmp_path, variant.replace("-", "_"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a trial's step runs it; also fast on a busy machine
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    torch.manual_seed(0)
+    ctx = TrainContext(prep.train_stream(prepared, 1024, 0), seed=0, threads=1)
+    model = module.train(ctx)
+    assert ctx.tokens_left < module.BATCH_SIZE * module.SEQ_LEN and ctx.steps > 0
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(prep.eval_windows(prepared, "val")[:2, :L].astype(np.int64))
+        y = model(x)
+    assert tuple(y.shape) == (2, L, V) and bool(torch.isfinite(y).all())
 
 
-@pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.name)
-def test_edited_train_py_runs_end_to_end(prepared, tmp_path, edit):
-    result = run_trial(prepared, tmp_path, edit.apply(SEED, **first_params(edit)), amount=2048)
-    assert result["bpb"] < 8.5 and all(result["checks"].values()), result
+def test_neutral_variants_differ_and_keep_the_file_valid():
+    import ast
+
+    variants = [BENCH.neutral_variant({"train.py": SEED}, i)["train.py"] for i in range(3)]
+    assert len({SEED, *variants}) == 4
+    for v in variants:
+        ast.parse(v)
+    with pytest.raises(ValueError):
+        BENCH.neutral_variant({"train.py": "x = 1\n"}, 0)
 
 
-def test_all_edits_together_run_end_to_end(prepared, tmp_path):
-    result = run_trial(prepared, tmp_path, apply_all(EDITS), amount=2048)
-    assert result["bpb"] < 8.5 and all(result["checks"].values()), result
+# -- sandboxed trials ---------------------------------------------------------------------
 
 
-def test_seed_learns_well_below_uniform(prepared, tmp_path):
-    result = run_trial(prepared, tmp_path, SEED, amount=32_768)
-    assert result["used"] == 32_768
-    assert all(result["checks"].values())
-    assert result["bpb"] < 5.0, result
+def tinylm_trial(prepared: Path, tmp: Path, source: str, amount: int, cand: str):
+    budget = BENCH.budget.model_copy(update={"amount": amount})
+    setup = trial_setup(BENCH, prepared, budget, 1, isolation_mode())
+    return run_trial(BENCH, cand, {"train.py": source}, 0, "val", setup,
+                     work_root=tmp / "trials", prepared_dir=prepared)
+
+
+def test_seed_learns_beyond_the_unigram_floor(prepared, tmp_path):
+    """At 32k tokens the seed is ~0.5 bits below the unigram floor (measured: 3.89 vs
+    4.38); a model that ignores context sits at the floor, uniform logits at 8."""
+    t = tinylm_trial(prepared, tmp_path, SEED, 32_768, "seed")
+    assert t.status == "ok", t.reason + t.log_tail
+    assert t.budget_used == 32_768 and t.evidence["staged_train_tokens"] == 32_768
+    assert [c.name for c in t.checks if not c.passed] == []
+    assert t.metrics["bpb"] < float(t.evidence["unigram_bpb"]) - 0.3, (t.metrics, t.evidence)
+    assert t.evidence["harness_tokens_handed_out"] == 32_768
 
 
 PEEKING = """
@@ -301,20 +519,36 @@ def train(ctx):
     return Peek()
 """
 
-
-def test_a_model_that_reads_the_future_is_caught(prepared, tmp_path):
-    result = run_trial(prepared, tmp_path, PEEKING, amount=1024)
-    assert result["bpb"] < 1.0  # it looks excellent...
-    assert result["checks"]["causal_predictions"] is False  # ...and the audit says why
+STATEFUL = """
+import torch
+import torch.nn.functional as F
 
 
-def test_seed_passes_a_sandboxed_trial(prepared, tmp_path):
-    runner = pytest.importorskip("autolab.runner")
-    budget = BENCH.budget.model_copy(update={"amount": 8192})
-    trial = runner.run_trial(
-        BENCH, "seed", BENCH.seed_files(), 0, "val", budget,
-        work_root=tmp_path / "trials", prepared_dir=prepared, threads=1,
-    )  # fmt: skip
-    assert trial.status == "ok", trial.reason + trial.log_tail
-    assert trial.metrics["bpb"] < 8.0 and trial.budget_used == 8192
-    assert [c.name for c in trial.checks if not c.passed] == []
+class Remembers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(3.0))
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.scale * F.one_hot(x, 256).float()
+        out[..., 0] += self.calls  # changes with every batch evaluated before
+        self.calls += 1
+        return out
+
+
+def train(ctx):
+    return Remembers()
+"""
+
+
+@pytest.mark.parametrize(("source", "looks_good"), [(PEEKING, True), (STATEFUL, False)],
+                         ids=["peeks-at-the-next-byte", "keeps-state-across-batches"])
+def test_non_causal_models_fail_the_audit(prepared, tmp_path, source, looks_good):
+    t = tinylm_trial(prepared, tmp_path, source, 4096, "cheat")
+    assert (t.status, t.failure) == ("failed", "integrity"), t.reason + t.log_tail
+    assert "audit causal_and_independent failed" in t.reason
+    assert {c.name: c.passed for c in t.checks} == {
+        "budget_respected": True, "causal_and_independent": False}
+    if looks_good:
+        assert t.metrics["bpb"] < 1.0  # it looks excellent, and the audit says why not

@@ -89,6 +89,7 @@ def test_parent_run_has_params_and_final_figures(lab):
     assert m["test_gain"] == pytest.approx(0.19)
     assert m["champion_val_bpb"] == pytest.approx(1.80) and m["val_gain"] == pytest.approx(0.2)
     assert run.data.tags["champion"] == lab.ids["c4"]
+    assert (run.data.tags["isolation"], run.data.tags["unisolated"]) == ("bwrap", "False")
     history = lab.tracker.client.get_metric_history(lab.parent, "champion_bpb")
     assert [p.step for p in history] == [0, 1, 2]
     assert [p.value for p in history] == pytest.approx([2.0, 1.9, 1.8])  # the seed, c1, c4
@@ -191,3 +192,21 @@ def test_disabled_tracker_does_nothing(tmp_path: Path):
     tracker.log_champion(campaign, ids["c1"], 1.9, METRIC, campaign.started_at)
     tracker.finish_campaign(campaign, METRIC)
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_unusable_store_is_moved_aside_and_rebuilt_from_the_archive(tmp_path: Path):
+    archive, ids = build_archive(tmp_path / "archive")
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    garbage = b"not an sqlite database\n" * 50
+    (mlruns / "mlflow.db").write_bytes(garbage)
+    tracker = Tracker(mlruns)
+    parent = tracker.sync(archive, PARAMS, METRIC)
+    assert tracker.rebuilt and tracker.rebuilt.startswith("DatabaseError")
+    (damaged,) = mlruns.glob("mlflow.db.damaged-*")
+    assert damaged.read_bytes() == garbage
+    client = tracker.client
+    exp = client.get_experiment_by_name("tinylm")
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.data.tags["autolab.candidate_id"] for r in kids) == sorted(ids.values())
+    assert Tracker(mlruns).client.get_run(parent).info.status == "FINISHED"  # usable again

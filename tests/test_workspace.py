@@ -5,8 +5,8 @@ from autolab.workspace import (
     PatchFailed,
     PatchRefused,
     apply_edits,
+    file_hashes,
     make_candidate,
-    static_findings,
     unified_diff,
 )
 
@@ -56,13 +56,9 @@ def test_diff_names_the_file():
     assert "a/train.py" in diff and "-LR = 0.1" in diff and "+LR = 0.2" in diff
 
 
-def test_static_scan_flags_escape_hatches_but_not_ordinary_code():
-    assert (
-        static_findings("t.py", "import torch\nimport torch.nn.functional as F\nx = F.relu\n") == []
-    )
-    found = static_findings("t.py", "import subprocess\nimport os\nos.environ['A']\nexec('1')\n")
-    assert any("subprocess" in f for f in found)
-    assert any(".environ" in f for f in found)
-    assert any("exec()" in f for f in found)
-    assert "syntax error" in static_findings("t.py", "def f(:\n")[0]
-    assert static_findings("t.py", "from benchmarks.tinylm import score\n")
+def test_diff_against_a_parent_is_kept_on_the_candidate():
+    child = {"train.py": "LR = 0.2\nprint('hi')\n"}
+    c = make_candidate("b", child, ["p"], "prop", parent_files=PARENT)
+    assert "+LR = 0.2" in c.diff and c.parents == ["p"] and c.proposal_id == "prop"
+    assert c.files == file_hashes(child)
+    assert make_candidate("b", child, [], None).diff == ""

@@ -49,7 +49,8 @@ class TinyLM:
         return {f: (root / f).read_text() for f in self.editable_files}
 
     def harness_files(self) -> list[Path]:
-        names = ("contract.py", "harness.py", "score.py", "prepare.py", "benchmark.py")
+        names = ("__init__.py", "contract.py", "harness.py", "score.py", "prepare.py",
+                 "benchmark.py")
         return [*self.sandbox_files()[:2], *(HERE / f for f in names)]
 
     def sandbox_files(self) -> list[Path]:

