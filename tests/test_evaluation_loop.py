@@ -197,11 +197,16 @@ def test_crowned_only_after_level_2_replication(loop):
     assert check.name == "replicates_on_fresh_seeds" and check.passed
     seed = loop.record.seed_candidate
     mine = {t.seed for t in trials_of(loop.archive, d.candidate_id, "audit")}
-    # one block of audit.replication_seeds (4) fresh seeds, each challenge its own block
-    assert len(mine) == 4 and min(mine) >= BASE + 100_000 and (min(mine) - BASE) % 4 == 0
-    assert mine == set(range(min(mine), min(mine) + 4))
+    # its own challenge: one block of audit.replication_seeds (4) fresh seeds; as champion
+    # it then ran each later challenger's fresh block too
+    first = min(mine)
+    assert first >= BASE + 100_000 and (first - BASE) % 4 == 0
+    assert set(range(first, first + 4)) <= mine and len(mine) % 4 == 0
+    rep = [e for e in loop.archive.all(Evaluation)
+           if e.candidate_id == d.candidate_id and e.split == "audit"]
+    assert len(rep) == 1 and len(rep[0].values) == len(rep[0].reference_values) == 4
     champion_then = {t.seed for t in trials_of(loop.archive, seed, "audit")}
-    assert mine <= champion_then  # the champion of the time ran the same fresh seeds
+    assert set(range(first, first + 4)) <= champion_then  # the champion ran the same seeds
     for cid in (d.candidate_id, seed):
         assert all(t.status == "ok" for t in trials_of(loop.archive, cid, "audit"))
     assert not mine & VAL_SEEDS
