@@ -30,7 +30,8 @@ def paired_sd(evaluations: list[Evaluation]) -> float | None:
 def aa_summary(params: Params) -> dict[str, Any]:
     archive = Archive(params.paths.workdir / params.campaign.name / "archive")
     ev = params.evaluation
-    design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen)
+    design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen,
+                    ev.min_gain)
     decisions = archive.all(Decision)
     evaluations = [archive.get(Evaluation, d.evaluation_id) for d in decisions if d.evaluation_id]
     evaluations = [e for e in evaluations if e is not None]
@@ -44,6 +45,7 @@ def aa_summary(params: Params) -> dict[str, Any]:
         "alpha": ev.alpha,
         "looks": design.looks(),
         "screen": ev.screen,
+        "min_gain": ev.min_gain,
         "candidates_evaluated": n,
         "proposals": len(decisions),
         "failed_or_refused": len(decisions) - n,
@@ -64,7 +66,8 @@ def render_aa(s: dict[str, Any]) -> str:
     return "\n".join([
         f"A/A test of {s['benchmark']} ({s['campaign']}): {s['candidates_evaluated']} candidates "
         f"equal in effect to their parent, looks at {s['looks']} seeds"
-        + (" after one-seed screening" if s["screen"] else ""),
+        + (" after one-seed screening" if s["screen"] else "")
+        + (f", min_gain {s['min_gain']}" if s["min_gain"] else ""),
         f"false accepts  {s['false_accepts']} -> rate {rate}, 95% CI "
         f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}] (alpha {s['alpha']}; "
         f"{'consistent with' if s['within_alpha'] else 'ABOVE'} alpha)",

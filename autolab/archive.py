@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -80,6 +81,15 @@ class Archive:
 
     def has(self, kind: type[BaseModel], record_id: str) -> bool:
         return self._path(kind, record_id).exists()
+
+    def supersede(self, kind: type[BaseModel], record_id: str) -> None:
+        """Move a record aside (kept under <kind>/superseded/), so its work can be done
+        again; used only for failures of the machine, not of the candidate."""
+        path = self._path(kind, record_id)
+        if path.exists():
+            dest = path.parent / "superseded" / f"{record_id}-{int(time.time())}.json"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
 
     def all(self, kind: type[R]) -> list[R]:
         """Every record of a kind, oldest first."""

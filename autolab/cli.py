@@ -83,6 +83,9 @@ def aa_test(
     params: Path = PARAMS,
     name: str = typer.Option(None, help="campaign name (default: BENCHMARK-aa)"),
     minutes: float = typer.Option(None, help="stop starting candidates after this long"),
+    min_gain: float = typer.Option(
+        0.0, help="gain a candidate must exceed; 0 tests the design where its error rate is "
+        "largest (a positive min_gain only lowers it)"),
 ) -> None:
     """False-accept rate of the real evaluation: N candidates equal in effect to their parent."""
     from autolab.aa import aa_summary, render_aa
@@ -91,7 +94,8 @@ def aa_test(
                 "threads": 1, "patience": 0}
     if minutes is not None:
         campaign["max_wall_clock_min"] = minutes
-    overrides = {"campaign": campaign, "proposer": {"kind": "aa", "operators": {"improve": 1.0}}}
+    overrides = {"campaign": campaign, "proposer": {"kind": "aa", "operators": {"improve": 1.0}},
+                 "evaluation": {"min_gain": min_gain}}
     p = _params(params, overrides)
     _run_campaign(params, overrides, confirm=False)
     summary = aa_summary(p)

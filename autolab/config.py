@@ -60,6 +60,9 @@ class EvaluationParams(_Strict):
     test_seeds: int = Field(3, ge=2)
     parallel_trials: int = Field(1, ge=1, description="trials at once; also seeds per look")
     screen: bool = Field(False, description="reject after one seed a candidate behind its parent")
+    min_gain: float = Field(
+        0.0, ge=0, description="a gain must exceed this, in the metric's units, to be accepted"
+    )
     seeds_base: int = Field(1000, ge=0, description="selection seeds are seeds_base + i")
 
     @model_validator(mode="after")

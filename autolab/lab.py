@@ -67,7 +67,11 @@ class Lab:
     def design(self) -> Design:
         ev = self.params.evaluation
         return Design(alpha=ev.alpha, min_seeds=ev.min_seeds, max_seeds=ev.max_seeds,
-                      step=ev.parallel_trials, screen=ev.screen)
+                      step=ev.parallel_trials, screen=ev.screen, min_gain=ev.min_gain)
+
+    def single_look(self, alpha: float, n: int) -> Design:
+        """One test at alpha on n seeds, with the campaign's minimum gain."""
+        return Design(alpha, n, n, min_gain=self.params.evaluation.min_gain)
 
     @property
     def required_isolation(self) -> Isolation:

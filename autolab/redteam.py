@@ -140,6 +140,8 @@ class Canaries:
         self._reported: set[str] = set()
 
     def __enter__(self) -> Canaries:
+        for stale in self.project.glob(".redteam-secret-*"):  # left by a run that was killed
+            stale.unlink(missing_ok=True)
         self.secret_file.write_text(self.file_secret)
         for name, value in (("ANTHROPIC_API_KEY", self.secret), ("REDTEAM_TOKEN", self.secret)):
             self._env[name] = os.environ.get(name)

@@ -216,7 +216,8 @@ def _resolution(sd: float | None, params: Params) -> float | None:
     from autolab.stats import Design, smallest_detectable_gain
 
     ev = params.evaluation
-    design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen)
+    design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen,
+                    ev.min_gain)
     return smallest_detectable_gain(sd, design) if sd else None
 
 

@@ -15,6 +15,7 @@ keeps only a small log.txt with the tails of its steps' output.
 from __future__ import annotations
 
 import functools
+import importlib.metadata as metadata
 import math
 import os
 import platform
@@ -36,7 +37,6 @@ from autolab.sandbox import (
     Limits,
     SandboxResult,
     View,
-    distribution_closure,
     kill_marked,
     run_sandboxed,
 )
@@ -79,9 +79,14 @@ def device_name() -> str:
 
 
 def library_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """Python and the distributions the benchmark declares (their own dependencies are
+    theirs to pin: an upgrade of, say, a templating library does not change a result)."""
     versions = {"python": platform.python_version()}
-    for dist in distribution_closure(tuple(sorted(distributions))):
-        versions[dist.metadata["Name"].lower()] = dist.version
+    for name in sorted(distributions):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
     return versions
 
 
@@ -211,9 +216,10 @@ class _Trusted:
 def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Isolation,
                marker: str, prog: _Progress) -> None:
     """Stage and run each step with what is left of the trial's wall-clock budget (at most
-    its own limit)."""
-    sandbox_files = tuple(bench.sandbox_files())
-    pythonpath = (integrity.PROJECT,)
+    its own limit). The harness runs from a copy of its files, so nothing else of the
+    project is on the steps' import path."""
+    harness, elsewhere = _copy_harness(bench, ctx.outputs_dir.parent / "harness")
+    trusted.staged(harness)
     for step in bench.steps(ctx):
         left = ctx.budget.wall_clock_s - prog.workload_s
         if left <= 0:
@@ -227,11 +233,11 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         ctx.outputs(step.name).mkdir(parents=True, exist_ok=True)
         view = View(
             cwd=ctx.workspace,
-            read=(*sandbox_files, inputs, *(ctx.outputs(s) for s in step.reads)),
+            read=(harness, *elsewhere, inputs, *(ctx.outputs(s) for s in step.reads)),
             write=(ctx.outputs(step.name),),
             home=ctx.outputs_dir.parent / "home" / step.name,
             distributions=bench.distributions,
-            pythonpath=pythonpath,
+            pythonpath=(harness,),
             allow_subprocess=step.allow_subprocess,
         )
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
@@ -241,6 +247,21 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         if res.status != "ok":
             prog.fail(res.status, f"{step.name}: {res.reason}")
             return
+
+
+def _copy_harness(bench: Benchmark, dest: Path) -> tuple[Path, list[Path]]:
+    """The benchmark's sandbox files of the project, copied under dest at their project
+    paths (dest goes on the import path); files from elsewhere are shown where they are."""
+    dest.mkdir(parents=True, exist_ok=True)
+    elsewhere = []
+    for src in map(Path, bench.sandbox_files()):
+        if not src.resolve().is_relative_to(integrity.PROJECT):
+            elsewhere.append(src)
+            continue
+        target = dest / src.resolve().relative_to(integrity.PROJECT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return dest, elsewhere
 
 
 def _score_and_check(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> None:
@@ -292,7 +313,7 @@ def run_trial(
     trial_id = Trial.key(candidate_id, seed, split, setup.key())
     trial_dir = work_root / trial_id
     kill_marked(trial_id)
-    for leftover in ("ws", "in", "out", "home", "log.txt"):
+    for leftover in ("ws", "in", "out", "home", "harness", "log.txt"):
         _rmtree(trial_dir / leftover)
     ws = trial_dir / "ws"
     ws.mkdir(parents=True)
@@ -324,7 +345,7 @@ def run_trial(
         status_line = f"== trial {trial_id}: {outcome} {prog.reason}".rstrip()
         (trial_dir / "log.txt").write_text(log + status_line + "\n", encoding="utf-8")
         if not keep_outputs:
-            for name in ("ws", "in", "out", "home"):
+            for name in ("ws", "in", "out", "home", "harness"):
                 _rmtree(trial_dir / name)
     return Trial(
         id=trial_id, candidate_id=candidate_id, seed=seed, split=split,

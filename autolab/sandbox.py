@@ -128,7 +128,8 @@ class SandboxResult(BaseModel):
 @functools.cache
 def bwrap_works() -> bool:
     """Probe once: user namespaces are often disabled in containers and CI."""
-    return _probe(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"])
+    return _probe(["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop",
+                   "ALL", "--ro-bind", "/", "/", "true"])
 
 
 @functools.cache
@@ -300,15 +301,24 @@ def build_env(
 
 
 def _unshare_prefix() -> list[str]:
-    """Network and pid namespaces; --kill-child takes the tree down with unshare itself."""
+    """Network and pid namespaces; --kill-child takes the tree down with unshare itself.
+    The step then runs with no capabilities and no way to gain any (setpriv), so even
+    as root it cannot remount, ptrace, signal other users or change its limits; it still
+    has its user's file permissions, which is why this mode counts as unisolated."""
     user = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return ["unshare", *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    drop = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    if shutil.which("setpriv") is None:
+        drop = []
+    return ["unshare", *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *drop]
 
 
 def _bwrap_argv(view: View, python: str, masks: Sequence[Path]) -> list[str]:
     """An empty root with only what the step may see. Mounts apply in order, so masks
     (tmpfs over package dirs) come before the distributions re-exposed inside them."""
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+    # A user namespace with no capabilities and no way to make another: even a step run
+    # by root cannot remount the read-only binds writable or leave the view.
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", str(BWRAP_HOME),
             "--dir", "/etc"]
     for d in _SYSTEM_DIRS:

@@ -2,9 +2,12 @@
 
 Cheap and conservative. It refuses imports outside the benchmark's allowlist, the
 builtins and attributes that reach the interpreter's internals or the outside world
-(files, processes, native code), and attribute access by computed name, which is how
-the rest would be smuggled past it. It is the first of several lines, not the boundary:
-the sandbox and the runtime guard stop what it misses.
+(files, processes, native code, string evaluation), private attributes of anything but
+the candidate's own objects (the way other modules' `os`, `sys` and `builtins` are
+reached), attribute access by computed name, and string annotations (which typing can
+evaluate as code). It is the first of several lines, not the boundary: the sandbox and
+the runtime guard stop what it misses. Honest code it refuses: `getattr(nn, NAME)`,
+`x.__class__`, `torch.jit`, `.open(...)`; write them another way.
 """
 
 from __future__ import annotations
@@ -27,8 +30,13 @@ FORBIDDEN_ATTRS = frozenset({
     "cpp_extension", "ctypeslib", "hub", "_C", "ops", "classes", "set_default_device",
     "distributed", "multiprocessing", "jit", "compile", "export",
     # the process and its environment
-    "system", "popen", "fork", "execv", "execve", "spawn", "kill", "environ", "modules",
+    "system", "popen", "fork", "execv", "execve", "spawn", "kill", "killpg", "environ",
     "getenv", "putenv", "_exit", "settrace", "setprofile", "addaudithook", "_getframe",
+    "pidfd_open", "pidfd_send_signal",
+    # builtins and string evaluation reached as attributes
+    "exec", "open", "globals", "locals", "vars", "getattr", "setattr", "delattr",
+    "breakpoint", "bltns", "get_type_hints", "ForwardRef", "singledispatch",
+    "singledispatchmethod", "evaluate",
     # interpreter internals
     "__dict__", "__class__", "__bases__", "__mro__", "__subclasses__", "__globals__",
     "__code__", "__closure__", "__builtins__", "__getattribute__", "__reduce__",
@@ -40,6 +48,37 @@ FORBIDDEN_ATTRS = frozenset({
     "ctypes", "posix", "signal", "pickle", "marshal", "mmap", "urllib", "http", "gc",
     "inspect", "threading",
 })  # fmt: skip
+
+
+# Dunder attributes ordinary code uses; any other "_..." attribute is refused unless it is
+# read off the candidate's own objects (self, cls, super()).
+SAFE_DUNDERS = frozenset({
+    "__init__", "__call__", "__name__", "__doc__", "__len__", "__iter__", "__next__",
+    "__getitem__", "__setitem__", "__contains__", "__enter__", "__exit__", "__repr__",
+    "__str__", "__eq__", "__hash__", "__post_init__",
+})  # fmt: skip
+
+
+def _own_object(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name) and node.id in ("self", "cls"):
+        return True
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+        node.func.id == "super"
+
+
+def _string_annotations(tree: ast.AST) -> list[ast.expr]:
+    found = []
+    for node in ast.walk(tree):
+        annotations: list[ast.expr | None] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            a = node.args
+            annotations = [node.returns, *(x.annotation for x in (
+                *a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x)]
+        elif isinstance(node, ast.AnnAssign):
+            annotations = [node.annotation]
+        found += [x for x in annotations if x is not None and any(
+            isinstance(c, ast.Constant) and isinstance(c.value, str) for c in ast.walk(x))]
+    return found
 
 
 def _imported(node: ast.AST) -> list[str]:
@@ -77,11 +116,13 @@ def static_findings(
             found.append(f"{path}:{line}: uses {node.id}")
         if isinstance(node, ast.Attribute) and node.attr in forbidden_attrs:
             found.append(f"{path}:{line}: uses .{node.attr}")
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if node.value in forbidden_attrs and node.value.isidentifier():
-                found.append(f"{path}:{line}: names {node.value!r}")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                node.attr not in SAFE_DUNDERS and not _own_object(node.value):
+            found.append(f"{path}:{line}: uses private attribute .{node.attr}")
         if isinstance(node, ast.Global | ast.Nonlocal) and any(
             n.startswith("__") for n in node.names
         ):
             found.append(f"{path}:{line}: rebinds {', '.join(node.names)}")
+    for ann in _string_annotations(tree):
+        found.append(f"{path}:{ann.lineno}: string annotation (typing can evaluate it)")
     return found

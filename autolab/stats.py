@@ -41,6 +41,7 @@ class Design:
     max_seeds: int
     step: int = 1
     screen: bool = False
+    min_gain: float = 0.0  # a gain must exceed this (in the metric's units) to be accepted
 
     def looks(self) -> list[int]:
         """Seed counts at which the test is run (screening's one seed is not a look)."""
@@ -145,14 +146,17 @@ def compare(
     sign = -1.0 if metric.direction is Direction.MINIMIZE else 1.0
     delta = float(a.mean() - b.mean())
     n = len(values)
+    # H0: the gain is at most min_gain. Testing the candidate's values moved min_gain the
+    # wrong way against the reference tests exactly that.
+    moved = list(a - sign * design.min_gain)
     if paired:
-        g, p = paired_effect((a - b) * sign), paired_p(values, reference, metric)
+        g, p = paired_effect((a - b) * sign), paired_p(moved, reference, metric)
     else:
-        g, p = hedges_g(a * sign, b * sign), one_sided_p(values, reference, metric)
+        g, p = hedges_g(a * sign, b * sign), one_sided_p(moved, reference, metric)
     level = design.nominal_alpha(n)
     base = dict(mean=float(a.mean()), reference_mean=float(b.mean()), delta=delta,
                 effect_size=g, test="paired" if paired else "welch", p_value=p, level=level)
-    ahead = metric.better(float(a.mean()), float(b.mean()))
+    ahead = metric.better(float(np.mean(moved)), float(b.mean()))
     if n < design.min_seeds:
         if design.screen and n == 1 and paired and not ahead:
             return Comparison(**base, decision="reject",

@@ -78,6 +78,15 @@ def steps_text(proposal: Proposal | None) -> str:
     )
 
 
+BUSY_RETRIES, BUSY_WAIT_S = 4, 2.0
+
+
+def _busy(err: BaseException) -> bool:
+    """A store another process is writing (sqlite's lock), not a damaged one."""
+    text = f"{type(err).__name__}: {err}".lower()
+    return "database is locked" in text or "database is busy" in text or "sqlite_busy" in text
+
+
 def _forget_engine(uri: str) -> None:
     """MLflow keeps one database engine per URI for the whole process; its pooled
     connections still read the file being moved aside, so a store reopened at the same
@@ -104,11 +113,19 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            try:
-                self._client = self._open()
-            except Exception as err:  # noqa: BLE001 - any failure to open means: rebuild
-                self._quarantine(err)
-                self._client = self._open()
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    self._client = self._open()
+                    break
+                except Exception as err:  # noqa: BLE001 - classified below
+                    if _busy(err):  # another process holds the store: wait, never rebuild
+                        if attempt == BUSY_RETRIES:
+                            raise
+                        time.sleep(BUSY_WAIT_S * (attempt + 1))
+                        continue
+                    self._quarantine(err)
+                    self._client = self._open()
+                    break
         return self._client
 
     def _open(self) -> MlflowClient:

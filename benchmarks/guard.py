@@ -1,15 +1,18 @@
 """A runtime guard a harness installs in its own process before it imports candidate code.
 
 It is a second line behind the sandbox, and the first where the machine has no
-filesystem isolation: a Python audit hook (PEP 578) that stops the process the moment
-the candidate opens a path outside the step's allowed roots, creates a socket, starts a
-process, loads native code, signals another process or installs a hook of its own. A
-stopped step exits with GUARD_EXIT and leaves one line on the guard channel (a pipe the
-trusted parent reads); the candidate cannot catch it, since the process ends inside the
-hook. Audit hooks cannot be removed once added.
+filesystem isolation: a Python audit hook (PEP 578) that ends the process the moment
+the candidate opens or lists a path outside the step's read roots, writes outside its
+write roots, makes links or special files, creates a socket, starts a process, loads
+native code, signals another process or installs a hook of its own. A stopped step exits
+with GUARD_EXIT and leaves one line on the guard channel (a pipe the trusted parent
+reads); the candidate cannot catch it, since the process ends inside the hook. An audit
+hook cannot be removed, and this one keeps its policy in immutable closures: there is
+no flag or object for candidate code to reach and switch off.
 
 It sees only what goes through the interpreter: native code that opens files itself is
-the sandbox's and the static scan's to stop. Stdlib only: it runs inside the sandbox.
+the sandbox's and the static scan's to stop. Harnesses import their libraries first and
+install the guard last. Stdlib only: it runs inside the sandbox.
 
 Configuration comes from the environment the trusted runner built:
 AUTOLAB_GUARD = JSON {"read": [roots], "write": [roots], "fd": channel fd or -1,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from importlib.machinery import PathFinder
 
 GUARD_EXIT = 113
@@ -32,103 +36,123 @@ _ALWAYS_READABLE = (
 )
 _WRITE_MODES = ("w", "a", "x", "+")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_DENIED_ALWAYS = (
+_DENIED_ALWAYS = frozenset({
     "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
     "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata",
     "os.kill", "os.killpg", "signal.pthread_kill", "sys.addaudithook",
     "sys.setprofile", "sys.settrace", "sys.remote_exec",
-)
-_PROCESS_EVENTS = (
+    "os.symlink", "os.link", "os.mkfifo", "os.mknod",
+})  # fmt: skip
+_PROCESS_EVENTS = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
     "os.forkpty", "pty.spawn",
-)
+})  # fmt: skip
 _PATH_WRITE_EVENTS = {
-    "os.remove": 0, "os.rmdir": 0, "os.mkdir": 0, "os.rename": (0, 1), "os.link": (0, 1),
-    "os.symlink": (1,), "os.truncate": 0, "os.chmod": 0, "os.chown": 0, "os.utime": 0,
-    "shutil.rmtree": 0, "shutil.copyfile": (1,), "shutil.move": (1,),
+    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
+    "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
+    "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.move": (1,),
 }
 _PATH_READ_EVENTS = {"os.listdir": 0, "os.scandir": 0, "glob.glob": 0, "os.chdir": 0}
 
 
-def _norm(path: object) -> str | None:
+def _norm(path: object, fsdecode=os.fsdecode, fspath=os.fspath, realpath=os.path.realpath,
+          abspath=os.path.abspath) -> str | None:
     """An absolute, normalised path for str/bytes/PathLike; None for fds and the rest."""
     if isinstance(path, int):
         return None
     try:
-        path = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
+        path = fsdecode(fspath(path))  # type: ignore[arg-type]
     except TypeError:
         return None
-    return os.path.realpath(os.path.abspath(path))
+    return realpath(abspath(path))
 
 
 def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-class Guard:
-    """The policy of one step; `check` is the audit hook."""
+def _escapes(raw: object, fsdecode=os.fsdecode, fspath=os.fspath,
+             isabs=os.path.isabs) -> bool:
+    """A relative path that climbs: resolved against a directory descriptor the hook does
+    not see, it could leave any root."""
+    if isinstance(raw, int):
+        return False
+    try:
+        text = fsdecode(fspath(raw))  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return not isabs(text) and ".." in text.replace("\\", "/").split("/")
 
-    def __init__(self, read: list[str], write: list[str], fd: int, allow_subprocess: bool):
-        norm = lambda paths: tuple(p for p in (_norm(x) for x in paths) if p)  # noqa: E731
-        self.write = norm(write)
-        self.read = norm(read) + self.write + norm(_ALWAYS_READABLE)
-        self.fd = fd
-        self.allow_subprocess = allow_subprocess
-        self.armed = False
 
-    def stop(self, event: str, detail: str) -> None:
-        line = json.dumps({"event": event, "detail": detail[:300]}) + "\n"
-        if self.fd >= 0:
+def make_hook(
+    read: tuple[str, ...], write: tuple[str, ...], fd: int, allow_subprocess: bool,
+    on_stop: Callable[[str, str], None] | None = None,
+) -> Callable[[str, tuple], None]:
+    """The audit hook for one step's policy; everything it needs is in its closure,
+    bound now, so replacing this module's names later changes nothing.
+    `on_stop` replaces ending the process (for testing the policy in-process)."""
+    norm, under, escapes, dumps, write_fd, exit_now = _norm, _under, _escapes, json.dumps, \
+        os.write, os._exit
+    getpid, write_flags, write_modes = os.getpid, _WRITE_FLAGS, _WRITE_MODES
+    read_events, write_events = dict(_PATH_READ_EVENTS), dict(_PATH_WRITE_EVENTS)
+    denied, process_events = _DENIED_ALWAYS, _PROCESS_EVENTS
+
+    def end(event: str, detail: str) -> None:
+        line = dumps({"event": event, "detail": detail[:300]}) + "\n"
+        if fd >= 0:
             try:
-                os.write(self.fd, line.encode())
+                write_fd(fd, line.encode())
             except OSError:
                 pass
         try:
-            os.write(2, f"autolab guard: stopped {event}: {detail[:300]}\n".encode())
+            write_fd(2, f"autolab guard: stopped {event}: {detail[:300]}\n".encode())
         finally:
-            os._exit(GUARD_EXIT)
+            exit_now(GUARD_EXIT)
 
-    def _path(self, event: str, raw: object, write: bool) -> None:
-        path = _norm(raw)
-        if path is None:
-            return
-        if not _under(path, self.write if write else self.read):
-            self.stop(event, f"{'write' if write else 'read'} {path} outside the allowed paths")
+    stop = on_stop or end
 
-    def check(self, event: str, args: tuple) -> None:
-        if not self.armed:
-            return
+    def path(event: str, raw: object, writing: bool) -> None:
+        if escapes(raw):
+            stop(event, f"relative path {raw!r} that climbs out of its folder")
+        resolved = norm(raw)
+        if resolved is not None and not under(resolved, write if writing else read):
+            stop(event, f"{'write' if writing else 'read'} {resolved} outside the allowed paths")
+
+    def hook(event: str, args: tuple) -> None:
         if event == "open":
-            path, mode = args[0], args[1] if len(args) > 1 else None
+            raw, mode = args[0], args[1] if len(args) > 1 else None
             flags = args[2] if len(args) > 2 else None
             if isinstance(flags, int):
-                write = bool(flags & _WRITE_FLAGS)
+                writing = bool(flags & write_flags)
             else:
-                write = isinstance(mode, str) and any(m in mode for m in _WRITE_MODES)
-            self._path(event, path, write)
-        elif event in _PATH_READ_EVENTS:
-            self._path(event, args[0] if args else ".", False)
-        elif event in _PATH_WRITE_EVENTS:
-            where = _PATH_WRITE_EVENTS[event]
-            for i in (where,) if isinstance(where, int) else where:
+                writing = isinstance(mode, str) and any(m in mode for m in write_modes)
+            path(event, raw, writing)
+        elif event in read_events:
+            path(event, args[0] if args else ".", False)
+        elif event in write_events:
+            for i in write_events[event]:
                 if i < len(args):
-                    self._path(event, args[i], True)
-        elif event in _DENIED_ALWAYS:
-            if event in ("os.kill", "os.killpg") and args and args[0] in (0, os.getpid()):
+                    path(event, args[i], True)
+        elif event in denied:
+            if event in ("os.kill", "os.killpg") and args and args[0] in (0, getpid()):
                 return  # signalling itself is harmless
-            self.stop(event, repr(args)[:200])
-        elif event in _PROCESS_EVENTS and not self.allow_subprocess:
-            self.stop(event, repr(args)[:200])
+            stop(event, repr(args)[:200])
+        elif event in process_events and not allow_subprocess:
+            stop(event, repr(args)[:200])
+
+    return hook
 
 
 class _AllowedPathFinder:
     """Stands in for the path finder: top-level modules found outside the step's read roots
     (the standard library, the declared distributions, the harness) do not exist, as they
     would not under the sandbox, so optional imports fall back instead of tripping the
-    guard."""
+    guard. Removing it from sys.meta_path only turns such imports into guard stops."""
 
-    def __init__(self, guard: Guard):
-        self.guard = guard
+    __slots__ = ("_allowed",)
+
+    def __init__(self, read: tuple[str, ...]):
+        self._allowed = read
 
     def find_spec(self, name, path=None, target=None):  # noqa: ANN001
         spec = PathFinder.find_spec(name, path, target)
@@ -137,7 +161,7 @@ class _AllowedPathFinder:
         where = spec.origin if spec.has_location else None
         if where is None and spec.submodule_search_locations:
             where = next(iter(spec.submodule_search_locations), None)
-        if where and not _under(_norm(where) or "", self.guard.read):
+        if where and not _under(_norm(where) or "", self._allowed):
             return None
         return spec
 
@@ -145,20 +169,17 @@ class _AllowedPathFinder:
         PathFinder.invalidate_caches()
 
 
-def install(extra_read: tuple[str, ...] = (), extra_write: tuple[str, ...] = ()) -> Guard | None:
+def install(extra_read: tuple[str, ...] = (), extra_write: tuple[str, ...] = ()) -> bool:
     """Add the audit hook from AUTOLAB_GUARD (a no-op when the variable is absent)."""
     spec = os.environ.get(ENV)
     if not spec:
-        return None
+        return False
     cfg = json.loads(spec)
-    guard = Guard(
-        [*cfg.get("read", []), *extra_read],
-        [*cfg.get("write", []), *extra_write],
-        int(cfg.get("fd", -1)),
-        bool(cfg.get("allow_subprocess", False)),
-    )
-    sys.meta_path[:] = [_AllowedPathFinder(guard) if f is PathFinder else f
+    roots = lambda paths: tuple(p for p in (_norm(x) for x in paths) if p)  # noqa: E731
+    write = roots([*cfg.get("write", []), *extra_write])
+    read = roots([*cfg.get("read", []), *extra_read, *_ALWAYS_READABLE]) + write
+    hook = make_hook(read, write, int(cfg.get("fd", -1)), bool(cfg.get("allow_subprocess")))
+    sys.meta_path[:] = [_AllowedPathFinder(read) if f is PathFinder else f
                         for f in sys.meta_path]
-    sys.addaudithook(guard.check)
-    guard.armed = True
-    return guard
+    sys.addaudithook(hook)
+    return True

@@ -9,6 +9,8 @@ protocol, and a benchmark imports nothing of the loop but this module.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -211,6 +213,30 @@ class Benchmark(Protocol):
         """A copy of a solution that changes its randomness but not its expected metric
         (for A/A tests of the evaluation): variant i differs from variant j."""
         ...
+
+
+def read_output(path: Path, max_bytes: int) -> bytes:
+    """A step's output file, read by trusted code: a regular file, not a link, a FIFO or a
+    device the candidate planted to make the reader block or read elsewhere, and no larger
+    than max_bytes (checked before reading). Raises TrialFailure('output') otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise TrialFailure("output", f"cannot open {Path(path).name}: {err.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TrialFailure("output", f"{Path(path).name} is not a regular file")
+        if st.st_size > max_bytes:
+            raise TrialFailure("output", f"{Path(path).name} has {st.st_size} bytes, more than "
+                               f"the {max_bytes} expected")
+        chunks, left = [], st.st_size
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 24))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def hash_files(paths: list[Path]) -> str:

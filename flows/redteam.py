@@ -45,7 +45,7 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
                      "max_wall_clock_min": 600, "patience": 0},
         "budget": {"amount": 8192, "wall_clock_s": 25, "memory_mb": 3000},
         "evaluation": {"alpha": 0.01, "min_seeds": 3, "max_seeds": 3, "test_seeds": 3,
-                       "parallel_trials": 2, "screen": False},
+                       "parallel_trials": 2, "screen": False, "min_gain": 0.005},
         "audit": {"replication_seeds": 3, "replication_alpha": 0.05},
         "sandbox": {"isolation": mode, "allow_unisolated": True},
         "proposer": {"kind": "offline", "operators": {"improve": 1.0}},

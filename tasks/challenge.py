@@ -14,7 +14,6 @@ from autolab.audit import merge, replication_check, replication_level
 from autolab.lab import Lab
 from autolab.records import AuditVerdict, Decision, Evaluation
 from autolab.selection import Challenge
-from autolab.stats import Design
 from tasks.evaluate import evaluation_of
 from tasks.run import run_matched
 
@@ -30,7 +29,7 @@ def challenge_champion(
     vs = evaluation
     if champion != evaluation.reference_id:
         n = len(evaluation.values)
-        vs = evaluation_of(lab, candidate_id, champion, design=Design(alpha, n, n))
+        vs = evaluation_of(lab, candidate_id, champion, design=lab.single_look(alpha, n))
     if vs.p_value is None or vs.p_value >= alpha:
         return Challenge(vs_champion=vs)
     a = lab.params.audit
@@ -40,7 +39,7 @@ def challenge_champion(
     crowned = len(history.champions(lab.archive.all(Decision)))
     level = replication_level(a.replication_alpha, crowned)
     replication = evaluation_of(lab, candidate_id, champion, split="audit",
-                                design=Design(level, len(seeds), len(seeds)))
+                                design=lab.single_look(level, len(seeds)))
     full = merge(verdict, [replication_check(replication, level)])
     lab.archive.put(full)
     return Challenge(vs_champion=vs, replication=replication, verdict=full)

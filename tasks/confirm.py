@@ -15,7 +15,6 @@ from prefect import task
 from autolab.archive import atomic_write
 from autolab.lab import Lab
 from autolab.records import CampaignRecord, TestResult, content_key, now
-from autolab.stats import Design
 from tasks.evaluate import evaluation_of
 from tasks.run import run_matched
 
@@ -30,7 +29,7 @@ def confirm_on_test(lab: Lab) -> TestResult:
     seeds = lab.test_seeds(n)
     run_matched(lab, None, champ, seed, seeds, split="test")
     evaluation = evaluation_of(lab, champ, seed, split="test",
-                               design=Design(lab.params.evaluation.alpha, n, n))
+                               design=lab.single_look(lab.params.evaluation.alpha, n))
     result = TestResult(id=rid, champion_id=champ, seed_id=seed, seeds=seeds,
                         evaluation=evaluation)
     lab.archive.put(result)
@@ -41,8 +40,8 @@ def confirm_on_test(lab: Lab) -> TestResult:
 def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecord:
     seed = lab.campaign.seed_candidate
     n = lab.params.evaluation.max_seeds
-    val = evaluation_of(lab, lab.champion(), seed, design=Design(lab.params.evaluation.alpha,
-                                                                  n, n))
+    design = lab.single_look(lab.params.evaluation.alpha, n)
+    val = evaluation_of(lab, lab.champion(), seed, design=design)
     record = lab.campaign.model_copy(update={
         "status": "finished", "stop_reason": stop_reason, "val": val, "test": test,
         "finished_at": now(),

@@ -89,6 +89,13 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
     return trials
 
 
+def forget_trial(lab: Lab, trial: Trial) -> None:
+    """Make a trial's work undone (its record kept aside, its cache entry gone), so the
+    next run_trials does it again."""
+    lab.archive.supersede(Trial, trial.id)
+    (lab.root / "prefect" / "keys" / f"trial-{trial.id}").unlink(missing_ok=True)
+
+
 def run_matched(
     lab: Lab, proposal: Proposal | None, candidate_id: str, reference_id: str,
     seeds: list[int], split: str = "val",

@@ -39,6 +39,7 @@ def test_aa_test_on_noop(tmp_path, prefect_api):
 
     s = json.loads((tmp_path / "reports" / "noop-aa" / "aa_test.json").read_text())
     assert (s["benchmark"], s["campaign"], s["alpha"]) == ("noop", "noop-aa", 0.01)
+    assert s["min_gain"] == 0.0  # the design is tested where its error rate is largest
     assert s["candidates_evaluated"] == s["proposals"] == N and s["failed_or_refused"] == 0
     assert s["false_accepts"] <= 2  # expected 0.2 at alpha 0.01
     assert s["false_accept_rate"] == s["false_accepts"] / N

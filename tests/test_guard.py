@@ -21,7 +21,7 @@ PY = sys.executable
 GUARD_FILES = (PROJECT / "benchmarks" / "__init__.py", PROJECT / "benchmarks" / "guard.py")
 PROLOGUE = """\
 from benchmarks import guard
-assert guard.install() is not None
+assert guard.install() is True
 print("armed", flush=True)
 """
 
@@ -79,8 +79,8 @@ VIOLATIONS = [
     ("scandir-outside", "import os; list(os.scandir('/etc'))", "os.scandir", "read /etc outside"),
     ("read-project", f"open('{PROJECT / 'autolab' / 'runner.py'}').read()", "open",
      f"read {PROJECT / 'autolab' / 'runner.py'} outside"),
-    ("read-through-symlink", "import os; os.symlink('{secret}', '{out}/link'); "
-     "open('{out}/link').read()", "open", "read {secret} outside"),
+    ("make-a-symlink", "import os; os.symlink('{secret}', '{out}/link'); "
+     "open('{out}/link').read()", "os.symlink", "'{secret}'"),
     ("os-open-outside", "import os; os.open('{secret}', os.O_RDONLY)", "open", "read {secret}"),
     ("write-outside", "open('{outside}/new.txt', 'w').write('x')", "open",
      "write {outside}/new.txt outside"),
@@ -154,7 +154,7 @@ def test_unguarded_step_is_not_stopped(tmp_path: Path, isolation: str, case: str
     assert r.status == "ok" and r.guard == "", r
     assert "rc 0" in r.stdout_tail and "caught" not in r.stdout_tail, r.stdout_tail
     if case == "no-policy":
-        assert "install None" in r.stdout_tail
+        assert "install False" in r.stdout_tail
 
 
 def test_allow_subprocess_lets_a_step_start_processes(tmp_path: Path, isolation: str) -> None:
@@ -193,59 +193,83 @@ class Stopped(Exception):
 
 
 @pytest.fixture
-def policy(tmp_path: Path) -> guard_mod.Guard:
+def policy(tmp_path: Path):
+    """The hook of a policy reading tmp/in and writing tmp/out, stopping by raising."""
     for d in ("in", "out", "inside", "outer"):
         (tmp_path / d).mkdir()
-    g = guard_mod.Guard([str(tmp_path / "in")], [str(tmp_path / "out")], -1, False)
 
     def stop(event: str, detail: str) -> None:
         raise Stopped(event, detail)
 
-    g.stop = stop  # type: ignore[method-assign]
-    g.armed = True
-    return g
+    roots = lambda *ps: tuple(guard_mod._norm(str(p)) for p in ps)  # noqa: E731
+    write = roots(tmp_path / "out")
+    read = roots(tmp_path / "in", "/dev/null") + write
+    return guard_mod.make_hook(read, write, -1, False, on_stop=stop)
 
 
-def test_policy_paths(policy: guard_mod.Guard, tmp_path: Path) -> None:
+def test_policy_paths(policy, tmp_path: Path) -> None:
     inside, out = tmp_path / "in", tmp_path / "out"
-    policy.check("open", (str(inside / "x"), "r", os.O_RDONLY))
-    policy.check("open", (str(out / "x"), "w", os.O_WRONLY | os.O_CREAT))
-    policy.check("open", (str(out / "x"), "r", os.O_RDONLY))  # write roots are readable
-    policy.check("open", (3, "r", os.O_RDONLY))  # an fd: nothing to check
-    policy.check("open", ("/dev/null", "r", os.O_RDONLY))
+    policy("open", (str(inside / "x"), "r", os.O_RDONLY))
+    policy("open", (str(out / "x"), "w", os.O_WRONLY | os.O_CREAT))
+    policy("open", (str(out / "x"), "r", os.O_RDONLY))  # write roots are readable
+    policy("open", (3, "r", os.O_RDONLY))  # an fd: nothing to check
+    policy("open", ("/dev/null", "r", os.O_RDONLY))
     stopped = [
         ("open", (str(inside / "x"), "r+", os.O_RDWR)),  # read root, but writing
         ("open", (str(inside / "x"), None, os.O_WRONLY | os.O_APPEND)),  # os.open
         ("open", (str(inside / ".." / "outer" / "x"), "r", os.O_RDONLY)),  # ../ escapes
+        ("open", ("../../outer/x", "r", os.O_RDONLY)),  # relative and climbing (dir_fd)
         ("open", (str(tmp_path / "inside" / "x"), "r", os.O_RDONLY)),  # prefix, not a child
         ("open", (os.fsencode(tmp_path / "outer"), "rb", os.O_RDONLY)),  # bytes path
         ("os.rename", (str(out / "a"), str(inside / "a"), -1, -1)),
         ("shutil.rmtree", (str(inside),)),
+        ("os.symlink", (str(out / "l"), "/", -1)),  # links could lead anywhere
+        ("os.link", (str(out / "a"), str(out / "b"), -1, -1, True)),
         ("os.kill", (1, 9)),
         ("os.killpg", (os.getpgid(0), 9)),
         ("subprocess.Popen", ("true", ["true"], None, None)),
     ]
     for event, args in stopped:
         with pytest.raises(Stopped):
-            policy.check(event, args)
-    policy.check("os.kill", (os.getpid(), 0))  # itself
-    policy.check("os.kill", (0, 0))
+            policy(event, args)
+    policy("os.kill", (os.getpid(), 0))  # itself
+    policy("os.kill", (0, 0))
 
 
-def test_policy_follows_symlinks(policy: guard_mod.Guard, tmp_path: Path) -> None:
+def test_policy_follows_symlinks(policy, tmp_path: Path) -> None:
     (tmp_path / "outer" / "secret").write_text("s")
     (tmp_path / "in" / "link").symlink_to(tmp_path / "outer" / "secret")
     with pytest.raises(Stopped, match="outer"):
-        policy.check("open", (str(tmp_path / "in" / "link"), "r", os.O_RDONLY))
+        policy("open", (str(tmp_path / "in" / "link"), "r", os.O_RDONLY))
 
 
-def test_unarmed_guard_and_missing_policy_do_nothing(
-    policy: guard_mod.Guard, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    policy.armed = False
-    policy.check("socket.__new__", ())
+def test_missing_policy_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(guard_mod.ENV, raising=False)
-    assert guard_mod.install() is None
+    assert guard_mod.install() is False
+
+
+def test_nothing_reachable_switches_the_guard_off(tmp_path: Path, isolation: str) -> None:
+    """The policy lives in closures: what candidate code can reach (the finder on
+    sys.meta_path, the module) holds no flag or object that turns the hook off."""
+    body = """
+        import sys
+        for f in list(sys.meta_path):
+            for name in dir(f):
+                if not name.startswith("__"):
+                    try:
+                        setattr(f, name, None)
+                    except (AttributeError, TypeError):
+                        pass
+        sys.meta_path.clear()
+        from benchmarks import guard
+        for name in dir(guard):
+            if not name.startswith("__"):
+                setattr(guard, name, None)
+        open("/etc/hostname").read()
+        print("caught-not")
+    """
+    r = run_step(tmp_path, body)
+    assert r.status == "integrity" and "caught-not" not in r.stdout_tail, r
 
 
 def test_guard_line_is_written_even_when_the_channel_is_gone(tmp_path: Path) -> None:

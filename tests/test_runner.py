@@ -499,3 +499,33 @@ def test_setup_follows_the_harness_and_the_data(bench: FakeBench, tmp_path: Path
     assert changed.harness != before.harness and changed.key() != before.key()
     bench.data_version = lambda prepared_dir: "other-data"  # type: ignore[method-assign]
     assert setup_for(bench, tmp_path).key() not in (before.key(), changed.key())
+
+
+def test_steps_import_the_harness_from_a_copy_not_the_project(tmp_path, monkeypatch):
+    """Nothing of the project tree is on a step's import path or in its view: the harness
+    files are copied into the trial, so a file saved in the project cannot be reached."""
+    from autolab import runner as runner_mod
+    from autolab.integrity import PROJECT
+    from benchmarks import get_benchmark
+
+    seen = []
+    real = runner_mod.run_sandboxed
+
+    def spy(argv, view, limits, env_extra=None, **kw):
+        seen.append(view)
+        return real(argv, view, limits, env_extra, **kw)
+
+    monkeypatch.setattr(runner_mod, "run_sandboxed", spy)
+    noop = get_benchmark("noop")
+    prepared = tmp_path / "prepared"
+    setup = runner_mod.trial_setup(noop, prepared, noop.budget, 1, "none")
+    t = runner_mod.run_trial(noop, "c", noop.seed_files(), 1, "val", setup,
+                             work_root=tmp_path / "work", prepared_dir=prepared,
+                             keep_outputs=True)
+    assert t.status == "ok", t.reason
+    (view,) = seen
+    (copy,) = view.pythonpath
+    assert not any(Path(p).resolve().is_relative_to(PROJECT) for p in (*view.read, copy))
+    files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    assert files == sorted(Path(f).resolve().relative_to(PROJECT).as_posix()
+                           for f in noop.sandbox_files())

@@ -43,8 +43,23 @@ FLAGGED = [
      "uses .__subclasses__"),
     ("func-globals", "def f():\n    pass\ng = f.__globals__\n", "uses .__globals__"),
     ("dunder-dict-by-name", "import torch\nf = torch.__dict__['load']\n", "uses .__dict__"),
-    ("attribute-name-as-string", "import torch\nname = 'load'\n", "names 'load'"),
-    ("sys-modules", "import sys\nm = sys.modules['os']\n", "uses .modules"),
+    ("sys-modules", "import sys\nm = sys.modules['os']\n", "imports 'sys'"),
+    ("private-module-of-a-module", "import random\nr = random._os.listdir('/')\n",
+     "private attribute ._os"),
+    ("sys-through-collections", "import collections\nm = collections._sys.meta_path\n",
+     "private attribute ._sys"),
+    ("builtins-through-enum", "import enum\nenum.bltns.exec('1')\n", "uses .bltns"),
+    ("open-as-attribute", "import numpy as np\nf = np.lib.npyio.DataSource(None).open('/x')\n",
+     "uses .open"),
+    ("native-zip-writer", "import torch\nw = torch.serialization._open_zipfile_writer('/x')\n",
+     "private attribute ._open_zipfile_writer"),
+    ("string-annotation", "import typing\ndef f(x: \"exec('1')\"): pass\n",
+     "string annotation"),
+    ("type-hints", "import typing\ndef f(x): pass\ntyping.get_type_hints(f)\n",
+     "uses .get_type_hints"),
+    ("singledispatch", "import functools\n@functools.singledispatch\ndef f(x): pass\n",
+     "uses .singledispatch"),
+    ("pidfd", "import math\nmath.x.pidfd_send_signal(1, 9)\n", "uses .pidfd_send_signal"),
     ("sys-getframe", "import sys\nf = sys._getframe()\n", "uses ._getframe"),
     ("os-environ", "import os\nk = os.environ['HOME']\n", "uses .environ"),
     ("os-system", "import os\nos.system('true')\n", "uses .system"),
@@ -95,6 +110,12 @@ HONEST = [
     "from dataclasses import dataclass\n@dataclass\nclass C:\n    n: int = 1\n",
     "import torch\nopt = torch.optim.AdamW([torch.zeros(1)], lr=1e-3)\n",
     "s = 'a perfectly ordinary string with load and open in it'\n",
+    "mode = 'load'\nkind = 'ops'\n",  # words alone are not code
+    "import torch.nn as nn\nclass M(nn.Module):\n    def count(self):\n"
+    "        return sum(1 for _ in self.modules())\n",
+    "class C:\n    def __init__(self):\n        self._cache = {}\n        super().__init__()\n"
+    "    def get(self):\n        return self._cache\n",
+    "import torch\ndef f(x: torch.Tensor) -> torch.Tensor:\n    return x\n",
 ]
 
 

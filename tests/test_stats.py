@@ -255,3 +255,18 @@ def test_matched_seeds_use_the_paired_test():
     both = compare_seeds(mine, longer, LOWER, design)
     assert both.test == "paired" and both.reference_mean == pytest.approx(np.mean(
         list(ref.values())))
+
+
+def test_min_gain_refuses_a_consistent_but_negligible_gain():
+    """A deterministic tweak gains a little on every seed: the paired test calls it
+    significant; with a minimum gain above it, it is not accepted."""
+    from autolab.stats import Design, compare
+
+    metric = MetricSpec(name="bpb", direction=Direction.MINIMIZE)
+    ref = [3.50, 3.62, 3.44, 3.57, 3.51, 3.60]
+    mine = [r - 0.002 + 1e-5 * i for i, r in enumerate(ref)]
+    assert compare(mine, ref, metric, Design(0.01, 6, 6), paired=True).decision == "accept"
+    strict = Design(0.01, 6, 6, min_gain=0.005)
+    assert compare(mine, ref, metric, strict, paired=True).decision == "reject"
+    bigger = [r - 0.05 + 1e-3 * (i % 2) for i, r in enumerate(ref)]
+    assert compare(bigger, ref, metric, strict, paired=True).decision == "accept"

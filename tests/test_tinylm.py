@@ -157,13 +157,17 @@ def test_audit_and_test_windows_come_from_their_own_text(prepared):
 def test_probe_rows_are_cut_at_secret_positions(prepared, tmp_path):
     ctx = stage_all(make_ctx(tmp_path, prepared))
     windows = prep.eval_windows(prepared, "val")
-    rows = staged(ctx, "probe", INPUTS).reshape(N, L)
+    n = N + prep.N_WHOLE_PROBES
+    rows = staged(ctx, "probe", INPUTS).reshape(n, L)
     order, cuts = ctx.secrets["probe_order"], ctx.secrets["probe_cuts"]
-    assert sorted(order) == list(range(N)) and list(order) != list(range(N))
-    assert all(0 <= c < L - 1 for c in cuts)
+    assert set(order) == set(range(N)) and len(order) == n  # every window, some twice
+    assert list(order[:N]) != list(range(N))
+    assert all(0 <= c <= L - 1 for c in cuts)
+    assert sum(c == L - 1 for c in cuts) >= prep.N_WHOLE_PROBES  # whole windows compared
     for r, (w, cut) in enumerate(zip(order, cuts, strict=True)):
         assert np.array_equal(rows[r, : cut + 1], windows[w, : cut + 1])
-        assert rows[r, cut + 1] != windows[w, cut + 1]
+        if cut < L - 1:
+            assert rows[r, cut + 1] != windows[w, cut + 1]
     # the cuts are not derived from the seed: staging the same trial again moves them
     again = stage_all(make_ctx(tmp_path / "again", prepared))
     assert not np.array_equal(again.secrets["probe_cuts"], cuts)
@@ -199,7 +203,7 @@ def checks(ctx: TrialContext, score: Score) -> dict[str, bool]:
 def test_uniform_logits_score_exactly_eight_bits(prepared, tmp_path):
     ctx = stage_all(make_ctx(tmp_path, prepared))
     write_logits(ctx, "eval", np.zeros((N, L, V), np.float16))
-    write_logits(ctx, "probe", np.zeros((N, L, V), np.float16))
+    write_logits(ctx, "probe", np.zeros((len(ctx.secrets["probe_order"]), L, V), np.float16))
     score = BENCH.score(ctx)
     assert score.metrics["bpb"] == pytest.approx(8.0, abs=1e-12)
     assert score.budget_used == ctx.budget.amount
@@ -352,6 +356,27 @@ def batch_mates(x):
     return out
 
 
+def peeks_within_tolerance(x):
+    """Adds 0.04 to the next input byte's logit: under CAUSAL_TOL at every position, but a
+    consistent gain on the true next byte at the cut, which the signed check sees."""
+    out = one_hot(x)
+    np.put_along_axis(out, np.roll(x, -1, axis=1)[..., None].astype(np.int64), 3.04, axis=-1)
+    return out
+
+
+class LastPositionCache:
+    """At the last position only, uses byte counts of every window seen so far."""
+
+    def __init__(self):
+        self.counts = np.zeros(V)
+
+    def __call__(self, x):
+        out = one_hot(x)
+        self.counts += np.bincount(x.ravel().astype(np.int64), minlength=V)
+        out[:, -1] += np.log1p(self.counts) / 8
+        return out
+
+
 class Stateful:
     """Remembers the previous batch: outputs depend on what was evaluated before."""
 
@@ -367,18 +392,20 @@ class Stateful:
 
 @pytest.mark.parametrize(("model", "passes"), [
     (lambda: causal, True), (lambda: peeks, False), (lambda: batch_mates, False),
-    (Stateful, False),
-], ids=["causal", "peeks-at-next-byte", "depends-on-batch-mates", "keeps-state"])
+    (Stateful, False), (lambda: peeks_within_tolerance, False), (LastPositionCache, False),
+], ids=["causal", "peeks-at-next-byte", "depends-on-batch-mates", "keeps-state",
+        "peeks-within-the-tolerance", "last-position-cache"])
 def test_check_causal(prepared, tmp_path, model, passes):
     ctx = stage_all(make_ctx(tmp_path, prepared))
     x = staged(ctx, "eval", INPUTS).reshape(N, L)
-    probe = staged(ctx, "probe", INPUTS).reshape(N, L)
+    probe = staged(ctx, "probe", INPUTS).reshape(-1, L)
     write_logits(ctx, "eval", predict(model(), x, EVAL_BATCH).astype(np.float16))
     write_logits(ctx, "probe", predict(model(), probe, PROBE_BATCH).astype(np.float16))
     score = BENCH.score(ctx)
     result = sc.check_causal(ctx, score)
     assert result.passed is passes, result.evidence
-    assert result.name == "causal_and_independent" and f"{N} windows probed" in result.evidence
+    rows = N + prep.N_WHOLE_PROBES
+    assert result.name == "causal_and_independent" and f"{rows} rows probed" in result.evidence
 
 
 def test_check_causal_fails_on_missing_or_forged_probe_outputs(prepared, tmp_path):
@@ -552,3 +579,39 @@ def test_non_causal_models_fail_the_audit(prepared, tmp_path, source, looks_good
         "budget_respected": True, "causal_and_independent": False}
     if looks_good:
         assert t.metrics["bpb"] < 1.0  # it looks excellent, and the audit says why not
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink", "oversize", "directory"])
+def test_trusted_reads_refuse_planted_files(tmp_path, plant):
+    """A step's output read by trusted code must be a regular file of bounded size: a FIFO
+    would block the scorer forever, a link would make it read the host's files."""
+    import os
+    import threading
+
+    from benchmarks.protocol import read_output
+
+    path = tmp_path / "train_log.json"
+    secret = tmp_path / "host-secret.json"
+    secret.write_text('{"number": 424242}')
+    if plant == "fifo":
+        os.mkfifo(path)
+    elif plant == "symlink":
+        path.symlink_to(secret)
+    elif plant == "oversize":
+        path.write_bytes(b"x" * 5000)
+    else:
+        path.mkdir()
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(_try(read_output, path, 4096)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "the trusted read blocked"
+    assert isinstance(box[0], TrialFailure) and box[0].kind == "output", box
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except TrialFailure as err:
+        return err

@@ -32,6 +32,7 @@ from benchmarks.protocol import (
     SearchSpace,
     TrialContext,
     TrialFailure,
+    read_output,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -70,13 +71,10 @@ KNOBS = (
 
 
 def _result(ctx: TrialContext) -> dict:
-    path = ctx.outputs("run") / "result.json"
     try:
-        if path.stat().st_size > 4096:
-            raise ValueError(f"{path.stat().st_size} bytes")
-        result = json.loads(path.read_text())
+        result = json.loads(read_output(ctx.outputs("run") / "result.json", 4096))
         float(result["value"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise TrialFailure("output", f"result.json missing or garbled: {err}") from None
     return result
 

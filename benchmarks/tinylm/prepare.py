@@ -83,10 +83,13 @@ def prepare(data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
 
 
 def data_version(prepared_dir: Path) -> str:
-    meta = _load_meta(Path(prepared_dir))
-    if meta is None:
+    """Hash of the split files' bytes, read again (not taken from meta.json), so any edit of
+    the prepared data changes every trial's key."""
+    prepared_dir = Path(prepared_dir)
+    if _load_meta(prepared_dir) is None:
         raise FileNotFoundError(f"tinylm data not prepared under {prepared_dir}")
-    return hashlib.sha256(json.dumps(meta["sha256"], sort_keys=True).encode()).hexdigest()[:16]
+    digests = {s: _sha256(prepared_dir / f"{s}.bin") for s in SPLITS}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def split_bytes(prepared_dir: Path, split: str) -> np.ndarray:
@@ -131,21 +134,32 @@ def unigram_bpb(byte_counts: np.ndarray, targets: np.ndarray) -> float:
     return float(-logp[targets.astype(np.int64)].mean())
 
 
+N_WHOLE_PROBES = 16  # extra rows that repeat a window unchanged (every position compared)
+
+
 def probe_rows(
     windows: np.ndarray, source: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Causality probes: every window once, in a shuffled order, with its input bytes after
-    a random cut replaced by text from a random place of `source`.
+    """Causality probes: every window once with its input bytes after a random cut (any
+    position) replaced by text from a random place of `source`, plus N_WHOLE_PROBES
+    windows repeated unchanged, all in a shuffled order.
 
     Returns (rows, window index of each row, cut): a causal model's predictions for a
-    row's positions 0..cut must equal its predictions for the original window there.
+    row's positions 0..cut must equal its predictions for the original window there (a
+    repeated window has cut = EVAL_LEN - 1: every position).
     """
     n, length = windows.shape[0], EVAL_LEN
-    order = rng.permutation(n)
-    cuts = rng.integers(0, length - 1, size=n)
+    picks = np.concatenate([np.arange(n), rng.choice(n, size=min(N_WHOLE_PROBES, n),
+                                                     replace=False)])
+    cuts = np.concatenate([rng.integers(0, length, size=n),
+                           np.full(min(N_WHOLE_PROBES, n), length - 1)])
+    shuffle = rng.permutation(len(picks))
+    order, cuts = picks[shuffle], cuts[shuffle]
     rows = windows[order, :length].copy()
     for r, cut in enumerate(cuts):
         tail = length - cut - 1
+        if tail == 0:
+            continue
         for _ in range(32):  # the first replaced byte must differ, or position `cut` is untested
             start = int(rng.integers(0, len(source) - tail))
             if source[start] != rows[r, cut + 1]:

@@ -8,40 +8,49 @@ allocated for it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.protocol import CheckResult, Score, TrialContext, TrialFailure
+from benchmarks.protocol import CheckResult, Score, TrialContext, TrialFailure, read_output
 from benchmarks.tinylm.contract import EVAL_LEN, LOGITS, TRAIN_LOG, VOCAB_SIZE
 
 CAUSAL_TOL = 0.05  # max |log-prob difference| on unchanged prefixes (float16 outputs)
+# Mean, over the cut rows, of how much more the eval step believed the true next byte at
+# the cut than the probe (which saw other text after the cut) did. Honest models give 0 up
+# to rounding; a model that peeks gains exactly this much there, so a peek small enough
+# to hide under CAUSAL_TOL is still caught, and what could hide under this is far below
+# any gain the evaluation accepts (evaluation.min_gain).
+PEEK_TOL = 1e-3
 TRAIN_LOG_MAX_BYTES = 65536
 
 
 def load_array(path: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """An .npy file of exactly this shape and dtype, checked from its header and size
-    before it is read, so a forged header cannot make the scorer allocate anything."""
+    """An .npy file of exactly this shape and dtype: read as a regular file no larger than
+    that array needs (read_output), then checked from its header and size, so neither a
+    forged header nor a planted link or FIFO can make the scorer allocate, block or read
+    anything else."""
     fmt = np.lib.format
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    data = read_output(path, nbytes + 4096)
+    f = io.BytesIO(data)
     try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else (
-                fmt.read_array_header_2_0)
-            got_shape, fortran, got_dtype = read_header(f, max_header_size=4096)
-            offset = f.tell()
-    except (OSError, ValueError, EOFError) as err:
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else (
+            fmt.read_array_header_2_0)
+        got_shape, fortran, got_dtype = read_header(f, max_header_size=4096)
+    except (ValueError, EOFError) as err:
         raise TrialFailure("output", f"cannot read {path.name}: {err}") from None
     if tuple(got_shape) != shape or got_dtype != np.dtype(dtype) or fortran:
         raise TrialFailure("output", f"{path.name} is {got_dtype}{tuple(got_shape)}, "
                            f"expected {dtype}{shape}")
-    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if path.stat().st_size != expected:
-        raise TrialFailure("output", f"{path.name} has {path.stat().st_size} bytes, "
-                           f"expected {expected}")
-    return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    if len(data) != f.tell() + nbytes:
+        raise TrialFailure("output", f"{path.name} has {len(data)} bytes, expected "
+                           f"{f.tell() + nbytes}")
+    return np.frombuffer(data, dtype=dtype, offset=f.tell()).reshape(shape).copy()
 
 
 def logits_of(ctx: TrialContext, step: str, rows: int) -> np.ndarray:
@@ -66,12 +75,9 @@ def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
 
 def read_train_log(ctx: TrialContext) -> dict:
     """The harness's own account of training: evidence, never trusted for the budget."""
-    path = ctx.outputs("train") / TRAIN_LOG
     try:
-        if path.stat().st_size > TRAIN_LOG_MAX_BYTES:
-            return {}
-        log = json.loads(path.read_text())
-    except (OSError, ValueError):
+        log = json.loads(read_output(ctx.outputs("train") / TRAIN_LOG, TRAIN_LOG_MAX_BYTES))
+    except (TrialFailure, ValueError):
         return {}
     if not isinstance(log, dict):
         return {}
@@ -119,17 +125,22 @@ def check_causal(ctx: TrialContext, score: Score) -> CheckResult:
         probe = logits_of(ctx, "probe", len(order))
     except TrialFailure as err:
         return CheckResult(name=name, passed=False, evidence=err.reason)
-    worst, where = 0.0, (-1, -1)
+    worst, where, peeks = 0.0, (-1, -1), []
     for r, (w, cut) in enumerate(zip(order, cuts, strict=True)):
         a = log_softmax(full[w, : cut + 1])
         b = log_softmax(probe[r, : cut + 1])
         diff = np.abs(a - b).max(axis=-1)
         if diff.max() > worst:
             worst, where = float(diff.max()), (int(w), int(diff.argmax()))
+        if cut < targets.shape[1] - 1:
+            t = int(targets[w, cut])
+            peeks.append(a[cut, t] - b[cut, t])
+    peek = float(np.mean(peeks)) if peeks else 0.0
     return CheckResult(
         name=name,
-        passed=worst <= CAUSAL_TOL,
-        evidence=f"{len(order)} windows probed at random cuts; max log-prob change on "
-        f"unchanged prefixes {worst:.4g} (window {where[0]}, position {where[1]}; "
-        f"tolerance {CAUSAL_TOL})",
+        passed=worst <= CAUSAL_TOL and peek <= PEEK_TOL,
+        evidence=f"{len(order)} rows probed ({len(peeks)} cut at random positions); max "
+        f"log-prob change on unchanged prefixes {worst:.4g} (window {where[0]}, position "
+        f"{where[1]}; tolerance {CAUSAL_TOL}); mean gain on the true next byte at the cut "
+        f"{peek:.3g} nats (tolerance {PEEK_TOL})",
     )
