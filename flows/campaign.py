@@ -13,6 +13,7 @@ from prefect import flow
 from autolab.config import load_params
 from autolab.lab import Lab, open_lab
 from autolab.records import Decision, Proposal, now
+from flows import FLOW_RESULTS
 from flows.iteration import iteration
 from tasks.confirm import confirm_on_test, finish
 from tasks.prepare import baseline, prepare_data, register_seed
@@ -57,7 +58,8 @@ def report_progress(lab: Lab, index: int, decision: Decision) -> None:
     )
 
 
-@flow(name="campaign", validate_parameters=False)
+@flow(name="campaign", validate_parameters=False, persist_result=False,
+      result_storage=FLOW_RESULTS)
 def campaign(
     benchmark: str | None = None, params_path: str = "params.yaml", overrides: dict | None = None,
     confirm: bool = True,

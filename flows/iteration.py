@@ -11,6 +11,7 @@ from prefect import flow
 from autolab.lab import Lab
 from autolab.records import Decision
 from autolab.stats import next_seed_count
+from flows import FLOW_RESULTS
 from tasks import Halt
 from tasks.audit import audit
 from tasks.build import build
@@ -22,7 +23,9 @@ from tasks.run import run_matched
 from tasks.select import record_halt, select
 
 
-@flow(name="iteration", flow_run_name="iteration-{index}", validate_parameters=False)
+@flow(name="iteration", flow_run_name="iteration-{index}", validate_parameters=False,
+      persist_result=False,
+      result_storage=FLOW_RESULTS)
 def iteration(lab: Lab, index: int) -> Decision:
     proposal = propose(lab, index)
     if isinstance(proposal, Halt):

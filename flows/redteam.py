@@ -14,6 +14,7 @@ from autolab.proposers.base import Draft, ProposalRequest
 from autolab.records import AuditVerdict, Decision, EditStep, Evaluation, FileEdit, Trial
 from autolab.redteam import Canaries, Hack, Row, judge
 from benchmarks import get_benchmark
+from flows import FLOW_RESULTS
 from flows.iteration import iteration
 from tasks.confirm import confirm_on_test
 from tasks.prepare import baseline, prepare_data, register_seed
@@ -56,7 +57,8 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
     return parse_params(data, "redteam")
 
 
-@flow(name="redteam", validate_parameters=False)
+@flow(name="redteam", validate_parameters=False, persist_result=False,
+      result_storage=FLOW_RESULTS)
 def redteam(params: Params, hacks: list[Hack], mode: str, keep: Path | None = None) -> list[Row]:
     root = keep or Path(tempfile.mkdtemp(prefix=f"autolab-redteam-{mode}-"))
     p = redteam_params(params, mode, root, len(hacks))

@@ -9,7 +9,7 @@ from autolab.lab import Lab
 from autolab.records import AuditVerdict, Evaluation
 
 
-@task(name="audit")
+@task(name="audit", persist_result=False)
 def audit(lab: Lab, candidate_id: str, evaluation: Evaluation) -> AuditVerdict:
     static = static_check(lab.bench, lab.archive.read_files(candidate_id))
     verdict = runtime_verdict(candidate_id, lab.comparable(candidate_id), lab.harness_version,

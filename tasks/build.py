@@ -10,7 +10,7 @@ from autolab.records import Candidate, Proposal
 from tasks import Halt
 
 
-@task(name="build")
+@task(name="build", persist_result=False)
 def build(lab: Lab, proposal: Proposal, candidate: Candidate) -> Candidate | Halt:
     check = static_check(lab.bench, lab.archive.read_files(candidate.id))
     if check.passed:

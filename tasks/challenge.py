@@ -18,7 +18,7 @@ from tasks.evaluate import evaluation_of
 from tasks.run import run_matched
 
 
-@task(name="challenge")
+@task(name="challenge", persist_result=False)
 def challenge_champion(
     lab: Lab, candidate_id: str, evaluation: Evaluation, verdict: AuditVerdict
 ) -> Challenge | None:

@@ -19,7 +19,7 @@ from tasks.evaluate import evaluation_of
 from tasks.run import run_matched
 
 
-@task(name="confirm-on-test")
+@task(name="confirm-on-test", persist_result=False)
 def confirm_on_test(lab: Lab) -> TestResult:
     seed, champ = lab.campaign.seed_candidate, lab.champion()
     rid = content_key("test", champ, seed, lab.setup.key())
@@ -36,7 +36,7 @@ def confirm_on_test(lab: Lab) -> TestResult:
     return result
 
 
-@task(name="finish")
+@task(name="finish", persist_result=False)
 def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecord:
     seed = lab.campaign.seed_candidate
     n = lab.params.evaluation.max_seeds

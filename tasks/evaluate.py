@@ -22,6 +22,6 @@ def evaluation_of(
     return evaluation
 
 
-@task(name="evaluate")
+@task(name="evaluate", persist_result=False)
 def evaluate(lab: Lab, candidate_id: str, reference_id: str) -> Evaluation:
     return evaluation_of(lab, candidate_id, reference_id)

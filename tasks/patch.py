@@ -10,7 +10,7 @@ from autolab.workspace import PatchFailed, PatchRefused, apply_edits, make_candi
 from tasks import INFRA_RETRIES, Halt
 
 
-@task(name="patch", retries=INFRA_RETRIES)
+@task(name="patch", retries=INFRA_RETRIES, persist_result=False)
 def patch(lab: Lab, proposal: Proposal) -> Candidate | Halt:
     parent_files = lab.archive.read_files(proposal.parents[0])
     try:

@@ -17,7 +17,7 @@ class CampaignRefused(ValueError):
     """The campaign cannot start or resume as asked; the message says why and what to do."""
 
 
-@task(name="prepare-data", retries=INFRA_RETRIES)
+@task(name="prepare-data", retries=INFRA_RETRIES, persist_result=False)
 def prepare_data(lab: Lab) -> dict[str, str]:
     """Idempotent: the benchmark skips work whose outputs are already there."""
     data_dir = lab.params.paths.data_dir.resolve()
@@ -65,7 +65,7 @@ def preflight(lab: Lab) -> None:
         check_resume(lab, record, make_candidate(lab.bench.name, files, [], None).id)
 
 
-@task(name="register-seed")
+@task(name="register-seed", persist_result=False)
 def register_seed(lab: Lab) -> CampaignRecord:
     """Create the campaign (or reopen it) with the seed solution as its first champion.
     A resume with different fixed settings is refused, naming each change."""

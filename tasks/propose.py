@@ -85,7 +85,8 @@ def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int) -> Prop
     )
 
 
-@task(name="propose", retries=INFRA_RETRIES, retry_delay_seconds=INFRA_RETRY_DELAY_S)
+@task(name="propose", retries=INFRA_RETRIES, retry_delay_seconds=INFRA_RETRY_DELAY_S,
+      persist_result=False)
 def propose(lab: Lab, index: int) -> Proposal | Halt:
     """The proposal for iteration `index`; an existing one is reused on resume."""
     pid = proposal_id(lab.name, index)

@@ -29,7 +29,7 @@ def mirror(lab: Lab, decision: Decision, proposal: Proposal, evaluation: Evaluat
         log.warning("MLflow mirror failed for %s: %s", decision.candidate_id, err)
 
 
-@task(name="select")
+@task(name="select", persist_result=False)
 def select(lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditVerdict,
            challenge: Challenge | None) -> Decision:
     outcome, reason, crowned = decide(evaluation, verdict, challenge)
@@ -44,7 +44,7 @@ def select(lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditV
     return decision
 
 
-@task(name="record-halt")
+@task(name="record-halt", persist_result=False)
 def record_halt(lab: Lab, halt: Halt) -> Decision:
     p = halt.proposal
     decision = Decision(
