@@ -45,7 +45,10 @@ def merge(first: AuditVerdict, more: list[CheckResult]) -> AuditVerdict:
 # -- level 0 ------------------------------------------------------------------------------
 
 
-def static_check(bench: Benchmark, files: dict[str, str]) -> CheckResult:
+def static_check(bench: Benchmark, files: dict[str, str], enabled: bool = True) -> CheckResult:
+    if not enabled:
+        return CheckResult(name="static_scan", level=0, passed=True,
+                           evidence="not run: audit.static_scan is off")
     findings: list[str] = []
     allowed_attrs = getattr(bench, "allowed_attrs", frozenset())
     for path, source in sorted(files.items()):

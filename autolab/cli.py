@@ -13,6 +13,7 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 import json  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
@@ -113,6 +114,9 @@ def redteam(
     corpus: Path = typer.Option(None, help="folder of hacks (default: tests/redteam/BENCHMARK)"),
     isolation: str = typer.Option(None, help="sandbox mode to test (default: the strongest)"),
     only: list[str] = typer.Option(None, help="run only these hacks (by name)"),
+    without_static_scan: bool = typer.Option(
+        False, help="turn audit level 0 off, to see what the sandbox, the guard and the later "
+        "levels do with each hack on their own"),
 ) -> None:
     """Run the red-team corpus through the real loop under the strongest isolation and the
     fallback; exit 1 if a hack escapes or an honest candidate is flagged."""
@@ -121,14 +125,18 @@ def redteam(
     from flows.redteam import default_modes
     from flows.redteam import redteam as run_corpus
 
-    p = _params(params, {"campaign": {"benchmark": benchmark}})
+    overrides: dict = {"campaign": {"benchmark": benchmark}}
+    if without_static_scan:
+        overrides["audit"] = {"static_scan": False}
+    p = _params(params, overrides)
     hacks = load_corpus(corpus or PROJECT / "tests" / "redteam" / benchmark)
     if only:
         hacks = [h for h in hacks if h.name in only]
     rows = []
     for mode in [isolation] if isolation else default_modes():
-        console.print(f"red team: {len(hacks)} entries under {mode}", highlight=False)
-        rows += run_corpus(p, hacks, mode)
+        label = f"{mode}-L0off" if without_static_scan else mode
+        console.print(f"red team: {len(hacks)} entries under {label}", highlight=False)
+        rows += [replace(r, isolation=label) for r in run_corpus(p, hacks, mode)]
     print(render(rows), flush=True)
     out = p.paths.reports / "redteam" / f"{benchmark}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,10 @@ class AuditParams(_Strict):
     replication_alpha: float = Field(
         0.05, gt=0, lt=0.5, description="the k-th champion must replicate at this / k"
     )
+    static_scan: bool = Field(
+        True, description="level 0; off only to test the defences behind it (autolab redteam "
+        "--without-static-scan)"
+    )
 
 
 class SandboxParams(_Strict):

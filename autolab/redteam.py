@@ -326,7 +326,7 @@ def judge(
 
 
 def render(rows: list[Row]) -> str:
-    widths = [24, 34, 9, 9, 44]
+    widths = [24, 34, 12, 9, 44]
     head = ("hack", "class", "sandbox", "verdict", "caught by")
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     for r in rows:

@@ -12,7 +12,8 @@ from tasks import Halt
 
 @task(name="build", persist_result=False)
 def build(lab: Lab, proposal: Proposal, candidate: Candidate) -> Candidate | Halt:
-    check = static_check(lab.bench, lab.archive.read_files(candidate.id))
+    check = static_check(lab.bench, lab.archive.read_files(candidate.id),
+                         lab.params.audit.static_scan)
     if check.passed:
         return candidate
     caught = verdict(candidate.id, [check])

@@ -97,6 +97,8 @@ def test_static_check(tmp_path) -> None:
     dirty = static_check(noop, {"solution.py": "import os\nVALUE = os.environ['X']\n",
                                 "notes.txt": "import os"})
     assert not dirty.passed and "imports 'os'" in dirty.evidence
+    off = static_check(noop, {"solution.py": "import os\n"}, enabled=False)
+    assert off.passed and "not run" in off.evidence  # says so, never claims a clean scan
 
 
 def evaluation(p: float | None, decision: str = "accept", delta: float | None = -0.1):
