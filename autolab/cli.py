@@ -114,6 +114,7 @@ def redteam(
     corpus: Path = typer.Option(None, help="folder of hacks (default: tests/redteam/BENCHMARK)"),
     isolation: str = typer.Option(None, help="sandbox mode to test (default: the strongest)"),
     only: list[str] = typer.Option(None, help="run only these hacks (by name)"),
+    keep: Path = typer.Option(None, help="keep each mode's campaign under this folder"),
     without_static_scan: bool = typer.Option(
         False, help="turn audit level 0 off, to see what the sandbox, the guard and the later "
         "levels do with each hack on their own"),
@@ -136,7 +137,13 @@ def redteam(
     for mode in [isolation] if isolation else default_modes():
         label = f"{mode}-L0off" if without_static_scan else mode
         console.print(f"red team: {len(hacks)} entries under {label}", highlight=False)
-        rows += [replace(r, isolation=label) for r in run_corpus(p, hacks, mode)]
+        folder = keep / label if keep else None
+        if folder is not None:
+            if folder.exists() and any(folder.iterdir()):
+                console.print(f"[red]refused[/red]: {folder} is not empty", highlight=False)
+                raise typer.Exit(2)
+            folder.mkdir(parents=True, exist_ok=True)
+        rows += [replace(r, isolation=label) for r in run_corpus(p, hacks, mode, folder)]
     print(render(rows), flush=True)
     out = p.paths.reports / "redteam" / f"{benchmark}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

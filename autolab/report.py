@@ -277,12 +277,16 @@ def _cell(text: str, limit: int = 160) -> str:
 def _headline(view: View, champion: str) -> dict[str, Any]:
     """Champion vs seed on val: the archived comparison if any, else the loop's own test."""
     seed = view.campaign.seed_candidate
-    out = {"gain": None if champion == seed else view.gain(view.mean(champion), view.mean(seed))}
+    out = {"gain": None if champion == seed else view.gain(view.mean(champion), view.mean(seed)),
+           "ref": view.mean(seed)}
     pair = (champion, seed)
     found = [e for e in view.evaluations.values() if (e.candidate_id, e.reference_id) == pair]
-    if found:
+    if found:  # the gain the test was about: the evaluation's own seeds
         e = found[-1]
-        return out | {"p": e.p_value, "g": e.effect_size, "source": f"{e.test} test on val seeds"}
+        return out | {"gain": view.gain(e.mean, e.reference_mean), "ref": e.reference_mean,
+                      "p": e.p_value, "g": e.effect_size,
+                      "source": f"{e.test} test: {_fmt(e.mean)} vs {_fmt(e.reference_mean)} "
+                                f"on {len(e.values)} val seeds"}
     a, b = view.values(champion), view.values(seed)
     sign = -1.0 if view.metric.direction is Direction.MINIMIZE else 1.0
     g = hedges_g(np.asarray(a) * sign, np.asarray(b) * sign)

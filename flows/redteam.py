@@ -3,6 +3,7 @@ isolation mode asked for, with canaries on the host; then the held-out confirmat
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -60,7 +61,16 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
 @flow(name="redteam", validate_parameters=False, persist_result=False,
       result_storage=FLOW_RESULTS)
 def redteam(params: Params, hacks: list[Hack], mode: str, keep: Path | None = None) -> list[Row]:
+    """The corpus's campaign lives in a temporary folder, removed at the end unless `keep`."""
     root = keep or Path(tempfile.mkdtemp(prefix=f"autolab-redteam-{mode}-"))
+    try:
+        return run_corpus(params, hacks, mode, root)
+    finally:
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list[Row]:
     p = redteam_params(params, mode, root, len(hacks))
     lab = open_lab(p)
     bench = get_benchmark(p.campaign.benchmark)

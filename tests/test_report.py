@@ -392,3 +392,18 @@ def test_an_isolated_campaign_has_no_warning(built):
     assert "looked at 1 time(s)" in text
     s = campaign_status(built[0], PARAMS, METRIC)
     assert (s["isolation"], s["unisolated"], s["test_looks"]) == ("bwrap", False, 1)
+
+
+def test_headline_gain_is_the_one_its_p_value_is_about(tmp_path):
+    """With a recorded champion-vs-seed evaluation, the gain, its percentage and the p-value
+    all come from that evaluation's matched seeds, not from the seed's other seeds."""
+    archive, ids = build_archive(tmp_path / "archive")
+    archive.put(Evaluation(
+        id="ev-c4-vs-seed", candidate_id=ids["c4"], reference_id=ids["seed"], metric="bpb",
+        values=[1.80, 1.79], reference_values=[2.06, 2.04], mean=1.795, reference_mean=2.05,
+        delta=-0.255, effect_size=9.9, p_value=0.0042, alpha=0.01, decision="accept",
+        created_at=T0, test="paired",
+    ))  # fmt: skip
+    text = build_report(archive, PARAMS, METRIC, tmp_path / "out").read_text()
+    assert "**0.255 bits/byte** (+12.44%), p = 0.0042" in text
+    assert "paired test: 1.795 vs 2.05 on 2 val seeds" in text
