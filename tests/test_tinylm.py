@@ -506,6 +506,25 @@ def test_neutral_variants_differ_and_keep_the_file_valid():
         BENCH.neutral_variant({"train.py": "x = 1\n"}, 0)
 
 
+def test_neutral_variants_draw_their_own_random_numbers():
+    """Each variant's model starts from its own random stream: no two indices (and no
+    variant and its parent) draw the same initial weights for the same trial seed."""
+    import torch
+
+    def first_draws(index: int | None, seed: int) -> tuple[float, ...]:
+        torch.manual_seed(seed)
+        if index is not None:
+            src = BENCH.neutral_variant({"train.py": SEED}, index)["train.py"].splitlines()
+            added = [line for line in src if line not in SEED.splitlines()]
+            exec("\n".join(line.strip() for line in added), {"torch": torch})
+        return tuple(torch.rand(3).tolist())
+
+    for seed in (1000, 1001):
+        draws = [first_draws(None, seed)] + [first_draws(i, seed) for i in range(8)]
+        assert len(set(draws)) == len(draws)
+    assert first_draws(3, 1000) == first_draws(3, 1000)  # deterministic given the seed
+
+
 # -- sandboxed trials ---------------------------------------------------------------------
 
 

@@ -120,11 +120,13 @@ class TinyLM:
         return search_space()
 
     def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
-        """Draw `index`-dependent random numbers before the model is built: a different
-        initialisation, the same expected result, the same data order."""
+        """Reseed torch's generator from the trial's seed and `index` before the model is
+        built: its own initialisation and dropout, the same expected result, the same data
+        order (the harness's stream is sequential)."""
         src = files["train.py"]
         anchor = "def train(ctx) -> nn.Module:\n"
         if anchor not in src:
             raise ValueError("train.py has no `def train(ctx) -> nn.Module:` line")
-        line = f"    torch.randn({index + 1})  # A/A variant {index}: shifts the RNG stream\n"
+        line = (f"    torch.manual_seed((torch.initial_seed() + {index + 1} * 1_000_003) % 2**63)"
+                f"  # A/A variant {index}: its own random stream\n")
         return {**files, "train.py": src.replace(anchor, anchor + line, 1)}
