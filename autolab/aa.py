@@ -32,10 +32,14 @@ def aa_summary(params: Params) -> dict[str, Any]:
     ev = params.evaluation
     design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen,
                     ev.min_gain)
-    decisions = archive.all(Decision)
-    evaluations = [archive.get(Evaluation, d.evaluation_id) for d in decisions if d.evaluation_id]
-    evaluations = [e for e in evaluations if e is not None]
-    accepted = sum(e.decision == "accept" for e in evaluations)
+    every = archive.all(Decision)
+    decisions = [d for d in every if d.evaluation_id]
+    pairs = [(d, archive.get(Evaluation, d.evaluation_id)) for d in decisions]
+    pairs = [(d, e) for d, e in pairs if e is not None]
+    evaluations = [e for _, e in pairs]
+    # a false accept is the evaluation's own verdict; the audit (level 2) may still stop it
+    accepted = sum(e.decision == "accept" or d.outcome == "accepted" for d, e in pairs)
+    kept = sum(d.outcome == "accepted" for d, _ in pairs)
     n = len(evaluations)
     lo, hi = wilson(accepted, n)
     sd = paired_sd(evaluations)
@@ -47,9 +51,10 @@ def aa_summary(params: Params) -> dict[str, Any]:
         "screen": ev.screen,
         "min_gain": ev.min_gain,
         "candidates_evaluated": n,
-        "proposals": len(decisions),
-        "failed_or_refused": len(decisions) - n,
+        "proposals": len(every),
+        "failed_or_refused": len(every) - n,
         "false_accepts": accepted,
+        "accepted_after_audit": kept,
         "false_accept_rate": accepted / n if n else None,
         "ci95": [lo, hi],
         "within_alpha": lo <= ev.alpha if n else None,
@@ -70,7 +75,8 @@ def render_aa(s: dict[str, Any]) -> str:
         + (f", min_gain {s['min_gain']}" if s["min_gain"] else ""),
         f"false accepts  {s['false_accepts']} -> rate {rate}, 95% CI "
         f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}] (alpha {s['alpha']}; "
-        f"{'consistent with' if s['within_alpha'] else 'ABOVE'} alpha)",
+        f"{'consistent with' if s['within_alpha'] else 'ABOVE'} alpha); "
+        f"{s['accepted_after_audit']} still accepted after the audit",
         f"seeds          {s['mean_seeds'] or 0:.2f} per candidate on average "
         f"(a fixed design uses {s['fixed_design_seeds']})",
         f"noise          sd of paired differences {s['paired_sd'] or float('nan'):.4g}; "

@@ -128,7 +128,7 @@ def redteam(
 
     overrides: dict = {"campaign": {"benchmark": benchmark}}
     if without_static_scan:
-        overrides["audit"] = {"static_scan": False}
+        overrides |= {"audit": {"static_scan": False}, "proposer": {"kind": "offline"}}
     p = _params(params, overrides)
     hacks = load_corpus(corpus or PROJECT / "tests" / "redteam" / benchmark)
     if only:

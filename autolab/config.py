@@ -127,6 +127,15 @@ class Params(_Strict):
     paths: PathParams = PathParams()
     tracking: TrackingParams = TrackingParams()
 
+    @model_validator(mode="after")
+    def _static_scan_off_only_for_known_code(self) -> Params:
+        if not self.audit.static_scan and self.proposer.kind not in ("offline", "aa"):
+            raise ValueError(
+                "audit.static_scan: false is for testing the defences behind it; it needs "
+                f"proposer.kind offline or aa (got {self.proposer.kind!r}), whose code is known"
+            )
+        return self
+
     def key(self) -> str:
         return content_key(self.model_dump(mode="json"))
 

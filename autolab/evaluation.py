@@ -6,6 +6,8 @@ its answer into an Evaluation record.
 
 from __future__ import annotations
 
+import dataclasses
+
 from autolab.records import Evaluation, Split, Trial, content_key
 from autolab.stats import Design, compare_seeds
 from benchmarks.protocol import MetricSpec
@@ -44,7 +46,10 @@ def evaluate(
                      effect_size=c.effect_size, p_value=c.p_value, test=c.test, level=c.level)
     ids = sorted(t.id for t in trials + reference)
     return Evaluation(
-        id=content_key("evaluation", candidate_id, reference_id, split, ids),
+        # the design is part of the key: the same trials judged by another plan (a single
+        # look at the end, a confirmation) are another evaluation, never an overwrite
+        id=content_key("evaluation", candidate_id, reference_id, split, ids,
+                       dataclasses.asdict(design)),
         candidate_id=candidate_id,
         reference_id=reference_id,
         metric=metric.name,

@@ -280,7 +280,8 @@ def _headline(view: View, champion: str) -> dict[str, Any]:
     out = {"gain": None if champion == seed else view.gain(view.mean(champion), view.mean(seed)),
            "ref": view.mean(seed)}
     pair = (champion, seed)
-    found = [e for e in view.evaluations.values() if (e.candidate_id, e.reference_id) == pair]
+    found = [e for e in view.evaluations.values()
+             if (e.candidate_id, e.reference_id) == pair and e.split == "val"]
     if found:  # the gain the test was about: the evaluation's own seeds
         e = found[-1]
         return out | {"gain": view.gain(e.mean, e.reference_mean), "ref": e.reference_mean,

@@ -13,6 +13,7 @@ the runtime guard stop what it misses. Honest code it refuses: `getattr(nn, NAME
 from __future__ import annotations
 
 import ast
+import string
 from collections.abc import Iterable
 
 # Names that reach around the language: dynamic code, introspection, I/O, the process.
@@ -112,6 +113,9 @@ def static_findings(
             for alias in node.names:
                 if alias.name in forbidden_attrs or alias.name == "*":
                     found.append(f"{path}:{line}: imports {alias.name!r} from {node.module}")
+                elif alias.name.startswith("_"):
+                    found.append(f"{path}:{line}: imports private name {alias.name!r} "
+                                 f"from {node.module}")
         if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             found.append(f"{path}:{line}: uses {node.id}")
         if isinstance(node, ast.Attribute) and node.attr in forbidden_attrs:
@@ -123,6 +127,26 @@ def static_findings(
             n.startswith("__") for n in node.names
         ):
             found.append(f"{path}:{line}: rebinds {', '.join(node.names)}")
+    for lit in _attribute_formats(tree):
+        found.append(f"{path}:{lit.lineno}: format string reaching into attributes or items")
     for ann in _string_annotations(tree):
         found.append(f"{path}:{ann.lineno}: string annotation (typing can evaluate it)")
     return found
+
+
+def _format_fields(text: str) -> list[str]:
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(text) if f]
+    except ValueError:
+        return []
+
+
+def _attribute_formats(tree: ast.AST) -> list[ast.Constant]:
+    """String constants whose str.format fields read attributes or items ('{0.__globals__}',
+    '{x[os]}'): `.format` is an attribute lookup by a name the scan cannot see."""
+    return [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and "{" in node.value
+        and any("." in f or "[" in f for f in _format_fields(node.value))
+    ]

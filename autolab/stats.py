@@ -209,7 +209,7 @@ def simulate(
     shared = rng.standard_normal((draws, n_max)) * sd_shared
     cand = shared + rng.standard_normal((draws, n_max)) * sd_trial - effect
     ref = shared + rng.standard_normal((draws, n_max)) * sd_trial
-    diffs = cand - ref  # negative is better
+    diffs = cand - ref + design.min_gain  # negative is better; H0: gain <= min_gain
     accepted = np.zeros(draws, bool)
     open_ = np.ones(draws, bool)
     used = np.zeros(draws)
@@ -248,8 +248,9 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 def smallest_detectable_gain(sd_diff: float, design: Design, power: float = 0.8) -> float:
     """The gain the design detects with `power` at its last look (normal approximation of
-    the paired t-test with the last look's level): the resolution of the benchmark."""
+    the paired t-test with the last look's level), above the design's min_gain: the
+    resolution of the benchmark."""
     n = design.max_seeds
     level = design.nominal_alpha(n)
-    return float((stats.t.ppf(1 - level, n - 1) + stats.t.ppf(power, n - 1))
-                 * sd_diff / math.sqrt(n))
+    return design.min_gain + float((stats.t.ppf(1 - level, n - 1) + stats.t.ppf(power, n - 1))
+                                   * sd_diff / math.sqrt(n))

@@ -30,8 +30,11 @@ from importlib.machinery import PathFinder
 GUARD_EXIT = 113
 ENV = "AUTOLAB_GUARD"
 
+# /proc/self itself is not listed: /proc/self/root, cwd and fd lead anywhere on the host.
 _ALWAYS_READABLE = (
-    "/dev/null", "/dev/urandom", "/dev/random", "/proc/self", "/sys/devices/system/cpu",
+    "/dev/null", "/dev/urandom", "/dev/random", "/sys/devices/system/cpu",
+    "/proc/self/status", "/proc/self/stat", "/proc/self/statm", "/proc/self/maps",
+    "/proc/self/cmdline", "/proc/self/cgroup", "/proc/self/limits", "/proc/self/mountinfo",
     "/proc/cpuinfo", "/proc/meminfo", "/etc/localtime", "/usr/share/zoneinfo",
 )
 _WRITE_MODES = ("w", "a", "x", "+")
@@ -41,8 +44,9 @@ _DENIED_ALWAYS = frozenset({
     "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata",
     "os.kill", "os.killpg", "signal.pthread_kill", "sys.addaudithook",
     "sys.setprofile", "sys.settrace", "sys.remote_exec",
-    "os.symlink", "os.link", "os.mkfifo", "os.mknod",
-})  # fmt: skip
+    "os.symlink", "os.link",
+})  # fmt: skip  (os.mkfifo and os.mknod raise no audit event: trusted readers refuse
+#                  anything but a regular file instead, see benchmarks.protocol.read_output)
 _PROCESS_EVENTS = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
     "os.forkpty", "pty.spawn",
@@ -93,7 +97,8 @@ def make_hook(
     `on_stop` replaces ending the process (for testing the policy in-process)."""
     norm, under, escapes, dumps, write_fd, exit_now = _norm, _under, _escapes, json.dumps, \
         os.write, os._exit
-    getpid, write_flags, write_modes = os.getpid, _WRITE_FLAGS, _WRITE_MODES
+    getpid, write_flags, write_modes, isdir = os.getpid, _WRITE_FLAGS, _WRITE_MODES, \
+        os.path.isdir
     read_events, write_events = dict(_PATH_READ_EVENTS), dict(_PATH_WRITE_EVENTS)
     denied, process_events = _DENIED_ALWAYS, _PROCESS_EVENTS
 
@@ -127,6 +132,11 @@ def make_hook(
             else:
                 writing = isinstance(mode, str) and any(m in mode for m in write_modes)
             path(event, raw, writing)
+            if mode is None and (resolved := norm(raw)) is not None and isdir(resolved) \
+                    and not under(resolved, write):
+                # a directory descriptor: names opened relative to it (dir_fd=) are not in
+                # the audit event, so outside the workspace it would be a way around
+                stop(event, f"directory descriptor for {resolved} outside the workspace")
         elif event in read_events:
             path(event, args[0] if args else ".", False)
         elif event in write_events:

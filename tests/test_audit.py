@@ -137,3 +137,20 @@ def test_verdict_levels() -> None:
     earlier = [static.model_copy(update={"passed": False})]
     rv = runtime_verdict("cand", [make_trial(1)], HARNESS, BUDGET, "bwrap", earlier)
     assert not rv.passed and rv.caught_at == 0 and rv.checks[0].name == "static_scan"
+
+
+def test_the_same_trials_judged_by_another_design_are_another_evaluation() -> None:
+    """The campaign's end re-judges the champion's trials with a single look; that record
+    must not replace the one whose decision accepted it."""
+    from autolab.evaluation import evaluate as compare
+    from autolab.stats import Design
+    from benchmarks.protocol import Direction, MetricSpec
+
+    metric = MetricSpec(name="value", direction=Direction.MINIMIZE)
+    mine = [make_trial(s, id=f"c{s}", metrics={"value": 0.5 - 0.001 * s}) for s in (1, 2, 3, 4)]
+    ref = [make_trial(s, id=f"r{s}", candidate_id="ref", metrics={"value": 1.0 + 0.01 * s})
+           for s in (1, 2, 3, 4)]
+    sequential = compare("cand", mine, "ref", ref, metric, Design(0.01, 4, 6, step=2))
+    single = compare("cand", mine, "ref", ref, metric, Design(0.01, 6, 6))
+    assert sequential.decision == "accept" and single.decision != "accept"
+    assert sequential.id != single.id

@@ -115,3 +115,11 @@ def test_shipped_params_have_the_new_sections():
     params = load_params(ROOT / "params.yaml")
     assert params.sandbox.isolation in ("auto", "bwrap", "unshare", "none")
     assert params.audit.replication_seeds >= 2
+
+
+def test_static_scan_off_only_with_a_proposer_whose_code_is_known():
+    with pytest.raises(ParamsError) as err:
+        parse_params({"audit": {"static_scan": False}})  # proposer.kind auto: maybe an LLM
+    assert "audit.static_scan" in str(err.value) and "proposer.kind" in str(err.value)
+    p = parse_params({"audit": {"static_scan": False}, "proposer": {"kind": "offline"}})
+    assert p.fixed()["audit.static_scan"] is False  # recorded with the campaign for life

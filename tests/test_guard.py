@@ -82,6 +82,11 @@ VIOLATIONS = [
     ("make-a-symlink", "import os; os.symlink('{secret}', '{out}/link'); "
      "open('{out}/link').read()", "os.symlink", "'{secret}'"),
     ("os-open-outside", "import os; os.open('{secret}', os.O_RDONLY)", "open", "read {secret}"),
+    ("proc-self-root", "open('/proc/self/root{secret}').read()", "open", "read {secret}"),
+    ("dir-fd-proc-self", "import os; d = os.open('/proc/self', os.O_RDONLY); "
+     "os.open('root{secret}', os.O_RDONLY, dir_fd=d)", "open", "read /proc/"),
+    ("dir-fd-on-input", "import os; d = os.open('{tmp}/in', os.O_RDONLY); "
+     "os.open('data.txt', os.O_RDONLY, dir_fd=d)", "open", "directory descriptor for {tmp}/in"),
     ("write-outside", "open('{outside}/new.txt', 'w').write('x')", "open",
      "write {outside}/new.txt outside"),
     ("append-input", "open('{tmp}/in/data.txt', 'a').write('x')", "open",
@@ -225,6 +230,9 @@ def test_policy_paths(policy, tmp_path: Path) -> None:
         ("shutil.rmtree", (str(inside),)),
         ("os.symlink", (str(out / "l"), "/", -1)),  # links could lead anywhere
         ("os.link", (str(out / "a"), str(out / "b"), -1, -1, True)),
+        ("open", (str(inside), None, os.O_RDONLY)),  # a dir fd: dir_fd= names go unseen
+        ("open", ("/proc/self/root/etc/hostname", "r", os.O_RDONLY)),
+        ("open", ("/proc/self/cwd", None, os.O_RDONLY)),
         ("os.kill", (1, 9)),
         ("os.killpg", (os.getpgid(0), 9)),
         ("subprocess.Popen", ("true", ["true"], None, None)),
@@ -232,6 +240,7 @@ def test_policy_paths(policy, tmp_path: Path) -> None:
     for event, args in stopped:
         with pytest.raises(Stopped):
             policy(event, args)
+    policy("open", (str(out), None, os.O_RDONLY))  # a dir fd inside the workspace is fine
     policy("os.kill", (os.getpid(), 0))  # itself
     policy("os.kill", (0, 0))
 

@@ -404,6 +404,12 @@ def test_headline_gain_is_the_one_its_p_value_is_about(tmp_path):
         delta=-0.255, effect_size=9.9, p_value=0.0042, alpha=0.01, decision="accept",
         created_at=T0, test="paired",
     ))  # fmt: skip
+    archive.put(Evaluation(  # the replication on the audit split is not the val gain
+        id="ev-c4-vs-seed-audit", candidate_id=ids["c4"], reference_id=ids["seed"],
+        metric="bpb", values=[1.7, 1.7], reference_values=[2.3, 2.3], mean=1.7,
+        reference_mean=2.3, delta=-0.6, effect_size=50.0, p_value=0.0001, alpha=0.05,
+        decision="accept", created_at=T0, test="paired", split="audit",
+    ))  # fmt: skip
     text = build_report(archive, PARAMS, METRIC, tmp_path / "out").read_text()
     assert "**0.255 bits/byte** (+12.44%), p = 0.0042" in text
     assert "paired test: 1.795 vs 2.05 on 2 val seeds" in text

@@ -432,6 +432,19 @@ def test_falls_back_when_namespaces_are_unavailable(
         run_code(tmp_path, "print(1)")
 
 
+def test_unshare_as_root_needs_setpriv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without setpriv a root step would keep every capability: the mode is not offered."""
+    real_which = sandbox.shutil.which
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox.shutil, "which",
+                        lambda name: None if name == "setpriv" else real_which(name))
+    sandbox.unshare_works.cache_clear()
+    try:
+        assert sandbox.unshare_works() is False
+    finally:
+        sandbox.unshare_works.cache_clear()
+
+
 # -- processes left behind ----------------------------------------------------------------
 
 

@@ -16,6 +16,10 @@ ALLOWED = TINYLM.allowed_imports
 
 # (id, source, a piece of the finding that must name what is wrong)
 FLAGGED = [
+    ("private-from-import", "from random import _os\n_os.system('true')\n",
+     "imports private name '_os' from random"),
+    ("format-attribute", "f = lambda: 0\nx = '{0.__globals__[os]}'.format(f)\n",
+     "format string reaching into attributes or items"),
     ("getattr-computed", "import torch\nname = 'lo' + 'ad'\nf = getattr(torch, name)\n",
      "uses getattr"),
     ("dunder-import", "m = __import__('o' + 's')\n", "uses __import__"),

@@ -270,3 +270,17 @@ def test_min_gain_refuses_a_consistent_but_negligible_gain():
     assert compare(mine, ref, metric, strict, paired=True).decision == "reject"
     bigger = [r - 0.05 + 1e-3 * (i % 2) for i, r in enumerate(ref)]
     assert compare(bigger, ref, metric, strict, paired=True).decision == "accept"
+
+
+def test_simulation_and_resolution_honour_min_gain():
+    """The simulation tests the same H0 as `compare` (gain <= min_gain): a candidate whose
+    true gain equals min_gain is accepted at about alpha, one with no gain far less often;
+    and the smallest detectable gain sits min_gain above the plain design's."""
+    from autolab.stats import Design
+
+    plain, strict = Design(0.05, 6, 6), Design(0.05, 6, 6, min_gain=0.5)
+    at_boundary = simulate(strict, effect=0.5, draws=40_000, seed=3)
+    assert at_boundary["ci_low"] <= 0.05 <= at_boundary["ci_high"] + 0.005
+    assert simulate(strict, effect=0.0, draws=40_000, seed=4)["accept_rate"] < 0.01
+    assert smallest_detectable_gain(1.0, strict) == pytest.approx(
+        smallest_detectable_gain(1.0, plain) + 0.5)
