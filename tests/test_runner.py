@@ -362,6 +362,17 @@ TAMPER = {
 }
 
 
+def _tampering(target: str) -> str:
+    """A candidate that appends a line to `target` (a Python expression for the path)."""
+    return f"""
+        from pathlib import Path
+        def run(x, seed, paths):
+            with open({target}, "a") as f:
+                f.write("# the candidate was here\\n")
+            return 1.0
+    """
+
+
 @pytest.mark.parametrize("what", sorted(TAMPER))
 def test_tampering_is_caught_where_nothing_stops_it(
     tmp_path: Path, force_isolation, what: str
@@ -370,13 +381,7 @@ def test_tampering_is_caught_where_nothing_stops_it(
     force_isolation("none")
     bench = FakeBench(tmp_path / "bench", guarded=False)
     target = TAMPER[what].format(harness=str(bench.harness))
-    code = f"""
-        from pathlib import Path
-        def run(x, seed, paths):
-            with open({target}, "a") as f:
-                f.write("# the candidate was here\\n")
-            return 1.0
-    """
+    code = _tampering(target)
     t = trial(bench, tmp_path, code)
     assert (t.status, t.failure) == ("failed", "integrity"), t.reason
     assert t.reason.startswith(f"{what} changed"), t.reason
@@ -389,13 +394,7 @@ def test_tampering_is_stopped_by_the_guard(var_tmp: Path, isolation: str, what: 
     tmp_path = var_tmp
     bench = FakeBench(tmp_path / "bench")
     target = TAMPER[what].format(harness=str(bench.harness))
-    code = f"""
-        from pathlib import Path
-        def run(x, seed, paths):
-            with open({target}, "a") as f:
-                f.write("# the candidate was here\\n")
-            return 1.0
-    """
+    code = _tampering(target)
     before = bench.harness.read_text()
     t = trial(bench, tmp_path, code)
     assert t.failure == "integrity", t.reason
