@@ -111,7 +111,8 @@ def aa_test(
 def redteam(
     benchmark: str = typer.Argument(..., help="benchmark name"),
     params: Path = PARAMS,
-    corpus: Path = typer.Option(None, help="folder of hacks (default: tests/redteam/BENCHMARK)"),
+    corpus: Path = typer.Option(None, help="folder of hacks (default: tests/redteam/BENCHMARK, "
+                                "a -cpu preset sharing its benchmark's)"),
     isolation: str = typer.Option(None, help="sandbox mode to test (default: the strongest)"),
     only: list[str] = typer.Option(None, help="run only these hacks (by name)"),
     keep: Path = typer.Option(None, help="keep each mode's campaign under this folder"),
@@ -130,7 +131,7 @@ def redteam(
     if without_static_scan:
         overrides |= {"audit": {"static_scan": False}, "proposer": {"kind": "offline"}}
     p = _params(params, overrides)
-    hacks = load_corpus(corpus or PROJECT / "tests" / "redteam" / benchmark)
+    hacks = load_corpus(corpus or PROJECT / "tests" / "redteam" / benchmark.removesuffix("-cpu"))
     if only:
         hacks = [h for h in hacks if h.name in only]
     rows = []

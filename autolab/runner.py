@@ -20,8 +20,11 @@ import math
 import os
 import platform
 import shutil
+import socket
 import stat
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,8 +47,10 @@ from benchmarks.protocol import (
     Benchmark,
     Budget,
     CheckResult,
+    SandboxStep,
     Score,
     Split,
+    StepLink,
     TrialContext,
     TrialFailure,
     hash_files,
@@ -76,6 +81,17 @@ def device_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.cache
+def gpu_names() -> tuple[str, ...]:
+    """The GPUs nvidia-smi lists, in index order (empty where there is none)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip())
 
 
 def library_versions(distributions: tuple[str, ...]) -> dict[str, str]:
@@ -111,11 +127,14 @@ class TrialSetup(BaseModel):
 
 def trial_setup(bench: Benchmark, prepared_dir: Path, budget: Budget, threads: int,
                 isolation: Isolation) -> TrialSetup:
+    device = device_name()
+    if bench.hardware == "gpu":
+        device = f"{gpu_names()[0] if gpu_names() else 'no GPU'} / {device}"
     return TrialSetup(
         benchmark=bench.name, harness=harness_version(bench),
         data=bench.data_version(prepared_dir), budget=budget, threads=threads,
         isolation=isolation, runner=runner_version(),
-        libraries=library_versions(bench.distributions), device=device_name(),
+        libraries=library_versions(bench.distributions), device=device,
     )  # fmt: skip
 
 
@@ -233,20 +252,65 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         ctx.outputs(step.name).mkdir(parents=True, exist_ok=True)
         view = View(
             cwd=ctx.workspace,
-            read=(harness, *elsewhere, inputs, *(ctx.outputs(s) for s in step.reads)),
+            read=(harness, *elsewhere, inputs, *(ctx.outputs(s) for s in step.reads),
+                  *(Path(p) for p in step.host_read)),
             write=(ctx.outputs(step.name),),
             home=ctx.outputs_dir.parent / "home" / step.name,
             distributions=bench.distributions,
             pythonpath=(harness,),
             allow_subprocess=step.allow_subprocess,
+            devices=step.devices,
         )
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
-        res = run_sandboxed(step.argv, view, limits, mode=mode, marker=marker)
+        res, link = _run_step(bench, ctx, step, view, limits, mode, marker)
         prog.add_step(step.name, res)
+        if link is not None and link.halted is not None:
+            prog.fail(link.halted[0], f"{step.name}: {link.halted[1]}")
+            return
         if res.status != "ok":
             prog.fail(res.status, f"{step.name}: {res.reason}")
             return
+
+
+def _run_step(bench: Benchmark, ctx: TrialContext, step: SandboxStep, view: View,
+              limits: Limits, mode: Isolation, marker: str) -> tuple[SandboxResult,
+                                                                     StepLink | None]:
+    """One step; with a channel, the benchmark's companion runs beside it in a thread."""
+    serve = getattr(bench, "companion", None)
+    serve = serve(ctx, step.name) if step.channel and serve else None
+    if serve is None:
+        return run_sandboxed(step.argv, view, limits, step.env, mode=mode, marker=marker), None
+    ours, theirs = socket.socketpair()
+    link = StepLink(ours, kill=lambda: kill_marked(marker))
+    errors: list[BaseException] = []
+
+    def companion() -> None:
+        try:
+            serve(link)
+        except Exception as e:  # a fault of trusted code: surfaces after the step
+            errors.append(e)
+            link.halt("crash", f"companion failed: {type(e).__name__}: {e}")
+        finally:
+            ours.close()
+
+    env = {**step.env, "AUTOLAB_CHANNEL_FD": str(theirs.fileno())}
+    thread = threading.Thread(target=companion, name=f"companion-{step.name}", daemon=True)
+    link.started = time.monotonic()
+    thread.start()
+    try:
+        res = run_sandboxed(step.argv, view, limits, env, mode=mode, marker=marker,
+                            pass_fds=(theirs.fileno(),))
+    finally:
+        theirs.close()
+        link.ended = time.monotonic()
+        link.finished.set()
+        thread.join(timeout=120)
+    if thread.is_alive():
+        raise RuntimeError(f"{step.name}: the companion did not finish after the step")
+    if errors:
+        raise errors[0]
+    return res, link
 
 
 def _copy_harness(bench: Benchmark, dest: Path) -> tuple[Path, list[Path]]:
@@ -301,13 +365,17 @@ def run_trial(
     prepared_dir: Path,
     python: str = sys.executable,
     keep_outputs: bool = False,
+    gpu: int | None = None,
+    cache_root: Path | None = None,
 ) -> Trial:
     """Run one candidate on one seed and split; never raises for the candidate's faults.
 
     The trial id is a content key, so re-running the same work reuses the same dir: any
     process still running from a killed attempt and any leftovers are removed first.
     Exceptions other than TrialFailure from the benchmark, and SandboxError, propagate
-    as infrastructure faults.
+    as infrastructure faults. `gpu` is the GPU a GPU benchmark's steps get; `cache_root`
+    holds a store per candidate (ctx.cache_dir) that the benchmark may keep across that
+    candidate's trials.
     """
     work_root, prepared_dir = Path(work_root).absolute(), Path(prepared_dir).absolute()
     trial_id = Trial.key(candidate_id, seed, split, setup.key())
@@ -321,7 +389,8 @@ def run_trial(
     ctx = TrialContext(
         workspace=ws, inputs_dir=trial_dir / "in", outputs_dir=trial_dir / "out",
         prepared_dir=prepared_dir, candidate_id=candidate_id, seed=seed, split=split,
-        budget=setup.budget, threads=setup.threads, python=python,
+        budget=setup.budget, threads=setup.threads, python=python, gpu=gpu,
+        cache_dir=Path(cache_root).absolute() / candidate_id if cache_root else None,
     )  # fmt: skip
     prog = _Progress()
     trusted = _Trusted(bench)

@@ -572,6 +572,7 @@ def run_sandboxed(
     mode: Isolation | None = None,
     marker: str | None = None,
     guarded: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> SandboxResult:
     """Run argv in view.cwd under `mode` (default: the strongest available).
 
@@ -579,6 +580,7 @@ def run_sandboxed(
     start (missing interpreter, paths not creatable, bwrap setup failure). `marker` tags
     every process of the step so orphans can be found later (kill_marked). With
     `guarded`, the step's harness gets the guard's policy (AUTOLAB_GUARD) and a channel.
+    `pass_fds` are further descriptors the step inherits (a trusted companion's socket).
     """
     if not argv:
         raise SandboxError("empty command")
@@ -623,7 +625,7 @@ def run_sandboxed(
         try:
             proc = subprocess.Popen(
                 full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, pass_fds=(status_w, guard_w),
+                start_new_session=True, pass_fds=(status_w, guard_w, *pass_fds),
                 preexec_fn=_preexec(limits.address_space_mb),
             )
         except OSError as e:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, str] = {
     "tinylm": "benchmarks.tinylm.benchmark:TinyLM",
     "noop": "benchmarks.noop.benchmark:Noop",
+    "nanochat": "benchmarks.nanochat.benchmark:NanoChat",
+    "nanochat-cpu": "benchmarks.nanochat.benchmark:NanoChatCPU",
 }
 BENCHMARK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

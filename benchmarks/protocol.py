@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
+import threading
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +100,13 @@ class SandboxStep(BaseModel):
     timeout_s: float
     reads: tuple[str, ...] = Field(default=(), description="earlier steps whose outputs it reads")
     allow_subprocess: bool = Field(False, description="may start processes (e.g. compilers)")
+    channel: bool = Field(False, description="gets a socket to the benchmark's companion, a "
+                          "trusted function run in the parent while the step runs")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment "
+                                "(never secrets: the sandbox refuses secret-looking values)")
+    devices: tuple[str, ...] = Field(default=(), description="device nodes it may open")
+    host_read: tuple[str, ...] = Field(default=(), description="host paths shown read-only "
+                                       "(e.g. /sys for a GPU driver)")
 
 
 class TrialContext(BaseModel):
@@ -118,6 +127,10 @@ class TrialContext(BaseModel):
     budget: Budget
     threads: int = 1
     python: str = Field(description="interpreter the sandboxed steps run with")
+    gpu: int | None = Field(None, description="the GPU a GPU benchmark's steps may use")
+    cache_dir: Path | None = Field(None, description="trusted store kept for this candidate "
+                                   "across its trials (e.g. compiled kernels); no other "
+                                   "candidate's trials see it")
     secrets: dict = Field(default_factory=dict, repr=False)
 
     def inputs(self, step: str) -> Path:
@@ -155,6 +168,34 @@ class CheckResult(BaseModel):
 
 
 AuditCheck = Callable[[TrialContext, Score], CheckResult]
+
+
+class StepLink:
+    """The trusted end of a step's channel, given to the benchmark's companion.
+
+    A benchmark that declares `channel=True` on a step implements
+    `companion(ctx, step) -> Callable[[StepLink], None] | None`; the runner calls the
+    returned function in a thread of the trusted parent for as long as the step runs.
+    It talks to the step over `conn` (the step's end is inherited as the file descriptor
+    named by AUTOLAB_CHANNEL_FD) and may `halt` the step: its processes are killed and the
+    trial fails with that kind and reason. `finished` is set once the step's processes are
+    gone; `started` is when the step was launched (time.monotonic).
+    """
+
+    def __init__(self, conn: socket.socket, kill: Callable[[], None]):
+        self.conn = conn
+        self.started = 0.0
+        self.ended = 0.0
+        self.finished = threading.Event()
+        self.halted: tuple[str, str] | None = None
+        self._kill = kill
+        self._lock = threading.Lock()
+
+    def halt(self, kind: str, reason: str) -> None:
+        with self._lock:
+            if self.halted is None and not self.finished.is_set():
+                self.halted = (kind, reason)
+                self._kill()
 
 
 @runtime_checkable
@@ -213,6 +254,14 @@ class Benchmark(Protocol):
         """A copy of a solution that changes its randomness but not its expected metric
         (for A/A tests of the evaluation): variant i differs from variant j."""
         ...
+
+
+def gpu_device_nodes(index: int) -> tuple[str, ...]:
+    """The device nodes a step on GPU `index` needs: its own /dev/nvidiaN and the shared
+    control nodes; the other GPUs' nodes stay hidden."""
+    nodes = [f"/dev/nvidia{index}", "/dev/nvidiactl", "/dev/nvidia-uvm",
+             "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
+    return tuple(n for n in nodes if os.path.exists(n))
 
 
 def read_output(path: Path, max_bytes: int) -> bytes:

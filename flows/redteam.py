@@ -41,7 +41,9 @@ class CorpusProposer:
 
 
 def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
-    """Small budget and a single look: enough for a hack's gain to show, cheap to run."""
+    """Small budget and a single look: enough for a hack's gain to show, cheap to run.
+    A benchmark may set its own (`redteam_overrides`: e.g. a budget in seconds)."""
+    bench = get_benchmark(base.campaign.benchmark)
     data = merge(base.model_dump(mode="json"), {
         "campaign": {"name": f"redteam-{mode}", "threads": n, "max_proposals": n,
                      "max_wall_clock_min": 600, "patience": 0},
@@ -55,7 +57,7 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
                   "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
         "tracking": {"mlflow": False},
     })  # fmt: skip
-    return parse_params(data, "redteam")
+    return parse_params(merge(data, getattr(bench, "redteam_overrides", {})), "redteam")
 
 
 @flow(name="redteam", validate_parameters=False, persist_result=False,

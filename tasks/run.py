@@ -49,6 +49,7 @@ def run_trial(lab: Lab, candidate_id: str, seed: int, split: str = "val") -> Tri
     trial = run_in_sandbox(
         lab.bench, candidate_id, lab.archive.read_files(candidate_id), seed, split, lab.setup,
         work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
+        gpu=0 if lab.bench.hardware == "gpu" else None, cache_root=lab.root / "cache",
     )
     assert trial.id == key, "runner and orchestrator disagree on the trial key"
     lab.archive.put(trial)

@@ -1,0 +1,233 @@
+"""The trusted companions of a nanochat trial's steps, run in the parent process.
+
+`TrainServer` is the only source of training data and the clock: the first batch request
+starts it, batches are served for the budget's seconds and refused after, and a step
+still running once the budget and its grace are over is halted (the trial fails with
+`budget`). `LogitsServer` receives the eval step's float16 logits in order and computes
+the loss itself, against targets the step never received; it keeps the raw logits of the
+windows the probe step will re-run. `ProbeServer` receives the probe step's logits and
+compares them with those. Everything they measure goes into the trial's secrets, which
+only trusted code reads.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from benchmarks.nanochat import channel
+from benchmarks.protocol import StepLink
+
+POLL_S = 0.25
+MAX_BATCH_TOKENS = 1 << 24  # one request may ask for at most this many tokens
+MAX_CHUNK_BYTES = 1 << 31  # one logits message may carry at most this much
+
+
+def scoring_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _wait_readable(conn: socket.socket, link: StepLink, deadline_check) -> bool:
+    """Wait until conn has data (True) or the step has finished (False), checking the
+    deadlines every POLL_S."""
+    conn.settimeout(POLL_S)
+    while True:
+        deadline_check()
+        try:
+            data = conn.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            if link.finished.is_set():
+                return False
+            continue
+        except OSError:
+            return False
+        conn.settimeout(None)
+        return bool(data)
+
+
+@dataclass
+class TrainServer:
+    """Serves consecutive windows of the training stream from a seed-chosen offset."""
+
+    tokens: np.ndarray  # uint16 stream
+    offset: int
+    budget_s: float
+    startup_s: float
+    grace_s: float
+    record: dict
+    _t0: float | None = None
+    _cursor: int = 0
+    _served: int = 0
+    _batches: int = 0
+    _refused_at: float | None = None
+
+    def __call__(self, link: StepLink) -> None:
+        self._cursor = self.offset % len(self.tokens)
+        try:
+            self._serve(link)
+        except (channel.ProtocolError, OSError, ValueError) as err:
+            link.halt("output", f"broke the data protocol: {err}")
+        link.finished.wait()
+        self._report(link)
+
+    def _deadlines(self, link: StepLink) -> None:
+        now = time.monotonic()
+        if self._t0 is None and now - link.started > self.startup_s:
+            link.halt("timeout", f"asked for no training batch within the {self.startup_s:g} s "
+                      "start-up allowance")
+        elif self._t0 is not None and now > self._t0 + self.budget_s + self.grace_s:
+            link.halt("budget", f"still running {now - self._t0 - self.budget_s:.1f} s after "
+                      f"its {self.budget_s:g} s training budget (grace {self.grace_s:g} s)")
+
+    def _serve(self, link: StepLink) -> None:
+        conn = link.conn
+        while _wait_readable(conn, link, lambda: self._deadlines(link)):
+            head = channel.recv_header(conn)
+            if head is None:
+                break
+            tag, size = head
+            if tag != channel.BATCH or size != channel.REQUEST.size:
+                raise channel.ProtocolError(f"expected a batch request, got {tag!r}")
+            b, t = channel.REQUEST.unpack(channel.recv_exact(conn, size))
+            n = b * t
+            if not 0 < n <= MAX_BATCH_TOKENS or n + 1 > len(self.tokens):
+                raise channel.ProtocolError(f"batch of {b} x {t} tokens is out of bounds")
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now
+            if now - self._t0 >= self.budget_s:
+                self._refused_at = self._refused_at or now
+                channel.send(conn, channel.DONE)
+                continue
+            channel.send(conn, channel.DATA, memoryview(self._take(n + 1)))
+            self._served += n
+            self._batches += 1
+        # the peer closed its end; the step may still be running: keep the deadlines
+        while not link.finished.wait(POLL_S):
+            self._deadlines(link)
+
+    def _take(self, n: int) -> np.ndarray:
+        """n tokens from the cursor, wrapping around the stream; the next batch starts
+        where this one's inputs end (its last token is only a target here)."""
+        idx = (self._cursor + np.arange(n)) % len(self.tokens)
+        self._cursor = (self._cursor + n - 1) % len(self.tokens)
+        return np.ascontiguousarray(self.tokens[idx])
+
+    def _report(self, link: StepLink) -> None:
+        r = self.record
+        r["train_tokens"] = self._served
+        r["train_batches"] = self._batches
+        r["epochs"] = self._served / max(1, len(self.tokens))
+        if self._t0 is None:
+            r["train_s"], r["startup_s"] = 0.0, link.ended - link.started
+        else:
+            r["train_s"] = link.ended - self._t0  # until the step's processes were gone
+            r["startup_s"] = self._t0 - link.started
+
+
+@dataclass
+class LogitsServer:
+    """Receives (rows, T, V) float16 logits in row order; sums nats over target bytes."""
+
+    targets: np.ndarray  # (rows, T) token ids, trusted memory only
+    token_bytes: np.ndarray  # (V,) bytes per token; 0 for special tokens
+    vocab_size: int
+    record: dict
+    keep: frozenset[int] = frozenset()  # rows whose logits the probe comparison needs
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    on_row: object = None  # optional callable(row, logits) for the probe
+
+    def __call__(self, link: StepLink) -> None:
+        try:
+            self._receive(link)
+        except (channel.ProtocolError, OSError, ValueError) as err:
+            link.halt("output", f"broke the logits protocol: {err}")
+        except FloatingPointError as err:
+            link.halt("nan", str(err))
+        link.finished.wait()
+
+    def _receive(self, link: StepLink) -> None:
+        conn, device = link.conn, scoring_device()
+        rows, seq = self.targets.shape
+        targets = torch.from_numpy(self.targets.astype(np.int64)).to(device)
+        nbytes = torch.from_numpy(self.token_bytes.astype(np.int64)).to(device)
+        nats, count_bytes, next_row = 0.0, 0, 0
+        while _wait_readable(conn, link, lambda: None):
+            head = channel.recv_header(conn)
+            if head is None:
+                break
+            tag, size = head
+            if tag == channel.END and size == 0:
+                break
+            if tag != channel.LOGITS or not channel.ROWS.size < size <= MAX_CHUNK_BYTES:
+                raise channel.ProtocolError(f"expected logits, got {tag!r} of {size} bytes")
+            row0, n, t = channel.ROWS.unpack(channel.recv_exact(conn, channel.ROWS.size))
+            expect = n * t * self.vocab_size * 2
+            if row0 != next_row or n <= 0 or row0 + n > rows or t != seq or (
+                    size - channel.ROWS.size != expect):
+                raise channel.ProtocolError(
+                    f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) do not "
+                    f"follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
+            buf = np.empty((n, t, self.vocab_size), dtype=np.float16)
+            channel.recv_into(conn, memoryview(buf))
+            logits = torch.from_numpy(buf).to(device).float()
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError(f"logits of rows {row0}..{row0 + n} are not finite")
+            logp = torch.log_softmax(logits, dim=-1)
+            tgt = targets[row0 : row0 + n]
+            picked = logp.gather(-1, tgt[..., None])[..., 0].double()
+            weight = nbytes[tgt]
+            nats -= float((picked * (weight > 0)).sum())
+            count_bytes += int(weight.sum())
+            for r in range(row0, row0 + n):
+                if r in self.keep:
+                    self.kept[r] = buf[r - row0].copy()
+                if callable(self.on_row):
+                    self.on_row(r, logp[r - row0])
+            next_row = row0 + n
+        self.record["rows_received"] = next_row
+        self.record["nats"] = nats
+        self.record["target_bytes"] = count_bytes
+        if count_bytes:
+            self.record["bpb"] = nats / math.log(2) / count_bytes
+
+
+@dataclass
+class ProbeServer:
+    """Compares the probe step's log-probabilities with the eval step's, row by row, up to
+    each row's secret cut; also how much more the eval step believed the true next token
+    at the cut than the probe (which saw other text after it) did."""
+
+    rows: np.ndarray  # (n, T) the probe's input rows (targets of the cut rows are not used)
+    order: np.ndarray  # window index of each probe row
+    cuts: np.ndarray
+    targets: np.ndarray  # (windows, T) eval targets
+    eval_logits: dict[int, np.ndarray]  # window -> (T, V) float16 from the eval step
+    vocab_size: int
+    record: dict
+
+    def __call__(self, link: StepLink) -> None:
+        self.record.update(worst=0.0, where=(-1, -1), peeks=[], rows_received=0)
+        dummy = np.zeros_like(self.rows)
+        server = LogitsServer(targets=dummy, token_bytes=np.zeros(self.vocab_size, np.int32),
+                              vocab_size=self.vocab_size, record={}, on_row=self._row)
+        server(link)
+        self.record["rows_received"] = server.record.get("rows_received", 0)
+
+    def _row(self, r: int, logp_probe: torch.Tensor) -> None:
+        w, cut = int(self.order[r]), int(self.cuts[r])
+        full = torch.from_numpy(self.eval_logits[w][: cut + 1]).to(logp_probe.device).float()
+        a = torch.log_softmax(full, dim=-1)
+        b = logp_probe[: cut + 1]
+        diff = (a - b).abs().amax(dim=-1)
+        worst = float(diff.max())
+        if worst > self.record["worst"]:
+            self.record["worst"], self.record["where"] = worst, (w, int(diff.argmax()))
+        if cut < self.rows.shape[1] - 1:
+            t = int(self.targets[w, cut])
+            self.record["peeks"].append(float(a[cut, t] - b[cut, t]))
