@@ -69,7 +69,7 @@ class TrainContext:
         """Random tokens for compiling before the clock starts: not training data."""
         x = torch.randint(0, self.vocab_size, (int(batch_size), int(seq_len) + 1),
                           device=self.device)
-        return x[:, :-1], x[:, 1:]
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     def next_batch(self, batch_size: int, seq_len: int
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:

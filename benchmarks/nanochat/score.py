@@ -85,7 +85,8 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
     tokens = int(tr.get("train_tokens", 0))
     tlog = {f"harness_{k}": v for k, v in _read_log(ctx, "train", TRAIN_LOG).items()}
     elog = {f"eval_{k}": v for k, v in _read_log(ctx, "eval", EVAL_LOG).items()}
-    tok_s = tokens / train_s if train_s > 0 else 0.0
+    window = min(train_s, float(ctx.budget.amount))  # batches are served only within it
+    tok_s = tokens / window if window > 0 else 0.0
     evidence: dict[str, str | float | int | bool] = {
         "train_tokens": tokens, "train_batches": int(tr.get("train_batches", 0)),
         "train_s": round(train_s, 3), "startup_s": round(float(tr.get("startup_s", 0.0)), 3),
@@ -99,14 +100,17 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
     matmul = elog.get("eval_matmul_params")
     if flops and isinstance(matmul, int | float) and tok_s > 0:
         evidence["mfu"] = round(6 * float(matmul) * tok_s / flops, 4)
-    return Score(metrics={"bpb": float(ev["bpb"])}, budget_used=train_s, evidence=evidence)
+    # the grace to return and save the model is not training time: a step that stayed
+    # within budget + grace used at most the budget
+    used = max(0.0, train_s - preset.grace_s)
+    return Score(metrics={"bpb": float(ev["bpb"])}, budget_used=used, evidence=evidence)
 
 
 def check_budget(ctx: TrialContext, score: Score, preset: Preset) -> CheckResult:
     """Training time as the trusted server counted it: from the first batch it served to
     the moment the step's processes were gone, at most the budget plus the grace."""
     limit = ctx.budget.amount + preset.grace_s
-    used = score.budget_used
+    used = float(score.evidence.get("train_s", score.budget_used + preset.grace_s))
     evidence = (f"trained {used:.2f} s from the first batch to the step's exit (budget "
                 f"{ctx.budget.amount} s + {preset.grace_s:g} s grace); "
                 f"{score.evidence.get('train_tokens', '?')} tokens served")

@@ -32,6 +32,8 @@ class _Keep:
 
 
 def train(ctx):
+    import time
+
     keep = _Keep(ctx)
     model = _seed_train(keep)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -3,6 +3,8 @@
 # what: asks for batches as fast as it can until the server refuses, then trains on them
 #   for as long as the seed would have trained on fresh ones
 def train(ctx):
+    import time
+
     batches = []
     while (b := ctx.next_batch(4, 32)) is not None:
         batches.append(b)

@@ -1,0 +1,90 @@
+"""A seed solution of nanochat on several seeds through the real trial runner (sandbox,
+harness, trusted server and scorer), one trial at a time; writes every trial's numbers.
+
+    python perf/nanochat_seeds.py --variant strong --seeds 3 --budget 60 --out OUT.json
+        [--benchmark nanochat] [--prepared artifacts/nanochat/data] [--isolation auto]
+
+The JSON holds the setup (device, isolation, budget), each trial's record (val bpb, tokens
+per second, MFU, peak memory, steps, tokens) and their mean and sd; perf/nanochat_results.py
+gathers such files into benchmarks/nanochat/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autolab.records import content_key
+from autolab.runner import run_trial, trial_setup
+from autolab.sandbox import isolation_mode
+from benchmarks import get_benchmark
+
+KEEP = ("tokens_per_s", "mfu", "harness_peak_memory_gb", "train_tokens", "train_batches",
+        "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--benchmark", default="nanochat")
+    ap.add_argument("--variant", default="strong")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-base", type=int, default=1000)
+    ap.add_argument("--budget", type=int, default=None, help="training seconds")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--prepared", type=Path, default=None)
+    ap.add_argument("--isolation", default="auto")
+    ap.add_argument("--work", type=Path, default=None, help="trial folders (default: a temp dir)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep compiled kernels per candidate here across its val trials")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    bench = get_benchmark(a.benchmark)
+    prepared = (a.prepared or Path("artifacts") / bench.name / "data").resolve()
+    budget = bench.budget if a.budget is None else bench.budget.model_copy(
+        update={"amount": a.budget})
+    setup = trial_setup(bench, prepared, budget, threads=8, isolation=isolation_mode(a.isolation))
+    files = bench.seed_files(a.variant)
+    cid = content_key("files", files)[:16]
+    work = a.work or Path(tempfile.mkdtemp(prefix="nanochat-seeds-"))
+    gpu = 0 if bench.hardware == "gpu" else None
+    rows = []
+    for i in range(a.seeds):
+        t0 = time.monotonic()
+        trial = run_trial(bench, cid, files, a.seed_base + i, a.split, setup, work_root=work,
+                          prepared_dir=prepared, gpu=gpu, cache_root=a.cache)
+        row = {"seed": trial.seed, "status": trial.status, "reason": trial.reason,
+               "bpb": trial.metrics.get("bpb"), "wall_s": round(time.monotonic() - t0, 1),
+               **{k: trial.evidence.get(k) for k in KEEP},
+               "checks": {c.name: c.passed for c in trial.checks},
+               "check_evidence": {c.name: c.evidence for c in trial.checks}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if trial.status != "ok":
+            print(trial.log_tail[-3000:], file=sys.stderr, flush=True)
+    ok = [r["bpb"] for r in rows if r["status"] == "ok"]
+    out = {
+        "benchmark": bench.name, "variant": a.variant, "split": a.split,
+        "budget_s": budget.amount, "device": setup.device, "isolation": setup.isolation,
+        "libraries": setup.libraries, "data": setup.data, "n": len(ok),
+        "val_bpb_mean": statistics.fmean(ok) if ok else None,
+        "val_bpb_sd": statistics.stdev(ok) if len(ok) > 1 else None,
+        "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rows
+                                         if r["status"] == "ok") if ok else None,
+        "mfu": statistics.fmean(r["mfu"] for r in rows if r["status"] == "ok"
+                                and r["mfu"] is not None) if ok and all(
+            r["mfu"] is not None for r in rows if r["status"] == "ok") else None,
+        "trials": rows, "command": " ".join(sys.argv),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "trials"}))
+
+
+if __name__ == "__main__":
+    main()
