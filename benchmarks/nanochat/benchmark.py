@@ -15,6 +15,7 @@ trials: replication and test trials always start cold.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -47,6 +48,7 @@ STDLIB_IMPORTS = frozenset({
     "functools", "heapq", "itertools", "math", "numbers", "random", "statistics", "time",
     "typing", "warnings",
 })
+GPU_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_LIBCUDA_PATH", "TRITON_PTXAS_PATH")
 CACHE_MAX_BYTES = 2 << 30  # a candidate's compiled-kernel cache larger than this is not kept
 EVAL_TIMEOUT_S = {"gpu": 600.0, "cpu": 60.0}
 
@@ -162,7 +164,10 @@ class NanoChat:
             index = ctx.gpu or 0
             gpu = dict(devices=gpu_device_nodes(index), host_read=("/sys",),
                        allow_subprocess=True)
-        env = {"CUDA_VISIBLE_DEVICES": str(ctx.gpu or 0)} if p.device == "cuda" else {}
+        env: dict[str, str] = {}
+        if p.device == "cuda":  # the driver's and toolkit's locations, where the host sets them
+            env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
+            env["CUDA_VISIBLE_DEVICES"] = str(ctx.gpu or 0)
         train_env = env | {v: str(cache / v.split("_")[0].lower()) for v in CACHE_ENV_VARS}
         model = ("--model", str(ctx.outputs("train")))
         startup = p.startup_s + ctx.budget.amount + p.grace_s + 30.0

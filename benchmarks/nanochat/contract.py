@@ -34,7 +34,7 @@ PRESETS = {
                   n_probe_windows=16, max_eval_windows=0, startup_s=240.0, grace_s=5.0,
                   device="cuda", causal_tol=0.5, peek_tol=0.05),
     "cpu": Preset(name="cpu", vocab_size=512, eval_len=64, eval_batch=8, probe_batch=3,
-                  n_probe_windows=8, max_eval_windows=48, startup_s=60.0, grace_s=3.0,
+                  n_probe_windows=8, max_eval_windows=48, startup_s=60.0, grace_s=6.0,
                   device="cpu", causal_tol=0.05, peek_tol=1e-3),
 }  # fmt: skip
 
