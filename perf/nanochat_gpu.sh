@@ -21,7 +21,7 @@ env_line() {
 
 case "$cmd" in
   stage)
-    mkdir -p "$STAGE" && mv .stage/* "$STAGE"/ && ls -la "$STAGE" ;;
+    mkdir -p "$STAGE" && mv "${1:-.stage}"/* "$STAGE"/ && ls -la "$STAGE" ;;
   setup)
     if ! command -v bwrap >/dev/null && [ ! -x /root/bwrap/usr/bin/bwrap ]; then
       dpkg -x "$STAGE"/bubblewrap_*.deb /root/bwrap

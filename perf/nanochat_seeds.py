@@ -64,6 +64,8 @@ def main() -> None:
                "check_evidence": {c.name: c.evidence for c in trial.checks}}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.with_suffix(".partial.json").write_text(json.dumps(rows, indent=1))
         if trial.status != "ok":
             print(trial.log_tail[-3000:], file=sys.stderr, flush=True)
     ok = [r["bpb"] for r in rows if r["status"] == "ok"]
