@@ -11,7 +11,8 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup sandbox-tools run test lint report status clean repro redteam aa-test
+.PHONY: setup sandbox-tools run test lint report status clean repro redteam aa-test \
+	wheelhouse install-offline
 
 setup: $(VENV)/.installed sandbox-tools
 
@@ -30,12 +31,52 @@ sandbox-tools:
 	results; without it, results are marked unisolated and an LLM proposer needs \
 	sandbox.allow_unisolated: true."; }
 
+ifneq ($(wildcard $(VENV)/.offline),)
+# A virtualenv made by install-offline stays offline: installed again from the wheelhouse,
+# never from an index, and never with a torch of its own.
+$(VENV)/.installed: pyproject.toml
+	$(INSTALL_OFFLINE)
+else
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+endif
+
+# Installing on a host with no network access that has its own (CUDA) torch:
+# `make wheelhouse` on a machine with network access builds wheelhouse/, the wheels of
+# everything autolab needs except torch and the NVIDIA/CUDA/Triton wheels it brings, for
+# the host's Python (WHEEL_PY) and platforms (WHEEL_PLATFORMS, default manylinux x86_64
+# up to glibc 2.28), whatever Python runs it. WHEEL_PROFILE=run leaves out what only
+# development needs (DVC, pytest, ruff); WHEEL_EXTRAS / WHEEL_OMIT set that by hand.
+# WHEEL_SKIP="numpy scipy==1.18.1 ..." leaves out what the host has; HOST_PACKAGES=FILE (the
+# host's `python3 -m pip list --format=freeze`) leaves out each one whose version fits.
+# Copy the project with wheelhouse/ to the host; `make install-offline` there makes
+# $(VENV) with --system-site-packages from HOST_PYTHON (default python3, the interpreter
+# with the host's torch) and installs with --no-index.
+WHEELHOUSE ?= wheelhouse
+WHEEL_PY ?= 3.12
+WHEEL_PLATFORMS ?=
+WHEEL_PROFILE ?= full
+WHEEL_SKIP ?=
+HOST_PACKAGES ?=
+HOST_PYTHON ?=
+EDITABLE ?= 1
+INSTALL_OFFLINE = HOST_PYTHON="$(HOST_PYTHON)" VENV="$(VENV)" WHEELHOUSE="$(WHEELHOUSE)" \
+	EDITABLE="$(EDITABLE)" scripts/install_offline.sh
+
+wheelhouse:
+	python3 scripts/wheelhouse.py --dest "$(WHEELHOUSE)" --python-version "$(WHEEL_PY)" \
+	  --profile "$(WHEEL_PROFILE)" \
+	  $(if $(WHEEL_PLATFORMS),--platform "$(WHEEL_PLATFORMS)") \
+	  $(if $(filter undefined,$(origin WHEEL_EXTRAS)),,--extras "$(WHEEL_EXTRAS)") \
+	  $(if $(filter undefined,$(origin WHEEL_OMIT)),,--omit "$(WHEEL_OMIT)") \
+	  $(if $(WHEEL_SKIP),--skip "$(WHEEL_SKIP)") $(if $(HOST_PACKAGES),--host-packages "$(HOST_PACKAGES)")
+
+install-offline:
+	$(INSTALL_OFFLINE)
 
 run: setup
 	$(VENV)/bin/autolab run $(BENCHMARK) --params $(PARAMS)
@@ -45,7 +86,7 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check autolab flows tasks benchmarks tests perf
+	$(VENV)/bin/ruff check autolab flows tasks benchmarks tests perf scripts
 
 status: setup
 	$(VENV)/bin/autolab status --params $(PARAMS)

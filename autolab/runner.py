@@ -254,7 +254,7 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
             cwd=ctx.workspace,
             read=(harness, *elsewhere, inputs, *(ctx.outputs(s) for s in step.reads),
                   *(Path(p) for p in step.host_read)),
-            write=(ctx.outputs(step.name),),
+            write=(ctx.outputs(step.name), *(Path(p) for p in step.host_write)),
             home=ctx.outputs_dir.parent / "home" / step.name,
             distributions=bench.distributions,
             pythonpath=(harness,),

@@ -620,6 +620,7 @@ def run_sandboxed(
         full = _with_parent([*_unshare_prefix(), *argv])
     else:
         full = _with_parent(list(argv))
+    full[0] = shutil.which(full[0]) or full[0]  # found on our PATH, not the step's
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         try:

@@ -56,6 +56,11 @@ _PATH_WRITE_EVENTS = {
     "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
     "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.move": (1,),
 }
+# where the directory descriptor of each path argument above sits in the event's args
+_DIR_FD_ARGS = {
+    "os.remove": (1,), "os.rmdir": (1,), "os.mkdir": (2,), "os.rename": (2, 3),
+    "os.chmod": (2,), "os.chown": (3,), "os.utime": (3,),
+}
 _PATH_READ_EVENTS = {"os.listdir": 0, "os.scandir": 0, "glob.glob": 0, "os.chdir": 0}
 
 
@@ -100,7 +105,21 @@ def make_hook(
     getpid, write_flags, write_modes, isdir = os.getpid, _WRITE_FLAGS, _WRITE_MODES, \
         os.path.isdir
     read_events, write_events = dict(_PATH_READ_EVENTS), dict(_PATH_WRITE_EVENTS)
+    dir_fd_args = dict(_DIR_FD_ARGS)
+    isabs, fspath = os.path.isabs, os.fspath
+
+    def relative(raw: object) -> bool:
+        try:
+            return not isabs(fspath(raw))  # type: ignore[arg-type]
+        except TypeError:
+            return False
     denied, process_events = _DENIED_ALWAYS, _PROCESS_EVENTS
+    # A step that runs compiler toolchains (torch.compile: Inductor, Triton) adds audit
+    # hooks of its own, hard-links files in its caches and loads the libraries it built or
+    # the system's: allowed there within its roots; the sandbox remains the boundary.
+    toolchain = {"sys.addaudithook", "os.link", "ctypes.dlopen", "ctypes.dlsym",
+                 "ctypes.call_function", "ctypes.cdata"} if allow_subprocess else set()
+    denied = denied - toolchain
 
     def end(event: str, detail: str) -> None:
         line = dumps({"event": event, "detail": detail[:300]}) + "\n"
@@ -140,9 +159,30 @@ def make_hook(
         elif event in read_events:
             path(event, args[0] if args else ".", False)
         elif event in write_events:
-            for i in write_events[event]:
-                if i < len(args):
-                    path(event, args[i], True)
+            fds = dir_fd_args.get(event, ())
+            for k, i in enumerate(write_events[event]):
+                if i >= len(args):
+                    continue
+                fd_index = fds[k] if k < len(fds) else None
+                relative_to_fd = fd_index is not None and fd_index < len(args) and isinstance(
+                    args[fd_index], int) and args[fd_index] >= 0
+                if relative_to_fd and relative(args[i]):
+                    # relative to a directory descriptor, which only a writable root gives
+                    # (see "open" above): only a climb out of it is a way around
+                    if escapes(args[i]):
+                        stop(event, f"relative path {args[i]!r} that climbs out of its folder")
+                    continue
+                path(event, args[i], True)
+        elif event == "os.link" and event in toolchain:
+            for raw, fd in zip(args[:2], args[2:4], strict=False):
+                if isinstance(fd, int) and fd >= 0 and relative(raw):
+                    if escapes(raw):
+                        stop(event, f"relative path {raw!r} that climbs out of its folder")
+                else:
+                    path(event, raw, True)
+        elif event == "ctypes.dlopen" and event in toolchain:
+            if args and args[0] is not None and "/" in str(args[0]):
+                path(event, args[0], False)
         elif event in denied:
             if event in ("os.kill", "os.killpg") and args and args[0] in (0, getpid()):
                 return  # signalling itself is harmless
@@ -159,10 +199,11 @@ class _AllowedPathFinder:
     would not under the sandbox, so optional imports fall back instead of tripping the
     guard. Removing it from sys.meta_path only turns such imports into guard stops."""
 
-    __slots__ = ("_allowed",)
+    __slots__ = ("_allowed", "_dists")
 
     def __init__(self, read: tuple[str, ...]):
         self._allowed = read
+        self._dists = tuple(r for r in read if r.endswith((".dist-info", ".egg-info")))
 
     def find_spec(self, name, path=None, target=None):  # noqa: ANN001
         spec = PathFinder.find_spec(name, path, target)
@@ -175,6 +216,21 @@ class _AllowedPathFinder:
             return None
         return spec
 
+    def find_distributions(self, context=None):  # noqa: ANN001
+        """Installed distributions (importlib.metadata: entry points, versions) among the
+        read roots only: listing site-packages would be a read outside them."""
+        from importlib.metadata import PathDistribution
+        from pathlib import Path
+
+        def key(text: str) -> str:
+            return text.replace("-", "_").replace(".", "_").lower()
+
+        wanted = getattr(context, "name", None)
+        for root in self._dists:
+            name = os.path.basename(root).split("-", 1)[0]
+            if wanted is None or key(name) == key(wanted):
+                yield PathDistribution(Path(root))
+
     def invalidate_caches(self) -> None:
         PathFinder.invalidate_caches()
 
@@ -186,7 +242,7 @@ def install(extra_read: tuple[str, ...] = (), extra_write: tuple[str, ...] = ())
         return False
     cfg = json.loads(spec)
     roots = lambda paths: tuple(p for p in (_norm(x) for x in paths) if p)  # noqa: E731
-    write = roots([*cfg.get("write", []), *extra_write])
+    write = roots([*cfg.get("write", []), *extra_write, "/dev/null"])
     read = roots([*cfg.get("read", []), *extra_read, *_ALWAYS_READABLE]) + write
     hook = make_hook(read, write, int(cfg.get("fd", -1)), bool(cfg.get("allow_subprocess")))
     sys.meta_path[:] = [_AllowedPathFinder(read) if f is PathFinder else f

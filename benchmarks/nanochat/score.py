@@ -101,8 +101,9 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
     if flops and isinstance(matmul, int | float) and tok_s > 0:
         evidence["mfu"] = round(6 * float(matmul) * tok_s / flops, 4)
     # the grace to return and save the model is not training time: a step that stayed
-    # within budget + grace used at most the budget
-    used = max(0.0, train_s - preset.grace_s)
+    # within budget + grace used at most the budget; one that did not used all it took
+    budget = float(ctx.budget.amount)
+    used = train_s if train_s > budget + preset.grace_s else min(train_s, budget)
     return Score(metrics={"bpb": float(ev["bpb"])}, budget_used=used, evidence=evidence)
 
 
