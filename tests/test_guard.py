@@ -3,6 +3,7 @@ is stopped with status "integrity" under every isolation mode, and says what it 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -291,3 +292,63 @@ def test_guard_line_is_written_even_when_the_channel_is_gone(tmp_path: Path) -> 
     r = run_step(tmp_path, body)
     assert r.status == "integrity" and r.returncode == GUARD_EXIT, r
     assert "caught" not in r.stdout_tail
+
+
+def test_toolchain_steps_may_link_and_load_libraries_within_their_roots(tmp_path: Path) -> None:
+    """A step that runs compilers (allow_subprocess) may hard-link inside its write roots,
+    load libraries from its read roots and add audit hooks; links elsewhere, symlinks and
+    libraries from outside still stop it. Paths relative to a directory descriptor (which
+    only a writable root gives) are judged by whether they climb."""
+    for d in ("in", "out", "outer"):
+        (tmp_path / d).mkdir()
+
+    def stop(event: str, detail: str) -> None:
+        raise Stopped(event, detail)
+
+    roots = lambda *ps: tuple(guard_mod._norm(str(p)) for p in ps)  # noqa: E731
+    write = roots(tmp_path / "out")
+    read = roots(tmp_path / "in") + write
+    hook = guard_mod.make_hook(read, write, -1, True, on_stop=stop)
+    out, inside, outer = tmp_path / "out", tmp_path / "in", tmp_path / "outer"
+    hook("os.link", (str(out / "a"), str(out / "b"), -1, -1, True))
+    hook("os.link", ("probe-source", "probe-link", 5, 5, True))
+    hook("os.remove", ("probe-link", 5))
+    hook("ctypes.dlopen", (str(inside / "lib.so"),))
+    hook("ctypes.dlopen", ("libcuda.so.1",))  # found by the loader's own search path
+    hook("sys.addaudithook", ())
+    for event, args in [
+        ("os.link", (str(out / "a"), str(outer / "b"), -1, -1, True)),
+        ("os.link", ("../../outer/x", "b", 5, 5, True)),
+        ("os.remove", ("../outer/x", 5)),
+        ("os.remove", ("x", -1)),  # no descriptor: relative to the cwd, which is not writable
+        ("os.symlink", (str(out / "l"), str(out / "m"), -1)),
+        ("ctypes.dlopen", (str(outer / "evil.so"),)),
+    ]:
+        with pytest.raises(Stopped):
+            hook(event, args)
+    strict = guard_mod.make_hook(read, write, -1, False, on_stop=stop)
+    for event, args in [("os.link", (str(out / "a"), str(out / "b"), -1, -1, True)),
+                        ("ctypes.dlopen", (str(inside / "lib.so"),)),
+                        ("sys.addaudithook", ())]:
+        with pytest.raises(Stopped):
+            strict(event, args)
+
+
+def test_installed_distributions_are_those_among_the_read_roots(tmp_path: Path) -> None:
+    """importlib.metadata under the guard lists the step's declared distributions (entry
+    points: how Triton finds its GPU backend) without listing site-packages itself."""
+    import sys
+
+    from autolab.sandbox import View, runtime_read_paths
+
+    view = View(cwd=tmp_path, distributions=("numpy",))
+    read = [str(p) for p in runtime_read_paths(view, sys.executable)]
+    env = dict(os.environ, AUTOLAB_GUARD=json.dumps(
+        {"read": read, "write": [str(tmp_path)], "fd": -1, "allow_subprocess": False}))
+    code = ("from benchmarks import guard\nimport importlib.metadata as m\nguard.install()\n"
+            "names = sorted(d.metadata['Name'].lower() for d in m.distributions())\n"
+            "print(names, m.version('numpy'))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, cwd=str(Path(__file__).resolve().parents[1]), timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "['numpy']" in done.stdout, done.stdout

@@ -1,0 +1,66 @@
+"""Gather nanochat measurement files (written by perf/nanochat_seeds.py and the campaign
+report) into benchmarks/nanochat/results.json, the headline numbers of RESULTS.md.
+
+    python perf/nanochat_results.py --strong-60 A.json B.json ... [--weak-60 ...]
+        [--strong-300 ...] [--out benchmarks/nanochat/results.json]
+
+Each list pools the ok trials of its files (one seed each, or several). A key with no
+files is written as null: not measured yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def pooled(paths: list[Path]) -> dict | None:
+    if not paths:
+        return None
+    files = [json.loads(p.read_text()) for p in paths]
+    devices = {f["device"] for f in files}
+    if len(devices) != 1:
+        raise SystemExit(f"files from different devices: {sorted(devices)}")
+    trials = [t for f in files for t in f["trials"] if t["status"] == "ok"]
+    bpb = [t["bpb"] for t in trials]
+    return {
+        "device": devices.pop(),
+        "n": len(bpb),
+        "seeds": [t["seed"] for t in trials],
+        "val_bpb": [round(b, 4) for b in bpb],
+        "val_bpb_mean": round(statistics.fmean(bpb), 4),
+        "val_bpb_sd": round(statistics.stdev(bpb), 4) if len(bpb) > 1 else None,
+        "tokens_per_s": round(statistics.fmean(t["tokens_per_s"] for t in trials)),
+        "mfu": round(statistics.fmean(t["mfu"] for t in trials), 4),
+        "peak_memory_gb": max(t["harness_peak_memory_gb"] for t in trials),
+        "budget_s": files[0]["budget_s"],
+        "sources": [str(p) for p in paths],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for key in ("strong-60", "weak-60", "strong-300"):
+        ap.add_argument(f"--{key}", nargs="*", type=Path, default=[])
+    ap.add_argument("--campaign", type=Path, default=None, help="campaign summary JSON")
+    ap.add_argument("--transfer", type=Path, default=None, help="transfer summary JSON")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/nanochat/results.json"))
+    a = ap.parse_args()
+    s300 = pooled(a.strong_300)
+    out = {
+        "strong_seed_60s": pooled(a.strong_60),
+        "weak_seed_60s": pooled(a.weak_60),
+        "strong_seed_300s": None if s300 is None else {
+            "device": s300["device"], "val_bpb": s300["val_bpb_mean"], "n": s300["n"],
+            "sources": s300["sources"]},
+        "campaign": json.loads(a.campaign.read_text()) if a.campaign else None,
+        "transfer": json.loads(a.transfer.read_text()) if a.transfer else None,
+    }  # fmt: skip
+    a.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
