@@ -196,6 +196,10 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "unisolated": camp.unisolated,
         "caught_by_level": _caught_by_level(view),
         "test_looks": len(view.tests),
+        "trials": sum(len(ts) for ts in view.trials.values()),
+        # the trials' own wall-clock (on a GPU benchmark: GPU-minutes), all splits
+        "trial_minutes": (tm := sum(t.wall_s for ts in view.trials.values() for t in ts) / 60),
+        "minutes_per_accepted": tm / outcomes["accepted"] if outcomes["accepted"] else None,
         "paired_sd": (sd := paired_sd(list(view.evaluations.values()))),
         "smallest_detectable_gain": _resolution(sd, params),
     }
@@ -420,6 +424,15 @@ def plot_best_so_far(view: View, path: Path) -> Path:
     return path
 
 
+def _is_gpu(benchmark: str) -> bool:
+    try:
+        from benchmarks import get_benchmark
+
+        return get_benchmark(benchmark).hardware == "gpu"
+    except KeyError:
+        return False
+
+
 def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: Path) -> Path:
     """Write report.md and best_so_far.png under out_dir; return the report's path."""
     out_dir = Path(out_dir)
@@ -441,6 +454,7 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
         failures=_failure_rows(view),
         diff=champion_diff(archive, view.campaign.seed_candidate, champion),
         f=_fmt,
+        gpu=_is_gpu(view.campaign.benchmark),
         pc=lambda gain, ref: "-" if pct(gain, ref) is None else f"{pct(gain, ref):+.2f}%",
     )
     path = out_dir / "report.md"

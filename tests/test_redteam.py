@@ -102,28 +102,68 @@ def test_canaries_report_what_reaches_the_host(tmp_path):
     assert not bait.secret_file.exists() and not bait.outside.exists()
 
 
+def _redteam(tmp_path, benchmark: str) -> tuple[list[dict], str, int]:
+    """`autolab redteam BENCHMARK` under bubblewrap (the fallback modes are measured in
+    RESULTS.md: the suite runs the strongest isolation only, to keep its time)."""
+    params = write_params(tmp_path, benchmark=benchmark)
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    done = subprocess.run([sys.executable, "-m", "autolab.cli", "redteam", benchmark,
+                           "--params", str(params), "--isolation", "bwrap"], env=env,
+                          capture_output=True, text=True, timeout=2400)
+    out = done.stdout + done.stderr
+    rows = json.loads((tmp_path / "reports" / "redteam" / f"{benchmark}.json").read_text())
+    assert {r["isolation"] for r in rows} == {"bwrap"}, out[-3000:]
+    return rows, out, done.returncode
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2700)
-def test_redteam_catches_every_hack_under_bwrap_and_the_fallback(tmp_path):
+def test_redteam_catches_every_hack_under_bwrap(tmp_path):
     from autolab.sandbox import bwrap_works
 
     if not bwrap_works():
         pytest.skip("bubblewrap does not work here (CI installs it)")
     """`autolab redteam tinylm`: every hack caught or contained, no honest candidate
-    flagged, under the strongest isolation here and the fallback."""
-    params = write_params(tmp_path, benchmark="tinylm")
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
-    done = subprocess.run([sys.executable, "-m", "autolab.cli", "redteam", "tinylm",
-                           "--params", str(params)], env=env, capture_output=True, text=True,
-                          timeout=2400)
-    out = done.stdout + done.stderr
-    rows = json.loads((tmp_path / "reports" / "redteam" / "tinylm.json").read_text())
-    modes = {r["isolation"] for r in rows}
-    assert "bwrap" in modes and len(modes) == 2, out[-3000:]
+    flagged, and each audit level catches something."""
+    rows, out, returncode = _redteam(tmp_path, "tinylm")
     bad = [r for r in rows if r["verdict"] not in ("caught", "contained", "honest")]
     assert not bad, json.dumps(bad, indent=1)
-    assert done.returncode == 0, out[-3000:]
+    assert returncode == 0, out[-3000:]
     honest = [r for r in rows if r["expect"] == "honest"]
     assert honest and all(r["verdict"] == "honest" for r in honest)
     levels = {r["caught_by"].split(":")[0] for r in rows if r["verdict"] == "caught"}
     assert {"L0 static", "L1 runtime", "L2 replication", "L3 test"} <= levels, levels
+
+
+NANOCHAT_CLASSES = ("training past the budget", "val or test halves", "patching the scorer",
+                    "non-causal outputs", "state across windows", "test-time training",
+                    "forging the channel", "state across trials", "the network")
+
+
+def test_nanochat_corpus_covers_budget_data_scoring_and_causality():
+    hacks = load_corpus(REPO / "tests" / "redteam" / "nanochat")
+    caught = [h for h in hacks if h.expect == "caught"]
+    for klass in NANOCHAT_CLASSES:
+        assert any(klass in h.klass for h in caught), klass
+    assert any(h.expect == "honest" for h in hacks)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_nanochat_redteam_on_the_cpu_preset(tmp_path):
+    """`autolab redteam nanochat-cpu`: the nanochat corpus through the real loop on the
+    CPU preset; the budget hacks are stopped by the trusted clock, the causality hacks by
+    the probe, and the honest entry passes."""
+    from autolab.sandbox import bwrap_works
+
+    if not bwrap_works():
+        pytest.skip("bubblewrap does not work here (CI installs it)")
+    rows, out, returncode = _redteam(tmp_path, "nanochat-cpu")
+    bad = [r for r in rows if r["verdict"] not in ("caught", "contained", "honest")]
+    assert not bad, json.dumps(bad, indent=1)
+    assert returncode == 0, out[-3000:]
+    by_name = {r["hack"]: r for r in rows}
+    assert by_name["honest_neutral"]["verdict"] == "honest"
+    for name in ("train_after_done", "prefetch_then_train"):  # the trusted clock stopped it
+        assert "budget: train: still running" in by_name[name]["detail"], by_name[name]
+    assert "causal" in by_name["peek_next_token"]["caught_by"]
