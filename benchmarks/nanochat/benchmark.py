@@ -57,7 +57,7 @@ GPU_HOST_READ = ("/sys", "/usr", "/proc/driver/nvidia", "/proc/sys/kernel/random
 CACHE_MAX_BYTES = 2 << 30  # a candidate's compiled-kernel cache larger than this is not kept
 CPU_MAX_DOCS = 60  # speeches per split the CPU preset prepares: seconds, not minutes
 KEEP_CACHES = 8  # kernel caches of the most recently run candidates kept
-EVAL_TIMEOUT_S = {"gpu": 600.0, "cpu": 60.0}
+EVAL_TIMEOUT_S = {"gpu": 600.0, "cpu": 90.0}  # the trusted compute clock stops it sooner
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -105,7 +105,7 @@ class NanoChat:
     allowed_imports: frozenset[str] = STDLIB_IMPORTS | {"torch", "numpy"}
     allowed_attrs: frozenset[str] = frozenset({"compile"})  # torch.compile
     # `autolab redteam`: a short budget, one trial at a time on the one GPU
-    redteam_overrides: dict = {"budget": {"amount": 20, "wall_clock_s": 900, "memory_mb": 48000},
+    redteam_overrides: dict = {"budget": {"amount": 26, "wall_clock_s": 900, "memory_mb": 48000},
                                "evaluation": {"parallel_trials": 1}}
 
     # -- files ----------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class NanoChat:
             env["CUDA_VISIBLE_DEVICES"] = str(ctx.gpu or 0)
         train_env = env | {v: str(cache / v.split("_")[0].lower()) for v in CACHE_ENV_VARS}
         model = ("--model", str(ctx.outputs("train")))
-        startup = p.startup_s + ctx.budget.amount + p.grace_s + 30.0
+        startup = p.startup_s + ctx.budget.amount + 30.0
         evals = EVAL_TIMEOUT_S[p.name]
         return [
             SandboxStep(name="train", timeout_s=startup, channel=True, env=train_env,
@@ -229,13 +229,15 @@ class NanoChat:
             s["train"] = {}
             return server.TrainServer(tokens=tokens, offset=offset,
                                       budget_s=float(ctx.budget.amount), startup_s=p.startup_s,
-                                      grace_s=p.grace_s, record=s["train"])
+                                      reserve_s=p.reserve_s, record=s["train"])
         if step == "eval":
             s["eval"] = {}
             srv = server.LogitsServer(targets=s["targets"],
                                       token_bytes=_prepare.token_bytes(ctx.prepared_dir),
                                       vocab_size=p.vocab_size, record=s["eval"],
-                                      keep=frozenset(int(w) for w in s["probe_windows"]))
+                                      keep=frozenset(int(w) for w in s["probe_windows"]),
+                                      compute_s=p.eval_load_s + p.eval_row_s * len(
+                                          s["targets"]))
             s["eval_logits"] = srv.kept
             return srv
         if step == "probe":
@@ -243,7 +245,8 @@ class NanoChat:
             return server.ProbeServer(rows=s["probe_rows"], order=s["probe_order"],
                                       cuts=s["probe_cuts"], targets=s["targets"],
                                       eval_logits=s["eval_logits"], vocab_size=p.vocab_size,
-                                      record=s["probe"])
+                                      record=s["probe"], compute_s=p.eval_load_s + (
+                                          p.eval_row_s * len(s["probe_rows"])))
         return None
 
     def _kernel_cache(self, ctx: TrialContext) -> Path:
@@ -296,9 +299,9 @@ class NanoChatCPU(NanoChat):
 
     name = "nanochat-cpu"
     preset = PRESETS["cpu"]
-    budget = Budget(unit="train_seconds", amount=4, wall_clock_s=240.0, memory_mb=4000)
+    budget = Budget(unit="train_seconds", amount=8, wall_clock_s=240.0, memory_mb=4000)
     hardware: Literal["cpu", "gpu"] = "cpu"
-    redteam_overrides: dict = {"budget": {"amount": 2, "wall_clock_s": 200, "memory_mb": 4000}}
+    redteam_overrides: dict = {"budget": {"amount": 6, "wall_clock_s": 200, "memory_mb": 4000}}
 
     def seed_files(self, variant: str = "default") -> dict[str, str]:
         from benchmarks.nanochat.edits import CPU_KNOBS

@@ -20,6 +20,7 @@ DATA = b"DATA"  # server -> step: batch_size * seq_len + 1 uint16 tokens
 DONE = b"DONE"  # server -> step: the training budget is spent
 LOGITS = b"LGTS"  # step -> server: struct <III (first row, rows, seq_len), then float16 logits
 END = b"END_"  # step -> server: all rows sent
+READY = b"RDY_"  # step -> server: torch and the device are up, candidate code comes next
 REQUEST = struct.Struct("<II")
 ROWS = struct.Struct("<III")
 

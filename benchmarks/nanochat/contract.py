@@ -23,19 +23,29 @@ class Preset:
     n_probe_windows: int  # windows re-run, cut at secret positions, by the probe step
     max_eval_windows: int  # cap on val/test windows (0: the whole split)
     startup_s: float  # time from the step's start to its first training batch, at most
-    grace_s: float  # after the training budget ends: time to return and save the model
+    # The budget runs from the first batch to the train step's exit: batches are served
+    # until `reserve_s` before its end, which leaves the time to return and save the model
+    # (training on kept batches in it stays inside the budget).
+    reserve_s: float
     device: str  # "cuda" or "cpu"
     causal_tol: float  # max |log-prob change| on unchanged prefixes between eval and probe
     peek_tol: float  # max mean gain on the true next token at the probe's cuts (nats)
+    # Eval and probe steps may compute (their time less the logits' transfer) for at most
+    # eval_load_s + eval_row_s per row, counted from the harness's READY: loading the
+    # model and forward passes, not training on the side.
+    eval_load_s: float
+    eval_row_s: float
 
 
 PRESETS = {
     "gpu": Preset(name="gpu", vocab_size=8192, eval_len=2048, eval_batch=16, probe_batch=4,
-                  n_probe_windows=16, max_eval_windows=0, startup_s=240.0, grace_s=10.0,
-                  device="cuda", causal_tol=0.5, peek_tol=0.05),
+                  n_probe_windows=128, max_eval_windows=0, startup_s=240.0, reserve_s=6.0,
+                  device="cuda", causal_tol=0.1, peek_tol=0.005, eval_load_s=60.0,
+                  eval_row_s=0.05),
     "cpu": Preset(name="cpu", vocab_size=512, eval_len=64, eval_batch=8, probe_batch=3,
-                  n_probe_windows=8, max_eval_windows=48, startup_s=60.0, grace_s=6.0,
-                  device="cpu", causal_tol=0.05, peek_tol=1e-3),
+                  n_probe_windows=24, max_eval_windows=48, startup_s=60.0, reserve_s=4.0,
+                  device="cpu", causal_tol=0.05, peek_tol=1e-3, eval_load_s=30.0,
+                  eval_row_s=0.05),
 }  # fmt: skip
 
 BOS = "<|bos|>"  # the one special token: starts every document

@@ -175,6 +175,7 @@ def run_predict(a: argparse.Namespace) -> None:
     device = _device(preset)
     x = np.fromfile(a.inputs / INPUTS, dtype=np.uint16).reshape(-1, preset.eval_len)
     batch = preset.eval_batch if a.step == "eval" else preset.probe_batch
+    channel.send(conn, channel.READY)  # from here on, the trusted side counts compute time
     guard.install()
     _load_candidate(a.workspace)  # the pickled model's classes live there
     model = torch.load(a.model / MODEL, map_location=device, weights_only=False)

@@ -56,12 +56,19 @@ def _read_log(ctx: TrialContext, step: str, name: str) -> dict:
     """A harness log: evidence only, never trusted for the score or the budget."""
     try:
         log = json.loads(read_output(ctx.outputs(step) / name, LOG_MAX_BYTES))
-    except (TrialFailure, ValueError):
+    except Exception:  # whatever the candidate wrote there (oversized numbers, deep nesting)
         return {}
     if not isinstance(log, dict):
         return {}
-    return {k: v for k, v in log.items() if isinstance(v, str) and len(v) < 200
-            or isinstance(v, int | float) and math.isfinite(v)}
+    def fine(v: object) -> bool:
+        if isinstance(v, str):
+            return len(v) < 200
+        try:
+            return isinstance(v, int | float) and abs(v) < 1e300 and math.isfinite(v)
+        except (OverflowError, TypeError):
+            return False
+
+    return {k: v for k, v in log.items() if isinstance(k, str) and fine(v)}
 
 
 def peak_flops(gpu: str) -> float | None:
@@ -85,13 +92,15 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
     tokens = int(tr.get("train_tokens", 0))
     tlog = {f"harness_{k}": v for k, v in _read_log(ctx, "train", TRAIN_LOG).items()}
     elog = {f"eval_{k}": v for k, v in _read_log(ctx, "eval", EVAL_LOG).items()}
-    window = min(train_s, float(ctx.budget.amount))  # batches are served only within it
+    window = min(train_s, float(ctx.budget.amount) - preset.reserve_s)  # batches served
     tok_s = tokens / window if window > 0 else 0.0
     evidence: dict[str, str | float | int | bool] = {
         "train_tokens": tokens, "train_batches": int(tr.get("train_batches", 0)),
         "train_s": round(train_s, 3), "startup_s": round(float(tr.get("startup_s", 0.0)), 3),
         "epochs": round(float(tr.get("epochs", 0.0)), 4), "tokens_per_s": round(tok_s, 1),
         "eval_windows": rows, "eval_tokens": int(s["targets"].size),
+        "eval_compute_s": round(float(ev.get("compute_s", -1.0)), 2),
+        "eval_transfer_s": round(float(ev.get("transfer_s", -1.0)), 2),
         "eval_target_bytes": int(ev["target_bytes"]), "preset": preset.name,
     }  # fmt: skip
     evidence |= tlog | elog
@@ -100,20 +109,18 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
     matmul = elog.get("eval_matmul_params")
     if flops and isinstance(matmul, int | float) and tok_s > 0:
         evidence["mfu"] = round(6 * float(matmul) * tok_s / flops, 4)
-    # the grace to return and save the model is not training time: a step that stayed
-    # within budget + grace used at most the budget; one that did not used all it took
-    budget = float(ctx.budget.amount)
-    used = train_s if train_s > budget + preset.grace_s else min(train_s, budget)
+    used = train_s  # from the first batch to the step's exit: the budget covers it all
     return Score(metrics={"bpb": float(ev["bpb"])}, budget_used=used, evidence=evidence)
 
 
 def check_budget(ctx: TrialContext, score: Score, preset: Preset) -> CheckResult:
     """Training time as the trusted server counted it: from the first batch it served to
-    the moment the step's processes were gone, at most the budget plus the grace."""
-    limit = ctx.budget.amount + preset.grace_s
-    used = float(score.evidence.get("train_s", score.budget_used + preset.grace_s))
+    the moment the step's processes were gone, at most the budget (batches stopped
+    reserve_s before its end), plus the second the server may take to halt a late step."""
+    limit = ctx.budget.amount + 1.0
+    used = float(score.evidence.get("train_s", score.budget_used))
     evidence = (f"trained {used:.2f} s from the first batch to the step's exit (budget "
-                f"{ctx.budget.amount} s + {preset.grace_s:g} s grace); "
+                f"{ctx.budget.amount} s, batches until {preset.reserve_s:g} s before its end); "
                 f"{score.evidence.get('train_tokens', '?')} tokens served")
     return CheckResult(name="budget_respected", passed=used <= limit, evidence=evidence)
 

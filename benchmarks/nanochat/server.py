@@ -1,11 +1,14 @@
 """The trusted companions of a nanochat trial's steps, run in the parent process.
 
 `TrainServer` is the only source of training data and the clock: the first batch request
-starts it, batches are served for the budget's seconds and refused after, and a step
-still running once the budget and its grace are over is halted (the trial fails with
-`budget`). `LogitsServer` receives the eval step's float16 logits in order and computes
-the loss itself, against targets the step never received; it keeps the raw logits of the
-windows the probe step will re-run. `ProbeServer` receives the probe step's logits and
+starts it, batches are served until `reserve_s` before the budget ends and refused after,
+and a step still running once the budget is over is halted (the trial fails with
+`budget`): from the first batch to the step's exit, training and saving the model included,
+a trial has exactly its budget. `LogitsServer` receives the eval step's float16 logits in
+order and computes the loss itself, against targets the step never received; it keeps the
+raw logits of the windows the probe step will re-run, and it bounds the step's compute
+after the harness's READY (loading the model and forward passes, not training on the
+side). `ProbeServer` receives the probe step's logits and
 compares them with those. Everything they measure goes into the trial's secrets, which
 only trusted code reads.
 """
@@ -24,6 +27,8 @@ from benchmarks.nanochat import channel
 from benchmarks.protocol import StepLink
 
 POLL_S = 0.25
+KILL_SLACK_S = 1.0  # a step past its deadline is halted within this (polling, killing)
+READ_TIMEOUT_S = 30.0  # a message started must keep arriving: a stall is a protocol error
 MAX_BATCH_TOKENS = 1 << 24  # one request may ask for at most this many tokens
 MAX_CHUNK_BYTES = 1 << 31  # one logits message may carry at most this much
 
@@ -46,7 +51,7 @@ def _wait_readable(conn: socket.socket, link: StepLink, deadline_check) -> bool:
             continue
         except OSError:
             return False
-        conn.settimeout(None)
+        conn.settimeout(READ_TIMEOUT_S)
         return bool(data)
 
 
@@ -58,7 +63,7 @@ class TrainServer:
     offset: int
     budget_s: float
     startup_s: float
-    grace_s: float
+    reserve_s: float
     record: dict
     _t0: float | None = None
     _cursor: int = 0
@@ -80,9 +85,10 @@ class TrainServer:
         if self._t0 is None and now - link.started > self.startup_s:
             link.halt("timeout", f"asked for no training batch within the {self.startup_s:g} s "
                       "start-up allowance")
-        elif self._t0 is not None and now > self._t0 + self.budget_s + self.grace_s:
+        elif self._t0 is not None and now > self._t0 + self.budget_s + KILL_SLACK_S:
             link.halt("budget", f"still running {now - self._t0 - self.budget_s:.1f} s after "
-                      f"its {self.budget_s:g} s training budget (grace {self.grace_s:g} s)")
+                      f"its {self.budget_s:g} s training budget (counted from the first "
+                      "batch to the step's exit)")
 
     def _serve(self, link: StepLink) -> None:
         conn = link.conn
@@ -100,7 +106,7 @@ class TrainServer:
             now = time.monotonic()
             if self._t0 is None:
                 self._t0 = now
-            if now - self._t0 >= self.budget_s:
+            if now - self._t0 >= self.budget_s - self.reserve_s:
                 self._refused_at = self._refused_at or now
                 channel.send(conn, channel.DONE)
                 continue
@@ -141,6 +147,7 @@ class LogitsServer:
     keep: frozenset[int] = frozenset()  # rows whose logits the probe comparison needs
     kept: dict[int, np.ndarray] = field(default_factory=dict)
     on_row: object = None  # optional callable(row, logits) for the probe
+    compute_s: float = float("inf")  # the step's allowance of compute after READY
 
     def __call__(self, link: StepLink) -> None:
         try:
@@ -157,11 +164,27 @@ class LogitsServer:
         targets = torch.from_numpy(self.targets.astype(np.int64)).to(device)
         nbytes = torch.from_numpy(self.token_bytes.astype(np.int64)).to(device)
         nats, count_bytes, next_row = 0.0, 0, 0
-        while _wait_readable(conn, link, lambda: None):
+        clock = {"ready": None, "transfer": 0.0}
+
+        def over() -> None:
+            if clock["ready"] is None:
+                return
+            used = time.monotonic() - clock["ready"] - clock["transfer"]
+            if used > self.compute_s:
+                link.halt("budget", f"computed for {used:.1f} s, more than the "
+                          f"{self.compute_s:.1f} s its rows allow (loading the model and "
+                          "forward passes)")
+
+        while _wait_readable(conn, link, over):
             head = channel.recv_header(conn)
             if head is None:
                 break
             tag, size = head
+            if tag == channel.READY and size == 0 and clock["ready"] is None:
+                clock["ready"] = time.monotonic()
+                continue
+            if clock["ready"] is None:
+                raise channel.ProtocolError(f"expected READY first, got {tag!r}")
             if tag == channel.END and size == 0:
                 break
             if tag != channel.LOGITS or not channel.ROWS.size < size <= MAX_CHUNK_BYTES:
@@ -174,7 +197,12 @@ class LogitsServer:
                     f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) do not "
                     f"follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
             buf = np.empty((n, t, self.vocab_size), dtype=np.float16)
+            started = time.monotonic()
             channel.recv_into(conn, memoryview(buf))
+            clock["transfer"] += time.monotonic() - started
+            over()
+            if link.halted is not None:
+                return
             logits = torch.from_numpy(buf).to(device).float()
             if not torch.isfinite(logits).all():
                 raise FloatingPointError(f"logits of rows {row0}..{row0 + n} are not finite")
@@ -191,6 +219,9 @@ class LogitsServer:
                     self.on_row(r, logp[r - row0])
             next_row = row0 + n
         self.record["rows_received"] = next_row
+        if clock["ready"] is not None:
+            self.record["compute_s"] = time.monotonic() - clock["ready"] - clock["transfer"]
+            self.record["transfer_s"] = clock["transfer"]
         self.record["nats"] = nats
         self.record["target_bytes"] = count_bytes
         if count_bytes:
@@ -210,14 +241,17 @@ class ProbeServer:
     eval_logits: dict[int, np.ndarray]  # window -> (T, V) float16 from the eval step
     vocab_size: int
     record: dict
+    compute_s: float = float("inf")
 
     def __call__(self, link: StepLink) -> None:
         self.record.update(worst=0.0, where=(-1, -1), peeks=[], rows_received=0)
         dummy = np.zeros_like(self.rows)
         server = LogitsServer(targets=dummy, token_bytes=np.zeros(self.vocab_size, np.int32),
-                              vocab_size=self.vocab_size, record={}, on_row=self._row)
+                              vocab_size=self.vocab_size, record={}, on_row=self._row,
+                              compute_s=self.compute_s)
         server(link)
         self.record["rows_received"] = server.record.get("rows_received", 0)
+        self.record["compute_s"] = server.record.get("compute_s")
 
     def _row(self, r: int, logp_probe: torch.Tensor) -> None:
         w, cut = int(self.order[r]), int(self.cuts[r])
