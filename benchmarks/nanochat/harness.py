@@ -54,6 +54,8 @@ class TrainContext:
         self.device = device
         self.seed = seed
         self.budget_s = float(budget_s)
+        # batches are served for this long; the rest of the budget is for saving the model
+        self.data_s = max(0.0, self.budget_s - preset.reserve_s)
         self.tokens_used = 0
         self.batches = 0
         self._t0: float | None = None
@@ -63,7 +65,8 @@ class TrainContext:
         return 0.0 if self._t0 is None else _clock() - self._t0
 
     def progress(self) -> float:
-        return self.elapsed() / self.budget_s
+        """Fraction of the data window spent: 1.0 when the last batch has been served."""
+        return self.elapsed() / self.data_s if self.data_s > 0 else 1.0
 
     def warmup_batch(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Random tokens for compiling before the clock starts: not training data."""
