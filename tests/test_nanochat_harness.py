@@ -247,3 +247,26 @@ def test_the_logits_server_bounds_the_compute_after_ready():
     assert link.halted is not None and link.halted[0] == "budget" and killed
     assert "computed for" in link.halted[1]
     step.close()
+
+
+def test_harness_logs_the_candidate_wrote_cannot_break_scoring(tmp_path):
+    """The train and eval logs are evidence written by the candidate's process: oversized
+    numbers, deep nesting or other types are dropped, never raised into the runner."""
+    from benchmarks.nanochat.score import _read_log
+    from benchmarks.protocol import Budget, TrialContext
+
+    ctx = TrialContext(workspace=tmp_path, inputs_dir=tmp_path / "in",
+                       outputs_dir=tmp_path / "out", prepared_dir=tmp_path, seed=0,
+                       split="val", budget=Budget(unit="s", amount=1, wall_clock_s=1,
+                                                  memory_mb=1), python="python3")
+    folder = ctx.outputs("train")
+    folder.mkdir(parents=True)
+    cases = {
+        '{"tokens": 1' + "0" * 400 + ', "steps": 3, "gpu": "H100"}': {"steps": 3, "gpu": "H100"},
+        "[" * 30_000 + "]" * 30_000: {},  # deeper than the JSON parser recurses
+        '{"a": [1, 2], "b": NaN, "c": "x"}': {"c": "x"},
+        "not json": {},
+    }
+    for text, want in cases.items():
+        (folder / "log.json").write_text(text)
+        assert _read_log(ctx, "train", "log.json") == want
