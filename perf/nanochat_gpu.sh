@@ -7,7 +7,11 @@
 #                                         # $SITE, the prepared data into artifacts/
 #   perf/nanochat_gpu.sh seeds OUT VARIANT N BUDGET   # perf/nanochat_seeds.py there
 # The prepared data come from `autolab prepare nanochat` on any machine (train.bin split
-# and xz-compressed as train.bin.partN.xz; the small files as they are).
+# and xz-compressed as train.bin.partN.xz; the small files as they are). Carry wheels only
+# for what the host lacks (for perf/nanochat_seeds.py: pydantic, pydantic-core,
+# annotated-types, typing-inspection): $SITE is on the parent's path but not on the
+# trials', so a second copy of a package the host has (typing-extensions, say) makes the
+# parent and the sandboxed steps disagree about where it lives.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage}
 SITE=${SITE:-/root/site}
