@@ -106,12 +106,15 @@ def _redteam(tmp_path, benchmark: str) -> tuple[list[dict], str, int]:
     """`autolab redteam BENCHMARK` under bubblewrap (the fallback modes are measured in
     RESULTS.md: the suite runs the strongest isolation only, to keep its time)."""
     params = write_params(tmp_path, benchmark=benchmark)
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     done = subprocess.run([sys.executable, "-m", "autolab.cli", "redteam", benchmark,
                            "--params", str(params), "--isolation", "bwrap"], env=env,
                           capture_output=True, text=True, timeout=2400)
     out = done.stdout + done.stderr
-    rows = json.loads((tmp_path / "reports" / "redteam" / f"{benchmark}.json").read_text())
+    report = tmp_path / "reports" / "redteam" / f"{benchmark}.json"
+    assert report.is_file(), f"no report (exit {done.returncode}):\n{out[-4000:]}"
+    rows = json.loads(report.read_text())
     assert {r["isolation"] for r in rows} == {"bwrap"}, out[-3000:]
     return rows, out, done.returncode
 
