@@ -250,6 +250,21 @@ def distribution_paths(names: tuple[str, ...]) -> tuple[Path, ...]:
 
 
 @functools.cache
+def linked_site_dirs(names: tuple[str, ...]) -> tuple[Path, ...]:
+    """Folders holding a step's distributions that the interpreter does not search by
+    itself: reached through a .pth file (a virtualenv layered on another one, as
+    `make install-offline` makes on a host with its own torch) or through PYTHONPATH.
+    Startup hooks do not run in a step, so these go on the step's PYTHONPATH, in the
+    parent's order."""
+    own = {Path(sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key]).resolve()
+           for prefix in (sys.prefix, sys.base_prefix) for key in ("purelib", "platlib")}
+    order = {Path(p).resolve(): i for i, p in reversed(list(enumerate(sys.path))) if p}
+    bases = {Path(d.locate_file("")).resolve() for d in distribution_closure(names)}
+    extra = [b for b in bases if b not in own and b.is_dir()]
+    return tuple(sorted(extra, key=lambda b: (order.get(b, len(order)), str(b))))
+
+
+@functools.cache
 def interpreter_paths(python: str) -> tuple[Path, ...]:
     """The interpreter, its standard library and the virtualenv skeleton (no packages)."""
     paths = {Path(sys.base_prefix).resolve()}
@@ -600,8 +615,9 @@ def run_sandboxed(
     env = build_env(argv[0], home, limits.threads, env_extra)
     if shutil.which(argv[0], path=env["PATH"]) is None:
         raise SandboxError(f"interpreter not found: {argv[0]}")
-    if view.pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in view.pythonpath)
+    path = (*view.pythonpath, *linked_site_dirs(tuple(sorted(view.distributions))))
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
     if marker:
         env[MARKER_ENV] = marker
     guard_r, guard_w = os.pipe()

@@ -2,16 +2,21 @@
 # Staging and measuring nanochat on an offline GPU host, from the repository root there.
 #
 # Data and wheels travel in pieces (a transfer may be size-limited): each piece is put
-# in .stage/ and `stage` moves it to $STAGE, which outlives the repository copy. Then:
+# in a folder of the repository (.stage/, .stage2/, ...) and `stage DIR` merges it into
+# $STAGE, which outlives the repository copy. Then:
 #   perf/nanochat_gpu.sh setup            # bubblewrap from its .deb if missing, wheels into
 #                                         # $SITE, the prepared data into artifacts/
 #   perf/nanochat_gpu.sh seeds OUT VARIANT N BUDGET   # perf/nanochat_seeds.py there
+#   perf/nanochat_gpu.sh install          # make install-offline from $STAGE/wheelhouse
+#   perf/nanochat_gpu.sh campaign-start PARAMS   # autolab run in the background, detached
+#   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
+#   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
+#   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
 # The prepared data come from `autolab prepare nanochat` on any machine (train.bin split
-# and xz-compressed as train.bin.partN.xz; the small files as they are). Carry wheels only
-# for what the host lacks (for perf/nanochat_seeds.py: pydantic, pydantic-core,
-# annotated-types, typing-inspection): $SITE is on the parent's path but not on the
-# trials', so a second copy of a package the host has (typing-extensions, say) makes the
-# parent and the sandboxed steps disagree about where it lives.
+# and xz-compressed as train.bin.partN.xz; the small files as they are); the wheelhouse
+# from `make wheelhouse WHEEL_PROFILE=run HOST_PACKAGES=<the host's pip freeze>`. For
+# perf/nanochat_seeds.py alone carry only what the host lacks (pydantic, pydantic-core,
+# annotated-types, typing-inspection) as top-level wheels: $SITE is on the parent's path.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage}
 SITE=${SITE:-/root/site}
@@ -25,7 +30,7 @@ env_line() {
 
 case "$cmd" in
   stage)
-    mkdir -p "$STAGE" && mv "${1:-.stage}"/* "$STAGE"/ && ls -la "$STAGE" ;;
+    mkdir -p "$STAGE" && cp -a "${1:-.stage}"/. "$STAGE"/ && du -sh "$STAGE" ;;
   setup)
     if ! command -v bwrap >/dev/null && [ ! -x /root/bwrap/usr/bin/bwrap ]; then
       dpkg -x "$STAGE"/bubblewrap_*.deb /root/bwrap
@@ -62,5 +67,33 @@ PY
     out=$1 variant=$2 n=$3 budget=$4; shift 4
     python3 perf/nanochat_seeds.py --variant "$variant" --seeds "$n" --budget "$budget" \
       --work /root/trials --cache /root/trials/cache --out "$out" "$@" ;;
+  install)
+    make install-offline HOST_PYTHON="$(command -v python3)" WHEELHOUSE="$STAGE/wheelhouse"
+    env_line
+    export PYTHONPATH="$PWD"
+    .venv/bin/python -c "from autolab.sandbox import linked_site_dirs as l; print(l(('torch',)))" ;;
+  campaign-start)
+    env_line
+    export PYTHONPATH="$PWD"
+    setsid nohup .venv/bin/autolab run --params "$1" >>/root/campaign.log 2>&1 </dev/null &
+    echo $! >/root/campaign.pid; sleep 5; tail -5 /root/campaign.log ;;
+  campaign-wait)
+    end=$((SECONDS + $1))
+    while [ $SECONDS -lt $end ] && kill -0 "$(cat /root/campaign.pid)" 2>/dev/null; do sleep 5; done
+    kill -0 "$(cat /root/campaign.pid)" 2>/dev/null && echo "campaign: running" || echo "campaign: exited"
+    grep -v "^\s*$" /root/campaign.log | grep -iv "warn" | tail -25 ;;
+  campaign-stop)
+    pid=$(cat /root/campaign.pid)
+    kill -INT -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true; tail -5 /root/campaign.log ;;
+  collect)
+    env_line
+    export PYTHONPATH="$PWD"
+    name=$(.venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")
+    mkdir -p "$2"
+    .venv/bin/autolab report --params "$1" || true
+    tar -czf "$2/campaign-$name.tgz" "runs/$name/archive" mlruns reports /root/campaign.log
+    ls -la "$2" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -27,7 +27,8 @@ from benchmarks import get_benchmark
 from benchmarks.nanochat.benchmark import set_constant
 
 KEEP = ("tokens_per_s", "mfu", "harness_peak_memory_gb", "train_tokens", "train_batches",
-        "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens")
+        "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens",
+        "eval_seconds", "eval_compute_s", "eval_transfer_s")
 
 
 def main() -> None:

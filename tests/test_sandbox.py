@@ -374,6 +374,36 @@ def test_venv_torch_imports_under_bwrap(tmp_path: Path, force_isolation) -> None
     assert r.stdout_tail.strip() == "2.0"
 
 
+def test_distributions_outside_the_interpreters_site_import_under_bwrap(
+    tmp_path: Path, force_isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution the parent finds through a .pth file or PYTHONPATH (a virtualenv
+    layered on a host's, with the host's torch) is importable in the step too."""
+    force_isolation("bwrap")
+    linked = tmp_path / "host-site"
+    (linked / "linkedpkg").mkdir(parents=True)
+    (linked / "linkedpkg" / "__init__.py").write_text("VALUE = 7\n")
+    info = linked / "linkedpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: linkedpkg\nVersion: 1.0\n")
+    (info / "RECORD").write_text("linkedpkg/__init__.py,,\nlinkedpkg-1.0.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(linked))
+    for fn in (sandbox.distribution_closure, sandbox.distribution_paths,
+               sandbox.linked_site_dirs):
+        fn.cache_clear()
+    try:
+        assert sandbox.linked_site_dirs(("linkedpkg",)) == (linked.resolve(),)
+        assert sandbox.linked_site_dirs(("numpy",)) == ()
+        r = run_code(tmp_path, "import linkedpkg; print(linkedpkg.VALUE)",
+                     distributions=("linkedpkg",))
+        assert r.status == "ok", r.stderr_tail
+        assert r.stdout_tail.strip() == "7"
+    finally:
+        for fn in (sandbox.distribution_closure, sandbox.distribution_paths,
+                   sandbox.linked_site_dirs):
+            fn.cache_clear()
+
+
 # -- which mode, and faults of the sandbox itself ------------------------------------------
 
 

@@ -22,6 +22,7 @@ import random
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -178,21 +179,28 @@ def run_predict(a: argparse.Namespace) -> None:
     device = _device(preset)
     x = np.fromfile(a.inputs / INPUTS, dtype=np.uint16).reshape(-1, preset.eval_len)
     batch = preset.eval_batch if a.step == "eval" else preset.probe_batch
+    sender = ThreadPoolExecutor(max_workers=1)  # sends one chunk while the next is computed
     channel.send(conn, channel.READY)  # from here on, the trusted side counts compute time
     guard.install()
     _load_candidate(a.workspace)  # the pickled model's classes live there
     model = torch.load(a.model / MODEL, map_location=device, weights_only=False)
     model.eval()
     t0 = _clock()
+    sending = None
     with torch.no_grad():
         for i in range(0, len(x), batch):
             rows = torch.from_numpy(x[i : i + batch].astype(np.int64)).to(device)
             y = model(rows)
             if isinstance(y, tuple | list):
                 y = y[0]
-            out = y.to(torch.float16).cpu().numpy()
-            channel.send(conn, channel.LOGITS, channel.ROWS.pack(i, len(rows), x.shape[1]),
-                         memoryview(np.ascontiguousarray(out)))
+            out = np.ascontiguousarray(y.to(torch.float16).cpu().numpy())
+            if sending is not None:
+                sending.result()
+            sending = sender.submit(channel.send, conn, channel.LOGITS,
+                                    channel.ROWS.pack(i, len(rows), x.shape[1]), memoryview(out))
+    if sending is not None:
+        sending.result()
+    sender.shutdown()
     channel.send(conn, channel.END)
     conn.close()
     log = {"rows": len(x), "seconds": round(_clock() - t0, 3),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,50 +160,29 @@ class LogitsServer:
         link.finished.wait()
 
     def _receive(self, link: StepLink) -> None:
+        """Receives chunk k+1 while a scoring thread works on chunk k. The step's compute
+        clock runs from READY and leaves out the time spent receiving and waiting for the
+        scoring thread: what is left is the step's own (loading, forward passes)."""
         conn, device = link.conn, scoring_device()
         rows, seq = self.targets.shape
         targets = torch.from_numpy(self.targets.astype(np.int64)).to(device)
         nbytes = torch.from_numpy(self.token_bytes.astype(np.int64)).to(device)
-        nats, count_bytes, next_row = 0.0, 0, 0
-        clock = {"ready": None, "transfer": 0.0}
+        total = {"nats": 0.0, "bytes": 0}
+        clock = {"ready": None, "trusted": 0.0}
+        next_row, scoring = 0, None
 
         def over() -> None:
+            if scoring is not None and scoring.done():
+                scoring.result()  # a chunk that failed scoring (not finite) stops the step now
             if clock["ready"] is None:
                 return
-            used = time.monotonic() - clock["ready"] - clock["transfer"]
+            used = time.monotonic() - clock["ready"] - clock["trusted"]
             if used > self.compute_s:
                 link.halt("budget", f"computed for {used:.1f} s, more than the "
                           f"{self.compute_s:.1f} s its rows allow (loading the model and "
                           "forward passes)")
 
-        while _wait_readable(conn, link, over):
-            head = channel.recv_header(conn)
-            if head is None:
-                break
-            tag, size = head
-            if tag == channel.READY and size == 0 and clock["ready"] is None:
-                clock["ready"] = time.monotonic()
-                continue
-            if clock["ready"] is None:
-                raise channel.ProtocolError(f"expected READY first, got {tag!r}")
-            if tag == channel.END and size == 0:
-                break
-            if tag != channel.LOGITS or not channel.ROWS.size < size <= MAX_CHUNK_BYTES:
-                raise channel.ProtocolError(f"expected logits, got {tag!r} of {size} bytes")
-            row0, n, t = channel.ROWS.unpack(channel.recv_exact(conn, channel.ROWS.size))
-            expect = n * t * self.vocab_size * 2
-            if row0 != next_row or n <= 0 or row0 + n > rows or t != seq or (
-                    size - channel.ROWS.size != expect):
-                raise channel.ProtocolError(
-                    f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) do not "
-                    f"follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
-            buf = np.empty((n, t, self.vocab_size), dtype=np.float16)
-            started = time.monotonic()
-            channel.recv_into(conn, memoryview(buf))
-            clock["transfer"] += time.monotonic() - started
-            over()
-            if link.halted is not None:
-                return
+        def score(row0: int, n: int, buf: np.ndarray) -> None:
             logits = torch.from_numpy(buf).to(device).float()
             if not torch.isfinite(logits).all():
                 raise FloatingPointError(f"logits of rows {row0}..{row0 + n} are not finite")
@@ -210,22 +190,62 @@ class LogitsServer:
             tgt = targets[row0 : row0 + n]
             picked = logp.gather(-1, tgt[..., None])[..., 0].double()
             weight = nbytes[tgt]
-            nats -= float((picked * (weight > 0)).sum())
-            count_bytes += int(weight.sum())
+            total["nats"] -= float((picked * (weight > 0)).sum())
+            total["bytes"] += int(weight.sum())
             for r in range(row0, row0 + n):
                 if r in self.keep:
                     self.kept[r] = buf[r - row0].copy()
                 if callable(self.on_row):
                     self.on_row(r, logp[r - row0])
-            next_row = row0 + n
+
+        def settle() -> None:  # waits for the chunk being scored; trusted time
+            started = time.monotonic()
+            if scoring is not None:
+                scoring.result()
+            clock["trusted"] += time.monotonic() - started
+
+        with ThreadPoolExecutor(max_workers=1) as scorer:
+            while _wait_readable(conn, link, over):
+                head = channel.recv_header(conn)
+                if head is None:
+                    break
+                tag, size = head
+                if tag == channel.READY and size == 0 and clock["ready"] is None:
+                    clock["ready"] = time.monotonic()
+                    continue
+                if clock["ready"] is None:
+                    raise channel.ProtocolError(f"expected READY first, got {tag!r}")
+                if tag == channel.END and size == 0:
+                    break
+                if tag != channel.LOGITS or not channel.ROWS.size < size <= MAX_CHUNK_BYTES:
+                    raise channel.ProtocolError(
+                        f"expected logits, got {tag!r} of {size} bytes")
+                row0, n, t = channel.ROWS.unpack(channel.recv_exact(conn, channel.ROWS.size))
+                expect = n * t * self.vocab_size * 2
+                if row0 != next_row or n <= 0 or row0 + n > rows or t != seq or (
+                        size - channel.ROWS.size != expect):
+                    raise channel.ProtocolError(
+                        f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) "
+                        f"do not follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
+                buf = np.empty((n, t, self.vocab_size), dtype=np.float16)
+                started = time.monotonic()
+                channel.recv_into(conn, memoryview(buf))
+                clock["trusted"] += time.monotonic() - started
+                settle()
+                over()
+                if link.halted is not None:
+                    return
+                scoring = scorer.submit(score, row0, n, buf)
+                next_row = row0 + n
+            settle()
         self.record["rows_received"] = next_row
         if clock["ready"] is not None:
-            self.record["compute_s"] = time.monotonic() - clock["ready"] - clock["transfer"]
-            self.record["transfer_s"] = clock["transfer"]
-        self.record["nats"] = nats
-        self.record["target_bytes"] = count_bytes
-        if count_bytes:
-            self.record["bpb"] = nats / math.log(2) / count_bytes
+            self.record["compute_s"] = time.monotonic() - clock["ready"] - clock["trusted"]
+            self.record["transfer_s"] = clock["trusted"]
+        self.record["nats"] = total["nats"]
+        self.record["target_bytes"] = total["bytes"]
+        if total["bytes"]:
+            self.record["bpb"] = total["nats"] / math.log(2) / total["bytes"]
 
 
 @dataclass
