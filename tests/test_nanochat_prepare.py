@@ -4,6 +4,7 @@ downloader (against a local HTTP server, never the network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import shutil
@@ -17,6 +18,8 @@ import pytest
 
 from benchmarks.nanochat import prepare as prep
 from benchmarks.nanochat import sources
+from benchmarks.nanochat.benchmark import NanoChat
+from benchmarks.nanochat.contract import PRESETS
 from benchmarks.nanochat.contract import BOS, TRAIN_TOKENS
 
 VOCAB = 512
@@ -139,6 +142,11 @@ def test_idempotent(enwiki) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     with pytest.raises(FileNotFoundError):
         prep.prepare(data / "absent", out, vocab_size=2 * VOCAB)
+    # the campaign's prepare step on such a machine (paths.data_dir absent there)
+    bench = NanoChat(preset=dataclasses.replace(PRESETS["gpu"], vocab_size=VOCAB))
+    assert bench.prepare(None, out) == desc
+    with pytest.raises(FileNotFoundError, match="parquet shards"):
+        NanoChat().prepare(None, out)  # prepared for another vocabulary
 
 
 def test_tokenizer_reused(enwiki, tmp_path, monkeypatch) -> None:

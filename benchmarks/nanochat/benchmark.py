@@ -129,7 +129,10 @@ class NanoChat:
     # -- data -----------------------------------------------------------------------------
 
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
-        if data_dir is None:
+        if data_dir is None:  # no source shards here: token files shipped from elsewhere
+            shipped = _prepare.already_prepared(Path(prepared_dir), self.preset.vocab_size)
+            if shipped is not None:
+                return shipped
             raise FileNotFoundError("nanochat needs parquet shards: set paths.data_dir to a "
                                     "folder of them (or one with an enwiki/ subfolder)")
         return _prepare.prepare(Path(data_dir), Path(prepared_dir),

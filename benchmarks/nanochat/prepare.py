@@ -268,6 +268,15 @@ def _describe(meta: dict) -> dict[str, str]:
     return out
 
 
+def already_prepared(prepared_dir: Path, vocab_size: int) -> dict[str, str] | None:
+    """The description of a complete prepared directory of this vocabulary (token files
+    shipped to a machine without the source shards), or None."""
+    meta = _load_meta(Path(prepared_dir))
+    if meta is None or meta["vocab_size"] != vocab_size:
+        return None
+    return _describe(meta)
+
+
 def prepare(
     data_dir: Path,
     prepared_dir: Path,
@@ -293,8 +302,8 @@ def prepare(
     try:
         train_files, val_files = find_shards(data_dir)
     except FileNotFoundError:
-        if meta is not None and meta["vocab_size"] == vocab_size:
-            return _describe(meta)
+        if (shipped := already_prepared(prepared_dir, vocab_size)) is not None:
+            return shipped
         raise
     sources = source_files(data_dir)
     if meta is not None and meta["sources"] == sources and meta["settings"] == settings:
