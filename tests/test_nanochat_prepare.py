@@ -143,7 +143,8 @@ def test_idempotent(enwiki) -> None:
     with pytest.raises(FileNotFoundError):
         prep.prepare(data / "absent", out, vocab_size=2 * VOCAB)
     # the campaign's prepare step on such a machine (paths.data_dir absent there)
-    bench = NanoChat(preset=dataclasses.replace(PRESETS["gpu"], vocab_size=VOCAB))
+    bench = NanoChat()
+    bench.preset = dataclasses.replace(PRESETS["gpu"], vocab_size=VOCAB)
     assert bench.prepare(None, out) == desc
     with pytest.raises(FileNotFoundError, match="parquet shards"):
         NanoChat().prepare(None, out)  # prepared for another vocabulary
