@@ -15,7 +15,8 @@ add up to alpha, so by the union bound the chance that some look accepts an equa
 candidate is <= alpha, however many looks there are and however they are placed.
 A futility stop (the candidate is not ahead, or clearly unpromising) ends an unclear
 evaluation early; stopping for futility never raises the false-accept rate. Optional
-screening rejects after one seed a candidate that is behind its reference on it.
+screening rejects after one seed a candidate that is not ahead of its reference on it by
+at least min_gain.
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def compare(
     if n < design.min_seeds:
         if design.screen and n == 1 and paired and not ahead:
             return Comparison(**base, decision="reject",
-                              reason=f"screened out: behind its reference on the first seed "
-                              f"({delta:+.4g})")
+                              reason=f"screened out: not ahead of its reference by min_gain "
+                              f"{design.min_gain:g} on the first seed ({delta:+.4g})")
         return Comparison(**base, decision="more", reason=f"{n} of {design.min_seeds} seeds")
     if p is None:
         return Comparison(**base, decision="reject", reason="no variance across seeds: "

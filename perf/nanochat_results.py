@@ -4,8 +4,10 @@ report) into benchmarks/nanochat/results.json, the headline numbers of RESULTS.m
     python perf/nanochat_results.py --strong-60 A.json B.json ... [--weak-60 ...]
         [--strong-300 ...] [--out benchmarks/nanochat/results.json]
 
-Each list pools the ok trials of its files (one seed each, or several). A key with no
-files is written as null: not measured yet.
+Each list pools the ok trials of its files (one seed each, or several). A file may also
+be a campaign's archive, packed as `perf/nanochat_gpu.sh collect` packs it (a .tgz): its
+seed candidate's val trials are taken, the campaign's own baseline of the seed. A key
+with no files is written as null: not measured yet.
 """
 
 from __future__ import annotations
@@ -13,13 +15,36 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tarfile
 from pathlib import Path
+
+
+def read_measurement(path: Path) -> dict:
+    """A perf/nanochat_seeds.py file, or the seed's val trials of a packed campaign."""
+    if not path.name.endswith(".tgz"):
+        return json.loads(path.read_text())
+    with tarfile.open(path) as tar:
+        def load(name: str) -> dict:
+            return json.load(tar.extractfile(name))
+
+        names = tar.getnames()
+        campaign = next(n for n in names if n.endswith("/archive/campaign.json"))
+        meta = load(campaign)
+        seed = meta["seed_candidate"]
+        trials = [t for t in (load(n) for n in names if "/archive/trials/" in n
+                              and n.endswith(".json"))
+                  if t["candidate_id"] == seed and t["split"] == "val"]
+    setup = meta["fixed"]["setup"]
+    trials.sort(key=lambda t: t["seed"])
+    return {"device": setup["device"], "budget_s": setup["budget"]["amount"],
+            "trials": [{"seed": t["seed"], "status": t["status"], "bpb": t["metrics"].get("bpb"),
+                        **t["evidence"]} for t in trials]}
 
 
 def pooled(paths: list[Path]) -> dict | None:
     if not paths:
         return None
-    files = [json.loads(p.read_text()) for p in paths]
+    files = [read_measurement(p) for p in paths]
     devices = {f["device"] for f in files}
     if len(devices) != 1:
         raise SystemExit(f"files from different devices: {sorted(devices)}")
