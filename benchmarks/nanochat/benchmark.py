@@ -79,9 +79,12 @@ def prune_caches(root: Path, keep: int, max_bytes: int) -> None:
     caches = [d for d in Path(root).iterdir() if d.is_dir() and not d.is_symlink()] if (
         Path(root).is_dir()) else []
     caches.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    for i, d in enumerate(caches):
-        if i >= keep or _tree_bytes(d) > max_bytes:
+    kept = 0
+    for d in caches:
+        if kept >= keep or _tree_bytes(d) > max_bytes:
             shutil.rmtree(d, ignore_errors=True)
+        else:
+            kept += 1
 
 
 def set_constant(source: str, name: str, value: object) -> str:
@@ -265,6 +268,8 @@ class NanoChat:
     def score(self, ctx: TrialContext) -> Score:
         result = _score.score(ctx, self.preset)
         if ctx.split == "val" and ctx.cache_dir is not None:
+            if ctx.cache_dir.is_dir():
+                os.utime(ctx.cache_dir)  # just used: the last to be pruned
             prune_caches(ctx.cache_dir.parent, keep=KEEP_CACHES, max_bytes=CACHE_MAX_BYTES)
         return result
 
