@@ -62,6 +62,8 @@ class Knob(BaseModel):
     high: float | None = None
     log: bool = False
     choices: tuple[str | int | float | bool, ...] = ()
+    weight: float = Field(1.0, gt=0, description="relative odds that tuning moves this "
+                          "knob: the benchmark's prior on which settings matter most")
 
 
 class CodeEdit(BaseModel):

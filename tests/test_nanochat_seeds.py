@@ -189,6 +189,29 @@ def test_compile_warmup_steps_are_undone(variant):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("variant", ["strong", "weak"])
+@pytest.mark.parametrize(("total", "rows"), [(512, [4, 4]), (128, [2]), (64, [1])])
+def test_a_step_draws_the_whole_batch_and_no_more(variant, total, rows):
+    """TOTAL_BATCH_TOKENS is what one optimizer step sees, also below one device batch
+    (4 rows of 64 here): the rows per forward pass shrink instead of staying at 4."""
+    source = set_knob(SEEDS[variant], "TOTAL_BATCH_TOKENS", total)
+    module = load(source)
+    ctx = FakeCtx(STREAM, n_batches=3 * len(rows))
+    drawn: list[int] = []  # rows of each batch served
+    serve = ctx.next_batch
+
+    def next_batch(batch_size: int, seq_len: int):
+        batch = serve(batch_size, seq_len)
+        if batch is not None:
+            drawn.append(batch_size)
+        return batch
+
+    ctx.next_batch = next_batch
+    torch.manual_seed(0)
+    module.train(ctx)
+    assert drawn[: len(rows)] == rows and sum(drawn) * 64 == 3 * total
+
+
 def test_strong_flex_attention_matches_sdpa():
     """Training on CUDA goes through flex_attention block masks; the returned model's
     forward uses SDPA with an explicit mask. Both must give the same logits."""

@@ -82,7 +82,11 @@ class OfflineProposer:
             suggestion = {k.name: _clean(k, dists[k.name], params[k.name]) for k in knobs}
             differing = [k.name for k in knobs if suggestion[k.name] != current[k.name]]
             n_move = min(rng.randint(1, self.max_moved), len(differing))
-            moved = sorted(rng.sample(differing, n_move))
+            # Weighted draw without replacement (Efraimidis-Spirakis keys): a knob the
+            # benchmark weights w times higher is w times likelier to move first.
+            weight = {k.name: k.weight for k in knobs}
+            keyed = sorted(differing, key=lambda n: -(rng.random() ** (1.0 / weight[n])))
+            moved = sorted(keyed[:n_move])
             vector = {**current, **{name: suggestion[name] for name in moved}}
             if moved and _key(vector) not in tried:
                 break

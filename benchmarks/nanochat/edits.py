@@ -470,11 +470,15 @@ EDITS: tuple[CodeEdit, ...] = (
 )
 
 # Ranges for one H100 and a 60 s budget. A knob absent from a seed (N_HEAD in the strong
-# one, MATRIX_LR in the weak one before the `muon` edit) is simply not read there.
+# one, MATRIX_LR in the weak one before the `muon` edit) is simply not read there. Weights are
+# the prior of a fixed wall-clock budget: the batch size sets how many optimizer steps fit in
+# it and the depth how many tokens each parameter sees, so tuning moves those (and the main
+# learning rates) first.
 KNOBS: tuple[Knob, ...] = (
     # model
-    Knob(name="DEPTH", file=FILE, kind="int", low=4, high=12),
-    Knob(name="MODEL_DIM", file=FILE, kind="categorical", choices=(384, 512, 640, 768)),
+    Knob(name="DEPTH", file=FILE, kind="int", low=4, high=12, weight=4.0),
+    Knob(name="MODEL_DIM", file=FILE, kind="categorical", choices=(384, 512, 640, 768),
+         weight=2.0),
     Knob(name="HEAD_DIM", file=FILE, kind="categorical", choices=(64, 128)),
     Knob(name="N_HEAD", file=FILE, kind="categorical", choices=(4, 8)),
     Knob(name="MLP_RATIO", file=FILE, kind="categorical", choices=(2, 3, 4)),
@@ -487,13 +491,13 @@ KNOBS: tuple[Knob, ...] = (
     Knob(name="SEQ_LEN", file=FILE, kind="categorical", choices=(1024, 2048)),
     Knob(name="DEVICE_BATCH_SIZE", file=FILE, kind="categorical", choices=(16, 32, 64)),
     Knob(name="TOTAL_BATCH_TOKENS", file=FILE, kind="categorical",
-         choices=(65536, 131072, 262144, 524288)),
+         choices=(32768, 65536, 131072, 262144, 524288), weight=5.0),
     # optimisation
-    Knob(name="MATRIX_LR", file=FILE, kind="float", low=0.01, high=0.08, log=True),
-    Knob(name="EMBED_LR", file=FILE, kind="float", low=0.1, high=1.2, log=True),
+    Knob(name="MATRIX_LR", file=FILE, kind="float", low=0.01, high=0.08, log=True, weight=3.0),
+    Knob(name="EMBED_LR", file=FILE, kind="float", low=0.1, high=1.2, log=True, weight=2.0),
     Knob(name="UNEMBED_LR", file=FILE, kind="float", low=0.001, high=0.016, log=True),
     Knob(name="SCALAR_LR", file=FILE, kind="float", low=0.1, high=1.0, log=True),
-    Knob(name="LR", file=FILE, kind="float", low=5e-4, high=4e-3, log=True),
+    Knob(name="LR", file=FILE, kind="float", low=5e-4, high=4e-3, log=True, weight=3.0),
     Knob(name="WEIGHT_DECAY", file=FILE, kind="float", low=0.0, high=0.4),
     Knob(name="ADAM_BETA1", file=FILE, kind="float", low=0.7, high=0.95),
     Knob(name="ADAM_BETA2", file=FILE, kind="float", low=0.9, high=0.99),
@@ -502,7 +506,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob(name="NS_STEPS", file=FILE, kind="categorical", choices=(4, 5, 6)),
     Knob(name="GRAD_CLIP", file=FILE, kind="float", low=0.0, high=2.0),
     Knob(name="WARMUP_FRAC", file=FILE, kind="float", low=0.0, high=0.15),
-    Knob(name="WARMDOWN_FRAC", file=FILE, kind="float", low=0.2, high=0.8),
+    Knob(name="WARMDOWN_FRAC", file=FILE, kind="float", low=0.2, high=0.8, weight=3.0),
     Knob(name="FINAL_LR_FRAC", file=FILE, kind="float", low=0.0, high=0.2),
     Knob(name="MIN_LR_FRAC", file=FILE, kind="float", low=0.0, high=0.2),
 )  # fmt: skip

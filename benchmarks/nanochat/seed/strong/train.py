@@ -326,12 +326,14 @@ def train(ctx) -> nn.Module:
     forward = torch.compile(model, dynamic=False) if cuda and COMPILE else model
     masks = block_masks(model, ctx.device) if cuda and USE_FLEX else None
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cuda)
-    grad_accum = max(1, TOTAL_BATCH_TOKENS // (DEVICE_BATCH_SIZE * SEQ_LEN))
+    # Rows per forward pass: DEVICE_BATCH_SIZE, or fewer when the whole batch is smaller.
+    micro_batch = max(1, min(DEVICE_BATCH_SIZE, TOTAL_BATCH_TOKENS // SEQ_LEN))
+    grad_accum = max(1, TOTAL_BATCH_TOKENS // (micro_batch * SEQ_LEN))
 
     def run_step(get_batch, progress) -> bool:
         """One optimizer step over grad_accum micro-batches; False once the data runs out."""
         for _ in range(grad_accum):
-            batch = get_batch(DEVICE_BATCH_SIZE, SEQ_LEN)
+            batch = get_batch(micro_batch, SEQ_LEN)
             if batch is None:
                 return False
             x, y = batch
