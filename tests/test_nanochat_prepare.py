@@ -19,8 +19,7 @@ import pytest
 from benchmarks.nanochat import prepare as prep
 from benchmarks.nanochat import sources
 from benchmarks.nanochat.benchmark import NanoChat
-from benchmarks.nanochat.contract import PRESETS
-from benchmarks.nanochat.contract import BOS, TRAIN_TOKENS
+from benchmarks.nanochat.contract import BOS, PRESETS, TRAIN_TOKENS
 
 VOCAB = 512
 EXTRA = [
