@@ -8,7 +8,10 @@
 #                                         # $SITE, the prepared data into artifacts/
 #   perf/nanochat_gpu.sh seeds OUT VARIANT N BUDGET   # perf/nanochat_seeds.py there
 #   perf/nanochat_gpu.sh install          # make install-offline from $STAGE/wheelhouse
-#   perf/nanochat_gpu.sh campaign-start PARAMS   # autolab run in the background, detached
+#   perf/nanochat_gpu.sh campaign-start PARAMS [STATE.tgz]   # autolab run in the background,
+#                                         # detached, from a frozen copy of the code in $SRC
+#                                         # ($SRC_TAR: a `git archive` of the commit to run);
+#                                         # STATE.tgz: what `collect` packed, to resume
 #   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
@@ -20,12 +23,26 @@
 set -euo pipefail
 STAGE=${STAGE:-/root/stage}
 SITE=${SITE:-/root/site}
+SRC=${SRC:-/root/src}
 DATA=artifacts/nanochat/data
 cmd=${1:?usage: nanochat_gpu.sh stage|setup|seeds ...}; shift
 
 env_line() {
   export PATH="/root/bwrap/usr/bin:$PATH" PYTHONPATH="$PWD:$SITE" PYTHONUNBUFFERED=1
   export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true
+}
+
+# The campaign runs from its own copy of the code: a later change to this tree (a new
+# transfer of it) must not reach a running campaign, whose trusted files are hashed.
+freeze() {
+  rm -rf "$SRC" && mkdir -p "$SRC"
+  if [ -n "${SRC_TAR:-}" ]; then
+    tar -xf "$SRC_TAR" -C "$SRC"
+  else
+    tar --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=./mlruns \
+      --exclude=./reports --exclude=./artifacts --exclude='./.stage*' -cf - . | tar -xf - -C "$SRC"
+  fi
+  ln -s "$PWD/.venv" "$SRC/.venv" && ln -s "$PWD/artifacts" "$SRC/artifacts"
 }
 
 case "$cmd" in
@@ -73,6 +90,9 @@ PY
     export PYTHONPATH="$PWD"
     .venv/bin/python -c "from autolab.sandbox import linked_site_dirs as l; print(l(('torch',)))" ;;
   campaign-start)
+    freeze
+    [ -n "${2:-}" ] && tar -xzf "$2" -C "$SRC" runs mlruns reports
+    cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
     setsid nohup .venv/bin/autolab run --params "$1" >>/root/campaign.log 2>&1 </dev/null &
@@ -88,6 +108,7 @@ PY
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -KILL -- "-$pid" 2>/dev/null || true; tail -5 /root/campaign.log ;;
   collect)
+    cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
     name=$(.venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")
