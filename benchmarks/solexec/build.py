@@ -1,0 +1,150 @@
+"""The build step of a SOL-ExecBench candidate: cheap checks before anything is timed.
+
+A candidate is a folder holding solution.py, which defines `run` with the reference's
+parameters (the definition's inputs, in order) and returns its outputs as the reference
+does. It may use PyTorch, Triton, or CUDA C++ compiled by torch.utils.cpp_extension
+(load_inline, or load on a kernel.cu beside it). Compiling happens in the worker, at
+import or first call, with TORCH_EXTENSIONS_DIR and TRITON_CACHE_DIR inside the build
+folder the caller gives (the trial's own workspace), never in a cache another candidate
+shares.
+
+`build_solution` checks, in order: the files (solution.py is there, parses, binds a `run`
+that takes the inputs); the toolchain (CUDA C++ needs nvcc, and a GPU); the import, in a
+worker, which is where kernels compile; and one smoke call on the smallest workload,
+checked against the reference through the same path as the timed evaluation (evaluate.py).
+Each failure is a BuildResult with its stage, a reason and the log's tail; nothing raises
+for the candidate's faults.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.solexec.evaluate import Launch, Timing, evaluate_problem
+from benchmarks.solexec.launch import launch_subprocess, worker_env
+from benchmarks.solexec.problems import (
+    Problem,
+    Workload,
+    resolve_axes,
+    shrink,
+    skip_reason,
+    tensor_shape,
+)
+from benchmarks.solexec.results import BuildResult
+
+
+def check_files(problem: Problem, solution_dir: Path) -> str | None:
+    """Why solution.py cannot be a solution of this problem, or None."""
+    path = Path(solution_dir) / "solution.py"
+    if path.is_symlink() or not path.is_file():
+        return "the solution folder holds no solution.py"
+    try:
+        tree = ast.parse(path.read_bytes(), filename="solution.py")
+    except SyntaxError as e:
+        return f"solution.py does not parse: {e.msg} (line {e.lineno})"
+    except ValueError as e:
+        return f"solution.py cannot be read as Python source: {e}"
+    inputs = list(problem.inputs)
+    defined = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+               and n.name == "run"]
+    if not defined:
+        return None if _binds_run(tree) else "solution.py defines no top-level `run`"
+    run = defined[-1]
+    if isinstance(run, ast.AsyncFunctionDef):
+        return "`run` is a coroutine function; it must compute its outputs when called"
+    params = [a.arg for a in run.args.posonlyargs + run.args.args]
+    required = len(params) - len(run.args.defaults)
+    if run.args.vararg is None and (params[: len(inputs)] != inputs or required > len(inputs)):
+        return f"run({', '.join(params)}) does not take the inputs ({', '.join(inputs)})"
+    return None
+
+
+def _binds_run(tree: ast.Module) -> bool:
+    """`run` bound at top level otherwise: assigned (run = torch.compile(f)) or imported."""
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == "run" for t in targets):
+            return True
+        if isinstance(node, ast.Import | ast.ImportFrom) and any(
+                (a.asname or a.name) == "run" for a in node.names):
+            return True
+    return False
+
+
+def needs_nvcc(solution_dir: Path) -> bool:
+    """CUDA C++ in the solution: a .cu file, or CUDA sources given to cpp_extension."""
+    folder = Path(solution_dir)
+    return any(folder.glob("*.cu")) or any(
+        "cuda_sources" in p.read_text(errors="replace") for p in folder.glob("*.py"))
+
+
+def find_nvcc(env: Mapping[str, str]) -> str | None:
+    """nvcc as torch.utils.cpp_extension would find it: under CUDA_HOME/CUDA_PATH, else on
+    PATH."""
+    for home in (env.get("CUDA_HOME"), env.get("CUDA_PATH")):
+        if home and os.access(Path(home) / "bin" / "nvcc", os.X_OK):
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc", path=env.get("PATH", ""))
+
+
+def smallest_workload(problem: Problem, max_elements: int | None = None) -> Workload | None:
+    """The runnable workload with the fewest input elements (after shrinking, if asked)."""
+    def size(w: Workload) -> int:
+        w = shrink(problem, w, max_elements) if max_elements else w
+        axes = resolve_axes(problem, w)
+        return sum(math.prod(tensor_shape(s, axes) or ()) for s in problem.inputs.values())
+
+    runnable = [w for w in problem.workloads if skip_reason(problem, w) is None]
+    return min(runnable, key=size) if runnable else None
+
+
+def build_solution(
+    problem: Problem,
+    solution_dir: Path,
+    build_dir: Path,
+    timing: Timing | None = None,
+    *,
+    launch: Launch | None = None,
+    env: Mapping[str, str] | None = None,
+) -> BuildResult:
+    """Check, compile and smoke-test one candidate. `env` adds to the worker's environment
+    (and is where the toolchain is looked for); `launch` replaces the fresh interpreter."""
+    started = time.monotonic()
+    timing = timing or Timing()
+
+    def result(stage: str, reason: str = "", log: str = "", smoke=None) -> BuildResult:
+        return BuildResult(ok=stage == "done", stage=stage, reason=reason, log_tail=log,
+                           wall_s=round(time.monotonic() - started, 3), smoke=smoke)
+
+    if (reason := check_files(problem, solution_dir)) is not None:
+        return result("files", reason)
+    if needs_nvcc(solution_dir):
+        if find_nvcc(worker_env(build_dir, Path(build_dir), env)) is None:
+            return result("toolchain", "the solution compiles CUDA C++ but no nvcc was found "
+                          "(CUDA_HOME unset or without bin/nvcc, and none on PATH)")
+        if torch.device(timing.device).type != "cuda":
+            return result("toolchain", "the solution compiles CUDA C++, which needs a GPU; "
+                          f"this evaluation runs on {timing.device}")
+    workload = smallest_workload(problem, timing.max_elements)
+    if workload is None:
+        return result("smoke", "no workload of this problem can run here")
+    evaluated = evaluate_problem(
+        problem, solution_dir, replace(timing, warmup=1, reps=1), workloads=[workload],
+        launch=launch or functools.partial(launch_subprocess, env=env), build_dir=build_dir)
+    smoke = evaluated.workloads[0]
+    if evaluated.load_error:
+        return result("load", evaluated.load_error.splitlines()[0][:500], evaluated.log_tail)
+    if smoke.status != "ok":
+        return result("smoke", f"{smoke.status}: {smoke.reason}", evaluated.log_tail, smoke)
+    return result("done", log=evaluated.log_tail, smoke=smoke)

@@ -1,0 +1,411 @@
+"""Trusted evaluation of a SOL-ExecBench candidate: the clock, the inputs, the reference
+outputs and every check live in this process; the candidate's code runs in a worker
+process (worker.py) that only executes calls.
+
+Each call goes this way:
+
+1. Its inputs, fresh for every call, are drawn from a secret seed and the reference is run
+   on a copy of them, here, before the flush and the clock; the inputs are then copied
+   into the arena's input slots (transport.py), and the output slots are poisoned
+   (NaN for floating dtypes, a changing byte pattern otherwise).
+2. The caches are flushed: this process writes a buffer twice the size of the last-level
+   cache (CPU) or of the L2 (GPU), then synchronises its device.
+3. The clock starts (time.perf_counter_ns, here) and "call i" is sent; the worker runs
+   `run`, synchronises its device (all streams), copies the outputs into their slots,
+   synchronises again and answers with a digest of the slots. The clock stops when the
+   answer arrives.
+4. At once the output slots are copied (the snapshot) and the copy is judged: the answer's
+   digest must match it (a worker that answers before its outputs are in place, with a
+   synchronize replaced or work left on another stream or thread, cannot know the digest of
+   bytes not yet written); the public tolerance rule against the reference computed here on
+   the same inputs; the inputs against their pristine copy (all but those the reference
+   itself updates in place, such as a KV cache, where the outputs are what is judged); and
+   the worker process as /proc shows it: no child processes, and after warm-up no more
+   threads than when warm-up ended. Before the workload's next call, and after a pause at
+   the end, the slots must still hold the snapshot: a write after the answer is work left
+   running in the background. Across the timed phase the worker may not use CPU while it
+   waits for calls, beyond a small allowance: a worker busy between calls is computing
+   where no clock runs.
+
+On a GPU the worker's synchronize is device-wide for its context (every stream, graph and
+host callback) and bound before the candidate is imported, so replacing
+torch.cuda.synchronize changes nothing, and the digest fails an early answer whatever was
+replaced. What is not guaranteed: work in another CUDA context (a child process: refused by
+the process check here and by the sandbox); work a thread enqueues after the answer, which
+the thread count sees only when the thread is new after warm-up and the slots only when it
+writes them; a kernel still running after the answer that writes elsewhere, which is timed
+by the next call it delays rather than by its own. Persisting-L2 windows the worker's
+context sets are not reset by the flush (they cannot hold a fresh call's inputs).
+
+A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
+problems are one group). Before the solution is loaded into it, each workload's empty
+calls are timed (see Overhead). Then warm-up calls, checked but not timed, and timed calls
+that go round the group's workloads, each round in a new shuffled order and no workload
+twice in a row, so whatever state a call leaves behind meets another workload's call next
+(a global that remembers the last workload, a plan built for one shape and reused for
+another) and is judged there. A worker lost to a crash or a timeout fails the workload of
+the call that lost it; the others start over in a new worker, on inputs never drawn before.
+
+Overhead. An empty call goes the same way as a call (the same flush, the same clock, the
+same messages; the worker synchronises and digests the untouched slots) but runs nothing:
+it is the round trip. It is timed in the worker before the solution is imported, so no
+candidate code can slow it down to inflate what is subtracted from its own times.
+`time_ns` is the median call minus the median empty call, floored at the empty calls'
+median absolute deviation, below which the difference is noise. It is subtracted because
+T_SOL is a device-only bound and the public harness times the device alone (CUDA events or
+CUPTI): a fixed host round trip of tens to hundreds of microseconds left in would pull
+every small workload's score towards 0.5 whatever the kernel does. The raw median and the
+overhead are kept beside it. The baseline T_b is the reference run as a solution through
+this same path (`reference_solution`), so the two are measured alike.
+
+Where this differs from the public SOL-ExecBench harness (NVIDIA/SOL-ExecBench:
+core/bench/timing.py, core/bench/reward_hack.py, driver/templates/eval_driver.py):
+
+- It times inside the candidate's process, with CUDA events or CUPTI around the call, and
+  guards its clock by checking that torch.cuda.Event.elapsed_time and its own driver
+  functions keep the identity they had before the candidate was imported. Here the clock is
+  in another process, out of the candidate's reach, so there is nothing to patch; the cost
+  is a host round trip in each measurement (subtracted, above) and wall-clock rather than
+  kernel-only time, so launch overhead counts, for the reference as for the candidate.
+- It checks correctness over separate rounds plus one untimed audit call placed at random
+  among the timed ones; here every call, warm-up and timed, is checked, on fresh inputs.
+- It counts threads in-process before and after a call and refuses outputs that are not
+  exactly torch.Tensor; here threads and children are counted from this process, and the
+  outputs are bytes copied into memory this process owns, so a lazy object is forced
+  inside the timed window whatever the worker-side type check is made to say.
+- It gives each iteration unique data pointers (a shifting pool over cloned inputs) against
+  caching; here each call's values are fresh, which defeats caching keyed on pointers,
+  shapes or values alike. The slots are reused, so pointers repeat from call to call.
+- It resets persisting L2 lines before each flush; the worker's context's persisting lines
+  cannot be reset from here (see above).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.solexec import transport
+from benchmarks.solexec.launch import Worker, launch_subprocess
+from benchmarks.solexec.link import CacheFlush, WorkerLink, WorkerLost, cache_bytes, sync_device
+from benchmarks.solexec.material import Draw, WorkloadRun, estimate_bytes, same_bytes
+from benchmarks.solexec.problems import (
+    Problem,
+    Workload,
+    check_outputs,
+    reference_entry,
+    shrink,
+    skip_reason,
+)
+from benchmarks.solexec.results import ProblemEval, Status, WorkloadEval
+
+TRACE_CHARS = 3000
+
+Launch = Callable[[Path], Worker]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one evaluation runs. Defaults suit a GPU; tests shrink everything."""
+
+    device: str = "cpu"
+    warmup: int = 3
+    reps: int = 10
+    call_timeout_s: float = 10.0
+    load_timeout_s: float = 600.0  # importing and compiling the solution
+    flush_bytes: int | None = None  # None: twice the last-level cache (CPU) or L2 (GPU)
+    settle_s: float = 0.01  # pause before the last look for writes after the answers
+    max_restarts: int = 2  # a worker lost (crash, timeout) is restarted this often
+    threads: int = 1
+    max_elements: int | None = None  # shrink workloads for CPU runs (problems.shrink)
+    group_mb: float = 4096.0  # workloads interleaved together hold at most this in arenas
+    idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
+    idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
+
+
+# ---------------------------------------------------------------------------- one call
+
+
+def _call(link: WorkerLink, p: WorkloadRun, index: int, timed: bool, flush: CacheFlush) -> None:
+    """One call of workload p with the draw of seed `index`; a failed check finishes p."""
+    if _changed_since_answer(p):
+        return
+    try:
+        d = p.draw(index)
+    except Exception as e:  # the reference's fault on these values, not the candidate's
+        p.finish("skipped", _reference_fault(e))
+        return
+    p.stage(d)
+    flush()
+    ns, answer = link.timed("call", p.key, watch_idle=timed)
+    snapshot = [v.clone() for v in p.out_views]
+    sync_device(flush.device)
+    p.snapshot = snapshot
+    verdict = _judge(link, p, d, answer, snapshot, timed)
+    if verdict is not None:
+        p.finish(*verdict)
+    elif timed:
+        p.times.append(ns)
+
+
+def _changed_since_answer(p: WorkloadRun) -> bool:
+    """Finishes p when its output slots no longer hold what they held at its last answer."""
+    if p.snapshot is None or all(
+            same_bytes(v, c) for v, c in zip(p.out_views, p.snapshot, strict=True)):
+        return False
+    p.finish("failed", "its outputs changed after it answered (work left running in the "
+             "background)")
+    return True
+
+
+def _judge(link: WorkerLink, p: WorkloadRun, d: Draw, answer: dict,
+           snapshot: list[torch.Tensor], timed: bool) -> tuple[Status, str] | None:
+    if not answer["ok"]:
+        return "failed", f"run failed: {str(answer.get('error', ''))[:500]}"
+    if answer.get("digest") != transport.digest(snapshot):
+        return "failed", ("it answered before its outputs were in place (the digest in its "
+                          "answer does not match the outputs read at the answer)")
+    check = check_outputs(snapshot, d.want, p.workload.tolerance, list(p.problem.outputs))
+    p.calls += 1
+    p.worst_abs = _worse(p.worst_abs, check.max_abs_error)
+    p.worst_rel = _worse(p.worst_rel, check.max_rel_error)
+    if not check.passed:
+        return "incorrect", f"call {p.calls}: {check.detail}"
+    for name, view, value in zip(p.problem.inputs, p.in_views, d.values, strict=True):
+        if view is not None and name not in p.writable and not same_bytes(view, value):
+            return "failed", f"run wrote into its input {name!r}"
+    if (children := link.children()) > 0:
+        return "failed", f"it left {children} child process(es) running after the call"
+    base = link.baseline_threads
+    if timed and base is not None and (n := link.threads()) > base:
+        return "failed", (f"it left {n - base} more thread(s) running after the call than it "
+                          "had after warm-up (work left in the background)")
+    return None
+
+
+def _reference_fault(e: Exception) -> str:
+    return "the reference cannot run it: " + " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+def _worse(a: float, b: float) -> float:
+    return b if math.isnan(b) or b > a else a  # NaN, once seen, stays the worst
+
+
+# ---------------------------------------------------------------------------- a problem
+
+
+def round_order(todo: list, rng: random.Random, last: object = None) -> list:
+    """One round of timed calls: the workloads in a new random order, never starting with
+    the one called last, so no workload is called twice in a row while another waits."""
+    order = rng.sample(todo, len(todo))
+    if len(order) > 1 and order[0] is last:
+        order.append(order.pop(0))
+    return order
+
+
+def groups(pending: list[WorkloadRun], budget_bytes: float) -> list[list[WorkloadRun]]:
+    """Consecutive workloads whose arenas fit the budget together (one alone if it does not)."""
+    out: list[list[WorkloadRun]] = []
+    used = 0.0
+    for p in pending:
+        if out and used + p.size <= budget_bytes:
+            out[-1].append(p)
+            used += p.size
+        else:
+            out.append([p])
+            used = p.size
+    return out
+
+
+def _open(link: WorkerLink, p: WorkloadRun) -> None:
+    """The workload's arena made here and mapped by the worker."""
+    try:
+        p.materialise()
+    except Exception as e:  # the reference's fault, not the candidate's
+        p.finish("skipped", _reference_fault(e))
+        return
+    handle, fds = p.arena.handle()
+    answer = link.request({"op": "open", "key": p.key, "arena": handle, "inputs": p.inputs,
+                           "outputs": p.outputs, "names": list(p.problem.outputs)},
+                          link.call_timeout_s, fds)
+    if not answer["ok"]:
+        p.finish("failed", f"the worker could not map the workload: {answer.get('error', '')}")
+
+
+def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
+               rng: random.Random, flush: CacheFlush) -> None:
+    """Empty calls, `reps` for each workload in shuffled rounds, each after the same flush,
+    timed the same way as a call; made before the solution is loaded, so no candidate code
+    can slow them down to inflate what is subtracted from its times."""
+    last = None
+    for p in group:
+        p.empties.clear()
+    for _ in range(timing.reps):
+        for p in round_order([p for p in group if p.result is None], rng, last):
+            flush()
+            ns, answer = link.timed("empty", p.key, watch_idle=False)
+            if not answer["ok"]:
+                raise RuntimeError(f"an empty call failed: {answer.get('error', '')}")
+            p.empties.append(ns)
+            last = p
+
+
+def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: random.Random,
+           flush: CacheFlush) -> None:
+    """Warm-up for every workload of the group, then timed rounds, each in a new shuffled
+    order. A lost worker raises WorkerLost naming the workload whose call it was."""
+    current = None
+    try:
+        for p in group:
+            for i in range(timing.warmup):
+                if p.result is None:
+                    current = p
+                    _call(link, p, i, False, flush)
+        link.baseline_threads = link.threads()
+        while todo := [p for p in group if p.result is None and p.timed_done < timing.reps]:
+            for p in round_order(todo, rng, current):
+                if p.result is None:
+                    current = p
+                    _call(link, p, timing.warmup + p.timed_done, True, flush)
+                    p.timed_done += 1
+    except WorkerLost as lost:
+        lost.culprit = current
+        raise
+    time.sleep(timing.settle_s)
+    idle = link.idle_problem(timing.idle_cpu_share, timing.idle_cpu_floor_ms)
+    for p in group:
+        if not _changed_since_answer(p):
+            p.finish("failed", idle) if idle else p.finish("ok")
+
+
+def _load(link: WorkerLink, solution_dir: Path, timing: Timing) -> tuple[Status, str, str]:
+    """Import the solution (compiling it): ("ok", "", "") or the status, the reason it did
+    not load and the worker's traceback."""
+    try:
+        load = {"op": "load", "path": str(Path(solution_dir).absolute())}
+        answer = link.request(load, timing.load_timeout_s)
+    except WorkerLost as lost:
+        return lost.status, f"did not load: {lost.reason}", ""
+    if answer["ok"]:
+        return "ok", "", ""
+    error = str(answer.get("error", "unknown error")).strip() or "unknown error"
+    return "failed", f"did not load: {error}", str(answer.get("trace", ""))[-TRACE_CHARS:]
+
+
+def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
+                    rng: random.Random, flush: CacheFlush) -> None:
+    """Before any candidate code: start the worker, open the group's arenas, calibrate.
+    A failure here is the evaluator's (an infrastructure fault), so it raises."""
+    try:
+        answer = link.request({"op": "init", "device": timing.device,
+                               "threads": timing.threads}, timing.load_timeout_s)
+        if not answer["ok"]:
+            raise RuntimeError(f"the worker did not start: {answer.get('error', '')}")
+        for p in group:
+            _open(link, p)
+        _calibrate(link, group, timing, rng, flush)
+    except WorkerLost as lost:
+        raise RuntimeError(f"the worker failed before any candidate code: {lost.reason}"
+                           ) from None
+
+
+def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch: Launch,
+             build_dir: Path, rng: random.Random) -> tuple[str, str]:
+    """Every workload to a result: a worker for each group of workloads (and again for the
+    rest of a group when one is lost, at most max_restarts times). Returns (why the
+    solution did not load, or ""; the workers' log tail)."""
+    nbytes = timing.flush_bytes if timing.flush_bytes is not None else 2 * cache_bytes(
+        timing.device)
+    flush, restarts, logs = CacheFlush(timing.device, nbytes), 0, []
+    load_error = trace = ""
+    while pending := [p for p in work if p.result is None]:
+        group = groups(pending, timing.group_mb * 2**20)[0]
+        link = WorkerLink(launch(build_dir), timing.call_timeout_s)
+        try:
+            _prepare_worker(link, group, timing, rng, flush)
+            status, load_error, trace = _load(link, solution_dir, timing)
+            if load_error:
+                for p in pending:
+                    p.finish(status, load_error.splitlines()[0][:500])
+                break
+            _drive(link, group, timing, rng, flush)
+        except WorkerLost as lost:
+            for p in [lost.culprit] if lost.culprit is not None else group:
+                p.finish(lost.status, lost.reason)
+            for p in group:  # the rest start over in the next worker, on inputs never seen
+                p.restart([rng.getrandbits(63) for _ in p.seeds])
+            restarts += 1
+            if restarts > timing.max_restarts:
+                for p in work:
+                    p.finish("failed", f"not run: the worker was lost {restarts} times")
+        finally:
+            for p in group:
+                p.release()
+            logs.append(link.close())
+    return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
+
+
+def evaluate_problem(
+    problem: Problem,
+    solution_dir: Path,
+    timing: Timing | None = None,
+    *,
+    workloads: Sequence[Workload] | None = None,
+    launch: Launch = launch_subprocess,
+    build_dir: Path | None = None,
+    seed: int | None = None,
+) -> ProblemEval:
+    """Evaluate solution_dir/solution.py on the problem's workloads (or those given). The
+    candidate's faults never raise: they come back as statuses with reasons. `seed` fixes
+    the inputs (by default a secret one); `build_dir` is where its kernels compile (by
+    default a folder made and removed here)."""
+    timing = timing or Timing()
+    started = time.monotonic()
+    rng = random.Random(seed if seed is not None else secrets.randbits(64))
+    entry = reference_entry(problem)
+    results: dict[int, WorkloadEval] = {}
+    work: list[WorkloadRun] = []
+    for key, w in enumerate(problem.workloads if workloads is None else workloads):
+        if (reason := skip_reason(problem, w)) is not None:
+            results[key] = WorkloadEval(uuid=w.uuid, axes=dict(w.axes), status="skipped",
+                                        reason=reason)
+            continue
+        w = shrink(problem, w, timing.max_elements) if timing.max_elements else w
+        seeds = [rng.getrandbits(63) for _ in range(timing.warmup + timing.reps)]
+        work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
+                                device=timing.device, threads=timing.threads, seeds=seeds,
+                                size=estimate_bytes(problem, w)))
+    own_build = build_dir is None
+    build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
+    try:
+        load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng) if (
+            work) else ("", "")
+    finally:
+        for p in work:
+            p.release()
+        if own_build:
+            shutil.rmtree(build, ignore_errors=True)
+    for p in work:
+        results[p.key] = p.result
+    return ProblemEval(
+        problem=problem.key, device=timing.device, workloads=[results[k] for k in sorted(results)],
+        load_error=load_error, log_tail=log, wall_s=round(time.monotonic() - started, 3),
+    )  # fmt: skip
+
+
+def reference_solution(problem: Problem, dest: Path) -> Path:
+    """The problem's reference written as a solution (dest/solution.py). Evaluated as a
+    candidate is, through the same path, it gives the baseline T_b."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "solution.py").write_text(problem.reference)
+    return dest

@@ -1,0 +1,263 @@
+"""Starting the worker that runs a candidate, and the trusted side's handle on it.
+
+Two ways to start one, one handle (`Worker`):
+
+- `launch_subprocess`: a fresh interpreter for each worker. The default: nothing of any
+  other candidate can be left in it.
+- `Forkserver`: forks workers from a clean process that has imported torch and nothing else,
+  so a worker starts in milliseconds rather than seconds. Its workers share its copy of
+  the harness and start from its memory, so it suits evaluations whose candidates are not
+  one another's adversaries (tests, smoke builds); on a GPU each forked worker still makes
+  its own CUDA context.
+
+Under the runner the worker becomes a sandboxed step instead (SandboxStep with
+channel=True, argv `python -m benchmarks.solexec.worker --fd $AUTOLAB_CHANNEL_FD`): the
+companion's socket plays `Worker.sock`, the pid comes from the kernel's credentials on the
+worker's first frame (wire.py), and `StepLink.halt` does what `Worker.kill` does here.
+
+Either way the worker runs from a copy of its harness files in a folder of its own, copied
+afresh at each start (a worker that rewrites its copy changes only itself), in an
+environment built from an allowlist, with its build folder as working directory and home:
+compiled kernels (torch.utils.cpp_extension, Triton) go there and nowhere shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+
+from benchmarks.solexec import wire
+
+PROJECT = Path(__file__).resolve().parents[2]
+HARNESS = ("benchmarks/__init__.py", "benchmarks/guard.py", "benchmarks/solexec/__init__.py",
+           "benchmarks/solexec/worker.py", "benchmarks/solexec/wire.py",
+           "benchmarks/solexec/transport.py")
+PASSED_ENV = ("CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
+              "TORCH_CUDA_ARCH_LIST", "TRITON_INTERPRET", "TRITON_PTXAS_PATH",
+              "TRITON_LIBCUDA_PATH", "CC", "CXX")
+LOG_TAIL_BYTES = 4000
+SPAWN_TIMEOUT_S = 60.0
+
+
+def harness_files() -> list[Path]:
+    """The project files a worker imports: all it sees of the project."""
+    return [PROJECT / p for p in HARNESS]
+
+
+def copy_harness(dest: Path) -> Path:
+    for rel in HARNESS:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT / rel, target)
+    return dest
+
+
+def worker_env(build_dir: Path, harness: Path, extra: Mapping[str, str] | None = None
+               ) -> dict[str, str]:
+    """A worker's whole environment: an allowlist, the build folder for every compiler
+    cache, and the toolchain variables a GPU build needs, passed through where set."""
+    build_dir = Path(build_dir).absolute()
+    env = {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/cuda/bin",
+                                 "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": str(build_dir), "TMPDIR": str(build_dir), "LANG": "C.UTF-8",
+        "PYTHONPATH": str(harness), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep: idle CPU means work
+        "TORCH_EXTENSIONS_DIR": str(build_dir / "torch_extensions"),
+        "TRITON_CACHE_DIR": str(build_dir / "triton"),
+    }  # fmt: skip
+    env |= {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
+    return env | dict(extra or {})
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the worker went away (exit status unknown)"
+    if code < 0:
+        try:
+            return f"the worker was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the worker was killed by signal {-code}"
+    return f"the worker exited with status {code}"
+
+
+class Worker:
+    """The trusted side's handle on one worker process: its channel, its pid (as the
+    launcher knows it, not as the worker says), a way to kill it and its log."""
+
+    def __init__(self, sock, pid: int, exit_code: Callable[[float], int | None], folder: Path):
+        self.sock = sock
+        self.pid = pid
+        self._exit_code = exit_code
+        self._folder = folder
+        try:
+            self._process: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group and every process it started."""
+        p, family = self._process, []
+        if p is not None and p.is_running():  # is_running also checks the pid was not reused
+            try:
+                family = [p, *p.children(recursive=True)]
+            except psutil.Error:
+                family = [p]
+        try:  # the group outlives its leader while any member is left
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for q in family:
+            try:
+                q.kill()
+            except psutil.Error:
+                pass
+
+    def exit_code(self, wait_s: float) -> int | None:
+        """The exit status once the worker has ended (None if it has not within wait_s)."""
+        return self._exit_code(wait_s)
+
+    def log_tail(self) -> str:
+        path = self._folder / "worker.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def close(self) -> str:
+        """Kill whatever is left, close the channel; returns the log's tail."""
+        self.kill()
+        self.exit_code(5.0)
+        self.sock.close()
+        tail = self.log_tail()
+        shutil.rmtree(self._folder, ignore_errors=True)
+        return tail
+
+
+def launch_subprocess(build_dir: Path, *, env: Mapping[str, str] | None = None,
+                      python: str = sys.executable) -> Worker:
+    """A worker in a fresh interpreter, leading its own process group, working in build_dir."""
+    folder = Path(tempfile.mkdtemp(prefix="solexec-worker-"))
+    harness = copy_harness(folder / "harness")
+    Path(build_dir).mkdir(parents=True, exist_ok=True)
+    ours, theirs = wire.socket_pair()
+    with open(folder / "worker.log", "wb") as log:
+        proc = subprocess.Popen(
+            [python, "-m", "benchmarks.solexec.worker", "--fd", str(theirs.fileno())],
+            cwd=build_dir, env=worker_env(build_dir, harness, env), stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+        )  # fmt: skip
+    theirs.close()
+
+    def exit_code(wait_s: float) -> int | None:
+        try:
+            return proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    return Worker(ours, proc.pid, exit_code, folder)
+
+
+class Forkserver:
+    """A clean process with torch imported that forks a worker per `launch`.
+
+    It reports each worker's exit status on its control channel, read here by a thread.
+    Use as a context manager, or call close().
+    """
+
+    def __init__(self, *, env: Mapping[str, str] | None = None, python: str = sys.executable):
+        self._folder = Path(tempfile.mkdtemp(prefix="solexec-forkserver-"))
+        self._harness = copy_harness(self._folder / "harness")
+        self._env = dict(env or {})
+        self._ctrl, theirs = wire.socket_pair()
+        with open(self._folder / "forkserver.log", "wb") as log:
+            self._proc = subprocess.Popen(
+                [python, "-m", "benchmarks.solexec.worker", "--forkserver", "--fd",
+                 str(theirs.fileno())],
+                cwd=self._folder, env=worker_env(self._folder, self._harness, self._env),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )  # fmt: skip
+        theirs.close()
+        self._lock = threading.Lock()
+        self._spawned: queue.Queue[int] = queue.Queue()
+        self._exits: dict[int, int] = {}
+        self._ended = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._read, name="forkserver-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = json.loads(wire.recv_frame(self._ctrl, 1 << 16).payload)
+            except (wire.WireError, OSError, ValueError):
+                break
+            if msg.get("op") == "spawned":
+                self._spawned.put(int(msg["pid"]))
+            elif msg.get("op") == "exited":
+                with self._ended:
+                    self._exits[int(msg["pid"])] = int(msg["code"])
+                    self._ended.notify_all()
+        with self._ended:
+            self._closed = True
+            self._ended.notify_all()
+
+    def launch(self, build_dir: Path, *, env: Mapping[str, str] | None = None) -> Worker:
+        folder = Path(tempfile.mkdtemp(prefix="solexec-worker-"))
+        Path(build_dir).mkdir(parents=True, exist_ok=True)
+        ours, theirs = wire.socket_pair()
+        log = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        request = {"op": "spawn", "cwd": str(Path(build_dir).absolute()),
+                   "env": worker_env(build_dir, self._harness, {**self._env, **(env or {})})}
+        with self._lock:  # one spawn at a time, so each answer is this request's
+            try:
+                wire.send_frame(self._ctrl, pickle.dumps(request), (theirs.fileno(), log))
+            finally:
+                theirs.close()
+                os.close(log)
+            try:
+                pid = self._spawned.get(timeout=SPAWN_TIMEOUT_S)
+            except queue.Empty:
+                ours.close()
+                raise RuntimeError("the forkserver did not start a worker") from None
+        return Worker(ours, pid, lambda wait_s: self._exit_code(pid, wait_s), folder)
+
+    def _exit_code(self, pid: int, wait_s: float) -> int | None:
+        with self._ended:
+            self._ended.wait_for(lambda: pid in self._exits or self._closed, timeout=wait_s)
+            return self._exits.get(pid)
+
+    def close(self) -> None:
+        try:
+            wire.send_frame(self._ctrl, pickle.dumps({"op": "exit"}))
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._ctrl.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> Forkserver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,215 @@
+"""The trusted side of one worker: its requests and timed calls, what /proc shows of its
+process, and the cache flush that precedes each timed call.
+
+The clock is time.perf_counter_ns in this process, started just before a call's frame is
+sent and stopped as soon as the answer's frame is whole; everything else (serialising the
+call, reading /proc) happens outside it. An answer is accepted only from the worker's own
+process (the kernel's credentials on the frame), as JSON, bounded in size, and answering
+the call just made; anything else is a broken protocol and the worker is killed.
+
+What this process learns about the worker it reads from /proc, never from the worker:
+its threads, its child processes, and the CPU time of its threads (schedstat, in ns).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pickle
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from benchmarks.solexec import wire
+from benchmarks.solexec.launch import Worker, describe_exit
+from benchmarks.solexec.results import Status
+
+MAX_ANSWER = 1 << 16
+_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
+
+
+class WorkerLost(Exception):
+    """The worker is gone or unusable: killed after a timeout, crashed, broke the protocol."""
+
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+        self.culprit: object | None = None  # the workload whose call it was, if any
+
+
+class WorkerLink:
+    """Requests and timed calls to one worker, and a watch on its process."""
+
+    def __init__(self, worker: Worker, call_timeout_s: float):
+        self.worker = worker
+        self.call_timeout_s = call_timeout_s
+        self.ids = itertools.count(1)
+        self.baseline_threads: int | None = None
+        self.idle_cpu_ns = self.idle_wall_ns = 0
+        self._answered: tuple[int, int] | None = None  # clock and worker CPU at an answer
+
+    def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
+        """An untimed request (start, load, open a workload); its answer."""
+        call_id = next(self.ids)
+        try:
+            self.worker.sock.settimeout(timeout_s)
+            wire.send_frame(self.worker.sock, pickle.dumps({**msg, "id": call_id}), fds)
+            frame = wire.recv_frame(self.worker.sock, MAX_ANSWER, time.monotonic() + timeout_s)
+        except (wire.WireError, OSError) as e:
+            raise self._lost(e, timeout_s) from None
+        return self._decode(frame, call_id)
+
+    def timed(self, op: str, key: int, watch_idle: bool) -> tuple[int, dict]:
+        """(ns from sending the call to its whole answer, the answer). With watch_idle, the
+        worker's CPU time since the previous watched answer counts as idle work."""
+        call_id = next(self.ids)
+        payload = pickle.dumps({"op": op, "key": key, "id": call_id})
+        frame = wire.HEADER.pack(len(payload)) + payload
+        sock, timeout_s = self.worker.sock, self.call_timeout_s
+        sock.settimeout(timeout_s)
+        if watch_idle and self._answered is not None:
+            answered_at, cpu_then = self._answered
+            self.idle_cpu_ns += max(0, self.cpu_ns() - cpu_then)
+            self.idle_wall_ns += time.perf_counter_ns() - answered_at
+        try:
+            deadline = time.monotonic() + timeout_s
+            t0 = time.perf_counter_ns()
+            sock.sendall(frame)
+            answer = wire.recv_frame(sock, MAX_ANSWER, deadline)
+            t1 = time.perf_counter_ns()
+        except (wire.WireError, OSError) as e:
+            raise self._lost(e, timeout_s) from None
+        if watch_idle:
+            self._answered = (t1, self.cpu_ns())
+        return t1 - t0, self._decode(answer, call_id)
+
+    def _decode(self, frame: wire.Frame, call_id: int) -> dict:
+        if frame.pid is not None and frame.pid != self.worker.pid:
+            raise self._broke(f"an answer came from process {frame.pid}, not the worker")
+        try:
+            answer = json.loads(frame.payload)
+        except ValueError:
+            raise self._broke("an answer that is not JSON") from None
+        if not (isinstance(answer, dict) and answer.get("id") == call_id
+                and isinstance(answer.get("ok"), bool)):
+            raise self._broke(f"an answer that is not to call {call_id}: {str(answer)[:120]}")
+        return answer
+
+    def _broke(self, reason: str) -> WorkerLost:
+        self.worker.kill()
+        return WorkerLost("failed", f"broke the protocol: {reason}")
+
+    def _lost(self, e: Exception, timeout_s: float) -> WorkerLost:
+        if isinstance(e, wire.Deadline | TimeoutError):
+            self.worker.kill()
+            return WorkerLost("timeout", f"no answer within {timeout_s:g} s; the worker was "
+                              "killed")
+        if isinstance(e, wire.PeerClosed | BrokenPipeError | ConnectionResetError):
+            return WorkerLost("failed", describe_exit(self.worker.exit_code(2.0)))
+        return self._broke(str(e))
+
+    def threads(self) -> int:
+        try:
+            return len(os.listdir(f"/proc/{self.worker.pid}/task"))
+        except OSError:
+            return 0
+
+    def children(self) -> int:
+        try:
+            return len(psutil.Process(self.worker.pid).children(recursive=True))
+        except psutil.Error:
+            return 0
+
+    def cpu_ns(self) -> int:
+        """CPU time of the worker's live threads in ns (schedstat; else clock ticks)."""
+        pid = self.worker.pid
+        if not _SCHEDSTAT:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                return int((t.user + t.system) * 1e9)
+            except psutil.Error:
+                return 0
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return 0
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return total
+
+    def idle_problem(self, share: float, floor_ms: float) -> str | None:
+        """Why the worker's CPU use between calls is too much, or None."""
+        if self.idle_cpu_ns <= max(floor_ms * 1e6, share * self.idle_wall_ns):
+            return None
+        return (f"the worker used {self.idle_cpu_ns / 1e6:.1f} ms of CPU in the "
+                f"{self.idle_wall_ns / 1e6:.1f} ms it waited between calls (work done "
+                "where no clock runs)")
+
+    def close(self) -> str:
+        """Ask the worker to exit, kill what is left; the log's tail."""
+        try:
+            self.worker.sock.settimeout(1.0)
+            wire.send_frame(self.worker.sock, pickle.dumps({"op": "exit"}))
+            self.worker.exit_code(1.0)
+        except OSError:
+            pass
+        return self.worker.close()
+
+
+def sync_device(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class CacheFlush:
+    """Writes a buffer larger than the cache it evicts, from this process, then waits for
+    the device. On a GPU the L2 is one physical cache for every context, so a write from
+    here evicts the worker's lines too; on a CPU the shared last-level cache is evicted
+    (the worker's private L1/L2 lines of its inputs are invalidated anyway, since this
+    process has just written the inputs)."""
+
+    def __init__(self, device: str, nbytes: int):
+        self.device = device
+        self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
+        self.k = 0
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.k = (self.k + 1) % 251
+            self.buf.fill_(self.k)
+        sync_device(self.device)
+
+
+def cache_bytes(device: str) -> int:
+    """The L2 of a GPU, or the largest cache level of CPU 0 (32 MiB where unknown)."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.get_device_properties(torch.device(device)).L2_cache_size)
+    best, size = -1, 32 << 20
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        if level > best and text.rstrip("KMG").isdigit():
+            best, size = level, int(text.rstrip("KMG")) * scale
+    return size
+
+
+def net_time(times: list[int], empties: list[int]) -> tuple[float, float, float]:
+    """(net, median call, median empty call) in ns: the median call less the median empty
+    call, floored at the empty calls' median absolute deviation (below it, the difference
+    is noise) and at 1 ns."""
+    median, overhead = statistics.median(times), statistics.median(empties)
+    spread = statistics.median(abs(e - overhead) for e in empties)
+    return max(median - overhead, spread, 1.0), float(median), float(overhead)

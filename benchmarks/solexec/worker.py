@@ -1,0 +1,270 @@
+"""The worker: the one process that runs a candidate's code. It answers calls; it judges nothing.
+
+The trusted evaluator (evaluate.py) keeps the clock, the inputs, the reference outputs and
+every check in its own process. This process imports the candidate's solution.py, maps each
+workload's arena (transport.py), and for each `call` runs `run(*inputs)` on views of the
+input slots, synchronises its device (every stream: a device-wide synchronize, through the
+binding it took before the candidate was imported), copies each output byte for byte into
+its slot, synchronises again and answers with a digest of the output slots. An `empty`
+call does everything but `run` and the copy: its round trip is the evaluator's overhead.
+
+The checks made here (an output is a plain dense torch.Tensor of the slot's dtype, shape
+and device; a Python number for a 0-d output) only give an early, clear reason: candidate
+code shares this process and can rewrite anything in it, so nothing the verdict depends
+on is decided here. All it can change is when the answer comes and what it says; the
+evaluator times the answer itself and reads the outputs from its own memory.
+
+Run as: python -m benchmarks.solexec.worker --fd N            (one worker on socket fd N)
+        python -m benchmarks.solexec.worker --forkserver --fd N  (forks workers on request)
+Imports the standard library, torch, and the modules beside it (wire, transport, guard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pickle
+import select
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from benchmarks import guard
+from benchmarks.solexec import transport, wire
+
+MAX_MESSAGE = 1 << 24  # from the trusted side: layouts and handles, never tensor data
+ERROR_CHARS = 2000
+
+
+class OutputError(Exception):
+    """What `run` returned is not a plain output of the declared kind."""
+
+
+class _Work:
+    """One workload's views: the inputs `run` gets, the slots its outputs go to."""
+
+    __slots__ = ("args", "outs", "names")
+
+    def __init__(self, args: list, outs: list[torch.Tensor], names: list[str]):
+        self.args, self.outs, self.names = args, outs, names
+
+
+class _State:
+    def __init__(self) -> None:
+        self.run: Callable | None = None
+        self.sync: Callable[[], None] = _no_sync
+        self.work: dict[int, _Work] = {}
+
+
+def _no_sync() -> None:
+    pass
+
+
+def worker_main(sock: socket.socket) -> None:
+    """Answer the trusted side's messages on `sock` until it says exit or goes away."""
+    state = _State()
+    while True:
+        try:
+            frame = wire.recv_frame(sock, MAX_MESSAGE, accept_fds=True)
+        except wire.PeerClosed:
+            return
+        msg = pickle.loads(frame.payload)
+        if msg["op"] == "exit":
+            return
+        reply = _handle(state, msg, frame.fds)
+        wire.send_frame(sock, json.dumps(reply).encode())
+
+
+def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
+    op, call_id = msg["op"], msg.get("id")
+    try:
+        if op == "call":
+            return _call(state, state.work[msg["key"]], call_id)
+        if op == "empty":
+            state.sync()
+            return {"ok": True, "id": call_id, "digest": transport.digest(
+                state.work[msg["key"]].outs)}
+        if op == "open":
+            arena = transport.attach(msg["arena"], fds)
+            args = [transport.view(arena, value) if kind == "tensor" else value
+                    for kind, value in msg["inputs"]]
+            outs = [transport.view(arena, slot) for slot in msg["outputs"]]
+            state.work[msg["key"]] = _Work(args, outs, list(msg["names"]))
+        elif op == "close":
+            state.work.pop(msg["key"], None)
+        elif op == "init":
+            state.sync = _prepare(msg["device"], msg["threads"])
+        elif op == "load":
+            guard.install()
+            state.run = _load(Path(msg["path"]))
+        else:
+            return {"ok": False, "id": call_id, "error": f"unknown message {op!r}"}
+    except Exception as e:
+        return {"ok": False, "id": call_id, "error": _describe(e),
+                "trace": traceback.format_exc()[-ERROR_CHARS:]}
+    return {"ok": True, "id": call_id}
+
+
+def _prepare(device: str, threads: int) -> Callable[[], None]:
+    """Threads and device set up, and their lazy pools started, before any candidate code;
+    returns the synchronize this worker uses, taken before the candidate can replace it."""
+    torch.set_num_threads(max(1, int(threads)))
+    torch.ones(1 << 14).sum()  # the intra-op pool starts here, not inside a call
+    if torch.device(device).type != "cuda":
+        return _no_sync
+    torch.cuda.init()
+    if torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))
+    torch.ones(1, device=device).sum().item()
+    return torch._C._cuda_synchronize
+
+
+def _load(folder: Path) -> Callable:
+    """solution.py imported by path as module `solution`; its folder goes on sys.path so it
+    can import its own helpers. Compiling (Triton, torch.utils.cpp_extension) happens here
+    or at the first call, into the build folder the environment names."""
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("solution", folder / "solution.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {folder / 'solution.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["solution"] = module
+    spec.loader.exec_module(module)
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise TypeError("solution.py defines no callable `run`")
+    return run
+
+
+def _call(state: _State, work: _Work, call_id: int) -> dict:
+    with torch.no_grad():
+        result = state.run(*work.args)
+        state.sync()
+        for name, value, out in zip(work.names, _unpack(result, work.names), work.outs,
+                                    strict=True):
+            _publish(name, value, out)
+        state.sync()
+        return {"ok": True, "id": call_id, "digest": transport.digest(work.outs)}
+
+
+def _unpack(result: object, names: list[str]) -> list:
+    """Outputs in the definition's order, from the forms the references use: one tensor,
+    a tuple or list, or a dict keyed by output name."""
+    if isinstance(result, Mapping):
+        missing = [n for n in names if n not in result]
+        if missing:
+            raise OutputError(f"run returned no {missing}")
+        return [result[n] for n in names]
+    values = list(result) if isinstance(result, tuple | list) else [result]
+    if len(values) != len(names):
+        raise OutputError(f"run returned {len(values)} outputs, expected {len(names)}")
+    return values
+
+
+def _publish(name: str, value: object, out: torch.Tensor) -> None:
+    """Copy one output's bytes into its slot, refusing anything but a plain dense tensor
+    of the slot's kind (or a Python number for a 0-d output)."""
+    if out.dim() == 0 and type(value) in (bool, int, float):
+        out.fill_(value)
+        return
+    if type(value) is not torch.Tensor:
+        raise OutputError(f"output {name!r} is a {type(value).__name__}, "
+                          "not a plain torch.Tensor")
+    if value.layout is not torch.strided:
+        raise OutputError(f"output {name!r} is a {value.layout} tensor, not a dense one")
+    if value.dtype != out.dtype or tuple(value.shape) != tuple(out.shape):
+        raise OutputError(f"output {name!r} is {value.dtype} {tuple(value.shape)}, "
+                          f"expected {out.dtype} {tuple(out.shape)}")
+    if value.device.type != out.device.type:
+        raise OutputError(f"output {name!r} is on {value.device}, expected {out.device.type}")
+    transport.as_bytes(out).copy_(transport.as_bytes(value))
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:ERROR_CHARS]
+
+
+# ---------------------------------------------------------------------------- forkserver
+
+
+def forkserver_main(ctrl: socket.socket) -> None:
+    """Fork a worker for each spawn request, from this process that has imported torch and
+    nothing else (no CUDA context: each worker makes its own). A request carries the
+    worker's channel and log descriptors; the answer is its pid, and when a worker ends
+    its exit status follows, for the trusted side cannot wait for a process it did not
+    start itself."""
+    while True:
+        _report_exits(ctrl)
+        ready, _, _ = select.select([ctrl], [], [], 0.02)
+        if not ready:
+            continue
+        try:
+            frame = wire.recv_frame(ctrl, MAX_MESSAGE, accept_fds=True)
+        except wire.PeerClosed:
+            return
+        msg = pickle.loads(frame.payload)
+        if msg["op"] == "exit":
+            return
+        channel, log = frame.fds
+        pid = os.fork()
+        if pid == 0:
+            _become_worker(ctrl, channel, log, msg)
+        os.close(channel)
+        os.close(log)
+        wire.send_frame(ctrl, json.dumps({"op": "spawned", "pid": pid}).encode())
+
+
+def _report_exits(ctrl: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        wire.send_frame(ctrl, json.dumps({"op": "exited", "pid": pid, "code": code}).encode())
+
+
+def _become_worker(ctrl: socket.socket, channel: int, log: int, msg: dict) -> None:
+    code = 1
+    try:
+        ctrl.close()
+        os.setsid()
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.environ.update(msg["env"])
+        os.chdir(msg["cwd"])
+        worker_main(socket.socket(fileno=channel))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="benchmarks.solexec.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--forkserver", action="store_true")
+    a = parser.parse_args(argv)
+    sock = socket.socket(fileno=a.fd)
+    if a.forkserver:
+        forkserver_main(sock)
+    else:
+        worker_main(sock)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""SOL-ExecBench evaluation core: the wire and the shared-memory transport, the trusted
+timing path (overhead, medians, interleaving), results, hung and crashing workers, the
+build step, hidden workloads and the glue to the score. Tiny CPU shapes from the fixture
+problems; workers are forked from one clean process so each starts in milliseconds.
+Red-team candidates are in test_solexec_eval_hacks.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.solexec import transport, wire
+from benchmarks.solexec.build import build_solution, check_files, find_nvcc
+from benchmarks.solexec.evaluate import (
+    Timing,
+    evaluate_problem,
+    groups,
+    reference_solution,
+    round_order,
+)
+from benchmarks.solexec.hidden import held_out_workloads, hidden_workloads
+from benchmarks.solexec.launch import Forkserver, describe_exit, launch_subprocess
+from benchmarks.solexec.link import net_time
+from benchmarks.solexec.material import WorkloadRun
+from benchmarks.solexec.problems import load_problems, skip_reason
+from benchmarks.solexec.results import ProblemEval, WorkloadEval, workload_results
+from benchmarks.solexec.scoring import sol_score, workload_score
+
+FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
+FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, load_timeout_s=30.0, flush_bytes=1 << 16,
+              max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return {p.key: p for p in load_problems(FIXTURES)}
+
+
+@pytest.fixture(scope="module")
+def forks():
+    with Forkserver() as server:
+        yield server
+
+
+def write_solution(folder: Path, source: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "solution.py").write_text(textwrap.dedent(source))
+    return folder
+
+
+def evaluate(problem, folder, forks, timing=FAST, **kw) -> ProblemEval:
+    return evaluate_problem(problem, folder, timing, launch=forks.launch,
+                            build_dir=folder / "build", seed=7, **kw)
+
+
+# ---------------------------------------------------------------------------- wire
+
+
+def test_frames_carry_descriptors_and_the_kernel_vouched_pid():
+    ours, theirs = wire.socket_pair()
+    r, w = os.pipe()
+    try:
+        wire.send_frame(theirs, b"hello", (w,))
+        frame = wire.recv_frame(ours, 64, time.monotonic() + 5, accept_fds=True)
+        assert frame.payload == b"hello" and frame.pid == os.getpid()
+        os.write(frame.fds[0], b"x")  # the descriptor is the pipe's write end
+        assert os.read(r, 1) == b"x"
+        os.close(frame.fds[0])
+        wire.send_frame(theirs, b"more", (r,))  # a descriptor nobody asked for is closed
+        assert wire.recv_frame(ours, 64, time.monotonic() + 5).fds == ()
+    finally:
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        ours.close()
+        theirs.close()
+
+
+def test_frames_are_bounded_in_size_and_time():
+    ours, theirs = wire.socket_pair()
+    with ours, theirs:
+        wire.send_frame(theirs, b"x" * 100)
+        with pytest.raises(wire.WireError, match="100 bytes"):
+            wire.recv_frame(ours, 64, time.monotonic() + 5)
+    ours, theirs = wire.socket_pair()  # the stream is out of step now: a new one
+    with ours, theirs:
+        with pytest.raises(wire.Deadline):
+            wire.recv_frame(ours, 64, time.monotonic() + 0.05)
+        theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises(wire.PeerClosed):
+            wire.recv_frame(ours, 64, time.monotonic() + 5)
+
+
+# ---------------------------------------------------------------------------- transport
+
+
+def test_plan_aligns_slots_and_views_cover_exactly_their_bytes():
+    specs = [(torch.float32, (3, 5)), (torch.bool, (7,)), (torch.float8_e4m3fn, (2, 2)),
+             (torch.int64, ())]
+    slots, size = transport.plan(specs)
+    assert all(s.offset % transport.ALIGN == 0 for s in slots) and size >= slots[-1].offset + 8
+    arena = torch.zeros(size, dtype=torch.uint8)
+    views = [transport.view(arena, s) for s in slots]
+    assert [(v.dtype, tuple(v.shape)) for v in views] == [(d, s) for d, s in specs]
+    views[3].fill_(-1)
+    assert int(arena.sum()) == 8 * 255  # the 0-d int64 slot and nothing else
+
+
+CHILD = """
+import pickle, socket, sys
+import torch
+from benchmarks.solexec import transport, wire
+sock = socket.socket(fileno=int(sys.argv[1]))
+frame = wire.recv_frame(sock, 1 << 20, accept_fds=True)
+arena = transport.attach(pickle.loads(frame.payload), frame.fds)
+arena[:16].view(torch.float32).add_(1.0)
+if arena.is_cuda:
+    torch.cuda.synchronize()
+wire.send_frame(sock, b"done")
+wire.recv_frame(sock, 16)
+"""
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="CUDA IPC needs a GPU")),
+])
+def test_an_arena_is_the_same_memory_in_another_process(device):
+    """The transport on its own: the trusted side writes, another process attaches by the
+    handle (memfd over SCM_RIGHTS on CPU, CUDA IPC on GPU), adds one, the trusted side
+    reads the result in its own memory."""
+    arena = transport.new_arena(4096, device)
+    arena.tensor[:16].view(torch.float32).copy_(torch.arange(4.0))
+    ours, theirs = wire.socket_pair()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(theirs.fileno())],
+                             pass_fds=(theirs.fileno(),), env={**os.environ, "PYTHONPATH": str(
+                                 Path(__file__).resolve().parents[1])})
+    theirs.close()
+    try:
+        handle, fds = arena.handle()
+        wire.send_frame(ours, pickle.dumps(handle), fds)
+        assert wire.recv_frame(ours, 16, time.monotonic() + 60).payload == b"done"
+        got = arena.tensor[:16].view(torch.float32).cpu()
+        assert got.tolist() == [1.0, 2.0, 3.0, 4.0]
+        wire.send_frame(ours, b"bye")
+    finally:
+        child.wait(timeout=30)
+        ours.close()
+        arena.close()
+
+
+# ---------------------------------------------------------------------------- timing path
+
+
+def test_the_reference_as_a_solution_passes_every_check_on_every_fixture(problems, forks,
+                                                                         tmp_path):
+    """T_b's path: each fixture problem's reference, run as a candidate, is ok on every
+    workload that can run here, and what cannot run is skipped with a reason."""
+    for key, problem in problems.items():
+        folder = reference_solution(problem, tmp_path / problem.name)
+        result = evaluate(problem, folder, forks)
+        for w in result.workloads:
+            if skip_reason(problem, next(x for x in problem.workloads if x.uuid == w.uuid)):
+                assert w.status == "skipped" and w.reason, (key, w)
+            else:
+                assert w.status == "ok", (key, w.uuid, w.reason, result.log_tail)
+                assert len(w.times_ns) == FAST.reps == len(w.overhead_times_ns)
+                assert w.calls_checked == FAST.warmup + FAST.reps
+                assert w.max_abs_error is not None
+        assert result.passed == any(w.status == "ok" for w in result.workloads)
+
+
+def test_times_and_overhead_are_reported_and_the_net_time_follows_the_rule(problems, forks,
+                                                                          tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    folder = reference_solution(problem, tmp_path / "ref")
+    result = evaluate(problem, folder, forks, replace(FAST, reps=5))
+    for w in result.workloads:
+        assert w.status == "ok"
+        assert 0 < w.overhead_ns < 1e9 and 0 < w.median_ns < 1e9
+        assert w.time_ns == net_time(w.times_ns, w.overhead_times_ns)[0]
+    shrunk = {w.uuid: w.axes["M"] for w in result.workloads}
+    assert shrunk == {"mm-4": 4, "mm-4096": 16}  # shrunk to at most 256 elements a tensor
+
+
+def test_net_time_subtracts_the_overhead_and_floors_at_its_spread():
+    assert net_time([100, 110, 120], [10, 10, 10]) == (100.0, 110.0, 10.0)
+    assert net_time([100, 100, 100], [90, 100, 130]) == (10.0, 100.0, 100.0)  # MAD floor
+    assert net_time([5], [10]) == (1.0, 5.0, 10.0)
+
+
+def test_timed_rounds_never_call_a_workload_twice_in_a_row():
+    import random
+
+    rng, last, seen = random.Random(0), None, []
+    for _ in range(200):
+        order = round_order(["a", "b"], rng, last)
+        seen += order
+        last = order[-1]
+    assert all(x != y for x, y in zip(seen, seen[1:], strict=False))
+
+
+def test_workloads_too_big_to_share_memory_run_in_groups_of_their_own(problems, forks,
+                                                                      tmp_path):
+    fake = [WorkloadRun(problem=None, workload=None, key=i, entry=None, device="cpu",
+                        threads=1, seeds=[], size=size) for i, size in enumerate([3, 3, 5, 1, 9])]
+    assert [[p.key for p in g] for g in groups(fake, 6)] == [[0, 1], [2, 3], [4]]
+    problem = problems["L1/001_small_matmul"]
+    folder = reference_solution(problem, tmp_path / "ref")
+    assert evaluate(problem, folder, forks, replace(FAST, group_mb=1e-6)).passed
+
+
+def test_results_serialise_and_summarise(problems, forks, tmp_path):
+    problem = problems["L2/001_scaled_add_with_scalars"]
+    result = evaluate(problem, reference_solution(problem, tmp_path / "ref"), forks)
+    again = ProblemEval.model_validate_json(result.model_dump_json())
+    assert again.counts == {"ok": 1, "skipped": 1} and again.passed
+    assert again.workloads == result.workloads
+
+
+# ---------------------------------------------------------------------------- lost workers
+
+
+def test_a_hung_worker_is_killed_and_recorded_as_a_timeout(problems, forks, tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "hang", """
+        import time
+        def run(A, B):
+            time.sleep(3600)
+    """)
+    started = time.monotonic()
+    result = evaluate(problem, folder, forks, replace(FAST, call_timeout_s=0.5),
+                      workloads=problem.workloads[:1])
+    assert time.monotonic() - started < 10
+    (w,) = result.workloads
+    assert w.status == "timeout" and "no answer within 0.5 s" in w.reason
+
+
+def test_a_solution_that_never_finishes_loading_times_out(problems, forks, tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "slow", """
+        import time
+        time.sleep(3600)
+        def run(A, B):
+            return A @ B.T
+    """)
+    result = evaluate(problem, folder, forks, replace(FAST, load_timeout_s=0.5))
+    assert {w.status for w in result.workloads} == {"timeout"}
+    assert "did not load" in result.load_error
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("import sys; sys.exit(3)", "exited with status 3"),
+    ("import os; os.abort()", "killed by SIGABRT"),
+], ids=["sys-exit", "abort"])
+def test_a_crashing_worker_is_recorded_with_how_it_ended(problems, forks, tmp_path, body,
+                                                         reason):
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "crash", f"""
+        def run(A, B):
+            {body}
+    """)
+    result = evaluate(problem, folder, forks)
+    assert [w.status for w in result.workloads] == ["failed", "failed"]  # restarted for each
+    assert all(reason in w.reason for w in result.workloads), result.workloads
+
+
+def test_a_fresh_interpreter_worker_behaves_as_a_forked_one(problems, tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    folder = reference_solution(problem, tmp_path / "ref")
+    result = evaluate_problem(problem, folder, FAST, workloads=problem.workloads[:1],
+                              launch=launch_subprocess, seed=1)
+    assert result.passed, result
+
+
+def test_exit_statuses_read_as_words():
+    assert describe_exit(-9) == "the worker was killed by SIGKILL"
+    assert describe_exit(2) == "the worker exited with status 2"
+    assert "unknown" in describe_exit(None)
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def test_files_are_checked_before_anything_runs(problems, tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    cases = {
+        "def run(A, B:\n": "does not parse",
+        "def go(A, B):\n    return A\n": "no top-level `run`",
+        "def run(B, A):\n    return A\n": "does not take the inputs",
+        "async def run(A, B):\n    return A\n": "coroutine",
+    }
+    for i, (source, reason) in enumerate(cases.items()):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / "solution.py").write_text(source)
+        assert reason in check_files(problem, folder)
+        built = build_solution(problem, folder, tmp_path / "build", FAST)
+        assert not built.ok and built.stage == "files" and reason in built.reason
+    assert "no solution.py" in check_files(problem, tmp_path)
+    ok = write_solution(tmp_path / "ok", "import torch\nrun = torch.compile\n")
+    assert check_files(problem, ok) is None  # bound otherwise: judged when it runs
+
+
+def test_build_stages_report_import_errors_wrong_outputs_and_exceptions(problems, forks,
+                                                                       tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    cases = [
+        ("import no_such_module\ndef run(A, B):\n    return A @ B.T\n", "load",
+         "ModuleNotFoundError"),
+        ("def run(A, B):\n    return A @ B.T + 1\n", "smoke", "incorrect"),
+        ("def run(A, B):\n    raise ValueError('bad tile size')\n", "smoke", "bad tile size"),
+        ("def run(A, B):\n    return A @ B.T\n", "done", ""),
+    ]
+    for i, (source, stage, reason) in enumerate(cases):
+        folder = write_solution(tmp_path / str(i), source)
+        built = build_solution(problem, folder, tmp_path / f"build{i}", FAST, launch=forks.launch)
+        assert built.stage == stage and reason in built.reason, built
+        assert built.ok == (stage == "done")
+    assert "no_such_module" in build_solution(
+        problem, tmp_path / "0", tmp_path / "b", FAST, launch=forks.launch).log_tail
+    assert built.smoke is not None and built.smoke.uuid == "mm-4"  # the smallest workload
+
+
+def test_cuda_cpp_without_nvcc_or_without_a_gpu_is_a_clear_build_failure(problems, tmp_path):
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "cu", "def run(A, B):\n    return A @ B.T\n")
+    (folder / "kernel.cu").write_text("__global__ void k() {}\n")
+    bare = {"PATH": "/nonexistent", "CUDA_HOME": "", "CUDA_PATH": ""}
+    assert find_nvcc(bare) is None
+    built = build_solution(problem, folder, tmp_path / "build", FAST, env=bare)
+    assert built.stage == "toolchain" and "no nvcc" in built.reason
+    fake = tmp_path / "cuda"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (fake / "bin" / "nvcc").chmod(0o755)
+    built = build_solution(problem, folder, tmp_path / "build", FAST,
+                           env={**bare, "CUDA_HOME": str(fake)})
+    assert built.stage == "toolchain" and "needs a GPU" in built.reason
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed")
+def test_a_triton_solution_builds_under_the_interpreter(problems, tmp_path):
+    problem = problems["L2/001_scaled_add_with_scalars"]
+    folder = write_solution(tmp_path / "triton", """
+        import torch
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def _axpy(x, y, off, out, alpha, n, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            m = i < n
+            v = tl.load(x + i, mask=m) + alpha * tl.load(y + i, mask=m)
+            tl.store(out + i, v + tl.load(off + i, mask=m).to(tl.float32), mask=m)
+
+        def run(x, y, mask, offsets, alpha, add_noise, noise):
+            out = torch.empty_like(x)
+            _axpy[(triton.cdiv(x.numel(), 64),)](x, y, offsets, out, alpha, x.numel(), BLOCK=64)
+            if add_noise:
+                out = out + noise
+            return out, int(mask.sum())
+    """)
+    built = build_solution(problem, folder, tmp_path / "build", FAST,
+                           env={"TRITON_INTERPRET": "1"})
+    assert built.ok, built
+
+
+# ---------------------------------------------------------------------------- hidden
+
+
+def test_hidden_workloads_are_new_valid_and_follow_the_listed_ones(problems):
+    attn = problems["L2/002_causal_attention"]
+    drawn = hidden_workloads(attn, 6, seed=3)
+    assert len(drawn) == 6 and len({w.uuid for w in drawn}) == 6
+    listed = {(w.axes["q_len"], w.axes["kv_len"]) for w in attn.workloads}
+    for w in drawn:
+        assert (w.axes["q_len"], w.axes["kv_len"]) not in listed
+        assert w.axes["kv_len"] >= w.axes["q_len"]  # the order every listed workload keeps
+        assert 16 <= w.axes["q_len"] <= 128 and w.tolerance == attn.workloads[0].tolerance
+    pool = problems["Quant/001_fp8_patch_mean_pool"]
+    assert all(w.axes["seq_len"] % 4 == 0 for w in hidden_workloads(pool, 4, seed=1))
+    assert hidden_workloads(attn, 3, seed=9) == hidden_workloads(attn, 3, seed=9)
+
+
+def test_held_out_workloads_split_the_listed_ones(problems):
+    mm = problems["L1/001_small_matmul"]
+    shown, held = held_out_workloads(mm, 0.5, seed=0)
+    assert len(shown) == len(held) == 1
+    assert {w.uuid for w in shown + held} == {w.uuid for w in mm.workloads}
+    shown, held = held_out_workloads(problems["Quant/001_fp8_patch_mean_pool"], 0.5, seed=0)
+    assert len(shown) == 1 and held == []
+
+
+# ---------------------------------------------------------------------------- scoring glue
+
+
+def test_workload_results_pair_candidate_and_baseline_times():
+    def ev(status, t):
+        return WorkloadEval(uuid="w", axes={}, status=status, time_ns=t)
+
+    cand = ProblemEval(problem="L1/x", device="cpu", workloads=[ev("ok", 50.0)])
+    base = ProblemEval(problem="L1/x", device="cpu", workloads=[ev("ok", 100.0)])
+    (r,) = workload_results(cand, base, {"w": 10.0})
+    assert workload_score(r) == sol_score(50.0, 100.0, 10.0)
+    (r,) = workload_results(cand.model_copy(update={"workloads": [ev("incorrect", None)]}),
+                            base, {"w": 10.0})
+    assert workload_score(r) == 0.0

@@ -1,0 +1,369 @@
+"""Red team for the SOL-ExecBench evaluator: each test plants one hack in a candidate and
+sees it caught, with the reason recorded; the honest reference, under the same settings,
+passes every check. All on the small matmul fixture (C = A @ B.T) shrunk for CPU."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution
+from benchmarks.solexec.hidden import evaluate_hidden, hidden_workloads
+from benchmarks.solexec.launch import PROJECT, Forkserver
+from benchmarks.solexec.problems import load_problems
+
+FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
+FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, load_timeout_s=30.0, flush_bytes=1 << 16,
+              max_elements=256, settle_s=0.02, idle_cpu_floor_ms=5.0)
+
+
+@pytest.fixture(scope="module")
+def matmul():
+    return next(p for p in load_problems(FIXTURES, ["L1"]) if p.name == "001_small_matmul")
+
+
+@pytest.fixture(scope="module")
+def forks():
+    with Forkserver() as server:
+        yield server
+
+
+def evaluate(problem, forks, folder: Path, source: str | None, timing: Timing = FAST, **kw):
+    if source is None:
+        reference_solution(problem, folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "solution.py").write_text(textwrap.dedent(source))
+    return evaluate_problem(problem, folder, timing, launch=forks.launch,
+                            build_dir=folder / "build", seed=11, **kw)
+
+
+def statuses(result) -> set[str]:
+    return {w.status for w in result.workloads}
+
+
+def test_the_honest_reference_passes_every_check(matmul, forks, tmp_path):
+    result = evaluate(matmul, forks, tmp_path / "ref", None)
+    assert result.passed, [(w.status, w.reason) for w in result.workloads]
+
+
+def test_1_patched_clocks_do_not_move_the_trusted_clock(matmul, forks, tmp_path):
+    """The candidate replaces every clock and synchronize it can reach in its process and
+    works 20 ms a call; the time measured here still includes the 20 ms."""
+    result = evaluate(matmul, forks, tmp_path / "clock", """
+        import time
+        import torch
+
+        time.perf_counter = lambda: 0.0
+        time.perf_counter_ns = lambda: 0
+        time.monotonic = lambda: 0.0
+        time.time = lambda: 0.0
+
+        class Event:
+            def __init__(self, *args, **kwargs): pass
+            def record(self, *args): pass
+            def synchronize(self): pass
+            def elapsed_time(self, other): return 0.0
+
+        torch.cuda.Event = Event
+        torch.cuda.synchronize = lambda *args, **kwargs: None
+        torch.cuda.current_stream = lambda *args, **kwargs: None
+
+        def run(A, B):
+            time.sleep(0.02)
+            return A @ B.T
+    """)
+    assert statuses(result) == {"ok"}
+    for w in result.workloads:
+        assert min(w.times_ns) >= 20e6 and w.median_ns >= 20e6, w.times_ns
+
+
+def test_1_slowing_the_empty_calls_cannot_inflate_the_subtracted_overhead(matmul, forks,
+                                                                            tmp_path):
+    """The overhead is timed before the solution is imported: a candidate that makes its
+    worker answer empty calls 50 ms late changes nothing that is subtracted."""
+    result = evaluate(matmul, forks, tmp_path / "empty", """
+        import sys
+        import time
+
+        worker = next(m for m in list(sys.modules.values()) if hasattr(m, "worker_main"))
+        handle = worker._handle
+
+        def slow_empties(state, msg, fds):
+            if msg["op"] == "empty":
+                time.sleep(0.05)
+            return handle(state, msg, fds)
+
+        worker._handle = slow_empties
+
+        def run(A, B):
+            return A @ B.T
+    """)
+    assert statuses(result) == {"ok"}
+    assert all(max(w.overhead_times_ns) < 50e6 for w in result.workloads)
+
+
+def test_2_a_thread_that_finishes_the_output_late_is_caught_at_the_answer(matmul, forks,
+                                                                          tmp_path):
+    result = evaluate(matmul, forks, tmp_path / "thread", """
+        import threading
+        import time
+        import torch
+
+        def run(A, B):
+            out = torch.full((A.shape[0], B.shape[0]), float("nan"))
+            def finish():
+                time.sleep(0.05)
+                torch.matmul(A, B.T, out=out)
+            threading.Thread(target=finish, daemon=True).start()
+            return out
+    """)
+    assert statuses(result) == {"incorrect"}
+    assert all("call 1: output C: non-finite" in w.reason for w in result.workloads)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("class Lazy(torch.Tensor):\n    pass\n"
+     "def run(A, B):\n    return torch.Tensor._make_subclass(Lazy, A @ B.T)\n",
+     "is a Lazy, not a plain torch.Tensor"),
+    ("class Proxy:\n    def __init__(self, f):\n        self.f = f\n"
+     "    def __getattr__(self, name):\n        return getattr(self.f(), name)\n"
+     "def run(A, B):\n    return Proxy(lambda: A @ B.T)\n",
+     "is a Proxy, not a plain torch.Tensor"),
+    ("def run(A, B):\n    return (A @ B.T).to_sparse()\n", "not a dense one"),
+    ("def run(A, B):\n    return (A @ B.T).double()\n", "expected torch.float32"),
+    ("def run(A, B):\n    return torch.empty(A.shape[0], B.shape[0], device='meta')\n",
+     "is on meta"),
+], ids=["tensor-subclass", "proxy-object", "sparse", "wrong-dtype", "meta-device"])
+def test_3_lazy_proxy_or_misdeclared_outputs_are_refused(matmul, forks, tmp_path, body, reason):
+    result = evaluate(matmul, forks, tmp_path / "lazy", "import torch\n" + body)
+    assert statuses(result) == {"failed"}
+    assert all(reason in w.reason for w in result.workloads), result.workloads
+
+
+def test_4_tampering_with_the_worker_changes_nothing_it_is_judged_by(matmul, forks, tmp_path):
+    """The candidate rewrites the worker's call handling to claim success (with a digest
+    of what is in the slots, so the answer is self-consistent) without computing anything,
+    and writes files next to the harness. The verdict is reached here, from this process's
+    own memory: incorrect. The files it wrote were in its own copy of the harness."""
+    folder = tmp_path / "tamper"
+    judge = (PROJECT / "benchmarks/solexec/evaluate.py").read_bytes()
+    result = evaluate(matmul, forks, folder, """
+        import pathlib
+        import sys
+
+        worker = next(m for m in list(sys.modules.values()) if hasattr(m, "worker_main"))
+        transport = sys.modules["benchmarks.solexec.transport"]
+
+        def claim(state, work, call_id):
+            return {"ok": True, "id": call_id, "digest": transport.digest(work.outs)}
+
+        worker._call = claim
+        worker._publish = lambda *args: None
+        here = pathlib.Path(worker.__file__).parent
+        (here / "evaluate.py").write_text("VERDICT = 'ok'\\n")
+        (here / "results.json").write_text('{"status": "ok", "time_ns": 1}')
+        pathlib.Path("tampered").write_text(str(here))
+
+        def run(A, B):
+            raise AssertionError("never called: the worker's call was replaced")
+    """)
+    assert statuses(result) == {"incorrect"}
+    assert all("non-finite" in w.reason for w in result.workloads)  # the poisoned slots
+    harness_copy = Path((folder / "build" / "tampered").read_text())
+    assert not harness_copy.is_relative_to(PROJECT)
+    assert (PROJECT / "benchmarks/solexec/evaluate.py").read_bytes() == judge
+    assert not (PROJECT / "benchmarks/solexec/results.json").exists()
+
+
+def test_4_a_forged_early_answer_cannot_pass(matmul, forks, tmp_path):
+    """The worker's only power is to answer calls: an answer sent before the outputs exist
+    (forged on the channel with the right call id) fails the digest at once."""
+    result = evaluate(matmul, forks, tmp_path / "forge", """
+        import gc
+        import json
+        import socket
+        import sys
+
+        wire = sys.modules["benchmarks.solexec.wire"]
+
+        def run(A, B):
+            call_id = sys._getframe(1).f_locals["call_id"]
+            sock = next(o for o in gc.get_objects()
+                        if isinstance(o, socket.socket) and o.fileno() >= 0)
+            wire.send_frame(sock, json.dumps({"ok": True, "id": call_id, "digest": 0}).encode())
+            return A @ B.T
+    """, workloads=matmul.workloads[:1])
+    (w,) = result.workloads
+    assert w.status == "failed" and "answered before its outputs were in place" in w.reason
+
+
+@pytest.mark.parametrize("key", ["(tuple(A.shape), tuple(B.shape))", "A.data_ptr()"],
+                         ids=["keyed-on-shapes", "keyed-on-pointer"])
+def test_5_outputs_cached_across_calls_meet_fresh_inputs(matmul, forks, tmp_path, key):
+    result = evaluate(matmul, forks, tmp_path / "cache", f"""
+        _cache = {{}}
+
+        def run(A, B):
+            key = {key}
+            if key not in _cache:
+                _cache[key] = A @ B.T
+            return _cache[key]
+    """)
+    assert statuses(result) == {"incorrect"}
+    assert all(w.reason.startswith("call 2:") for w in result.workloads)  # warm-up was fine
+
+
+def test_6_state_carried_from_one_workload_to_another_is_caught_by_interleaving(
+        matmul, forks, tmp_path):
+    """Correct whenever calls to one workload come in a row (as in a harness that runs
+    workloads one after another), wrong when it comes back to a workload after another's
+    call: the timed rounds interleave the workloads, so it is caught."""
+    result = evaluate(matmul, forks, tmp_path / "state", """
+        import torch
+
+        _seen = []
+
+        def run(A, B):
+            _seen.append(tuple(A.shape))
+            if len(_seen) > 2 and _seen[-2] != _seen[-1] and _seen[-3] == _seen[-1]:
+                return torch.zeros(A.shape[0], B.shape[0])  # the plan of the other workload
+            return A @ B.T
+    """)
+    assert "incorrect" in statuses(result)
+    sequential = evaluate(matmul, forks, tmp_path / "state-seq", (tmp_path / "state" /
+                          "solution.py").read_text(), workloads=matmul.workloads[:1])
+    assert sequential.passed  # one workload alone: nothing to carry over
+
+
+def test_7_writing_into_the_inputs_is_caught_against_a_pristine_copy(matmul, forks, tmp_path):
+    result = evaluate(matmul, forks, tmp_path / "mutate", """
+        def run(A, B):
+            out = A @ B.T
+            A.zero_()
+            return out
+    """)
+    assert statuses(result) == {"failed"}
+    assert all("wrote into its input 'A'" in w.reason for w in result.workloads)
+
+
+CACHE_UPDATE = {
+    "name": "001_cache_update",
+    "axes": {"n": {"type": "var"}, "slots": {"type": "const", "value": 32},
+             "d": {"type": "const", "value": 4}},
+    "inputs": {"cache": {"shape": ["slots", "d"], "dtype": "float32"},
+               "new": {"shape": ["n", "d"], "dtype": "float32"}},
+    "outputs": {"cache_out": {"shape": ["slots", "d"], "dtype": "float32"},
+                "total": {"shape": ["n"], "dtype": "float32"}},
+    "reference": "def run(cache, new):\n    cache[: new.shape[0]] = new\n"
+                 "    return cache, new.sum(-1)\n",
+}
+
+
+@pytest.mark.parametrize(("source", "status"), [
+    (None, "ok"),  # the reference: updates the cache in place, as the definition does
+    ("def run(cache, new):\n    out = cache.clone()\n    out[: new.shape[0]] = new\n"
+     "    return out, new.sum(-1)\n", "ok"),  # leaves it alone: only outputs are judged
+    ("def run(cache, new):\n    cache[: new.shape[0]] = new\n    total = new.sum(-1)\n"
+     "    new.zero_()\n    return cache, total\n", "failed"),  # writes where it may not
+], ids=["reference", "copies-the-cache", "writes-another-input"])
+def test_7_inputs_the_reference_updates_in_place_may_be_updated(forks, tmp_path, source,
+                                                                status):
+    folder = tmp_path / "benchmark" / "L1" / "001_cache_update"
+    folder.mkdir(parents=True)
+    (folder / "definition.json").write_text(json.dumps(CACHE_UPDATE))
+    (folder / "workload.jsonl").write_text(json.dumps(
+        {"uuid": "n-8", "axes": {"n": 8}, "inputs": {"cache": {"type": "random"},
+                                                    "new": {"type": "random"}}}) + "\n")
+    (problem,) = load_problems(tmp_path)
+    result = evaluate(problem, forks, tmp_path / "solution", source)
+    (w,) = result.workloads
+    assert w.status == status, w.reason
+    if status == "failed":
+        assert "wrote into its input 'new'" in w.reason
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    # a thread still running after the call (started in each timed call)
+    ("import threading, time\n"
+     "def run(A, B):\n"
+     "    threading.Thread(target=time.sleep, args=(2.0,), daemon=True).start()\n"
+     "    return A @ B.T\n", "more thread(s) running after the call"),
+    # a child process still running after the call
+    ("import subprocess\n"
+     "def run(A, B):\n"
+     "    subprocess.Popen(['sleep', '2'])\n"
+     "    return A @ B.T\n", "child process(es) running after the call"),
+    # background work that writes into the output slots after the answer
+    ("import gc, threading, time\n"
+     "def _scribble():\n"
+     "    time.sleep(0.005)\n"
+     "    for o in gc.get_objects():\n"
+     "        if type(o).__name__ == '_Work':\n"
+     "            for t in o.outs:\n"
+     "                t.fill_(7)\n"
+     "def run(A, B):\n"
+     "    threading.Thread(target=_scribble, daemon=True).start()\n"
+     "    return A @ B.T\n", "in the background"),
+], ids=["thread", "child-process", "late-write"])
+def test_8_work_left_running_after_the_answer_is_caught(matmul, forks, tmp_path, body, reason):
+    """The CPU analogue of work left on a side stream. On a GPU the worker's device-wide
+    synchronize, taken before the candidate was imported, waits for every stream of its
+    context inside the timed window, and the digest in the answer proves the outputs were
+    in place when it answered; work enqueued after the answer by a thread is what these
+    process checks are for."""
+    result = evaluate(matmul, forks, tmp_path / "background", body,
+                      replace(FAST, settle_s=0.05))
+    assert "failed" in statuses(result) and "ok" not in statuses(result)
+    assert any(reason in w.reason for w in result.workloads), result.workloads
+
+
+def test_8_cpu_burnt_between_calls_is_caught(matmul, forks, tmp_path):
+    """A thread started at import (so it is there before warm-up ends) that works whenever
+    the worker waits for a call: where the next inputs could be computed on unclocked."""
+    result = evaluate(matmul, forks, tmp_path / "idle", """
+        import threading
+
+        def _spin():
+            x = 0
+            while True:
+                x += 1
+
+        threading.Thread(target=_spin, daemon=True).start()
+
+        def run(A, B):
+            return A @ B.T
+    """, replace(FAST, reps=6))
+    assert statuses(result) == {"failed"}
+    assert all("between calls" in w.reason for w in result.workloads), result.workloads
+
+
+def test_9_a_solution_specialised_to_the_visible_shapes_fails_hidden_workloads(
+        matmul, forks, tmp_path):
+    folder = tmp_path / "special"
+    source = """
+        import torch
+
+        VISIBLE = {4, 4096}  # the row counts of workload.jsonl
+
+        def run(A, B):
+            if A.shape[0] in VISIBLE:
+                return A @ B.T
+            return torch.zeros(A.shape[0], B.shape[0])
+    """
+    timing = replace(FAST, max_elements=None)  # K=16, N=8: the real shapes are small
+    visible = evaluate(matmul, forks, folder, source, timing)
+    assert visible.passed
+    hidden = evaluate_hidden(matmul, folder, timing, count=3, seed=5, launch=forks.launch,
+                             build_dir=folder / "build")
+    assert all(w.hidden for w in hidden.workloads) and not hidden.passed
+    assert {w.status for w in hidden.workloads} == {"incorrect"}
+    assert {w.uuid for w in hidden.workloads} == {
+        w.uuid for w in hidden_workloads(matmul, 3, seed=5)}
+    honest = evaluate_hidden(matmul, reference_solution(matmul, tmp_path / "ref"), timing,
+                             count=3, seed=5, launch=forks.launch)
+    assert honest.passed
