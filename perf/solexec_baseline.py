@@ -72,6 +72,16 @@ def load_sol_table(path: Path | None, spec: str) -> dict[str, float]:
     return out
 
 
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes: list[str]
                 ) -> dict:
     started = time.monotonic()
@@ -83,7 +93,13 @@ def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes
             # The first call of each shape compiles: allow it the time that takes.
             run_timing = timing if mode == "eager" else dataclasses.replace(
                 timing, call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
-            row[mode] = evaluate_problem(problem, solution, run_timing).model_dump(mode="json")
+            try:
+                result = evaluate_problem(problem, solution, run_timing)
+            except Exception as exc:  # noqa: BLE001 - trusted-side failure (e.g. out of memory)
+                row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                _release_memory()
+                continue
+            row[mode] = result.model_dump(mode="json")
     row["t_sol_ns"] = {w.uuid: t_sol[w.uuid] for w in problem.workloads if w.uuid in t_sol}
     row["wall_s"] = round(time.monotonic() - started, 2)
     return row
@@ -93,6 +109,8 @@ def baseline_times(row: dict) -> dict[str, dict]:
     """Per workload: T_b (the faster passing mode), which mode, or why there is none."""
     out: dict[str, dict] = {}
     modes = [m for m in ("eager", "compile") if m in row]
+    if not modes:
+        return {"*": {"status": "failed", "reason": row.get("eager_error", "no result")}}
     uuids = [w["uuid"] for w in row[modes[0]]["workloads"]]
     for uuid in uuids:
         runs = {m: next(w for w in row[m]["workloads"] if w["uuid"] == uuid) for m in modes}
@@ -175,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         done["rows"].append(row)
         done["device"] = args.device
         args.out.write_text(json.dumps(done))
-        counts = {m: row[m]["counts"] for m in args.modes.split(",")}
+        counts = {m: row[m]["counts"] if m in row else row[f"{m}_error"][:80]
+                  for m in args.modes.split(",")}
         print(f"{problem.key}: {row['wall_s']} s {counts}", flush=True)
     print(json.dumps(summary(done["rows"]), indent=1))
 

@@ -219,6 +219,26 @@ def test_inputs_are_reproducible_and_differ_across_seeds(problems, key, uuid):
             assert str(first[name].dtype) == f"torch.{spec.dtype}"
 
 
+@pytest.mark.parametrize(
+    ("key", "uuid"),
+    [("L1/001_small_matmul", "mm-4096"), ("L1/002_rmsnorm_custom_inputs", "rms-1000")],
+)
+def test_meta_inputs_have_the_declared_layout_and_no_values(problems, key, uuid):
+    """What the speed-of-light estimate traces with: shapes and dtypes, nothing allocated."""
+    problem = problems[key]
+    w = workload(problem, uuid)
+    state = torch.random.get_rng_state()
+    inputs = make_inputs(problem, w, seed=0, device="meta")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    axes = resolve_axes(problem, w)
+    for name, spec in problem.inputs.items():
+        if spec.shape is None:
+            assert not isinstance(inputs[name], torch.Tensor)
+        else:
+            assert inputs[name].is_meta and tuple(inputs[name].shape) == tensor_shape(spec, axes)
+            assert str(inputs[name].dtype) == f"torch.{spec.dtype}"
+
+
 def test_scalar_inputs_take_the_workload_value(problems):
     add = problems["L2/001_scaled_add_with_scalars"]
     inputs = make_inputs(add, workload(add, "add-16"), seed=0)
@@ -475,3 +495,27 @@ def test_real_dataset_loads_resolves_and_sampled_references_run_on_cpu():
             assert check.passed, f"{p.key}: {check.detail}"
             ran.append(p.key)
     assert len(ran) >= 3 * len(SUBSET_SIZES) and len(set(ran)) == len(ran)
+
+
+def test_comparing_in_chunks_gives_what_comparing_at_once_does(monkeypatch):
+    """Large outputs are compared a chunk at a time; the verdict and errors must not
+    depend on where the chunks fall."""
+    from benchmarks.solexec import problems as module
+
+    g = torch.Generator().manual_seed(0)
+    want = torch.randn(1000, generator=g)
+    got = want + 1e-3 * torch.randn(1000, generator=g)
+    got[::97] += 0.5  # 11 elements off
+    nan = want.clone()
+    nan[500] = math.nan
+    cases = [(got, Tolerance(1e-2, 1e-2, 0.995)), (got, Tolerance(1e-2, 1e-2, 0.98)),
+             (nan, Tolerance()), (torch.zeros(1000), Tolerance(1.0, 0.0, 0.5))]
+    whole = [check_outputs(x, want, tol) for x, tol in cases]
+    monkeypatch.setattr(module, "COMPARE_CHUNK", 7)
+    chunked = [check_outputs(x, want, tol) for x, tol in cases]
+    for a, b in zip(whole, chunked, strict=True):
+        assert (a.passed, a.detail) == (b.passed, b.detail)
+        assert a.mismatch_fraction == pytest.approx(b.mismatch_fraction)
+        for u, v in ((a.max_abs_error, b.max_abs_error), (a.max_rel_error, b.max_rel_error)):
+            assert (math.isnan(u) and math.isnan(v)) or u == pytest.approx(v)
+    assert [c.passed for c in whole] == [False, True, False, False]

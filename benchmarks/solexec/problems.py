@@ -419,7 +419,8 @@ def make_inputs(
 
     Otherwise `scalar` inputs take the workload's value and `random` ones are drawn, in
     definition order, from one torch.Generator seeded with `seed` (the public code draws
-    from the global one): see `random_tensor` for the distributions.
+    from the global one): see `random_tensor` for the distributions. On device "meta" the
+    inputs have their shapes and dtypes and no values, for tracing a reference's cost.
     """
     reason = skip_reason(problem, workload)
     if reason is not None:
@@ -430,14 +431,16 @@ def make_inputs(
     if problem.custom_entry is not None:
         fn = getattr(load_reference(problem), problem.custom_entry)
         dev = torch.device(device)
+        host = dev.type in ("cpu", "meta")  # fork_rng keeps nothing for "meta": keep the CPU's
         with torch.random.fork_rng(
-            devices=[] if dev.type == "cpu" else [dev], device_type=dev.type
+            devices=[] if host else [dev], device_type="cpu" if host else dev.type
         ):
             torch.manual_seed(seed)
             made = fn({**axes, **scalars}, dev)
         if not isinstance(made, Mapping):
             raise ValueError(f"{problem.key}: {problem.custom_entry} returned {type(made)}")
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # meta tensors are drawn from a CPU generator: meta has none, and draws no values
+    generator = torch.Generator(device="cpu" if device == "meta" else device).manual_seed(seed)
     inputs: dict[str, object] = {}
     for name, spec in problem.inputs.items():
         shape = tensor_shape(spec, axes)
@@ -579,31 +582,47 @@ def _worse(a: float, b: float) -> float:
     return b if math.isnan(b) or b > a else a  # NaN, once seen, stays the worst
 
 
+COMPARE_CHUNK = 1 << 25  # elements compared at a time: float32 temporaries stay small
+
+
 def _compare(
     got: torch.Tensor, want: torch.Tensor, tol: Tolerance
 ) -> tuple[float, float, float, str | None]:
-    """(max abs error, max rel error, share mismatched, why it fails or None)."""
-    x, y = got.detach().to(torch.float32), want.detach().to(torch.float32)
-    if tol.allow_negative_inf:
-        keep = ~((x == -math.inf) & (y == -math.inf))
-        x, y = x[keep], y[keep]
-    bad_x, bad_y = ~torch.isfinite(x), ~torch.isfinite(y)
-    if bool(bad_x.any()) or bool(bad_y.any()):
-        share = float((bad_x | bad_y).float().mean())
-        (nan_x, inf_x), (nan_y, inf_y) = (
-            (int(t.isnan().sum()), int(t.isinf().sum())) for t in (x, y)
-        )
+    """(max abs error, max rel error, share mismatched, why it fails or None). Compared in
+    chunks of COMPARE_CHUNK elements, so a multi-GB output needs little extra memory."""
+    gx, gy = got.detach().reshape(-1), want.detach().reshape(-1)
+    nan_x = inf_x = nan_y = inf_y = bad = kept = exceeds = 0
+    any_x = any_y = False
+    abs_err = rel_err = 0.0
+    for i in range(0, gx.numel(), COMPARE_CHUNK):
+        x = gx[i : i + COMPARE_CHUNK].to(torch.float32)
+        y = gy[i : i + COMPARE_CHUNK].to(torch.float32)
+        if tol.allow_negative_inf:
+            keep = ~((x == -math.inf) & (y == -math.inf))
+            x, y = x[keep], y[keep]
+        kept += x.numel()
+        bad_x, bad_y = ~torch.isfinite(x), ~torch.isfinite(y)
+        if bool(bad_x.any()) or bool(bad_y.any()):
+            bad += int((bad_x | bad_y).sum())
+            nan_x, inf_x = nan_x + int(x.isnan().sum()), inf_x + int(x.isinf().sum())
+            nan_y, inf_y = nan_y + int(y.isnan().sum()), inf_y + int(y.isinf().sum())
+            continue
+        if bad or x.numel() == 0:
+            continue
+        any_x, any_y = any_x or bool(x.any()), any_y or bool(y.any())
+        err = (x - y).abs()
+        exceeds += int((err > tol.max_atol + tol.max_rtol * y.abs()).sum())
+        abs_err = max(abs_err, float(err.max()))
+        rel_err = max(rel_err, float((err / y.abs().clamp(min=max(tol.max_atol, 1e-30))).max()))
+    if bad:
         detail = f"non-finite values ({nan_x} NaN, {inf_x} inf in the output; "
-        return math.nan, math.nan, share, detail + f"{nan_y} NaN, {inf_y} inf in the reference)"
-    if x.numel() == 0:
+        return math.nan, math.nan, bad / kept, detail + (
+            f"{nan_y} NaN, {inf_y} inf in the reference)")
+    if kept == 0:
         return 0.0, 0.0, 0.0, None
-    if bool(y.any()) and not bool(x.any()):
-        return float(y.abs().max()), 1.0, 1.0, "all zeros where the reference is not"
-    err = (x - y).abs()
-    exceeds = int((err > tol.max_atol + tol.max_rtol * y.abs()).sum())
-    share = exceeds / err.numel()
-    abs_err = float(err.max())
-    rel_err = float((err / y.abs().clamp(min=max(tol.max_atol, 1e-30))).max())
+    if any_y and not any_x:
+        return float(gy.abs().max()), 1.0, 1.0, "all zeros where the reference is not"
+    share = exceeds / kept
     problem = None
     if 1.0 - share < tol.required_matched_ratio:
         problem = (
