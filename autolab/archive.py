@@ -23,6 +23,7 @@ from autolab.records import (
     Decision,
     Evaluation,
     Proposal,
+    Spend,
     TestResult,
     Trial,
 )
@@ -37,6 +38,7 @@ KINDS: dict[type[BaseModel], str] = {
     AuditVerdict: "audits",
     Decision: "decisions",
     TestResult: "tests",
+    Spend: "spend",
 }
 
 
@@ -60,9 +62,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class Archive:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     # -- records ---------------------------------------------------------------------------
     def _path(self, kind: type[BaseModel], record_id: str) -> Path:
@@ -122,6 +125,17 @@ class Archive:
             for p in sorted(base.rglob("*"))
             if p.is_file() and not p.name.startswith(".")
         }
+
+    # -- text artifacts (transcripts) -------------------------------------------------------
+    def put_text(self, rel: str, text: str) -> Path:
+        """A text file kept with the records (e.g. `transcripts/<proposal>.md`)."""
+        path = self.root / rel
+        atomic_write(path, text.encode())
+        return path
+
+    def read_text(self, rel: str) -> str | None:
+        path = self.root / rel
+        return path.read_text() if path.is_file() else None
 
     # -- campaign --------------------------------------------------------------------------
     def campaign(self) -> CampaignRecord | None:

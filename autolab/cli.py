@@ -1,4 +1,5 @@
-"""The `autolab` command: run (start or resume), status, report, prepare, aa-test, redteam."""
+"""The `autolab` command: run (start or resume), status, report, propose --dry-run, prepare,
+aa-test, redteam."""
 
 from __future__ import annotations
 
@@ -184,6 +185,27 @@ def report(params: Path = PARAMS, name: str = typer.Option(None)) -> None:
     metric = get_benchmark(p.campaign.benchmark).metric
     path = build_report(Archive(root), p, metric, p.paths.reports / p.campaign.name)
     console.print(f"report: {path}")
+
+
+@app.command()
+def propose(
+    params: Path = PARAMS,
+    name: str = typer.Option(None, help="campaign name (default: params.yaml's)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print what the model would be sent"),
+    operator: str = typer.Option(None, help="show this operator instead of the policy's pick "
+                                 "(draft, improve, debug, crossover, tune)"),
+) -> None:
+    """Show the exact system prompt, tools and context an LLM proposer would receive for the
+    campaign's next proposal, with its token count. Sends nothing and writes nothing."""
+    from autolab.dry_run import dry_run_text
+
+    if not dry_run:
+        console.print("only --dry-run is available: proposals are made by `autolab run`")
+        raise typer.Exit(2)
+    if operator and operator not in ("draft", "improve", "debug", "crossover", "tune"):
+        console.print(f"[red]unknown operator {operator!r}[/red]", highlight=False)
+        raise typer.Exit(2)
+    print(dry_run_text(_params(params, _overrides(None, name, None)), operator))
 
 
 @app.command()

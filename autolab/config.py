@@ -92,17 +92,83 @@ class SandboxParams(_Strict):
     )
 
 
+OperatorName = Literal["tune", "improve", "crossover", "draft", "debug"]
+
+
+class Price(_Strict):
+    """Dollars per million tokens, for each of the four kinds a response reports."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0)
+    cache_read: float = Field(ge=0)
+
+
+def _default_prices() -> dict[str, Price]:
+    sonnet = Price(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30)
+    opus = Price(input=5.0, output=25.0, cache_write=6.25, cache_read=0.50)
+    haiku = Price(input=1.0, output=5.0, cache_write=1.25, cache_read=0.10)
+    return {"claude-sonnet-4-6": sonnet, "claude-sonnet-4-5": sonnet, "claude-opus-4-8": opus,
+            "claude-opus-4-7": opus, "claude-haiku-4-5": haiku}
+
+
+class ClaudeParams(_Strict):
+    model: str = "claude-sonnet-4-6"
+
+
+class OpenAICompatParams(_Strict):
+    """A chat-completions server with tool calls (vLLM, Ollama, llama.cpp...)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = Field("", description="the model the server serves; required for this kind")
+    api_key_env: str = Field("", description="name of an environment variable holding a key, "
+                             "if the server wants one (never the key itself)")
+
+
 class ProposerParams(_Strict):
-    kind: Literal["auto", "offline", "aa"] = "auto"
-    operators: dict[Literal["tune", "improve", "crossover"], float] = Field(
-        default_factory=lambda: {"tune": 0.3, "improve": 0.55, "crossover": 0.15}
+    kind: Literal["auto", "offline", "claude", "openai_compat", "aa"] = "auto"
+    operators: dict[OperatorName, float] = Field(
+        default_factory=lambda: {"tune": 0.3, "improve": 0.55, "crossover": 0.15,
+                                 "draft": 0.1, "debug": 0.3},
+        description="relative odds; each proposer uses the operators it has",
     )
+    claude: ClaudeParams = ClaudeParams()
+    openai_compat: OpenAICompatParams = OpenAICompatParams()
+    max_tokens: int = Field(8192, ge=256, description="per response")
+    max_turns: int = Field(12, ge=1, le=100, description="responses per proposal")
+    max_tool_errors: int = Field(3, ge=1, description="bad tool calls before a proposal fails")
+    max_retries: int = Field(4, ge=0, le=20, description="client retries of 429/5xx/timeouts")
+    timeout_s: float = Field(300.0, gt=0, description="per request")
+    context_tokens: int = Field(12_000, ge=1000, description="budget of the research memory")
+    max_usd_per_campaign: float | None = Field(10.0, ge=0, description="null: no cap")
+    max_usd_per_day: float | None = Field(25.0, ge=0, description="over every campaign under "
+                                          "paths.workdir, UTC days; null: no cap")
+    max_consecutive_failures: int = Field(5, ge=0, description="stop proposing after this many "
+                                          "proposer failures in a row; 0 = never")
+    prices: dict[str, Price] = Field(default_factory=_default_prices,
+                                     description="$ per million tokens, per model")
 
     @model_validator(mode="after")
     def _weights(self) -> ProposerParams:
         if any(w < 0 for w in self.operators.values()) or sum(self.operators.values()) <= 0:
             raise ValueError("operator weights must be >= 0 and not all zero")
         return self
+
+    @model_validator(mode="after")
+    def _priced(self) -> ProposerParams:
+        """A cap means nothing for a model whose tokens have no price."""
+        if self.kind in ("auto", "claude") and self.claude.model not in self.prices:
+            raise ValueError(
+                f"claude.model {self.claude.model!r} has no entry in proposer.prices; add its "
+                "$ per million tokens (input, output, cache_write, cache_read) so the spending "
+                "caps can be enforced"
+            )
+        if self.kind == "openai_compat" and not self.openai_compat.model:
+            raise ValueError("openai_compat.model is required with kind openai_compat")
+        return self
+
+    def price(self, model: str) -> Price | None:
+        return self.prices.get(model)
 
 
 class PathParams(_Strict):

@@ -115,13 +115,14 @@ def effective_budget(bench: Benchmark, params: Params) -> Budget:
     return bench.budget.model_copy(update=over)
 
 
-def open_lab(params: Params) -> Lab:
+def open_lab(params: Params, create: bool = True) -> Lab:
+    """`create=False` opens a campaign without making its folders (to look, not to run)."""
     bench = get_benchmark(params.campaign.benchmark)
     root = params.paths.workdir.resolve() / params.campaign.name
     return Lab(
         params=params,
         bench=bench,
-        archive=Archive(root / "archive"),
+        archive=Archive(root / "archive", create=create),
         tracker=Tracker(params.paths.mlruns.resolve(), enabled=params.tracking.mlflow),
         proposer=make_proposer(params.proposer),
         root=root,

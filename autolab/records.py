@@ -49,10 +49,26 @@ class EditStep(BaseModel):
 
 
 class Cost(BaseModel):
-    input_tokens: int = 0
+    """What a proposal cost: tokens as the provider reported them, priced in dollars."""
+
+    input_tokens: int = Field(0, description="uncached input tokens")
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     usd: float = 0.0
     seconds: float = 0.0
+    model: str = ""
+
+    def plus(self, other: Cost) -> Cost:
+        return Cost(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            usd=self.usd + other.usd,
+            seconds=self.seconds + other.seconds,
+            model=self.model or other.model,
+        )
 
 
 class Proposal(BaseModel):
@@ -65,6 +81,51 @@ class Proposal(BaseModel):
     steps: list[EditStep] = Field(default_factory=list)
     edits: list[FileEdit]
     proposer: str
+    cost: Cost = Field(default_factory=Cost)
+    transcript: str | None = Field(None, description="the conversation, relative to the archive")
+    created_at: datetime = Field(default_factory=now)
+
+
+class Spend(BaseModel):
+    """One attempt at a proposal that called a paid model, successful or not: the ledger the
+    spending caps are checked against (an attempt retried after an outage costs too)."""
+
+    id: str
+    campaign: str
+    proposal_id: str
+    attempt: int = 1
+    proposer: str
+    outcome: Literal["ok", "failed", "unavailable"]
+    cost: Cost
+    created_at: datetime = Field(default_factory=now)
+
+    @staticmethod
+    def key(proposal_id: str, attempt: int) -> str:
+        return content_key("spend", proposal_id, attempt)
+
+
+class TurnRecord(BaseModel):
+    """One response of the model: its usage, price and why it stopped."""
+
+    cost: Cost
+    stop_reason: str = ""
+
+
+class Transcript(BaseModel):
+    """The whole conversation of one proposal attempt, as sent and as answered."""
+
+    proposal_id: str
+    attempt: int = 1
+    provider: str
+    model: str
+    operator: str
+    system: list[str] = Field(description="the cached prefix, block by block")
+    tools: list[dict]
+    context_notes: list[str] = Field(default_factory=list, description="what was trimmed")
+    messages: list[dict] = Field(default_factory=list)
+    turns: list[TurnRecord] = Field(default_factory=list)
+    outcome: str = ""
+    error: str = ""
     cost: Cost = Field(default_factory=Cost)
     created_at: datetime = Field(default_factory=now)
 

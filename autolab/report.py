@@ -7,6 +7,7 @@ at any time (mid-campaign, after a crash, on another machine) and never disagree
 from __future__ import annotations
 
 import difflib
+import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,11 +29,13 @@ from autolab.records import (
     Decision,
     Evaluation,
     Proposal,
+    Spend,
     TestResult,
     Trial,
     content_key,
     now,
 )
+from autolab.spend import campaign_costs, day_spend
 from autolab.stats import hedges_g, one_sided_p
 from autolab.tracking import steps_text
 from benchmarks.protocol import Direction, MetricSpec
@@ -53,6 +56,7 @@ class View:
     trials: dict[str, list[Trial]] = field(default_factory=dict)
     audits: dict[str, AuditVerdict] = field(default_factory=dict)
     tests: list[TestResult] = field(default_factory=list)
+    spend: list[Spend] = field(default_factory=list)
 
     @classmethod
     def load(cls, archive: Archive, metric: MetricSpec) -> View:
@@ -68,6 +72,7 @@ class View:
             evaluations={e.id: e for e in archive.all(Evaluation)},
             audits={a.id: a for a in archive.all(AuditVerdict)},
             tests=archive.all(TestResult),
+            spend=[s for s in archive.all(Spend) if s.campaign == campaign.name],
         )
         setup = campaign.fixed.get("setup")
         key = content_key("setup", setup) if setup else None
@@ -188,7 +193,7 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "gain_pct": pct(gain, seed_mean),
         "best_candidate": best_id,
         "best_mean": best_mean,
-        "cost_usd": sum(p.cost.usd for p in view.proposals.values()),
+        **_costs(view, params),
         "elapsed_min": elapsed,
         "proposals_left": max(0, params.campaign.max_proposals - len(view.proposals)),
         "minutes_left": max(0.0, params.campaign.max_wall_clock_min - elapsed),
@@ -203,6 +208,37 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "paired_sd": (sd := paired_sd(list(view.evaluations.values()))),
         "smallest_detectable_gain": _resolution(sd, params),
     }
+
+
+def _costs(view: View, params: Params) -> dict[str, Any]:
+    """What the proposer spent (every paid attempt), and the caps on it."""
+    cost = campaign_costs(view.spend, view.proposals.values())
+    p = params.proposer
+    return {
+        "cost_usd": cost.usd,
+        "cost_tokens": {"input": cost.input_tokens, "output": cost.output_tokens,
+                        "cache_write": cost.cache_write_tokens,
+                        "cache_read": cost.cache_read_tokens},
+        "cap_usd_campaign": p.max_usd_per_campaign,
+        "cap_usd_day": p.max_usd_per_day,
+        "spent_today_usd": day_spend(params.paths.workdir) if view.spend else 0.0,
+        "paid_attempts": len(view.spend),
+    }
+
+
+def _cost_text(s: dict[str, Any]) -> str:
+    t = s["cost_tokens"]
+    text = f"${s['cost_usd']:.2f}"
+    if not s["paid_attempts"]:
+        return text
+    text += (f" over {s['paid_attempts']} attempt(s): {t['input']} input, {t['cache_write']}"
+             f" cache-write, {t['cache_read']} cache-read, {t['output']} output tokens")
+    caps = []
+    if s["cap_usd_campaign"] is not None:
+        caps.append(f"cap ${s['cap_usd_campaign']:.2f} per campaign")
+    if s["cap_usd_day"] is not None:
+        caps.append(f"today ${s['spent_today_usd']:.2f} of ${s['cap_usd_day']:.2f} per day")
+    return text + (f" ({'; '.join(caps)})" if caps else "")
 
 
 def _caught_by_level(view: View) -> dict[str, int]:
@@ -255,7 +291,7 @@ def render_status(status: dict[str, Any]) -> Any:
         "best so far": f"{(s['best_candidate'] or '-')[:8]}  {_fmt(s['best_mean'])}",
         "proposals left": s["proposals_left"],
         "minutes left": f"{s['minutes_left']:.1f} (elapsed {s['elapsed_min']:.1f})",
-        "proposer cost": f"${s['cost_usd']:.2f}",
+        "proposer cost": _cost_text(s),
         "sandbox": s["isolation"] + (" (UNISOLATED)" if s["unisolated"] else ""),
         "caught by audit": ", ".join(f"{k}: {n}" for k, n in s["caught_by_level"].items())
         or "-",
@@ -322,7 +358,8 @@ def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _proposal_rows(view: View) -> list[dict[str, Any]]:
+def _proposal_rows(view: View, archive_dir: str) -> list[dict[str, Any]]:
+    """`archive_dir`: the archive's path relative to the report, for transcript links."""
     by_proposal = {d.proposal_id: d for d in view.decisions}
     rows = []
     for p in view.proposals.values():
@@ -335,6 +372,9 @@ def _proposal_rows(view: View) -> list[dict[str, Any]]:
         row["mean"] = view.mean(cid) if cid else None
         row["p"] = ev.p_value if ev else None
         row["reason"] = _cell(d.reason if d else "")
+        row["cost"] = f"${p.cost.usd:.3f}" if p.cost.usd else "-"
+        row["transcript"] = (f"[{p.proposer}]({archive_dir}/{p.transcript})" if p.transcript
+                             else p.proposer)
         rows.append(row)
     return rows
 
@@ -450,7 +490,9 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
         t=test.evaluation if test else None,
         tg=view.gain(test.evaluation.mean, test.evaluation.reference_mean) if test else None,
         lineage=_lineage(view, champion),
-        proposals=_proposal_rows(view),
+        proposals=_proposal_rows(view, os.path.relpath(archive.root.resolve(),
+                                                        out_dir.resolve())),
+        cost=_cost_text(status),
         failures=_failure_rows(view),
         diff=champion_diff(archive, view.campaign.seed_candidate, champion),
         f=_fmt,

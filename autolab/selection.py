@@ -1,7 +1,9 @@
 """The search policy: which thread, which parent(s), which operator. Derived from the archive.
 
 Exploit each thread's best accepted candidate most of the time, explore under-tried
-accepted nodes otherwise, and cross two threads' heads when they have diverged.
+accepted nodes otherwise, and cross two threads' heads when they have diverged. A proposer
+that writes code of its own may also draft afresh from the seed and debug a recent failure
+of its thread (operators a proposer does not have are never weighed).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from autolab.records import AuditVerdict, Candidate, Decision, Evaluation, Propo
 from benchmarks.protocol import MetricSpec
 
 EXPLORE_PROB = 0.25
+DEBUG_WINDOW = 3  # a failure among its thread's last few is still worth debugging
+MAX_DEBUG_DEPTH = 2  # a fix of a fix may be debugged once more, not again
 
 
 @dataclass
@@ -26,6 +30,8 @@ class Node:
     n: int = 0
     accepted: bool = False
     children_tried: int = 0
+    operator: str = "seed"
+    debuggable: bool = False  # failed on its merits in a way a fix may address
 
 
 @dataclass
@@ -33,6 +39,7 @@ class SearchState:
     seed_id: str
     champion_id: str
     nodes: dict[str, Node] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # debuggable failures, oldest first
 
     def accepted_in(self, thread: int) -> list[Node]:
         return [
@@ -78,18 +85,51 @@ def search_state(
     decisions = archive.all(Decision)
     state = SearchState(seed_id=seed_id, champion_id=history.champion_id(decisions, seed_id))
     for c in archive.all(Candidate):
-        thread = proposals[c.proposal_id].thread if c.proposal_id in proposals else None
+        made_by = proposals.get(c.proposal_id or "")
         vals = values.get(c.id, [])
         state.nodes[c.id] = Node(
-            c.id, list(c.parents), thread, sum(vals) / len(vals) if vals else None, len(vals)
+            c.id, list(c.parents), made_by.thread if made_by else None,
+            sum(vals) / len(vals) if vals else None, len(vals),
+            operator=made_by.operator if made_by else "seed",
         )
     for d in decisions:
         if d.candidate_id in state.nodes and d.outcome == "accepted":
             state.nodes[d.candidate_id].accepted = True
+        if d.candidate_id in state.nodes and d.outcome == "failed" and _fixable(archive, d):
+            state.nodes[d.candidate_id].debuggable = True
+            state.failed.append(d.candidate_id)
         for parent in proposals[d.proposal_id].parents if d.proposal_id in proposals else []:
             if parent in state.nodes:
                 state.nodes[parent].children_tried += 1
     return state
+
+
+def _fixable(archive: Archive, decision: Decision) -> bool:
+    """A crash, a timeout or a build error may be fixed; a candidate caught by the runtime
+    audit (integrity, budget) is a hack, not a bug."""
+    if decision.audit_id is None:
+        return True
+    verdict = archive.get(AuditVerdict, decision.audit_id)
+    return verdict is None or verdict.caught_at == 0
+
+
+def debug_depth(state: SearchState, node_id: str) -> int:
+    depth, node = 0, state.nodes.get(node_id)
+    while node is not None and node.operator == "debug" and len(node.parents) > 1:
+        depth += 1
+        node = state.nodes.get(node.parents[1])
+    return depth
+
+
+def debug_target(state: SearchState, thread: int) -> str | None:
+    """The newest of the thread's recent debuggable failures not yet taken up."""
+    mine = [n for n in state.failed if state.nodes[n].thread == thread][-DEBUG_WINDOW:]
+    for node_id in reversed(mine):
+        node = state.nodes[node_id]
+        if (node.children_tried == 0 and node.parents and node.parents[0] in state.nodes
+                and debug_depth(state, node_id) < MAX_DEBUG_DEPTH):
+            return node_id
+    return None
 
 
 def head(state: SearchState, thread: int, metric: MetricSpec) -> Node:
@@ -124,10 +164,18 @@ def plan_next(
         and o.id not in state.ancestors(mine.id)
         and mine.id not in state.ancestors(o.id)
     ]
-    ops = {op: w for op, w in weights.items() if w > 0 and (op != "crossover" or mates)}
+    broken = debug_target(state, thread)
+    ops = {
+        op: w for op, w in weights.items()
+        if w > 0 and (op != "crossover" or mates) and (op != "debug" or broken)
+    }  # fmt: skip
     if not ops:
         ops = {"improve": 1.0}
     operator = rng.choices(list(ops), weights=list(ops.values()))[0]
+    if operator == "debug" and broken is not None:  # fixed against its last good ancestor
+        return Plan(thread, "debug", (state.nodes[broken].parents[0], broken))
+    if operator == "draft":
+        return Plan(thread, "draft", (state.seed_id,))
     if operator == "crossover":
         mate = rng.choice(mates)
         return Plan(

@@ -29,6 +29,7 @@ from autolab.records import (
     Decision,
     Evaluation,
     Proposal,
+    Spend,
     TestResult,
     Trial,
 )
@@ -79,6 +80,7 @@ def steps_text(proposal: Proposal | None) -> str:
 
 
 BUSY_RETRIES, BUSY_WAIT_S = 4, 2.0
+COST_FIELDS = ("usd", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 
 
 def _busy(err: BaseException) -> bool:
@@ -294,6 +296,22 @@ class Tracker:
         run_id = self._find(self.experiment_id(campaign.benchmark), where)
         return self.client.get_run(run_id).data.metrics.get(f"{name}_mean") if run_id else None
 
+    def log_proposal(self, campaign: CampaignRecord, index: int, proposal: Proposal,
+                     spend: list[Spend], transcript: str | None = None) -> None:
+        """The proposer's spend on the campaign's run (step = proposal index): this
+        proposal's dollars and the running totals of dollars and tokens; its transcript."""
+        if not self.enabled:
+            return
+        run_id, when = self._parent(campaign), _ms(proposal.created_at)
+        upto = [s.cost for s in spend if s.created_at <= proposal.created_at]
+        points: list[Point] = [("proposal_usd", proposal.cost.usd, index, when)]
+        for field in COST_FIELDS:
+            points.append((f"proposer_{field}", float(sum(getattr(c, field) for c in upto)),
+                           index, when))
+        self._log(run_id, points)
+        if transcript is not None:
+            self.client.log_text(run_id, transcript, f"transcripts/{proposal.id}.md")
+
     # -- candidate runs --------------------------------------------------------------------
     def log_candidate(
         self,
@@ -305,6 +323,7 @@ class Tracker:
         verdict: AuditVerdict | None,
         decision: Decision | None,
         metric: MetricSpec,
+        transcript: str | None = None,
     ) -> str | None:
         """One child run per evaluated candidate, reused when the candidate is logged again.
 
@@ -313,7 +332,7 @@ class Tracker:
         """
         if not self.enabled or candidate is None or (decision and decision.outcome == "refused"):
             return None
-        entry = Entry(candidate, proposal, trials, evaluation, verdict, decision)
+        entry = Entry(candidate, proposal, trials, evaluation, verdict, decision, transcript)
         parent, tags = self._parent(campaign), entry.tags(campaign)
         exp_id = self.experiment_id(campaign.benchmark)
         run_id = self._find(exp_id, {CANDIDATE: candidate.id, PARENT_TAG: parent})
@@ -346,15 +365,19 @@ class Tracker:
         seed = archive.get(Candidate, campaign.seed_candidate)
         seed_trials = trials.get(campaign.seed_candidate, [])
         self.log_candidate(campaign, seed, None, seed_trials, None, None, None, metric)
-        for d in archive.all(Decision):
+        spend = archive.all(Spend)
+        for index, d in enumerate(archive.all(Decision)):
+            prop = archive.get(Proposal, d.proposal_id)
+            text = archive.read_text(prop.transcript) if prop and prop.transcript else None
+            if prop is not None and (spend or text):
+                self.log_proposal(campaign, index, prop, spend, text)
             if d.candidate_id is None or d.campaign != campaign.name:
                 continue
             cand = archive.get(Candidate, d.candidate_id)
-            prop = archive.get(Proposal, d.proposal_id)
             ev = archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None
             audit = archive.get(AuditVerdict, d.audit_id) if d.audit_id else None
             ran = trials.get(d.candidate_id, [])
-            self.log_candidate(campaign, cand, prop, ran, ev, audit, d, metric)
+            self.log_candidate(campaign, cand, prop, ran, ev, audit, d, metric, text)
         if campaign.status == "finished":
             self.finish_campaign(campaign, metric, test_looks=len(archive.all(TestResult)))
         return run_id
@@ -381,6 +404,7 @@ class Entry:
     evaluation: Evaluation | None
     verdict: AuditVerdict | None
     decision: Decision | None
+    transcript: str | None = None
 
     def tags(self, campaign: CampaignRecord) -> dict[str, str]:
         """For filtering and grouping in the UI; `champion`: it became champion when selected."""
@@ -434,6 +458,9 @@ class Entry:
             "delta": e.delta if e else None,
             f"reference_{name}_mean": e.reference_mean if e else None,
         }
+        if self.proposal is not None and self.proposal.cost.usd:
+            summary |= {f"proposal_{f}": float(getattr(self.proposal.cost, f))
+                        for f in COST_FIELDS}
         when = _ms(self.decision.created_at) if self.decision else None
         return points + [(k, v, 0, when) for k, v in summary.items() if v is not None]
 
@@ -446,6 +473,8 @@ class Entry:
         ):
             if record is not None:
                 yield f"{name}.json", record.model_dump_json(indent=1)
+        if self.transcript is not None:
+            yield "transcript.md", self.transcript
         dumps = [t.model_dump(mode="json", exclude={"log_tail"}) for t in self.trials]
         yield "trials.json", json.dumps(dumps, indent=1)
         failed = sorted((t for t in self.trials if t.status == "failed"), key=lambda t: t.seed)

@@ -16,6 +16,9 @@ _REGISTRY: dict[str, str] = {
     "noop": "benchmarks.noop.benchmark:Noop",
     "nanochat": "benchmarks.nanochat.benchmark:NanoChat",
     "nanochat-cpu": "benchmarks.nanochat.benchmark:NanoChatCPU",
+    "speedrun": "benchmarks.speedrun.benchmark:Speedrun",
+    "speedrun-full": "benchmarks.speedrun.benchmark:SpeedrunFull",
+    "speedrun-cpu": "benchmarks.speedrun.benchmark:SpeedrunCPU",
 }
 BENCHMARK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

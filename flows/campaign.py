@@ -12,6 +12,8 @@ from prefect import flow
 
 from autolab.config import load_params
 from autolab.lab import Lab, open_lab
+from autolab.proposers import describe
+from autolab.proposing import proposer_stop
 from autolab.records import Decision, Proposal, now
 from flows import FLOW_RESULTS
 from flows.iteration import iteration
@@ -21,7 +23,8 @@ from tasks.prepare import baseline, prepare_data, register_seed
 
 def stop_reason(lab: Lab, run_started: datetime) -> str | None:
     """max_proposals counts over the campaign's life; the wall clock over this run, so a
-    nightly run that resumes a campaign gets its own time."""
+    nightly run that resumes a campaign gets its own time. A spending cap, or a proposer
+    that keeps failing, stops the proposing too."""
     c = lab.params.campaign
     decisions = lab.archive.all(Decision)
     if len(decisions) >= c.max_proposals:
@@ -32,7 +35,7 @@ def stop_reason(lab: Lab, run_started: datetime) -> str | None:
         since = next((i for i, d in enumerate(reversed(decisions)) if d.champion), len(decisions))
         if since >= c.patience:
             return f"no new champion in {c.patience} proposals"
-    return None
+    return proposer_stop(lab)
 
 
 def next_index(lab: Lab) -> int:
@@ -74,6 +77,7 @@ def campaign(
     register_seed(lab)
     note = "" if not lab.unisolated else " - UNISOLATED: trials can read the host's files"
     print(f"sandbox: {lab.isolation}{note}", flush=True)
+    print(describe(lab.params.proposer, lab.proposer), flush=True)
     seed_trials = baseline(lab)
     vals = [t.metrics[lab.bench.metric.name] for t in seed_trials if t.status == "ok"]
     print(

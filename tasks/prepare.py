@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 
 from autolab.config import fixed_changes
 from autolab.lab import Lab
+from autolab.proposers import KEY_ENV
+from autolab.proposing import operator_weights
 from autolab.records import CampaignRecord, Candidate, Trial
 from autolab.sandbox import ISOLATED, isolation_advice, kill_marked
 from autolab.workspace import make_candidate
@@ -55,9 +59,22 @@ def check_resume(lab: Lab, record: CampaignRecord | None, seed_id: str) -> dict:
     return fixed
 
 
+def check_proposer(lab: Lab) -> None:
+    """Claude asked for by name needs its key in the environment (never in params); the
+    operator odds must give weight to an operator the proposer has."""
+    if lab.params.proposer.kind == "claude" and not os.environ.get(KEY_ENV):
+        raise CampaignRefused(f"proposer.kind claude needs {KEY_ENV} in the environment "
+                              "(or kind auto, which falls back to the offline proposer)")
+    if not any(w > 0 for w in operator_weights(lab).values()):
+        have = ", ".join(sorted(getattr(lab.proposer, "operators", ())))
+        raise CampaignRefused(f"proposer.operators gives no weight to an operator the "
+                              f"{lab.proposer.name} proposer has ({have})")
+
+
 def preflight(lab: Lab) -> None:
     """Every refusal a campaign's start can meet, checked before any flow runs, so a refusal
     is one clear line rather than a failed flow run."""
+    check_proposer(lab)
     check_isolation(lab)
     if (record := lab.archive.campaign()) is not None:
         prepare_data.fn(lab)
@@ -69,6 +86,7 @@ def preflight(lab: Lab) -> None:
 def register_seed(lab: Lab) -> CampaignRecord:
     """Create the campaign (or reopen it) with the seed solution as its first champion.
     A resume with different fixed settings is refused, naming each change."""
+    check_proposer(lab)
     check_isolation(lab)
     files = lab.bench.seed_files(lab.params.campaign.seed_variant)
     seed = make_candidate(lab.bench.name, files, parents=[], proposal_id=None)

@@ -20,10 +20,11 @@ def mirror(lab: Lab, decision: Decision, proposal: Proposal, evaluation: Evaluat
     if decision.candidate_id is None:
         return
     try:
+        transcript = lab.archive.read_text(proposal.transcript) if proposal.transcript else None
         lab.tracker.log_candidate(
             lab.campaign, lab.archive.get(Candidate, decision.candidate_id), proposal,
             lab.comparable(decision.candidate_id) + lab.comparable(decision.candidate_id, "audit"),
-            evaluation, verdict, decision, lab.bench.metric,
+            evaluation, verdict, decision, lab.bench.metric, transcript,
         )  # fmt: skip
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow mirror failed for %s: %s", decision.candidate_id, err)

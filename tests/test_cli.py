@@ -48,3 +48,18 @@ def test_status_of_a_campaign_never_started_exits_1(tmp_path):
     res = autolab("status", "--params", str(params), cwd=tmp_path)
     assert res.returncode == 1 and "no campaign 'test-noop'" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_propose_dry_run_without_a_key_uses_the_local_estimate_and_writes_nothing(tmp_path):
+    params = write_params(tmp_path)
+    res = autolab("propose", "--dry-run", "--params", str(params), cwd=tmp_path)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "no ANTHROPIC_API_KEY in the environment, so a campaign would use the offline " \
+           "proposer; shown: what Claude would be sent" in out
+    assert "not started: the seed alone" in out and "Benchmark: noop" in out
+    assert "## Task: " in out and "### solution.py" in out
+    assert "counted by: local estimate (3.5 characters per token)" in out
+    assert not (tmp_path / "runs").exists()
+    res = autolab("propose", "--params", str(params), cwd=tmp_path)
+    assert res.returncode == 2 and "only --dry-run" in res.stdout

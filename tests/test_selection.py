@@ -166,3 +166,53 @@ def test_decide_crowns_only_after_beating_the_champion_and_replicating():
                        verdict=audit(levels=(1, 2)))
     outcome, reason, crowned = decide(ev(), audit(), passed)
     assert (outcome, crowned) == ("accepted", True) and reason.endswith("replicated at level 2")
+
+
+def with_failures(tmp_path):
+    """Thread 0: a crash under a2 (debuggable), a hack caught at runtime (not debuggable)."""
+    tree(tmp_path)
+    a = Archive(tmp_path)
+    add(a, "crash", ["a2"], 0, [], "failed")
+    add(a, "hack", ["a2"], 0, [], "failed")
+    caught = AuditVerdict(id="v-hack", candidate_id="hack", level=1, caught_at=1, passed=False,
+                          checks=[CheckResult(name="integrity", passed=False)])
+    a.put(caught)
+    d = a.get(Decision, "d-hack").model_copy(update={"audit_id": caught.id})
+    a.put(d)
+    return a
+
+
+def test_debug_takes_up_a_recent_fixable_failure_of_the_thread(tmp_path):
+    a = with_failures(tmp_path)
+    s = search_state(a, "seed", METRIC, SETUP)
+    assert s.failed == ["crash"] and not s.nodes["hack"].debuggable
+    weights = {"improve": 1.0, "debug": 1.0}
+    plans = {plan_next(s, 0, 2, weights, METRIC, random.Random(i)) for i in range(40)}
+    debug = [p for p in plans if p.operator == "debug"]
+    assert debug and {p.parents for p in debug} == {("a2", "crash")}  # last good, then failed
+    # thread 1 has no failure: debug is never picked there
+    assert all(plan_next(s, 1, 2, weights, METRIC, random.Random(i)).operator == "improve"
+               for i in range(20))
+    # once a fix was tried, the failure is taken up no more
+    add(a, "fix", ["a2", "crash"], 0, [1.7, 1.7], "rejected")
+    s = search_state(a, "seed", METRIC, SETUP)
+    assert all(plan_next(s, 0, 2, weights, METRIC, random.Random(i)).operator == "improve"
+               for i in range(20))
+
+
+def test_draft_starts_from_the_seed(tmp_path):
+    s = tree(tmp_path)
+    plan = plan_next(s, 0, 2, {"draft": 1.0}, METRIC, random.Random(0))
+    assert plan.operator == "draft" and plan.parents == ("seed",)
+
+
+def test_operators_a_proposer_lacks_change_no_draw(tmp_path):
+    """The offline proposer's odds (no draft, no debug) draw exactly as before, failures or
+    not: the new operators leave its search untouched."""
+    clean = tree(tmp_path / "clean")
+    broken = search_state(with_failures(tmp_path / "broken"), "seed", METRIC, SETUP)
+    offline = {"tune": 0.3, "improve": 0.55, "crossover": 0.15}
+    for i in range(30):
+        a = plan_next(clean, i % 2, 2, offline, METRIC, random.Random(i))
+        b = plan_next(broken, i % 2, 2, offline, METRIC, random.Random(i))
+        assert a == b

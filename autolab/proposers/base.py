@@ -1,4 +1,4 @@
-"""What every proposer sees and returns: the offline search and Claude share this seam."""
+"""What every proposer sees and returns: the offline search and the LLMs share this seam."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autolab.records import Cost, EditStep, FileEdit, Operator
-from benchmarks.protocol import MetricSpec, SearchSpace
+from autolab.records import Cost, EditStep, FileEdit, Operator, Transcript
+from benchmarks.protocol import Budget, MetricSpec, SearchSpace
 
 
 class CandidateView(BaseModel):
@@ -19,6 +19,9 @@ class CandidateView(BaseModel):
     n_trials: int = 0
     lineage_steps: list[EditStep] = Field(
         default_factory=list, description="every named step applied from the seed to here"
+    )
+    lineage_ids: list[str] = Field(
+        default_factory=list, description="candidates from the seed down to this one"
     )
 
 
@@ -34,6 +37,19 @@ class HistoryItem(BaseModel):
     mean: float | None = None
     parent_mean: float | None = None
     knobs: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    proposal_id: str = ""
+    thread: int = 0
+    rationale: str = ""
+    p_value: float | None = Field(None, description="one-sided, against the parent")
+    diff: str = Field("", description="the candidate's diff against its parent (shortened)")
+
+
+class FailureNote(BaseModel):
+    """Why a candidate failed, for the `debug` operator."""
+
+    candidate_id: str
+    reason: str
+    log_tail: str = ""
 
 
 class ProposalRequest(BaseModel):
@@ -42,27 +58,63 @@ class ProposalRequest(BaseModel):
     benchmark: str
     operator: Operator
     thread: int
-    parents: list[CandidateView] = Field(description="one parent; two for crossover")
+    parents: list[CandidateView] = Field(
+        description="one parent; two for crossover; for debug the last good ancestor, then "
+        "the failed candidate"
+    )
     base: CandidateView | None = Field(None, description="common ancestor, for crossover")
     editable_files: list[str]
     metric: MetricSpec
     search_space: SearchSpace
     history: list[HistoryItem] = Field(default_factory=list)
     rng_seed: int = 0
+    seed: CandidateView | None = Field(None, description="the campaign's seed solution")
+    best: list[CandidateView] = Field(default_factory=list, description="best scored, best first")
+    failure: FailureNote | None = Field(None, description="for debug: what went wrong")
+    profile: dict[str, float] = Field(
+        default_factory=dict, description="the parent's trials: time, memory, harness figures"
+    )
+    usd_left: float | None = Field(None, description="spend allowed before a cap; None: no cap")
+    budget: Budget | None = Field(None, description="the campaign's trial budget")
 
 
 class Draft(BaseModel):
-    """A proposer's answer; the patch step turns it into a candidate."""
+    """A proposer's answer; the patch step turns it into a candidate. Edits apply to the
+    files of the first parent."""
 
     operator: Operator
     rationale: str
     steps: list[EditStep] = Field(default_factory=list)
     edits: list[FileEdit]
     cost: Cost = Field(default_factory=Cost)
+    transcript: Transcript | None = None
 
 
 class ProposalError(RuntimeError):
-    """The proposer could not produce a usable edit (garbled reply, nothing left to try...)."""
+    """The proposer has nothing to offer for this operator here (nothing left to try, no
+    applicable edit): another operator may be tried in the same iteration."""
+
+
+class AttemptFailed(ProposalError):
+    """A paid attempt that produced no usable edit (malformed tool input, a forbidden or
+    unmatched edit, no edit, a cap reached): recorded as the proposal's failure, not retried."""
+
+    def __init__(self, reason: str, cost: Cost | None = None,
+                 transcript: Transcript | None = None):
+        super().__init__(reason)
+        self.cost = cost or Cost()
+        self.transcript = transcript
+
+
+class ProposerUnavailable(RuntimeError):
+    """The model could not be reached after the client's own retries (429, 529, 5xx,
+    timeouts): an infrastructure fault, left to the task's retries."""
+
+    def __init__(self, reason: str, cost: Cost | None = None,
+                 transcript: Transcript | None = None):
+        super().__init__(reason)
+        self.cost = cost or Cost()
+        self.transcript = transcript
 
 
 @runtime_checkable

@@ -1,0 +1,310 @@
+"""Research memory: what an LLM proposer is told about the campaign so far.
+
+Built from the proposal request alone (itself derived from the archive): the task, the
+files being edited, the parent's lineage, what was already tried on this parent, the best
+candidates and their diffs, negative results and failures elsewhere, recent trials and the
+parent's profile. Each section has a priority; when the whole exceeds its token budget,
+items of the lowest-priority sections go first, and the context says what was left out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import defaultdict
+
+from pydantic import BaseModel, Field
+
+from autolab.proposers.base import CandidateView, HistoryItem, ProposalRequest
+
+CHARS_PER_TOKEN = 3.5  # local estimate for code and English; slightly over-counts tokens
+NEGATIVE = ("rejected", "failed", "refused")
+DIFF_CHARS = 2500  # per diff shown
+MAX_ITEMS = {"best": 3, "tried_here": 12, "negative": 15, "failures": 8, "recent": 10}
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text` without asking a server: about 3.5 characters per token."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+class Section(BaseModel):
+    """A titled list of items; items are ordered most useful first."""
+
+    key: str
+    title: str
+    priority: int = Field(description="higher is kept longer; required sections are never cut")
+    items: list[str]
+    required: bool = False
+    note_if_cut: str = ""
+
+    def render(self) -> str:
+        return f"## {self.title}\n\n" + "\n".join(self.items)
+
+
+class Context(BaseModel):
+    text: str
+    notes: list[str] = Field(default_factory=list, description="what was trimmed, and why")
+    tokens: int = Field(description="local estimate")
+
+
+def fit(sections: list[Section], budget: int) -> Context:
+    """Drop items from the lowest-priority sections until the estimate fits the budget,
+    then put back, most important first, what fits again (a large item cut late may leave
+    room for small ones cut before it)."""
+    kept = [s.model_copy(deep=True) for s in sections if s.items]
+    dropped: dict[str, list[str]] = defaultdict(list)
+
+    def size() -> int:
+        return estimate_tokens("\n\n".join(s.render() for s in kept if s.items))
+
+    for section in sorted((s for s in kept if not s.required), key=lambda s: s.priority):
+        while section.items and size() > budget:
+            dropped[section.key].insert(0, section.items.pop())
+    for section in sorted(kept, key=lambda s: -s.priority):
+        for item in list(dropped[section.key]):
+            section.items.append(item)
+            if size() > budget:
+                section.items.pop()
+            else:
+                dropped[section.key].remove(item)
+    notes = []
+    for s in sections:
+        if n := len(dropped.get(s.key, [])):
+            left = f"all {n}" if n == len(s.items) else f"{n} of {len(s.items)}"
+            notes.append(f"{s.title}: {left} item(s) left out" +
+                         (f" ({s.note_if_cut})" if s.note_if_cut and n == len(s.items) else ""))
+    body = "\n\n".join(s.render() for s in kept if s.items)
+    if notes:
+        body += (f"\n\n## Trimmed to fit {budget} tokens\n\n"
+                 + "\n".join(f"- {n}" for n in notes))
+    if size() > budget:
+        notes.append(f"the required sections alone exceed the {budget}-token budget")
+    return Context(text=body, notes=notes, tokens=estimate_tokens(body))
+
+
+# -- the sections -------------------------------------------------------------------------
+
+
+def short(cid: str | None) -> str:
+    return (cid or "-")[:8]
+
+
+def fmt(value: float | None) -> str:
+    return "unscored" if value is None else f"{value:.4g}"
+
+
+def idea_of(item: HistoryItem) -> str:
+    """A past proposal's idea: its named steps (an LLM's label, the catalogue's edit, tune)."""
+    if not item.steps:
+        return item.operator
+    return "; ".join(
+        s.name + ("(" + ", ".join(f"{k}={v}" for k, v in s.params.items()) + ")"
+                  if s.params else "")
+        for s in item.steps
+    )
+
+
+def normalise_idea(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def diff_text(old: dict[str, str], new: dict[str, str], limit: int = DIFF_CHARS) -> str:
+    out: list[str] = []
+    for path in sorted(old.keys() | new.keys()):
+        a, b = old.get(path, ""), new.get(path, "")
+        out += difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
+                                    f"a/{path}", f"b/{path}", n=2)
+    text = "".join(line if line.endswith("\n") else line + "\n" for line in out)
+    return text if len(text) <= limit else text[:limit] + "\n... (diff shortened)\n"
+
+
+def outcome_line(item: HistoryItem, unit: str) -> str:
+    """'rejected: gain -0.003 bits/byte, p = 0.4' or 'failed: <reason>'."""
+    if item.outcome == "accepted" or (item.outcome == "rejected" and item.mean is not None):
+        gain = "" if item.mean is None or item.parent_mean is None else \
+            f"mean {fmt(item.mean)} vs parent {fmt(item.parent_mean)} {unit}".rstrip()
+        p = "" if item.p_value is None else f", p = {item.p_value:.2g}"
+        verdict = "no significant gain" if item.outcome == "rejected" else "significant gain"
+        return f"{item.outcome} ({verdict}): {gain}{p}"
+    return f"{item.outcome}: {item.reason[:300]}"
+
+
+def _file_block(path: str, text: str) -> str:
+    return f"### {path}\n```\n{text}\n```"
+
+
+def task_section(request: ProposalRequest, instructions: str) -> Section:
+    lines = [instructions, ""]
+    m = request.metric
+    better = "lower" if m.direction.value == "minimize" else "higher"
+    lines.append(f"Metric: {m.name} ({better} is better). Editable files: "
+                 f"{', '.join(request.editable_files)}.")
+    if request.seed is not None:
+        lines.append(f"Seed solution {short(request.seed.id)}: mean {fmt(request.seed.mean)}.")
+    if request.best:
+        b = request.best[0]
+        lines.append(f"Best scored so far: {short(b.id)}, mean {fmt(b.mean)} over "
+                     f"{b.n_trials} trials.")
+    roles = {"debug": ("last good ancestor", "failed candidate (you edit this one)"),
+             "crossover": ("parent A (you edit this one)", "parent B")}
+    names = roles.get(request.operator, ("parent (you edit this one)",))
+    for view, role in zip(request.parents, names, strict=False):
+        lines.append(f"{role.capitalize()}: {short(view.id)}, mean {fmt(view.mean)} over "
+                     f"{view.n_trials} trials.")
+    if request.usd_left is not None:
+        lines.append(f"Spending left before the cap: ${request.usd_left:.2f}.")
+    return Section(key="task", title=f"Task: {request.operator}", priority=100, items=lines,
+                   required=True)
+
+
+def edited(request: ProposalRequest) -> CandidateView:
+    """The candidate whose files the model edits: the failed one for debug."""
+    return request.parents[1] if request.operator == "debug" else request.parents[0]
+
+
+def files_section(request: ProposalRequest) -> Section:
+    view = edited(request)
+    items = [_file_block(p, view.files[p]) for p in request.editable_files if p in view.files]
+    return Section(key="files", title=f"Files of {short(view.id)} (the candidate you edit)",
+                   priority=80, items=items, note_if_cut="read them with view_file")
+
+
+def failure_section(request: ProposalRequest) -> Section | None:
+    f = request.failure
+    if f is None:
+        return None
+    items = [f"Candidate {short(f.candidate_id)} failed: {f.reason}"]
+    if f.log_tail.strip():
+        items.append(f"Log tail:\n```\n{f.log_tail.strip()[-3000:]}\n```")
+    if request.operator == "debug" and len(request.parents) == 2:
+        items.append("Its change against the last good ancestor:\n```diff\n"
+                     + diff_text(request.parents[0].files, request.parents[1].files) + "```")
+    return Section(key="failure", title="The failure to fix", priority=95, items=items,
+                   required=True)
+
+
+def crossover_section(request: ProposalRequest) -> Section | None:
+    if request.operator != "crossover" or request.base is None or len(request.parents) < 2:
+        return None
+    base = request.base
+    items = [f"Common ancestor: {short(base.id)} (mean {fmt(base.mean)})."]
+    for label, view in zip("AB", request.parents, strict=False):
+        items.append(f"Parent {label} {short(view.id)} (mean {fmt(view.mean)}) changed:\n"
+                     f"```diff\n{diff_text(base.files, view.files)}```")
+    return Section(key="crossover", title="The two lines of improvement", priority=90,
+                   items=items, required=True)
+
+
+def lineage_section(request: ProposalRequest) -> Section | None:
+    view = edited(request)
+    by_candidate = {h.candidate_id: h for h in request.history if h.candidate_id}
+    items = []
+    for cid in view.lineage_ids:
+        h = by_candidate.get(cid)
+        if h is None:
+            items.append(f"- {short(cid)}: seed solution" if request.seed and
+                         cid == request.seed.id else f"- {short(cid)}")
+            continue
+        items.append(f"- {short(cid)} by {h.operator} [{idea_of(h)}]: "
+                     f"{outcome_line(h, request.metric.unit)}. {h.rationale[:300]}")
+    if len(items) <= 1:
+        return None
+    return Section(key="lineage", title=f"Lineage of {short(view.id)}, seed first",
+                   priority=70, items=items)
+
+
+def tried_here_section(request: ProposalRequest) -> Section | None:
+    """What was already proposed from this very parent: do not propose it again."""
+    view = request.parents[0]
+    mine = [h for h in reversed(request.history) if h.parent_id == view.id]
+    items = [f"- [{idea_of(h)}] {outcome_line(h, request.metric.unit)}. {h.rationale[:200]}"
+             for h in mine][: MAX_ITEMS["tried_here"]]
+    if not items:
+        return None
+    return Section(key="tried_here", priority=60, items=items,
+                   title=f"Already tried on {short(view.id)} (do not repeat these ideas; "
+                         "build on what worked, or explain why a retry differs)")
+
+
+def best_section(request: ProposalRequest) -> Section | None:
+    if request.seed is None:
+        return None
+    items = []
+    for view in request.best[: MAX_ITEMS["best"]]:
+        if view.id == request.seed.id:
+            continue
+        items.append(f"### {short(view.id)}: mean {fmt(view.mean)} over {view.n_trials} trials\n"
+                     f"```diff\n{diff_text(request.seed.files, view.files)}```")
+    if not items:
+        return None
+    return Section(key="best", title="Best candidates and their diffs against the seed",
+                   priority=50, items=items)
+
+
+def negative_section(request: ProposalRequest) -> Section | None:
+    """Ideas that did not pay off elsewhere, grouped by idea: 'tried X: no gain, p = 0.4'."""
+    here = request.parents[0].id
+    groups: dict[str, list[HistoryItem]] = defaultdict(list)
+    for h in request.history:
+        if h.parent_id != here and h.outcome in NEGATIVE and h.candidate_id is not None:
+            groups[idea_of(h)].append(h)
+    items = []
+    for idea, hs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        last = hs[-1]
+        items.append(f"- tried {idea} ({len(hs)}x, last on {short(last.parent_id)}): "
+                     f"{outcome_line(last, request.metric.unit)}")
+    if not items:
+        return None
+    return Section(key="negative", title="Negative results elsewhere (ideas that did not pay)",
+                   priority=40, items=items[: MAX_ITEMS["negative"]])
+
+
+def failures_section(request: ProposalRequest) -> Section | None:
+    failed = [h for h in reversed(request.history)
+              if h.outcome in ("failed", "refused") and h.parent_id != request.parents[0].id]
+    items = [f"- {short(h.proposal_id)} {h.operator} [{idea_of(h)}] on {short(h.parent_id)}: "
+             f"{h.outcome}: {h.reason[:240]}" for h in failed][: MAX_ITEMS["failures"]]
+    if not items:
+        return None
+    return Section(key="failures", title="Recent failures (proposer, build or trial)",
+                   priority=30, items=items)
+
+
+def recent_section(request: ProposalRequest) -> Section | None:
+    items = [f"- thread {h.thread} {h.operator} [{idea_of(h)}] on {short(h.parent_id)} -> "
+             f"{short(h.candidate_id)}: {outcome_line(h, request.metric.unit)}"
+             for h in reversed(request.history)][: MAX_ITEMS["recent"]]
+    if not items:
+        return None
+    return Section(key="recent", title="Recent proposals, newest first", priority=20,
+                   items=items)
+
+
+def profile_section(request: ProposalRequest) -> Section | None:
+    if not request.profile:
+        return None
+    items = [f"- {k}: {v:.4g}" for k, v in sorted(request.profile.items())]
+    return Section(key="profile", title=f"Profile of {short(request.parents[0].id)}'s trials "
+                   "(means)", priority=15, items=items)
+
+
+def build_context(request: ProposalRequest, instructions: str, budget: int) -> Context:
+    makers = (failure_section, crossover_section, lineage_section, tried_here_section,
+              best_section, negative_section, failures_section, recent_section, profile_section)
+    sections = [task_section(request, instructions), files_section(request)]
+    sections += [s for make in makers if (s := make(request)) is not None]
+    return fit(sorted(sections, key=lambda s: -s.priority), budget)
+
+
+def tried_on_parent(request: ProposalRequest) -> dict[str, str]:
+    """Ideas with a negative result on the parent being edited: normalised label -> outcome."""
+    parent = request.parents[0].id
+    fixing = request.failure.candidate_id if request.failure else None  # its idea is kept
+    out = {}
+    for h in request.history:
+        if h.parent_id == parent and h.outcome in NEGATIVE and h.candidate_id != fixing:
+            for s in h.steps:
+                out[normalise_idea(s.name)] = outcome_line(h, request.metric.unit)
+    return out

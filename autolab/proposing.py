@@ -1,0 +1,283 @@
+"""The propose step's logic: choose thread, parent(s) and operator, build the request from
+the archive, ask the proposer, record the proposal, its cost and its transcript.
+
+Also the reasons to stop proposing that belong to the proposer: a spending cap reached, a
+proposer that keeps failing.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+from autolab.archive import Archive
+from autolab.history import lineage
+from autolab.lab import Lab
+from autolab.proposers.base import (
+    AttemptFailed,
+    CandidateView,
+    Draft,
+    FailureNote,
+    HistoryItem,
+    ProposalError,
+    ProposalRequest,
+    ProposerUnavailable,
+)
+from autolab.proposers.knobs import read_knobs
+from autolab.proposers.memory import DIFF_CHARS
+from autolab.proposers.transcript import render
+from autolab.records import (
+    Candidate,
+    Cost,
+    Decision,
+    EditStep,
+    Evaluation,
+    Proposal,
+    Spend,
+    Transcript,
+    Trial,
+    content_key,
+)
+from autolab.selection import Plan, SearchState, plan_next, search_state
+from autolab.spend import cap_reached, total, usd_left
+
+BEST_SHOWN = 3
+
+
+def proposal_id(campaign: str, index: int) -> str:
+    return content_key("proposal", campaign, index)
+
+
+# -- the request ----------------------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    """The archive read once per proposal: every view and history item comes from here."""
+
+    archive: Archive
+    candidates: dict[str, Candidate]
+    proposals: dict[str, Proposal]
+    decisions: list[Decision]
+    evaluations: dict[str, Evaluation]
+
+    @classmethod
+    def load(cls, archive: Archive) -> Memory:
+        return cls(archive, {c.id: c for c in archive.all(Candidate)},
+                   {p.id: p for p in archive.all(Proposal)}, archive.all(Decision),
+                   {e.id: e for e in archive.all(Evaluation)})
+
+    @functools.cached_property
+    def trials(self) -> list[Trial]:
+        """Read only for what needs them (a failure's log, a profile)."""
+        return self.archive.all(Trial)
+
+
+def view(lab: Lab, state: SearchState, memory: Memory, candidate_id: str) -> CandidateView:
+    node = state.nodes[candidate_id]
+    chain = lineage(memory.candidates, candidate_id)
+    steps: list[EditStep] = []
+    for cid in chain:
+        prop = memory.proposals.get(memory.candidates[cid].proposal_id or "")
+        steps += prop.steps if prop else []
+    return CandidateView(id=candidate_id, files=lab.archive.read_files(candidate_id),
+                         mean=node.mean, n_trials=node.n, lineage_steps=steps, lineage_ids=chain)
+
+
+def history(lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
+    """Every past proposal with its fate, so the proposer learns from failures too."""
+    knobs = lab.bench.search_space().knobs
+    items = []
+    for d in memory.decisions:
+        p = memory.proposals.get(d.proposal_id)
+        if p is None:
+            continue
+        node = state.nodes.get(d.candidate_id or "")
+        parent = state.nodes.get(p.parents[0]) if p.parents else None
+        files = lab.archive.read_files(d.candidate_id) if node else {}
+        ev = memory.evaluations.get(d.evaluation_id or "")
+        cand = memory.candidates.get(d.candidate_id or "")
+        items.append(HistoryItem(
+            candidate_id=d.candidate_id, parent_id=p.parents[0] if p.parents else state.seed_id,
+            operator=p.operator, steps=p.steps, outcome=d.outcome, reason=d.reason,
+            mean=node.mean if node else None, parent_mean=parent.mean if parent else None,
+            knobs=read_knobs(files, knobs) if files else {}, proposal_id=p.id, thread=p.thread,
+            rationale=p.rationale, p_value=ev.p_value if ev else None,
+            diff=cand.diff[:DIFF_CHARS] if cand else "",
+        ))  # fmt: skip
+    return items
+
+
+def failure_note(memory: Memory, candidate_id: str) -> FailureNote:
+    decision = next((d for d in reversed(memory.decisions) if d.candidate_id == candidate_id),
+                    None)
+    bad = [t for t in memory.trials if t.candidate_id == candidate_id and t.status != "ok"]
+    return FailureNote(candidate_id=candidate_id, reason=decision.reason if decision else "",
+                       log_tail=bad[0].log_tail if bad else "")
+
+
+def profile(memory: Memory, candidate_id: str, setup_key: str) -> dict[str, float]:
+    """Means over the candidate's successful val trials: time, memory, and the numeric
+    figures its benchmark reports (throughput, utilisation, ...)."""
+    mine = [t for t in memory.trials if t.candidate_id == candidate_id and t.status == "ok"
+            and t.split == "val" and t.setup_key == setup_key]
+    if not mine:
+        return {}
+    rows: dict[str, list[float]] = {}
+    for t in mine:
+        figures = {"trial_wall_s": t.wall_s, "workload_s": t.workload_s,
+                   "peak_rss_mb": t.peak_rss_mb}
+        figures |= {k: v for k, v in t.evidence.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)}
+        for k, v in figures.items():
+            rows.setdefault(k, []).append(float(v))
+    return {k: statistics.fmean(v) for k, v in rows.items()}
+
+
+def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int,
+                memory: Memory | None = None, setup_key: str = "") -> ProposalRequest:
+    memory = memory or Memory.load(lab.archive)
+    scored = [n for n in state.nodes.values() if n.mean is not None and
+              (n.accepted or n.id == state.seed_id)]
+    sign = 1 if lab.bench.metric.direction.value == "minimize" else -1
+    best = sorted(scored, key=lambda n: sign * n.mean)[:BEST_SHOWN]
+    free_form = getattr(lab.proposer, "free_form", False)
+    return ProposalRequest(
+        benchmark=lab.bench.name, operator=plan.operator, thread=plan.thread,
+        parents=[view(lab, state, memory, p) for p in plan.parents],
+        base=view(lab, state, memory, plan.base) if plan.base else None,
+        editable_files=list(lab.bench.editable_files), metric=lab.bench.metric,
+        search_space=lab.bench.search_space(), history=history(lab, state, memory),
+        rng_seed=rng_seed,
+        seed=view(lab, state, memory, state.seed_id) if free_form else None,
+        best=[view(lab, state, memory, n.id) for n in best] if free_form else [],
+        failure=failure_note(memory, plan.parents[1]) if plan.operator == "debug" else None,
+        profile=profile(memory, plan.parents[0], setup_key) if free_form else {},
+        usd_left=usd_left(lab.params.proposer, lab.archive, lab.root.parent)
+        if getattr(lab.proposer, "spends", False) else None,
+        budget=lab.budget,
+    )  # fmt: skip
+
+
+# -- asking and recording ---------------------------------------------------------------------
+
+
+def operator_weights(lab: Lab) -> dict[str, float]:
+    """The configured odds of the operators this proposer has (order kept: same draws)."""
+    have = getattr(lab.proposer, "operators", frozenset())
+    return {op: w for op, w in lab.params.proposer.operators.items() if op in have}
+
+
+def next_proposal(lab: Lab, index: int, last_attempt: bool = True) -> Proposal:
+    """The proposal of iteration `index`, recorded; a failed one carries no edit. An outage
+    of the model is raised for the caller's retries unless this is the last attempt."""
+    pid = proposal_id(lab.name, index)
+    if (existing := lab.archive.get(Proposal, pid)) is not None:
+        return existing
+    # attempts are numbered from the ledger, so one interrupted by a kill is never overwritten
+    attempt = 1 + sum(s.proposal_id == pid for s in lab.archive.all(Spend))
+    setup_key = lab.setup.key()
+    state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric, setup_key)
+    memory = Memory.load(lab.archive)
+    rng_seed = lab.params.campaign.random_seed * 100_003 + index
+    rng, threads = random.Random(rng_seed), lab.params.campaign.threads
+    weights = operator_weights(lab)
+    draft, plan, errors, started = None, None, [], time.monotonic()
+    failure: AttemptFailed | ProposerUnavailable | None = None
+    for _ in range(len(weights) + 1):
+        if draft is not None or failure is not None or not any(w > 0 for w in weights.values()):
+            break
+        # an operator with nothing left to try here yields to the others this iteration
+        plan = plan_next(state, index % threads, threads, weights, lab.bench.metric, rng)
+        request = request_for(lab, plan, state, rng_seed, memory, setup_key)
+        try:
+            draft = lab.proposer.propose(request)
+        except AttemptFailed as err:
+            failure = err
+        except ProposerUnavailable as err:
+            keep_attempt(lab, pid, attempt, "unavailable", err.cost, err.transcript)
+            if not last_attempt:
+                raise
+            failure = err
+        except ProposalError as err:
+            errors.append(f"{plan.operator}: {err}")
+            weights[plan.operator] = 0.0
+    if plan is None:
+        raise RuntimeError("the proposer has no operator with a positive weight")
+    if draft is None:
+        if isinstance(failure, AttemptFailed):
+            keep_attempt(lab, pid, attempt, "failed", failure.cost, failure.transcript)
+        why = (f"{plan.operator}: {failure}" if failure is not None else "; ".join(errors))
+        return record(lab, pid, plan, Draft(operator=plan.operator, edits=[],
+                                            rationale="proposer gave no edit: " + why), attempt)
+    draft.cost.seconds = draft.cost.seconds or time.monotonic() - started
+    if draft.transcript is not None or draft.cost.usd or draft.cost.input_tokens:
+        keep_attempt(lab, pid, attempt, "ok", draft.cost, draft.transcript)
+    return record(lab, pid, plan, draft, attempt)
+
+
+def keep_attempt(lab: Lab, pid: str, attempt: int, outcome: str, cost: Cost,
+                 transcript: Transcript | None) -> None:
+    """The attempt's spend in the ledger and its transcript beside the records."""
+    name = getattr(lab.proposer, "name", "?")
+    lab.archive.put(Spend(id=Spend.key(pid, attempt), campaign=lab.name, proposal_id=pid,
+                          attempt=attempt, proposer=name, outcome=outcome, cost=cost))
+    if transcript is not None:
+        t = transcript.model_copy(update={"proposal_id": pid, "attempt": attempt})
+        lab.archive.put_text(transcript_path(pid, attempt, "json"), t.model_dump_json(indent=1))
+        lab.archive.put_text(transcript_path(pid, attempt, "md"), render(t))
+
+
+def transcript_path(pid: str, attempt: int, ext: str) -> str:
+    return f"transcripts/{pid}-{attempt}.{ext}"
+
+
+def record(lab: Lab, pid: str, plan: Plan, draft: Draft, attempt: int) -> Proposal:
+    spent = [s for s in lab.archive.all(Spend) if s.proposal_id == pid]
+    cost = draft.cost
+    if spent:  # every attempt of this proposal, those cut short by an outage included
+        cost = total(s.cost for s in spent)
+    md = transcript_path(pid, attempt, "md")
+    proposal = Proposal(
+        id=pid, campaign=lab.name, thread=plan.thread, operator=draft.operator,
+        parents=list(plan.parents), rationale=draft.rationale, steps=draft.steps,
+        edits=draft.edits, proposer=getattr(lab.proposer, "name", "?"), cost=cost,
+        transcript=md if (lab.archive.root / md).is_file() else None,
+    )  # fmt: skip
+    lab.archive.put(proposal)
+    return proposal
+
+
+# -- when to stop proposing -------------------------------------------------------------------
+
+
+def failure_streak(decisions: list[Decision], proposals: dict[str, Proposal]) -> list[Proposal]:
+    """The latest proposals the proposer itself failed to make, newest last."""
+    streak: list[Proposal] = []
+    for d in reversed(decisions):
+        p = proposals.get(d.proposal_id)
+        if p is None or p.edits or d.outcome != "failed":
+            break
+        streak.append(p)
+    return streak[::-1]
+
+
+def proposer_stop(lab: Lab) -> str | None:
+    """A spending cap reached (for a proposer that spends), or a proposer that failed too
+    many times in a row."""
+    params = lab.params.proposer
+    if getattr(lab.proposer, "spends", False):
+        if (reason := cap_reached(params, lab.archive, lab.root.parent)) is not None:
+            return reason
+    n = params.max_consecutive_failures
+    if n:
+        proposals = {p.id: p for p in lab.archive.all(Proposal)}
+        streak = failure_streak(lab.archive.all(Decision), proposals)
+        if len(streak) >= n:
+            return (f"the {lab.proposer.name} proposer failed {len(streak)} times in a row "
+                    f"(proposer.max_consecutive_failures={n}); last: "
+                    f"{streak[-1].rationale[:200]}")
+    return None

@@ -1,0 +1,1 @@
+"""The NanoGPT speedrun benchmark: see README.md."""
