@@ -67,7 +67,10 @@ def test_session_confines_edits_and_checks_every_call():
     assert s.call("view_file", {"path": "solution.py", "start_line": "1"})[1]  # wrong type
     assert s.call("rm", {})[1]
     assert s.call("finish", {"idea": "x", "rationale": "r"})[1]  # nothing changed yet
-    assert len(s.errors) == 9 and all(e for e in s.errors)
+    assert s.call("write_file", {"path": "/solution.py", "content": ""})[1]  # absolute
+    assert s.call("view_file", {"path": "solution.py", "start_line": -5})[1]
+    assert s.call("view_file", {"path": "solution.py", "start_line": 0})[1]
+    assert len(s.errors) == 12 and all(e for e in s.errors)
     shown, bad = s.call("view_file", {"path": "solution.py", "start_line": 3, "end_line": 4})
     assert not bad and shown.splitlines()[0] == "3  VALUE = 3.0"
     assert s.call("replace_span", {"path": "solution.py", "old": SPAN,
@@ -316,3 +319,20 @@ def test_openai_compatible_server_drives_the_same_loop():
         params, http_client=httpx2.Client(transport=httpx2.MockTransport(down)))
     with pytest.raises(ProposerUnavailable, match="503"):
         proposer.propose(request())
+
+
+def test_a_garbled_reply_is_a_failed_attempt_not_a_crash():
+    """A reply the client cannot make sense of (a sloppy local server) fails the attempt
+    with its reason, like any other bad proposal; nothing escapes to the campaign."""
+
+    def garbled(req: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"choices": [{"index": 0, "message": "oops"}],
+                                          "usage": {"prompt_tokens": None}})
+
+    params = ProposerParams(kind="openai_compat",
+                            openai_compat={"base_url": "http://local:8000/v1", "model": "qwen"})
+    proposer = openai_compat_proposer(
+        params, http_client=httpx2.Client(transport=httpx2.MockTransport(garbled)))
+    with pytest.raises(AttemptFailed, match="provider error") as err:
+        proposer.propose(request())
+    assert err.value.transcript.outcome == "failed"

@@ -143,6 +143,8 @@ class LLMProposer:
                 reply = self.backend.complete(p.system, p.tools, log.messages)
             except (AttemptFailed, ProposerUnavailable) as err:
                 raise stop(type(err), str(err)) from err
+            except Exception as err:  # noqa: BLE001 - an odd reply or SDK error: a failure
+                raise stop(AttemptFailed, f"provider error: {type(err).__name__}: {err}") from err
             turn = priced(reply.usage.model_copy(update={"model": self.backend.model}),
                           self.price)
             cost = cost.plus(turn)

@@ -130,6 +130,9 @@ class EditSession:
         except ToolError as err:
             self.errors.append(str(err))
             return f"error: {err}", True
+        except (ValueError, TypeError, IndexError, KeyError) as err:  # input the schema let by
+            self.errors.append(f"{name}: {type(err).__name__}: {err}")
+            return f"error: {name}: {type(err).__name__}: {err}", True
 
     @property
     def changed(self) -> bool:
@@ -159,6 +162,8 @@ class EditSession:
         if text is None:
             return f"{path} does not exist yet (write_file creates it)"
         lines = text.splitlines()
+        if start_line < 1 or (end_line is not None and end_line < 1):
+            raise ToolError(f"lines are numbered from 1 (got {start_line}-{end_line})")
         end = min(end_line or len(lines), len(lines))
         if start_line > max(end, 1):
             raise ToolError(f"{path} has {len(lines)} lines; range {start_line}-{end} is empty")
