@@ -166,7 +166,7 @@ def test_4_tampering_with_the_worker_changes_nothing_it_is_judged_by(matmul, for
         worker._publish = lambda *args: None
         here = pathlib.Path(worker.__file__).parent
         (here / "evaluate.py").write_text("VERDICT = 'ok'\\n")
-        (here / "results.json").write_text('{"status": "ok", "time_ns": 1}')
+        (here / "verdict.json").write_text('{"status": "ok", "time_ns": 1}')
         pathlib.Path("tampered").write_text(str(here))
 
         def run(A, B):
@@ -177,7 +177,7 @@ def test_4_tampering_with_the_worker_changes_nothing_it_is_judged_by(matmul, for
     harness_copy = Path((folder / "build" / "tampered").read_text())
     assert not harness_copy.is_relative_to(PROJECT)
     assert (PROJECT / "benchmarks/solexec/evaluate.py").read_bytes() == judge
-    assert not (PROJECT / "benchmarks/solexec/results.json").exists()
+    assert not (PROJECT / "benchmarks/solexec/verdict.json").exists()
 
 
 def test_4_a_forged_early_answer_cannot_pass(matmul, forks, tmp_path):
