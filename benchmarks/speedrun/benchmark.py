@@ -17,7 +17,6 @@ constraint.py holds the rule that combines them.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -25,9 +24,13 @@ from typing import Literal
 import numpy as np
 
 from benchmarks.nanochat.benchmark import (
+    CACHE_MAX_BYTES,
     GPU_ENV,
     GPU_HOST_READ,
+    KEEP_CACHES,
     STDLIB_IMPORTS,
+    NanoChat,
+    prune_caches,
     set_constant,
     write_sotu_shards,
 )
@@ -129,7 +132,9 @@ class Speedrun:
         """Nothing on disk: batches and validation rows come from the server."""
         ctx.inputs(step).mkdir(parents=True, exist_ok=True)
         if self.preset.device == "cuda":
-            self._kernel_cache(ctx).mkdir(parents=True, exist_ok=True)
+            cache = self._kernel_cache(ctx)
+            cache.mkdir(parents=True, exist_ok=True)
+            os.utime(cache)  # most recently used: kept longest (prune_caches)
 
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
         p = self.preset
@@ -169,15 +174,15 @@ class Speedrun:
             record=ctx.secrets["run"],
         )  # fmt: skip
 
-    def _kernel_cache(self, ctx: TrialContext) -> Path:
-        """Compiled kernels: the candidate's own folder for its selection trials (later
-        seeds skip most of the compiling), a fresh one for replication and test trials."""
-        if ctx.split == "val" and ctx.cache_dir is not None:
-            return ctx.cache_dir
-        return ctx.outputs("train") / "cache"
+    _kernel_cache = NanoChat._kernel_cache  # the candidate's own for val trials
 
     def score(self, ctx: TrialContext) -> Score:
-        return _score.score(ctx, self.preset)
+        result = _score.score(ctx, self.preset)
+        if ctx.split == "val" and ctx.cache_dir is not None:
+            if ctx.cache_dir.is_dir():
+                os.utime(ctx.cache_dir)  # just used: the last to be pruned
+            prune_caches(ctx.cache_dir.parent, keep=KEEP_CACHES, max_bytes=CACHE_MAX_BYTES)
+        return result
 
     def audit_checks(self) -> list[AuditCheck]:
         p = self.preset
@@ -195,17 +200,7 @@ class Speedrun:
 
         return search_space()
 
-    def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
-        """Reseed torch's generator (the same on every rank) when train() starts: its own
-        initialisation, the same expected result, the same data order."""
-        src = files["train.py"]
-        anchor = re.search(r"^def train\(ctx.*\n", src, re.MULTILINE)
-        if anchor is None:
-            raise ValueError("train.py has no `def train(ctx...` line")
-        line = (f"    torch.manual_seed((torch.initial_seed() + {index + 1} * 1_000_003) % 2**63)"
-                f"  # A/A variant {index}: its own random stream\n")
-        i = anchor.end()
-        return {**files, "train.py": src[:i] + line + src[i:]}
+    neutral_variant = NanoChat.neutral_variant  # train() reseeded, the same on every rank
 
 
 class SpeedrunFull(Speedrun):
