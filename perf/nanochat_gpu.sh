@@ -20,11 +20,13 @@
 # from `make wheelhouse WHEEL_PROFILE=run HOST_PACKAGES=<the host's pip freeze>`. For
 # perf/nanochat_seeds.py alone carry only what the host lacks (pydantic, pydantic-core,
 # annotated-types, typing-inspection) as top-level wheels: $SITE is on the parent's path.
+# Other benchmarks' token files stage the same way into their own folders, e.g. for the
+# speedrun: STAGE=/root/stage-sr DATA=artifacts/speedrun/data perf/nanochat_gpu.sh setup
 set -euo pipefail
 STAGE=${STAGE:-/root/stage}
 SITE=${SITE:-/root/site}
 SRC=${SRC:-/root/src}
-DATA=artifacts/nanochat/data
+DATA=${DATA:-artifacts/nanochat/data}
 cmd=${1:?usage: nanochat_gpu.sh stage|setup|seeds ...}; shift
 
 env_line() {
@@ -58,7 +60,7 @@ case "$cmd" in
     fi
     mkdir -p "$DATA"
     for f in meta.json tokenizer.json tokenizer_meta.json token_bytes.npy val.bin test.bin; do
-      cp "$STAGE/$f" "$DATA/$f"
+      if [ -f "$STAGE/$f" ]; then cp "$STAGE/$f" "$DATA/$f"; fi
     done
     python3 - "$STAGE" "$DATA" <<'PY'
 import hashlib, json, lzma, sys
