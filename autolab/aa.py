@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from autolab.archive import Archive
+from autolab.archive import campaign_archive
 from autolab.config import Params
 from autolab.records import Decision, Evaluation
 from autolab.stats import Design, smallest_detectable_gain, wilson
@@ -28,7 +28,7 @@ def paired_sd(evaluations: list[Evaluation]) -> float | None:
 
 
 def aa_summary(params: Params) -> dict[str, Any]:
-    archive = Archive(params.paths.workdir / params.campaign.name / "archive")
+    archive = campaign_archive(params, create=False)
     ev = params.evaluation
     design = Design(ev.alpha, ev.min_seeds, ev.max_seeds, ev.parallel_trials, ev.screen,
                     ev.min_gain)

@@ -1,21 +1,35 @@
 """The archive: the single source of truth of a campaign.
 
-One JSON file per record under `<root>/<kind>/<id>.json`, written atomically (temp file,
-fsync, rename), so a `kill -9` at any instant leaves every record either whole or absent.
-Candidate snapshots live beside their record under `candidates/<id>/files/`.
-Everything else (Prefect state, MLflow, reports) is derived from what is here.
+Records are pydantic models kept in a database, as JSON with their queried fields in
+indexed columns (tables: `autolab.db.schema`): a SQLite file, `archive.db` in the
+campaign's archive folder, by default; a PostgreSQL database when `archive.url` names
+one, so that campaigns spread over hosts share it. Every write is one transaction, so a
+`kill -9` at any instant leaves each record, and each candidate with its files, either
+whole or absent. Everything else (Prefect state, MLflow, reports) is derived from here.
+
+Reads of whole kinds go through a cache of parsed records, checked on every read against
+the campaign's revision (bumped by each write, in commit order), which fetches only what
+other writers added since: a campaign with 100,000 trials reads them once, not once per
+iteration. Records handed out are shared with the cache: copy them to change them.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import time
-from pathlib import Path
-from typing import TypeVar
+import threading
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, TypeVar
 
+import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
+from autolab.db import engine as db
+from autolab.db import schema
+from autolab.db.cache import RecordCache, field_of, order_key
 from autolab.records import (
     AuditVerdict,
     CampaignRecord,
@@ -28,7 +42,11 @@ from autolab.records import (
     Trial,
 )
 
+if TYPE_CHECKING:
+    from autolab.config import Params
+
 R = TypeVar("R", bound=BaseModel)
+ArchiveError = db.ArchiveError
 
 KINDS: dict[type[BaseModel], str] = {
     Proposal: "proposals",
@@ -40,9 +58,22 @@ KINDS: dict[type[BaseModel], str] = {
     TestResult: "tests",
     Spend: "spend",
 }
+MODELS = {name: model for model, name in KINDS.items()}
+CAMPAIGNS, RECORDS, MOVED = schema.campaigns, schema.records, schema.superseded
+FILES, TEXTS = schema.files, schema.texts
+_name, _kind = sa.bindparam("name"), sa.bindparam("kind")  # statements built once: hot paths
+REVISION = sa.select(CAMPAIGNS.c.revision).where(CAMPAIGNS.c.name == _name)
+CAMPAIGN = sa.select(CAMPAIGNS.c.body).where(CAMPAIGNS.c.name == _name)
+ONE = sa.select(RECORDS.c.body).where(RECORDS.c.campaign == _name, RECORDS.c.kind == _kind,
+                                      RECORDS.c.id == sa.bindparam("id"))
+SNAPSHOT = sa.select(FILES.c.path, FILES.c.text).where(
+    FILES.c.campaign == _name, FILES.c.candidate_id == sa.bindparam("candidate"))
+TEXT = sa.select(TEXTS.c.text).where(TEXTS.c.campaign == _name,
+                                     TEXTS.c.path == sa.bindparam("path"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """A file written whole or not at all (temp file, fsync, rename): exported files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -61,86 +92,377 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-class Archive:
-    def __init__(self, root: Path, create: bool = True):
-        self.root = Path(root)
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+def utc(when: datetime) -> datetime:
+    """Naive UTC, as the columns hold it (a naive time is taken to be UTC already)."""
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
-    # -- records ---------------------------------------------------------------------------
-    def _path(self, kind: type[BaseModel], record_id: str) -> Path:
-        if kind is Candidate:
-            return self.root / "candidates" / record_id / "candidate.json"
-        return self.root / KINDS[kind] / f"{record_id}.json"
+
+def columns(record: BaseModel) -> dict:
+    """The fields of a record that are queried, as columns beside its JSON."""
+    return {
+        "created_at": utc(order_key(record)[0]),
+        "candidate_id": field_of(record, "candidate_id"),
+        "proposal_id": field_of(record, "proposal_id"),
+        "thread": field_of(record, "thread"),
+    }
+
+
+def _file_order(path: str) -> tuple[str, ...]:
+    return PurePosixPath(path).parts
+
+
+class Archive:
+    """The records of one campaign (`campaign`, by default the name of the folder that
+    holds the archive folder: `runs/<campaign>/archive`). `url` is the database; None is
+    the SQLite file `<root>/archive.db`. `create=False` looks without creating anything."""
+
+    def __init__(self, root: Path, create: bool = True, url: str | None = None,
+                 campaign: str | None = None):
+        self.root = Path(root)
+        self.name = campaign or (self.root.parent.name if self.root.name == "archive"
+                                 else self.root.name)
+        self.url = url or db.sqlite_url(self.root / db.SQLITE_FILE)
+        self._configured = url is not None
+        self._engine: Engine | None = None
+        self._lock = threading.RLock()
+        self._cache: dict[type[BaseModel], RecordCache] = {}
+        self._revision = 0
+        self._files: dict[str, dict[str, str]] = {}
+        if create or self._exists():
+            self._open()
+
+    def __repr__(self) -> str:
+        return f"Archive({self.name!r} in {self.location})"
+
+    def __deepcopy__(self, memo: dict) -> Archive:
+        raise TypeError("an open archive is shared, not copied")
+
+    @property
+    def location(self) -> str:
+        return db.shown(self.url)
+
+    def _exists(self) -> bool:
+        path = db.sqlite_path(self.url)
+        return path is None or path.is_file()
+
+    def _open(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                if (path := db.sqlite_path(self.url)) is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                engine = db.make_engine(self.url)
+                try:
+                    db.migrate(engine)
+                except OperationalError as err:
+                    engine.dispose()
+                    key = "archive.url: " if self._configured else ""
+                    raise ArchiveError(f"{key}cannot open the archive database "
+                                       f"{self.location}: {err.orig}") from None
+                self._engine = engine
+            return self._engine
+
+    @property
+    def engine(self) -> Engine:
+        """The open database (created if it was not there)."""
+        return self._open()
+
+    def _reader(self) -> Engine | None:
+        return self._engine or (self._open() if self._exists() else None)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+    def _bump(self, conn: sa.Connection) -> int:
+        """The campaign's next revision; its row lock orders this write after the others."""
+        stmt = db.insert(conn, CAMPAIGNS).values(name=self.name, revision=1)
+        stmt = stmt.on_conflict_do_update(index_elements=["name"],
+                                          set_={"revision": CAMPAIGNS.c.revision + 1})
+        conn.execute(stmt)
+        return conn.execute(sa.select(CAMPAIGNS.c.revision)
+                            .where(CAMPAIGNS.c.name == self.name)).scalar_one()
+
+    def _rows(self, batch: list[BaseModel], revision: int) -> list[dict]:
+        return [{"campaign": self.name, "kind": KINDS[type(r)], "id": r.id,
+                 "revision": revision, "body": r.model_dump_json(), **columns(r)} for r in batch]
+
+    def _write(self, batch: list[BaseModel], candidate_files: dict[str, dict[str, str]]
+               | None = None) -> None:
+        engine = self._open()
+        with db.writing(engine) as conn:
+            revision = self._bump(conn)
+            for cid, snapshot in (candidate_files or {}).items():
+                conn.execute(sa.delete(FILES).where(FILES.c.campaign == self.name,
+                                                    FILES.c.candidate_id == cid))
+                if snapshot:
+                    conn.execute(sa.insert(FILES), [
+                        {"campaign": self.name, "candidate_id": cid, "path": p, "text": t}
+                        for p, t in snapshot.items()])
+            rows = self._rows(batch, revision)
+            if rows:
+                conn.execute(db.upsert(engine, RECORDS, ["campaign", "kind", "id"]), rows)
+        self._applied(revision, [(type(r), row["body"]) for r, row in zip(batch, rows,
+                                                                           strict=True)], [])
+
+    def _applied(self, revision: int, added: list[tuple[type, str]],
+                 removed: list[tuple[type, str]]) -> None:
+        """Our own write, into the cache, when no other writer came between."""
+        with self._lock:
+            if self._revision != revision - 1:
+                return
+            for kind, body in added:
+                if kind in self._cache:
+                    self._cache[kind].add(kind.model_validate_json(body))
+            for kind, record_id in removed:
+                if kind in self._cache:
+                    self._cache[kind].remove(record_id)
+            self._revision = revision
 
     def put(self, record: BaseModel) -> None:
-        atomic_write(self._path(type(record), record.id), record.model_dump_json(indent=1).encode())
+        self._write([record])
 
-    def get(self, kind: type[R], record_id: str) -> R | None:
-        path = self._path(kind, record_id)
-        if not path.exists():
-            return None
-        return kind.model_validate_json(path.read_bytes())
+    def put_many(self, batch: list[BaseModel],
+                 candidate_files: dict[str, dict[str, str]] | None = None) -> None:
+        """Many records (and candidates' files) in one transaction: imports, and synthetic
+        archives."""
+        if batch or candidate_files:
+            self._write(list(batch), candidate_files)
 
-    def has(self, kind: type[BaseModel], record_id: str) -> bool:
-        return self._path(kind, record_id).exists()
+    def put_candidate(self, candidate: Candidate, files: dict[str, str]) -> None:
+        """The snapshot and the record in one transaction: a record implies its files."""
+        self._write([candidate], {candidate.id: dict(files)})
+        with self._lock:
+            self._files[candidate.id] = self._ordered(files)
 
     def supersede(self, kind: type[BaseModel], record_id: str) -> None:
-        """Move a record aside (kept under <kind>/superseded/), so its work can be done
+        """Move a record aside (kept in `archive_superseded`), so its work can be done
         again; used only for failures of the machine, not of the candidate."""
-        path = self._path(kind, record_id)
-        if path.exists():
-            dest = path.parent / "superseded" / f"{record_id}-{int(time.time())}.json"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
+        key = (RECORDS.c.campaign == self.name, RECORDS.c.kind == KINDS[kind],
+               RECORDS.c.id == record_id)
+        with db.writing(self._open()) as conn:
+            revision = self._bump(conn)
+            row = conn.execute(sa.select(RECORDS).where(*key)).mappings().first()
+            if row is not None:
+                conn.execute(sa.insert(MOVED).values(
+                    campaign=self.name, kind=row["kind"], id=row["id"], revision=revision,
+                    superseded_at=utc(datetime.now(UTC)), created_at=row["created_at"],
+                    candidate_id=row["candidate_id"], body=row["body"]))
+                conn.execute(sa.delete(RECORDS).where(*key))
+        self._applied(revision, [], [(kind, record_id)])
+
+    # -- reading ----------------------------------------------------------------------------
+    def _sync(self, want: type[BaseModel] | None = None) -> None:
+        """Bring the cache to the database's revision, loading `want` whole if it is new."""
+        engine = self._reader()
+        if engine is None:  # nothing written yet: what is written later comes as changes
+            if want is not None:
+                self._cache.setdefault(want, RecordCache())
+            return
+        load = want is not None and want not in self._cache
+        with db.reading(engine) as conn:
+            revision = conn.execute(REVISION, {"name": self.name}).scalar() or 0
+            if revision == self._revision and not load:
+                return
+            changed, gone = [], []
+            if revision != self._revision and self._cache:
+                kinds = [KINDS[k] for k in self._cache]
+                changed = conn.execute(
+                    sa.select(RECORDS.c.kind, RECORDS.c.body).where(
+                        RECORDS.c.campaign == self.name, RECORDS.c.kind.in_(kinds),
+                        RECORDS.c.revision > self._revision)).all()
+                gone = conn.execute(
+                    sa.select(MOVED.c.kind, MOVED.c.id).where(
+                        MOVED.c.campaign == self.name, MOVED.c.kind.in_(kinds),
+                        MOVED.c.revision > self._revision)).all()
+            whole = conn.execute(sa.select(RECORDS.c.body).where(
+                RECORDS.c.campaign == self.name, RECORDS.c.kind == KINDS[want])
+                .order_by(RECORDS.c.created_at, RECORDS.c.id)).scalars().all() if load else []
+        fresh = set()
+        for kind, body in changed:
+            record = MODELS[kind].model_validate_json(body)
+            self._cache[MODELS[kind]].add(record)
+            fresh.add((kind, record.id))
+        for kind, record_id in gone:
+            if (kind, record_id) not in fresh:  # a live row newer than its supersession stays
+                self._cache[MODELS[kind]].remove(record_id)
+        if load:  # in archive order already, from the index
+            self._cache[want] = RecordCache([want.model_validate_json(b) for b in whole])
+        self._revision = revision
+
+    def get(self, kind: type[R], record_id: str) -> R | None:
+        with self._lock:
+            if kind in self._cache:
+                self._sync()
+                return self._cache[kind].by_id.get(record_id)
+        engine = self._reader()
+        if engine is None:
+            return None
+        with engine.connect() as conn:
+            body = conn.execute(ONE, {"name": self.name, "kind": KINDS[kind],
+                                      "id": record_id}).scalar()
+        return None if body is None else kind.model_validate_json(body)
+
+    def has(self, kind: type[BaseModel], record_id: str) -> bool:
+        return self.get(kind, record_id) is not None
 
     def all(self, kind: type[R]) -> list[R]:
         """Every record of a kind, oldest first."""
-        folder = self.root / KINDS[kind]
-        if not folder.exists():
+        with self._lock:
+            self._sync(kind)
+            return list(self._cache[kind].rows)
+
+    def count(self, kind: type[BaseModel]) -> int:
+        with self._lock:
+            self._sync(kind)
+            return len(self._cache[kind].by_id)
+
+    def trials_of(self, candidate_id: str) -> list[Trial]:
+        """The candidate's trials, in archive order (what `all(Trial)` filtered gives)."""
+        with self._lock:
+            self._sync(Trial)
+            return list(self._cache[Trial].grouped().get(candidate_id, ()))
+
+    def trials_by_candidate(self) -> dict[str, tuple[Trial, ...]]:
+        """Every candidate's trials, in archive order. A candidate's tuple is the same
+        object from call to call until one of its trials changes: derived figures can be
+        kept per candidate and recomputed only for those whose tuple is new."""
+        with self._lock:
+            self._sync(Trial)
+            return dict(self._cache[Trial].grouped())
+
+    def revision(self) -> int:
+        """The campaign's revision: it changes whenever one of its records does."""
+        engine = self._reader()
+        if engine is None:
+            return 0
+        with engine.connect() as conn:
+            return conn.execute(REVISION, {"name": self.name}).scalar() or 0
+
+    def superseded(self, kind: type[R]) -> list[R]:
+        """Records moved aside, oldest move first."""
+        engine = self._reader()
+        if engine is None:
             return []
-        if kind is Candidate:
-            paths = folder.glob("*/candidate.json")
-        else:
-            paths = folder.glob("*.json")
-        records = [kind.model_validate_json(p.read_bytes()) for p in paths]
-        return sorted(records, key=lambda r: (getattr(r, "created_at", None) or r.started_at,
-                                              getattr(r, "id", "")))
+        with engine.connect() as conn:
+            bodies = conn.execute(sa.select(MOVED.c.body).where(
+                MOVED.c.campaign == self.name, MOVED.c.kind == KINDS[kind])
+                .order_by(MOVED.c.seq)).scalars().all()
+        return [kind.model_validate_json(b) for b in bodies]
 
-    # -- candidate snapshots ---------------------------------------------------------------
-    def files_dir(self, candidate_id: str) -> Path:
-        return self.root / "candidates" / candidate_id / "files"
-
-    def put_candidate(self, candidate: Candidate, files: dict[str, str]) -> None:
-        """Write the snapshot first and the record last: a record implies its files."""
-        base = self.files_dir(candidate.id)
-        for rel, text in files.items():
-            atomic_write(base / rel, text.encode())
-        self.put(candidate)
+    # -- candidate snapshots ----------------------------------------------------------------
+    @staticmethod
+    def _ordered(snapshot: dict[str, str]) -> dict[str, str]:
+        return {p: snapshot[p] for p in sorted(snapshot, key=_file_order)}
 
     def read_files(self, candidate_id: str) -> dict[str, str]:
-        base = self.files_dir(candidate_id)
-        return {
-            p.relative_to(base).as_posix(): p.read_text()
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")
-        }
+        """A candidate's files (they never change: its id is their hash)."""
+        with self._lock:
+            if candidate_id in self._files:
+                return dict(self._files[candidate_id])
+        engine = self._reader()
+        if engine is None:
+            return {}
+        with engine.connect() as conn:
+            rows = conn.execute(SNAPSHOT, {"name": self.name, "candidate": candidate_id}).all()
+        snapshot = self._ordered(dict(rows))
+        if snapshot:
+            with self._lock:
+                self._files[candidate_id] = snapshot
+        return dict(snapshot)
 
-    # -- text artifacts (transcripts) -------------------------------------------------------
-    def put_text(self, rel: str, text: str) -> Path:
-        """A text file kept with the records (e.g. `transcripts/<proposal>.md`)."""
-        path = self.root / rel
-        atomic_write(path, text.encode())
-        return path
+    def files_of(self, candidate_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Many candidates' files at once, for a pass over all of them (not cached);
+        candidates without files are left out."""
+        engine, out = self._reader(), {}
+        for at in range(0, len(candidate_ids) if engine else 0, 500):
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(FILES.c.candidate_id, FILES.c.path, FILES.c.text)
+                                    .where(FILES.c.campaign == self.name,
+                                           FILES.c.candidate_id.in_(candidate_ids[at:at + 500])))
+                for cid, path, text in rows:
+                    out.setdefault(cid, {})[path] = text
+        return {cid: self._ordered(snapshot) for cid, snapshot in out.items()}
+
+    # -- text kept with the records (transcripts) -------------------------------------------
+    def put_text(self, rel: str, text: str) -> None:
+        """A text kept with the records under a path (e.g. `transcripts/<proposal>.md`)."""
+        engine = self._open()
+        with db.writing(engine) as conn:
+            conn.execute(db.upsert(engine, TEXTS, ["campaign", "path"]).values(
+                campaign=self.name, path=rel, text=text, created_at=utc(datetime.now(UTC))))
 
     def read_text(self, rel: str) -> str | None:
-        path = self.root / rel
-        return path.read_text() if path.is_file() else None
+        engine = self._reader()
+        if engine is None:
+            return None
+        with engine.connect() as conn:
+            return conn.execute(TEXT, {"name": self.name, "path": rel}).scalar()
 
-    # -- campaign --------------------------------------------------------------------------
+    def has_text(self, rel: str) -> bool:
+        return self.read_text(rel) is not None
+
+    def text_paths(self) -> list[str]:
+        """The paths of every text kept, sorted."""
+        engine = self._reader()
+        if engine is None:
+            return []
+        with engine.connect() as conn:
+            return sorted(conn.execute(sa.select(TEXTS.c.path).where(
+                TEXTS.c.campaign == self.name)).scalars())
+
+    # -- campaign ---------------------------------------------------------------------------
     def campaign(self) -> CampaignRecord | None:
-        path = self.root / "campaign.json"
-        return CampaignRecord.model_validate_json(path.read_bytes()) if path.exists() else None
+        engine = self._reader()
+        if engine is None:
+            return None
+        with engine.connect() as conn:
+            body = conn.execute(CAMPAIGN, {"name": self.name}).scalar()
+        return CampaignRecord.model_validate_json(body) if body else None
 
     def put_campaign(self, record: CampaignRecord) -> None:
-        atomic_write(self.root / "campaign.json", record.model_dump_json(indent=1).encode())
+        engine = self._open()
+        values = {"body": record.model_dump_json(), "benchmark": record.benchmark,
+                  "status": record.status, "started_at": utc(record.started_at)}
+        stmt = db.insert(engine, CAMPAIGNS).values(name=self.name, revision=0, **values)
+        with db.writing(engine) as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    # -- every campaign in the database -----------------------------------------------------
+    def spend_on(self, day: date) -> list[Spend]:
+        """Every campaign's paid attempts on a UTC day, in this archive's database."""
+        engine = self._reader()
+        if engine is None:
+            return []
+        start = datetime(day.year, day.month, day.day)
+        with engine.connect() as conn:
+            bodies = conn.execute(sa.select(RECORDS.c.body).where(
+                RECORDS.c.kind == KINDS[Spend], RECORDS.c.created_at >= start,
+                RECORDS.c.created_at < start + timedelta(days=1))).scalars().all()
+        return [Spend.model_validate_json(b) for b in bodies]
+
+    def legacy_files(self) -> bool:
+        """Whether the folder holds an archive in the file layout of earlier versions."""
+        return (self.root / "campaign.json").is_file()
+
+
+def campaign_archive(params: Params, create: bool = True) -> Archive:
+    """The archive of the campaign `params` name, where `archive.url` puts it. A campaign
+    still in the old file layout is refused until `autolab archive migrate` has run."""
+    root = params.paths.workdir.resolve() / params.campaign.name / "archive"
+    archive = Archive(root, create=create, url=params.archive.url, campaign=params.campaign.name)
+    if archive.legacy_files() and archive.campaign() is None:
+        archive.close()
+        raise ArchiveError(
+            f"{root} holds campaign {params.campaign.name!r} in the file layout of earlier "
+            f"versions, and its database ({archive.location}) has no such campaign yet: move "
+            "it there with `autolab archive migrate --params PARAMS`")
+    return archive

@@ -120,14 +120,18 @@ def replication_level(replication_alpha: float, champions_so_far: int) -> float:
 
 
 def replication_check(evaluation: Evaluation, level: float) -> CheckResult:
+    """The gain again at `level`, and the metric's constraints again on the fresh seeds."""
     p = evaluation.p_value
-    ok = evaluation.decision != "failed" and p is not None and p < level
+    ok = (evaluation.decision != "failed" and p is not None and p < level
+          and evaluation.constraints_hold)
     n = len(evaluation.values)
     p_text = "undefined" if p is None else f"{p:.3g}"
+    constraints = "".join(f"; {c.summary()} (needs < {c.level:.3g})"
+                          for c in evaluation.constraints)
     return CheckResult(
         name="replicates_on_fresh_seeds", level=2, passed=ok,
         evidence=f"{n} fresh seeds on unseen inputs vs {evaluation.reference_id[:8]}: "
         f"delta {evaluation.delta if evaluation.delta is not None else float('nan'):+.4g}, "
-        f"p={p_text} (needs < {level:.3g})" + (f"; {evaluation.reason}"
-                                              if evaluation.decision == "failed" else ""),
+        f"p={p_text} (needs < {level:.3g})" + constraints + (
+            f"; {evaluation.reason}" if evaluation.decision == "failed" else ""),
     )

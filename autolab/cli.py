@@ -1,5 +1,5 @@
 """The `autolab` command: run (start or resume), status, report, propose --dry-run, prepare,
-aa-test, redteam."""
+aa-test, redteam, archive migrate."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from rich.console import Console  # noqa: E402
 from autolab.config import Params, ParamsError, load_params  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+archive_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="The campaign archive's database.")
+app.add_typer(archive_app, name="archive")
 console = Console()
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="campaign parameters")
@@ -49,15 +52,24 @@ def _overrides(benchmark: str | None, name: str | None, max_proposals: int | Non
 
 def _run_campaign(params: Path, overrides: dict, confirm: bool = True) -> None:
     """The campaign flow; a refusal (changed settings, missing isolation) is one clear line."""
+    from autolab.archive import ArchiveError
+    from autolab.family import chosen_members, member_params
     from autolab.lab import open_lab
     from autolab.sandbox import SandboxError
+    from benchmarks import FAMILY_NAMES, get_family
     from flows.campaign import campaign
     from tasks.prepare import CampaignRefused, preflight
 
     try:
-        preflight(open_lab(load_params(params, overrides)))
+        p = load_params(params, overrides)
+        if p.campaign.benchmark in FAMILY_NAMES:  # each member's campaign is checked
+            family = get_family(p.campaign.benchmark)
+            for m in chosen_members(family, p.family.members):
+                preflight(open_lab(member_params(p, family.name, m)))
+        else:
+            preflight(open_lab(p))
         campaign(params_path=str(params), overrides=overrides, confirm=confirm)
-    except (CampaignRefused, SandboxError) as err:
+    except (CampaignRefused, SandboxError, ArchiveError) as err:
         console.print(f"[red]refused[/red]: {err}", highlight=False)
         raise typer.Exit(2) from None
 
@@ -154,37 +166,89 @@ def redteam(
     raise typer.Exit(0 if all(r.ok for r in rows) else 1)
 
 
+def _started(p: Params):
+    """The campaign's archive, or exit 1 saying there is no such campaign."""
+    from autolab.archive import ArchiveError, campaign_archive
+
+    try:
+        archive = campaign_archive(p, create=False)
+    except ArchiveError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    if archive.campaign() is None:
+        console.print(f"no campaign {p.campaign.name!r} in {archive.location}", highlight=False)
+        raise typer.Exit(1)
+    return archive
+
+
 @app.command()
 def status(params: Path = PARAMS, name: str = typer.Option(None)) -> None:
     """Progress of a campaign: proposals, accepted, failed, best, budget left."""
-    from autolab.archive import Archive
     from autolab.report import campaign_status, render_status
-    from benchmarks import get_benchmark
+    from benchmarks import FAMILY_NAMES, get_benchmark, get_family
 
     p = _params(params, _overrides(None, name, None))
-    root = p.paths.workdir / p.campaign.name / "archive"
-    if not (root / "campaign.json").exists():
-        console.print(f"no campaign {p.campaign.name!r} under {p.paths.workdir}")
-        raise typer.Exit(1)
+    if p.campaign.benchmark in FAMILY_NAMES:  # the family's table
+        from autolab.family import chosen_members, family_summary, render_family
+
+        family = get_family(p.campaign.benchmark)
+        summary = family_summary(p, family, chosen_members(family, p.family.members))
+        console.print(render_family(summary), highlight=False)
+        return
+    archive = _started(p)
     metric = get_benchmark(p.campaign.benchmark).metric
-    console.print(render_status(campaign_status(Archive(root), p, metric)))
+    console.print(render_status(campaign_status(archive, p, metric)))
 
 
 @app.command()
 def report(params: Path = PARAMS, name: str = typer.Option(None)) -> None:
     """Write the Markdown report and the best-so-far plot of a campaign."""
-    from autolab.archive import Archive
     from autolab.report import build_report
-    from benchmarks import get_benchmark
+    from benchmarks import FAMILY_NAMES, get_benchmark, get_family
 
     p = _params(params, _overrides(None, name, None))
-    root = p.paths.workdir / p.campaign.name / "archive"
-    if not (root / "campaign.json").exists():
-        console.print(f"no campaign {p.campaign.name!r} under {p.paths.workdir}")
-        raise typer.Exit(1)
+    if p.campaign.benchmark in FAMILY_NAMES:  # each member's report, then the family's
+        from autolab.family import chosen_members, write_reports
+
+        family = get_family(p.campaign.benchmark)
+        path, _ = write_reports(p, family, chosen_members(family, p.family.members))
+        console.print(f"report: {path}")
+        return
+    archive = _started(p)
     metric = get_benchmark(p.campaign.benchmark).metric
-    path = build_report(Archive(root), p, metric, p.paths.reports / p.campaign.name)
+    path = build_report(archive, p, metric, p.paths.reports / p.campaign.name)
     console.print(f"report: {path}")
+
+
+@archive_app.command("migrate")
+def archive_migrate(
+    params: Path = PARAMS,
+    name: str = typer.Option(None, help="campaign name (default: params.yaml's)"),
+    source: Path = typer.Option(None, help="folder of the file archive (default: "
+                                "paths.workdir/NAME/archive)"),
+) -> None:
+    """Copy a campaign's archive from the file layout of earlier versions (one JSON file per
+    record) into its database (archive.url, or SQLite in the campaign's folder). Records
+    already in the database are kept as they are, so running it again changes nothing."""
+    from autolab.archive import Archive, ArchiveError
+    from autolab.db.legacy import migrate_files
+
+    p = _params(params, _overrides(None, name, None))
+    root = p.paths.workdir.resolve() / p.campaign.name / "archive"
+    source = source or root
+    if not (source / "campaign.json").is_file():
+        console.print(f"[red]no file archive in {source}[/red] (no campaign.json)",
+                      highlight=False)
+        raise typer.Exit(1)
+    try:
+        with Archive(root, url=p.archive.url, campaign=p.campaign.name) as archive:
+            counts = migrate_files(source, archive)
+    except ArchiveError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    print(f"{source} -> {archive.location} (campaign {p.campaign.name!r})")
+    for what, (read, added) in counts.items():
+        print(f"  {what:<12} {read:>7} read, {added:>7} added, {read - added:>7} already there")
 
 
 @app.command()

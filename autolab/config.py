@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -29,11 +30,14 @@ class CampaignParams(_Strict):
     @field_validator("benchmark")
     @classmethod
     def _known(cls, name: str) -> str:
-        from benchmarks import BENCHMARK_NAMES
+        from benchmarks import BENCHMARK_NAMES, FAMILY_NAMES
 
-        if name not in BENCHMARK_NAMES:
-            raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
-        return name
+        family, _, member = name.partition("/")
+        if name in BENCHMARK_NAMES or name in FAMILY_NAMES or (member and family in
+                                                                FAMILY_NAMES):
+            return name
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}; "
+                         f"families: {', '.join(FAMILY_NAMES)} (a member: FAMILY/MEMBER)")
 
     seed_variant: str = "default"
     threads: int = Field(2, ge=1, le=64)
@@ -142,7 +146,8 @@ class ProposerParams(_Strict):
     context_tokens: int = Field(12_000, ge=1000, description="budget of the research memory")
     max_usd_per_campaign: float | None = Field(10.0, ge=0, description="null: no cap")
     max_usd_per_day: float | None = Field(25.0, ge=0, description="over every campaign under "
-                                          "paths.workdir, UTC days; null: no cap")
+                                          "paths.workdir and in the same archive database, "
+                                          "UTC days; null: no cap")
     max_consecutive_failures: int = Field(5, ge=0, description="stop proposing after this many "
                                           "proposer failures in a row; 0 = never")
     prices: dict[str, Price] = Field(default_factory=_default_prices,
@@ -183,6 +188,38 @@ class TrackingParams(_Strict):
     mlflow: bool = True
 
 
+class ArchiveParams(_Strict):
+    """Where the campaign's records live: null is a SQLite file in the campaign's folder
+    (`paths.workdir/<name>/archive/archive.db`); a PostgreSQL URL puts them in a database
+    that campaigns on several hosts can share. Its password is hidden wherever params are
+    shown or logged; better, leave it out and use ~/.pgpass or PGPASSWORD."""
+
+    url: str | None = Field(None, description="postgresql://USER@HOST[:PORT]/DBNAME, "
+                            "sqlite:///PATH, or null")
+
+    @field_validator("url")
+    @classmethod
+    def _database(cls, url: str | None) -> str | None:
+        from autolab.db.engine import check_url
+
+        return None if url is None else check_url(url)
+
+    @field_serializer("url")
+    def _hide_password(self, url: str | None) -> str | None:
+        from autolab.db.engine import shown
+
+        return None if url is None else shown(url)
+
+
+class FamilyParams(_Strict):
+    """For a benchmark that is a family of problems: which members, and how the campaign
+    goes round them (each member's campaign resumed for a few proposals per round)."""
+
+    members: list[str] | None = Field(None, description="null: every member")
+    rounds: int = Field(3, ge=1)
+    proposals_per_round: int = Field(2, ge=1, description="per member and round")
+
+
 class Params(_Strict):
     campaign: CampaignParams = CampaignParams()
     budget: BudgetOverride = BudgetOverride()
@@ -192,6 +229,8 @@ class Params(_Strict):
     proposer: ProposerParams = ProposerParams()
     paths: PathParams = PathParams()
     tracking: TrackingParams = TrackingParams()
+    family: FamilyParams = FamilyParams()
+    archive: ArchiveParams = ArchiveParams()
 
     @model_validator(mode="after")
     def _static_scan_off_only_for_known_code(self) -> Params:
@@ -237,6 +276,10 @@ def _format(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params.yaml's documented keys)"
         got = e.get("input")
+        if key == "archive.url" and isinstance(got, str):
+            from autolab.db.engine import shown
+
+            got = shown(got)  # a password in a bad URL is not echoed
         shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
         lines.append(f"  - {key}: {msg}{shown}")
     return "\n".join(lines)

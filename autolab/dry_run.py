@@ -63,7 +63,12 @@ def preview(lab: Lab, proposer: LLMProposer, operator: str | None = None
         weights = {operator: 1.0} if operator else operator_weights(work)
         plan = plan_next(state, index % threads, threads, weights, lab.bench.metric,
                          random.Random(rng_seed))
-        return plan, proposer.preview(request_for(work, plan, state, rng_seed, setup_key=key))
+        try:
+            return plan, proposer.preview(request_for(work, plan, state, rng_seed,
+                                                      setup_key=key))
+        finally:
+            if work.archive is not lab.archive:
+                work.archive.close()
 
 
 def dry_run_text(params: Params, operator: str | None = None, http_client: Any = None) -> str:

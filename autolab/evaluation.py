@@ -1,15 +1,16 @@
 """Comparing a candidate's trials with a reference's, and the decision that follows.
 
 The statistics are in autolab.stats; this turns trials into the values it compares and
-its answer into an Evaluation record.
+its answer into an Evaluation record. A metric with constraints is judged on them too:
+accepted only if the gain is significant and every constraint holds (stats.constrain).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from autolab.records import Evaluation, Split, Trial, content_key
-from autolab.stats import Design, compare_seeds
+from autolab.records import ConstraintResult, Evaluation, Split, Trial, content_key
+from autolab.stats import Design, check_constraint, compare_seeds, shortfall
 from benchmarks.protocol import MetricSpec
 
 
@@ -37,13 +38,15 @@ def evaluate(
     if (bad := first_failure(trials)) is not None:
         result = dict(decision="failed", reason=f"seed {bad.seed}: {bad.failure}: {bad.reason}")
     else:
-        c = compare_seeds(mine, theirs, metric, design)
+        constrained = {k.metric: by_seed(trials, k.metric) for k in metric.constraints}
+        c = compare_seeds(mine, theirs, metric, design, constrained)
         if c.test == "paired":  # record the matched pairs the test compared, seed by seed
             mine = {s: v for s, v in mine.items() if s in theirs}
             theirs = {s: v for s, v in theirs.items() if s in mine}
         result = dict(decision=c.decision, reason=f"{c.test}: {c.reason}")
         stats = dict(mean=c.mean, reference_mean=c.reference_mean, delta=c.delta,
-                     effect_size=c.effect_size, p_value=c.p_value, test=c.test, level=c.level)
+                     effect_size=c.effect_size, p_value=c.p_value, test=c.test, level=c.level,
+                     constraints=list(c.constraints))
     ids = sorted(t.id for t in trials + reference)
     return Evaluation(
         # the design is part of the key: the same trials judged by another plan (a single
@@ -60,3 +63,25 @@ def evaluate(
         **stats,
         **result,
     )
+
+
+def constraint_results(trials: list[Trial], metric: MetricSpec, alpha: float
+                       ) -> list[ConstraintResult]:
+    """A candidate's own successful trials tested against the metric's constraints in one
+    look at alpha (a constraint's own alpha where it sets one): how the seed solution is
+    checked before it serves as the first baseline."""
+    ok = sorted((t for t in trials if t.status == "ok"), key=lambda t: t.seed)
+    return [check_constraint([t.metrics.get(k.metric) for t in ok], k,
+                             alpha if k.alpha is None else k.alpha)
+            for k in metric.constraints]
+
+
+def constraint_warning(results: list[ConstraintResult]) -> str | None:
+    """A loud line when the seed misses its constraints; None when it meets them."""
+    failing = [r for r in results if not r.holds]
+    if not failing:
+        return None
+    return ("WARNING: the seed does not meet its constraint(s): "
+            + "; ".join(shortfall(r) for r in failing)
+            + ". Its results are no valid baseline: a candidate is still judged against it, "
+            "but the seed itself would not count.")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autolab import history
-from autolab.archive import Archive
+from autolab.archive import Archive, campaign_archive
 from autolab.config import Params
 from autolab.proposers import make_proposer
 from autolab.proposers.base import Proposer
@@ -47,7 +47,7 @@ class Lab:
         record = self.archive.campaign()
         if record is None:
             raise RuntimeError(
-                f"campaign {self.name!r} has not been started in {self.archive.root}"
+                f"campaign {self.name!r} has not been started in {self.archive.location}"
             )
         return record
 
@@ -103,8 +103,8 @@ class Lab:
         return max(1, (cores or 1) // self.params.evaluation.parallel_trials)
 
     def comparable(self, candidate_id: str, split: str = "val") -> list[Trial]:
-        return history.comparable_trials(self.archive.all(Trial), candidate_id, split,
-                                         self.setup.key())
+        return history.comparable_trials(self.archive.trials_of(candidate_id), candidate_id,
+                                         split, self.setup.key())
 
     def champion(self) -> str:
         return history.champion_id(self.archive.all(Decision), self.campaign.seed_candidate)
@@ -122,7 +122,7 @@ def open_lab(params: Params, create: bool = True) -> Lab:
     return Lab(
         params=params,
         bench=bench,
-        archive=Archive(root / "archive", create=create),
+        archive=campaign_archive(params, create=create),
         tracker=Tracker(params.paths.mlruns.resolve(), enabled=params.tracking.mlflow),
         proposer=make_proposer(params.proposer),
         root=root,

@@ -7,13 +7,15 @@ proposer that keeps failing.
 
 from __future__ import annotations
 
-import functools
 import random
 import statistics
 import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autolab.archive import Archive
+from autolab.family import read_related
 from autolab.history import lineage
 from autolab.lab import Lab
 from autolab.proposers.base import (
@@ -26,7 +28,7 @@ from autolab.proposers.base import (
     ProposalRequest,
     ProposerUnavailable,
 )
-from autolab.proposers.knobs import read_knobs
+from autolab.proposers.knobs import KnobValue, read_knobs
 from autolab.proposers.memory import DIFF_CHARS
 from autolab.proposers.transcript import render
 from autolab.records import (
@@ -43,6 +45,7 @@ from autolab.records import (
 )
 from autolab.selection import Plan, SearchState, plan_next, search_state
 from autolab.spend import cap_reached, total, usd_left
+from benchmarks.protocol import Knob
 
 BEST_SHOWN = 3
 
@@ -70,10 +73,9 @@ class Memory:
                    {p.id: p for p in archive.all(Proposal)}, archive.all(Decision),
                    {e.id: e for e in archive.all(Evaluation)})
 
-    @functools.cached_property
-    def trials(self) -> list[Trial]:
+    def trials_of(self, candidate_id: str) -> list[Trial]:
         """Read only for what needs them (a failure's log, a profile)."""
-        return self.archive.all(Trial)
+        return self.archive.trials_of(candidate_id)
 
 
 def view(lab: Lab, state: SearchState, memory: Memory, candidate_id: str) -> CandidateView:
@@ -87,9 +89,42 @@ def view(lab: Lab, state: SearchState, memory: Memory, candidate_id: str) -> Can
                          mean=node.mean, n_trials=node.n, lineage_steps=steps, lineage_ids=chain)
 
 
+_KNOBS: weakref.WeakKeyDictionary[Archive, dict[tuple[Knob, ...], dict[str, dict]]] = \
+    weakref.WeakKeyDictionary()
+
+
+class KnobValues:
+    """Candidates' knob values, each read once per open archive: a candidate's files never
+    change (its id is their hash)."""
+
+    def __init__(self, archive: Archive, knobs: Sequence[Knob]):
+        self.archive, self.knobs = archive, knobs
+        self.memo = _KNOBS.setdefault(archive, {}).setdefault(tuple(knobs), {})
+
+    def prefetch(self, candidate_ids: list[str]) -> None:
+        """Read, in one pass, those not read yet."""
+        missing = list(dict.fromkeys(c for c in candidate_ids if c not in self.memo))
+        for cid, files in self.archive.files_of(missing).items():
+            self.memo[cid] = read_knobs(files, self.knobs)
+
+    def __call__(self, candidate_id: str) -> dict[str, KnobValue]:
+        if (found := self.memo.get(candidate_id)) is None:
+            files = self.archive.read_files(candidate_id)
+            found = read_knobs(files, self.knobs) if files else {}
+            if files:
+                self.memo[candidate_id] = found
+        return found
+
+
+_HISTORY: weakref.WeakKeyDictionary[Archive, dict[str, tuple]] = weakref.WeakKeyDictionary()
+
+
 def history(lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
-    """Every past proposal with its fate, so the proposer learns from failures too."""
-    knobs = lab.bench.search_space().knobs
+    """Every past proposal with its fate, so the proposer learns from failures too. An item
+    is made again only when what it shows changed (a new record, a mean with more seeds)."""
+    knobs_of = KnobValues(lab.archive, lab.bench.search_space().knobs)
+    knobs_of.prefetch([d.candidate_id for d in memory.decisions if d.candidate_id in state.nodes])
+    memo = _HISTORY.setdefault(lab.archive, {})
     items = []
     for d in memory.decisions:
         p = memory.proposals.get(d.proposal_id)
@@ -97,24 +132,29 @@ def history(lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
             continue
         node = state.nodes.get(d.candidate_id or "")
         parent = state.nodes.get(p.parents[0]) if p.parents else None
-        files = lab.archive.read_files(d.candidate_id) if node else {}
         ev = memory.evaluations.get(d.evaluation_id or "")
         cand = memory.candidates.get(d.candidate_id or "")
+        shown = (d, p, ev, cand, node is None, node.mean if node else None,
+                 parent.mean if parent else None, state.seed_id)
+        if (hit := memo.get(d.id)) is not None and hit[0] == shown:
+            items.append(hit[1])
+            continue
         items.append(HistoryItem(
             candidate_id=d.candidate_id, parent_id=p.parents[0] if p.parents else state.seed_id,
             operator=p.operator, steps=p.steps, outcome=d.outcome, reason=d.reason,
             mean=node.mean if node else None, parent_mean=parent.mean if parent else None,
-            knobs=read_knobs(files, knobs) if files else {}, proposal_id=p.id, thread=p.thread,
+            knobs=knobs_of(d.candidate_id) if node else {}, proposal_id=p.id, thread=p.thread,
             rationale=p.rationale, p_value=ev.p_value if ev else None,
             diff=cand.diff[:DIFF_CHARS] if cand else "",
         ))  # fmt: skip
+        memo[d.id] = (shown, items[-1])
     return items
 
 
 def failure_note(memory: Memory, candidate_id: str) -> FailureNote:
     decision = next((d for d in reversed(memory.decisions) if d.candidate_id == candidate_id),
                     None)
-    bad = [t for t in memory.trials if t.candidate_id == candidate_id and t.status != "ok"]
+    bad = [t for t in memory.trials_of(candidate_id) if t.status != "ok"]
     return FailureNote(candidate_id=candidate_id, reason=decision.reason if decision else "",
                        log_tail=bad[0].log_tail if bad else "")
 
@@ -122,7 +162,7 @@ def failure_note(memory: Memory, candidate_id: str) -> FailureNote:
 def profile(memory: Memory, candidate_id: str, setup_key: str) -> dict[str, float]:
     """Means over the candidate's successful val trials: time, memory, and the numeric
     figures its benchmark reports (throughput, utilisation, ...)."""
-    mine = [t for t in memory.trials if t.candidate_id == candidate_id and t.status == "ok"
+    mine = [t for t in memory.trials_of(candidate_id) if t.status == "ok"
             and t.split == "val" and t.setup_key == setup_key]
     if not mine:
         return {}
@@ -158,7 +198,7 @@ def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int,
         profile=profile(memory, plan.parents[0], setup_key) if free_form else {},
         usd_left=usd_left(lab.params.proposer, lab.archive, lab.root.parent)
         if getattr(lab.proposer, "spends", False) else None,
-        budget=lab.budget,
+        budget=lab.budget, related=read_related(lab.root),
     )  # fmt: skip
 
 
@@ -245,7 +285,7 @@ def record(lab: Lab, pid: str, plan: Plan, draft: Draft, attempt: int) -> Propos
         id=pid, campaign=lab.name, thread=plan.thread, operator=draft.operator,
         parents=list(plan.parents), rationale=draft.rationale, steps=draft.steps,
         edits=draft.edits, proposer=getattr(lab.proposer, "name", "?"), cost=cost,
-        transcript=md if (lab.archive.root / md).is_file() else None,
+        transcript=md if lab.archive.has_text(md) else None,
     )  # fmt: skip
     lab.archive.put(proposal)
     return proposal

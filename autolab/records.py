@@ -174,6 +174,34 @@ class Trial(BaseModel):
         return content_key("trial", candidate_id, seed, split, setup_key)
 
 
+class ConstraintResult(BaseModel):
+    """One constraint of the metric (benchmarks.protocol.Constraint) tested on a
+    candidate's own per-seed values: a one-sided one-sample t-test of their mean against
+    the target, at `level`."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    target: float
+    values: list[float] = Field(default_factory=list)
+    missing: int = Field(0, description="trials of the comparison that lacked the metric")
+    mean: float | None = None
+    p_value: float | None = None
+    level: float = Field(description="nominal alpha of the look it was tested at")
+    holds: bool = False
+
+    @property
+    def bound(self) -> str:
+        return f"{self.metric} {self.op} {self.target:g}"
+
+    def summary(self) -> str:
+        """'val_loss <= 3.28: p=0.0012 (mean 3.271, 5 seeds)'."""
+        if self.missing:
+            return f"{self.bound}: missing from {self.missing} trial(s)"
+        p = "undefined" if self.p_value is None else f"{self.p_value:.2g}"
+        mean = "-" if self.mean is None else f"{self.mean:.4g}"
+        return f"{self.bound}: p={p} (mean {mean}, {len(self.values)} seeds)"
+
+
 class Evaluation(BaseModel):
     """A candidate's trials compared with a reference (its parent, or the champion)."""
 
@@ -194,9 +222,16 @@ class Evaluation(BaseModel):
     alpha: float = Field(description="the campaign's alpha, spent over the looks")
     level: float | None = Field(None, description="nominal alpha of the look that decided")
     split: Split = "val"
+    constraints: list[ConstraintResult] = Field(
+        default_factory=list, description="the metric's constraints on the candidate's values; "
+        "accept needs the gain and every constraint (an intersection-union test)")
     decision: Verdict
     reason: str = ""
     created_at: datetime = Field(default_factory=now)
+
+    @property
+    def constraints_hold(self) -> bool:
+        return all(c.holds for c in self.constraints)
 
 
 class AuditVerdict(BaseModel):
@@ -225,6 +260,9 @@ class Decision(BaseModel):
     champion: bool = False
     evaluation_id: str | None = None
     audit_id: str | None = None
+    p_value: float | None = Field(None, description="the evaluation's p-value of the gain")
+    constraint_p_values: dict[str, float | None] = Field(
+        default_factory=dict, description="the evaluation's p-value of each constraint, by bound")
     created_at: datetime = Field(default_factory=now)
 
 
@@ -252,6 +290,9 @@ class CampaignRecord(BaseModel):
     status: Literal["running", "finished"] = "running"
     stop_reason: str = ""
     mlflow_run_id: str | None = None
+    seed_constraints: list[ConstraintResult] = Field(
+        default_factory=list, description="the seed's own baseline trials tested against the "
+        "metric's constraints: a seed that misses them is no valid baseline")
     val: Evaluation | None = Field(None, description="champion vs seed on the val split")
     test: TestResult | None = None
     started_at: datetime = Field(default_factory=now)

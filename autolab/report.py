@@ -7,7 +7,6 @@ at any time (mid-campaign, after a crash, on another machine) and never disagree
 from __future__ import annotations
 
 import difflib
-import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,12 +19,14 @@ import numpy as np
 
 from autolab import history
 from autolab.aa import paired_sd
-from autolab.archive import Archive
+from autolab.archive import Archive, atomic_write
 from autolab.config import Params
+from autolab.evaluation import constraint_results
 from autolab.records import (
     AuditVerdict,
     CampaignRecord,
     Candidate,
+    ConstraintResult,
     Decision,
     Evaluation,
     Proposal,
@@ -36,7 +37,7 @@ from autolab.records import (
     now,
 )
 from autolab.spend import campaign_costs, day_spend
-from autolab.stats import hedges_g, one_sided_p
+from autolab.stats import hedges_g, one_sided_p, shortfall
 from autolab.tracking import steps_text
 from benchmarks.protocol import Direction, MetricSpec
 
@@ -57,12 +58,13 @@ class View:
     audits: dict[str, AuditVerdict] = field(default_factory=dict)
     tests: list[TestResult] = field(default_factory=list)
     spend: list[Spend] = field(default_factory=list)
+    archive: Archive | None = None
 
     @classmethod
     def load(cls, archive: Archive, metric: MetricSpec) -> View:
         campaign = archive.campaign()
         if campaign is None:
-            raise FileNotFoundError(f"no campaign.json in {archive.root}")
+            raise FileNotFoundError(f"no campaign in {archive.location}")
         view = cls(
             campaign=campaign,
             metric=metric,
@@ -73,6 +75,7 @@ class View:
             audits={a.id: a for a in archive.all(AuditVerdict)},
             tests=archive.all(TestResult),
             spend=[s for s in archive.all(Spend) if s.campaign == campaign.name],
+            archive=archive,
         )
         setup = campaign.fixed.get("setup")
         key = content_key("setup", setup) if setup else None
@@ -221,7 +224,8 @@ def _costs(view: View, params: Params) -> dict[str, Any]:
                         "cache_read": cost.cache_read_tokens},
         "cap_usd_campaign": p.max_usd_per_campaign,
         "cap_usd_day": p.max_usd_per_day,
-        "spent_today_usd": day_spend(params.paths.workdir) if view.spend else 0.0,
+        "spent_today_usd": day_spend(params.paths.workdir, archive=view.archive)
+        if view.spend else 0.0,
         "paid_attempts": len(view.spend),
     }
 
@@ -335,6 +339,39 @@ def _headline(view: View, champion: str) -> dict[str, Any]:
     return out | {"p": p, "g": g, "source": "one-sided Welch's t-test on val seeds"}
 
 
+def _constraint_ps(results: list[ConstraintResult]) -> str:
+    """One table cell: each constraint's p-value, in the metric's order."""
+    return ", ".join(_fmt(r.p_value) for r in results) or "-"
+
+
+def _constraint_text(results: list[ConstraintResult]) -> str:
+    return "; ".join(f"{r.summary()}, {'holds' if r.holds else 'FAILS'} at {r.level:.3g}"
+                     for r in results)
+
+
+def seed_constraints(view: View, alpha: float) -> list[ConstraintResult]:
+    """The seed's val trials tested against the metric's constraints, as the campaign tested
+    them before its first iteration."""
+    trials = [t for t in view.trials.get(view.campaign.seed_candidate, []) if t.split == "val"]
+    return constraint_results(trials, view.metric, alpha) if trials else []
+
+
+def _constraint_lines(view: View, params: Params, champion: str,
+                      test: Evaluation | None) -> list[str]:
+    """Where each constraint stands: the seed's own trials, the champion on val (the
+    evaluation behind the headline gain), the champion on the test split."""
+    if not view.metric.constraints:
+        return []
+    seed = view.campaign.seed_candidate
+    found = [e for e in view.evaluations.values() if (e.candidate_id, e.reference_id) ==
+             (champion, seed) and e.split == "val" and e.constraints]
+    rows = [("the seed (val)", seed_constraints(view, params.evaluation.alpha)),
+            ("the champion (val)", found[-1].constraints if champion != seed and found else []),
+            ("the champion (test)", test.constraints if test is not None else [])]
+    return [f"Constraints of {who}: {_constraint_text(results)}" for who, results in rows
+            if results]
+
+
 def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
     """Champion back to the seed along first parents, returned seed first."""
     chain, cid = [], champion
@@ -347,7 +384,8 @@ def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
         vals, parents = view.values(cid), view.candidates[cid].parents
         std = statistics.stdev(vals) if len(vals) > 1 else None
         stat = f"{_fmt(view.mean(cid))} ± {_fmt(std)} (n={len(vals)})" if vals else "-"
-        row = {"id": cid, "p": ev.p_value if ev else None, "stat": stat}
+        row = {"id": cid, "p": ev.p_value if ev else None, "stat": stat,
+               "cp": _constraint_ps(ev.constraints) if ev else "-"}
         row["ref"] = f" vs `{ev.reference_id[:8]}`" if ev else ""
         row["operator"] = proposal.operator if proposal else "seed"
         if len(parents) > 1:
@@ -358,8 +396,18 @@ def _lineage(view: View, champion: str) -> list[dict[str, Any]]:
     return rows
 
 
+def export_transcripts(archive: Archive, view: View, out_dir: Path) -> str:
+    """Each proposal's transcript (Markdown, and the exact JSON beside it) written next to
+    the report, which links them; returns their folder relative to the report."""
+    for p in view.proposals.values():
+        for rel in (p.transcript, (p.transcript or "").removesuffix(".md") + ".json"):
+            if rel and (text := archive.read_text(rel)) is not None:
+                atomic_write(out_dir / rel, text.encode())
+    return "."
+
+
 def _proposal_rows(view: View, archive_dir: str) -> list[dict[str, Any]]:
-    """`archive_dir`: the archive's path relative to the report, for transcript links."""
+    """`archive_dir`: where the transcripts are, relative to the report, for its links."""
     by_proposal = {d.proposal_id: d for d in view.decisions}
     rows = []
     for p in view.proposals.values():
@@ -371,6 +419,7 @@ def _proposal_rows(view: View, archive_dir: str) -> list[dict[str, Any]]:
         row["outcome"] = d.outcome if d else "pending"
         row["mean"] = view.mean(cid) if cid else None
         row["p"] = ev.p_value if ev else None
+        row["cp"] = _constraint_ps(ev.constraints) if ev else "-"
         row["reason"] = _cell(d.reason if d else "")
         row["cost"] = f"${p.cost.usd:.3f}" if p.cost.usd else "-"
         row["transcript"] = (f"[{p.proposer}]({archive_dir}/{p.transcript})" if p.transcript
@@ -481,6 +530,10 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
     status = _status(view, params)
     champion, test = status["champion"], view.campaign.test
     plot_best_so_far(view, out_dir / "best_so_far.png")
+    seeded = seed_constraints(view, params.evaluation.alpha)
+    lineage = _lineage(view, champion)
+    if lineage and lineage[0]["id"] == view.campaign.seed_candidate and seeded:
+        lineage[0]["cp"] = _constraint_ps(seeded)
     template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
     text = template.render(
         c=view.campaign,
@@ -489,9 +542,13 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
         h=_headline(view, champion),
         t=test.evaluation if test else None,
         tg=view.gain(test.evaluation.mean, test.evaluation.reference_mean) if test else None,
-        lineage=_lineage(view, champion),
-        proposals=_proposal_rows(view, os.path.relpath(archive.root.resolve(),
-                                                        out_dir.resolve())),
+        lineage=lineage,
+        bounds=", ".join(str(k) for k in metric.constraints),
+        constraint_lines=_constraint_lines(view, params, champion,
+                                           test.evaluation if test else None),
+        seed_misses=[r for r in seeded if not r.holds],
+        shortfall=shortfall,
+        proposals=_proposal_rows(view, export_transcripts(archive, view, out_dir)),
         cost=_cost_text(status),
         failures=_failure_rows(view),
         diff=champion_diff(archive, view.campaign.seed_candidate, champion),

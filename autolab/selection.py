@@ -9,6 +9,7 @@ of its thread (operators a proposer does not have are never weighed).
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass, field
 
 from autolab import history
@@ -76,13 +77,31 @@ def val_means(trials: list[Trial], metric: MetricSpec, setup_key: str) -> dict[s
     return out
 
 
+_VALUES: weakref.WeakKeyDictionary[Archive, dict] = weakref.WeakKeyDictionary()
+
+
+def candidate_values(archive: Archive, metric: MetricSpec, setup_key: str) -> dict[str, list]:
+    """val_means over the archive's trials, recomputed only for candidates whose trials
+    changed since the last call on this archive."""
+    memo = _VALUES.setdefault(archive, {}).setdefault((metric.name, setup_key), {})
+    out = {}
+    for cid, trials in archive.trials_by_candidate().items():
+        hit = memo.get(cid)
+        if hit is None or hit[0] is not trials:
+            hit = memo[cid] = (trials, val_means(trials, metric, setup_key).get(cid))
+        if hit[1] is not None:
+            out[cid] = hit[1]
+    return out
+
+
 def search_state(
     archive: Archive, seed_id: str, metric: MetricSpec, setup_key: str
 ) -> SearchState:
     """Rebuild the search tree from records alone, so a resumed campaign needs nothing else."""
     proposals = {p.id: p for p in archive.all(Proposal)}
-    values = val_means(archive.all(Trial), metric, setup_key)
+    values = candidate_values(archive, metric, setup_key)
     decisions = archive.all(Decision)
+    verdicts = {v.id: v for v in archive.all(AuditVerdict)}
     state = SearchState(seed_id=seed_id, champion_id=history.champion_id(decisions, seed_id))
     for c in archive.all(Candidate):
         made_by = proposals.get(c.proposal_id or "")
@@ -95,7 +114,7 @@ def search_state(
     for d in decisions:
         if d.candidate_id in state.nodes and d.outcome == "accepted":
             state.nodes[d.candidate_id].accepted = True
-        if d.candidate_id in state.nodes and d.outcome == "failed" and _fixable(archive, d):
+        if d.candidate_id in state.nodes and d.outcome == "failed" and _fixable(verdicts, d):
             state.nodes[d.candidate_id].debuggable = True
             state.failed.append(d.candidate_id)
         for parent in proposals[d.proposal_id].parents if d.proposal_id in proposals else []:
@@ -104,12 +123,12 @@ def search_state(
     return state
 
 
-def _fixable(archive: Archive, decision: Decision) -> bool:
+def _fixable(verdicts: dict[str, AuditVerdict], decision: Decision) -> bool:
     """A crash, a timeout or a build error may be fixed; a candidate caught by the runtime
     audit (integrity, budget) is a hack, not a bug."""
     if decision.audit_id is None:
         return True
-    verdict = archive.get(AuditVerdict, decision.audit_id)
+    verdict = verdicts.get(decision.audit_id)
     return verdict is None or verdict.caught_at == 0
 
 

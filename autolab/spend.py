@@ -2,17 +2,21 @@
 
 The ledger is the archive's `Spend` records, one per attempt that called a paid model
 (an attempt cut short by an outage costs too). A campaign's spend is its own records; a
-day's spend is every campaign's under the same workdir on that UTC day.
+day's spend is every campaign's on that UTC day: those under the same workdir, and those
+in the same archive database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from autolab.archive import Archive
+from sqlalchemy.exc import SQLAlchemyError
+
+from autolab.archive import Archive, ArchiveError
 from autolab.config import Price, ProposerParams
+from autolab.db.engine import SQLITE_FILE, sqlite_url
 from autolab.records import Cost, Proposal, Spend
 
 
@@ -27,10 +31,16 @@ def priced(usage: Cost, price: Price | None) -> Cost:
 
 
 def total(costs: Iterable[Cost]) -> Cost:
-    out = Cost()
+    """The sum, as `Cost.plus` adds them one by one (without a model per step)."""
+    n_in = n_out = n_write = n_read = 0
+    usd = seconds = 0.0
+    model = ""
     for c in costs:
-        out = out.plus(c)
-    return out
+        n_in, n_out = n_in + c.input_tokens, n_out + c.output_tokens
+        n_write, n_read = n_write + c.cache_write_tokens, n_read + c.cache_read_tokens
+        usd, seconds, model = usd + c.usd, seconds + c.seconds, model or c.model
+    return Cost(input_tokens=n_in, output_tokens=n_out, cache_write_tokens=n_write,
+                cache_read_tokens=n_read, usd=usd, seconds=seconds, model=model)
 
 
 def campaign_costs(spend: list[Spend], proposals: Iterable[Proposal]) -> Cost:
@@ -39,18 +49,31 @@ def campaign_costs(spend: list[Spend], proposals: Iterable[Proposal]) -> Cost:
     return total([s.cost for s in spend] + [p.cost for p in proposals if p.id not in charged])
 
 
-def day_spend(workdir: Path, day: date | None = None) -> float:
-    """Dollars spent on `day` (UTC, default today) by every campaign under workdir."""
+def day_spend(workdir: Path, day: date | None = None, archive: Archive | None = None) -> float:
+    """Dollars spent on `day` (UTC, default today) by every campaign under workdir, and by
+    every campaign in `archive`'s database (those of other hosts, where it is shared)."""
     day = day or datetime.now(UTC).date()
-    usd = 0.0
-    for path in Path(workdir).glob("*/archive/spend/*.json"):
+    attempts: dict[tuple[str, str], Spend] = {}
+    for source in _databases(workdir, archive):
         try:
-            s = Spend.model_validate_json(path.read_bytes())
-        except (OSError, ValueError):
-            continue  # a half-written file of another process: atomic writes make it rare
-        if s.created_at.astimezone(UTC).date() == day:
-            usd += s.cost.usd
-    return usd
+            attempts |= {(s.campaign, s.id): s for s in source.spend_on(day)}
+        except (SQLAlchemyError, ArchiveError):
+            continue  # another campaign's database that cannot be read now
+        finally:
+            if source is not archive:
+                source.close()
+    return sum(s.cost.usd for s in attempts.values())
+
+
+def _databases(workdir: Path, archive: Archive | None) -> Iterator[Archive]:
+    if archive is not None:
+        yield archive
+    for path in sorted(Path(workdir).glob(f"*/archive/{SQLITE_FILE}")):
+        if archive is None or sqlite_url(path) != archive.url:
+            try:
+                yield Archive(path.parent, create=False)
+            except (SQLAlchemyError, ArchiveError):
+                continue
 
 
 def usd_left(params: ProposerParams, archive: Archive, workdir: Path) -> float | None:
@@ -60,7 +83,7 @@ def usd_left(params: ProposerParams, archive: Archive, workdir: Path) -> float |
         spent = campaign_costs(archive.all(Spend), archive.all(Proposal)).usd
         left.append(params.max_usd_per_campaign - spent)
     if params.max_usd_per_day is not None:
-        left.append(params.max_usd_per_day - day_spend(workdir))
+        left.append(params.max_usd_per_day - day_spend(workdir, archive=archive))
     return max(0.0, min(left)) if left else None
 
 
@@ -72,7 +95,7 @@ def cap_reached(params: ProposerParams, archive: Archive, workdir: Path) -> str 
             return (f"proposer spend ${spent:.2f} reached proposer.max_usd_per_campaign="
                     f"${params.max_usd_per_campaign:.2f}")
     if params.max_usd_per_day is not None:
-        today = day_spend(workdir)
+        today = day_spend(workdir, archive=archive)
         if today >= params.max_usd_per_day:
             return (f"today's proposer spend ${today:.2f} (all campaigns under {workdir}) "
                     f"reached proposer.max_usd_per_day=${params.max_usd_per_day:.2f}")

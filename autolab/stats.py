@@ -17,17 +17,24 @@ A futility stop (the candidate is not ahead, or clearly unpromising) ends an unc
 evaluation early; stopping for futility never raises the false-accept rate. Optional
 screening rejects after one seed a candidate that is not ahead of its reference on it by
 at least min_gain.
+
+A metric may carry constraints on other metrics of the same trials (a loss that must stay
+below a target while the time is minimised): each is a one-sided one-sample t-test of the
+candidate's own values against its target, and a gain counts only when they all hold too
+(`constrain`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
-from benchmarks.protocol import Direction, MetricSpec
+from autolab.records import ConstraintResult
+from benchmarks.protocol import Constraint, Direction, MetricSpec
 
 FUTILITY_P = 0.3
 SPENDING_POWER = 3
@@ -69,6 +76,13 @@ class Design:
         """Total alpha over all looks: alpha itself, by construction."""
         return sum(self.nominal_alpha(n) for n in self.looks())
 
+    def constraint_level(self, n: int, alpha: float | None = None) -> float:
+        """The level of a constraint's test at the look at n seeds: its own alpha (the
+        design's when None) spent over the looks in the same shares as the gain's, so
+        that however many looks there are, it too is wrongly passed with probability at
+        most its alpha."""
+        return self.nominal_alpha(n) * (self.alpha if alpha is None else alpha) / self.alpha
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -81,6 +95,7 @@ class Comparison:
     reason: str
     test: str = "welch"
     level: float | None = None  # the nominal alpha of this look
+    constraints: tuple[ConstraintResult, ...] = ()
 
 
 def hedges_g(better: np.ndarray, worse: np.ndarray) -> float | None:
@@ -123,14 +138,30 @@ def paired_effect(diffs: np.ndarray) -> float | None:
 
 
 def compare_seeds(
-    values: dict[int, float], reference: dict[int, float], metric: MetricSpec, design: Design
+    values: Mapping[int, float], reference: Mapping[int, float], metric: MetricSpec,
+    design: Design, constrained: Mapping[str, Mapping[int, float]] | None = None,
 ) -> Comparison:
-    """Paired on the seeds both ran when one side's seeds contain the other's; else Welch."""
+    """Paired on the seeds both ran when one side's seeds contain the other's; else Welch.
+
+    The metric's constraints are tested on the candidate's values of their metrics
+    (`constrained`: metric -> seed -> value) on the seeds the comparison used."""
     common = sorted(set(values) & set(reference))
     if common and len(common) == min(len(values), len(reference)):
-        return compare([values[s] for s in common], [reference[s] for s in common], metric,
-                       design, paired=True)
-    return compare(list(values.values()), list(reference.values()), metric, design)
+        seeds = common
+        c = compare([values[s] for s in common], [reference[s] for s in common], metric,
+                    design, paired=True)
+    else:
+        seeds = sorted(values)
+        c = compare([values[s] for s in seeds], list(reference.values()), metric, design)
+    if not metric.constraints:
+        return c
+    have = constrained or {}
+    checks = [
+        check_constraint([have.get(k.metric, {}).get(s) for s in seeds], k,
+                         design.constraint_level(len(seeds), k.alpha))
+        for k in metric.constraints
+    ]  # fmt: skip
+    return constrain(c, checks, metric, design, len(seeds))
 
 
 def compare(
@@ -178,6 +209,99 @@ def compare(
         return Comparison(**base, decision="reject",
                           reason=f"futility: p={p:.2g}, delta={delta:+.4g}")
     return Comparison(**base, decision="more", reason=f"promising: p={p:.2g}; adding seeds")
+
+
+# -- constraints ----------------------------------------------------------------------------
+
+
+def constraint_p(values: list[float], constraint: Constraint) -> float | None:
+    """p-value of 'the mean is within the bound': a one-sided one-sample t-test against the
+    target (H0: mean >= target for '<=', mean <= target for '>='). None on fewer than two
+    values. Values without any spread leave the t statistic undefined but the question
+    answered: p = 0 when they are within the bound, 1 when they are not (so a 0/1 metric
+    such as `reached >= 1` holds exactly when every run has it)."""
+    x = np.asarray(values, float)
+    if len(x) < 2:
+        return None
+    if np.ptp(x) == 0:
+        return 0.0 if constraint.holds_for(float(x[0])) else 1.0
+    alternative = "less" if constraint.op == "<=" else "greater"
+    p = float(stats.ttest_1samp(x, constraint.target, alternative=alternative).pvalue)
+    return None if math.isnan(p) else p
+
+
+def check_constraint(
+    values: list[float | None], constraint: Constraint, level: float
+) -> ConstraintResult:
+    """The constraint tested at `level` on one value per seed (None: the trial lacked it;
+    a constraint with a missing value cannot be shown to hold)."""
+    got = [float(v) for v in values if v is not None]
+    missing = len(values) - len(got)
+    p = None if missing else constraint_p(got, constraint)
+    return ConstraintResult(
+        metric=constraint.metric, op=constraint.op, target=constraint.target, values=got,
+        missing=missing, mean=float(np.mean(got)) if got else None, p_value=p, level=level,
+        holds=p is not None and p < level,
+    )  # fmt: skip
+
+
+def shortfall(check: ConstraintResult) -> str:
+    """Why a constraint does not hold (yet): 'val_loss <= 3.28 only at p=0.04 (...)'."""
+    if check.missing:
+        return f"{check.metric} missing from {check.missing} trial(s)"
+    if check.p_value is None:
+        return f"{check.bound} untested on {len(check.values)} seed(s)"
+    return (f"{check.bound} only at p={check.p_value:.2g} (needs < {check.level:.3g}; "
+            f"mean {check.mean:.4g})")
+
+
+def constrain(
+    c: Comparison, checks: list[ConstraintResult], metric: MetricSpec, design: Design, n: int
+) -> Comparison:
+    """The gain's decision `c` joined with the constraints' tests at the same look n.
+
+    Accepted only when the gain's test and every constraint's test reject their null
+    hypotheses: an intersection-union test. Each part is tested at level alpha (a
+    constraint at its own alpha where it sets one); accepting when any one claim is false
+    needs that claim's own test to reject wrongly, which happens with probability at most
+    its level, so the whole decision is at level alpha (the largest part's, where a
+    constraint sets its own) with no share of alpha divided among the parts. Each
+    constraint spends its alpha over the looks as the gain does.
+
+    The constraints only add reasons to reject or to wait, never to accept, so futility
+    and screening on them cannot raise the false-accept rate: an evaluation stops when a
+    constraint is unpromising (p > FUTILITY_P, or its mean outside the bound), and
+    screening rejects after one seed a candidate whose value is outside a bound there.
+    """
+    out = replace(c, constraints=tuple(checks))
+    if c.decision in ("failed", "reject"):
+        tested = [k.summary() for k in checks if k.p_value is not None]
+        return replace(out, reason="; ".join([c.reason, *tested]))
+    if n < design.min_seeds:  # before the first look: screening may reject, nothing more
+        if design.screen and n == 1:
+            outside = [f"{k} ({v:.4g})" for k, check in zip(metric.constraints, checks,
+                                                           strict=True)
+                       for v in check.values if not k.holds_for(v)]  # fmt: skip
+            if outside:
+                return replace(out, decision="reject", reason="screened out: its first seed "
+                               f"is outside {', '.join(outside)}")
+        return out
+    failing = [k for k in checks if not k.holds]
+    if not failing:
+        if c.decision == "accept":
+            return replace(out, reason="; ".join([c.reason, *(k.summary() for k in checks)]))
+        return out
+    gain = "undefined" if c.p_value is None else f"{c.p_value:.2g}"
+    short = " and ".join(shortfall(k) for k in failing)
+    if c.decision == "accept":
+        what = f"{metric.name} gain p={gain} < {c.level:.3g} but {short}"
+    else:
+        what = f"{metric.name} gain promising (p={gain}) but {short}"
+    if n >= design.max_seeds:
+        return replace(out, decision="reject", reason=f"{what} at {n} seeds")
+    if any(k.p_value is None or k.p_value > FUTILITY_P for k in failing):
+        return replace(out, decision="reject", reason=f"futility: {what}")
+    return replace(out, decision="more", reason=f"{what} so far; adding seeds")
 
 
 def next_seed_count(design: Design, n: int) -> int:

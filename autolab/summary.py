@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from autolab.archive import Archive
+from autolab.archive import campaign_archive
 from autolab.config import Params
 from autolab.history import champion_id
-from autolab.records import Decision, Evaluation
+from autolab.records import CampaignRecord, Decision, Evaluation
 from benchmarks import get_benchmark
 
 
@@ -24,7 +24,7 @@ def _gain(e: Evaluation | None, unit: str, same: bool) -> str:
 
 
 def campaign_summary(params: Params) -> str:
-    archive = Archive(params.paths.workdir / params.campaign.name / "archive")
+    archive = campaign_archive(params, create=False)
     record = archive.campaign()
     if record is None:
         return f"no campaign {params.campaign.name!r}"
@@ -43,4 +43,15 @@ def campaign_summary(params: Params) -> str:
         f"champion   {champ}" + (" (the seed: nothing beat it at alpha)" if same else ""),
         f"val  {metric.name}  {_gain(record.val, metric.unit, same)}",
         f"test {metric.name}  {_gain(test, metric.unit, same)}",
+        *_constraints(record, test, same),
     ])  # fmt: skip
+
+
+def _constraints(record: CampaignRecord, test: Evaluation | None, same: bool) -> list[str]:
+    """The metric's constraints: on the seed's own trials, and on the champion's."""
+    rows = [("seed", record.seed_constraints)]
+    if not same:
+        rows.append(("val", record.val.constraints if record.val else []))
+    rows.append(("test", test.constraints if test else []))
+    return [f"{name:<4} {r.summary()}" + ("" if r.holds else f" - FAILS (needs < {r.level:.3g})")
+            for name, results in rows for r in results]

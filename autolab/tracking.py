@@ -26,6 +26,7 @@ from autolab.records import (
     AuditVerdict,
     CampaignRecord,
     Candidate,
+    ConstraintResult,
     Decision,
     Evaluation,
     Proposal,
@@ -79,6 +80,17 @@ def steps_text(proposal: Proposal | None) -> str:
     )
 
 
+def constraint_figures(results: Iterable[ConstraintResult], prefix: str = ""
+                       ) -> dict[str, float | None]:
+    """`constraint_val_loss_le_p_value` and `..._mean` for `val_loss <= target` (MLflow keys
+    admit no '<=')."""
+    out: dict[str, float | None] = {}
+    for r in results:
+        key = f"{prefix}constraint_{r.metric}_{'le' if r.op == '<=' else 'ge'}"
+        out |= {f"{key}_p_value": r.p_value, f"{key}_mean": r.mean}
+    return out
+
+
 BUSY_RETRIES, BUSY_WAIT_S = 4, 2.0
 COST_FIELDS = ("usd", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 
@@ -98,6 +110,11 @@ def _forget_engine(uri: str) -> None:
     engine = SqlAlchemyStore._engine_map.pop(uri, None)
     if engine is not None:
         engine.dispose()
+
+
+def _metric_key(name: str) -> str:
+    """MLflow keys allow letters, digits, _ - . space : and /."""
+    return "".join(c if c.isalnum() or c in "_-./" else "_" for c in name)
 
 
 class Tracker:
@@ -153,7 +170,9 @@ class Tracker:
         self.rebuilt = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
     def experiment_id(self, benchmark: str) -> str:
-        """One experiment per benchmark, its artifacts under <mlruns>/artifacts/<benchmark>."""
+        """One experiment per benchmark, its artifacts under <mlruns>/artifacts/<benchmark>;
+        a family's members ("FAMILY/MEMBER") share the family's."""
+        benchmark = benchmark.partition("/")[0]
         if benchmark in self._experiments:
             return self._experiments[benchmark]
         from mlflow.exceptions import MlflowException
@@ -237,7 +256,46 @@ class Tracker:
                  "unisolated"}
         tags = {ROLE: "campaign", CAMPAIGN: campaign.name} | campaign.model_dump(include=shown)
         self._log(run_id, params=flatten(params.model_dump(mode="json")), tags=tags)
+        self.log_seed_constraints(campaign)
         return run_id
+
+    def log_family(self, summary) -> str | None:
+        """The family campaign's run in the family's experiment, beside its members'
+        campaign runs: the suite's aggregate before and after, each member's seed and
+        champion, each relation's aggregate, and the techniques carried across."""
+        if not self.enabled:
+            return None
+        exp_id = self.experiment_id(summary.family)
+        tags = {ROLE: "family", CAMPAIGN: summary.campaign}
+        run_id = self._find(exp_id, tags) or self.client.create_run(
+            exp_id, tags=tags, run_name=summary.campaign).info.run_id
+        metrics: list[Point] = []
+        for key, value in (("suite_before", summary.before), ("suite_after", summary.after)):
+            if value is not None:
+                metrics.append((key, value, 0, None))
+        for m in summary.members:
+            for key, value in (("seed", m.seed), ("champion", m.champion), ("test", m.test)):
+                if value is not None:
+                    metrics.append((f"{key}.{_metric_key(m.member)}", value, 0, None))
+        for k, v in summary.by_relation.items():
+            metrics.append((f"relation_after.{_metric_key(k)}", v["after"], 0, None))
+        carried = "; ".join(f"{t.technique}: {t.first} -> {', '.join(t.accepted_on) or '-'}"
+                            for t in summary.transfers)
+        self._log(run_id, metrics, params={"members": str(len(summary.members))},
+                  tags={"transfers": carried or "none"})
+        return run_id
+
+    def log_seed_constraints(self, campaign: CampaignRecord) -> None:
+        """The seed's constraint tests on the campaign's run (`seed_constraint_*`), and the
+        tag `seed_meets_constraints`: a seed that misses them is no valid baseline."""
+        if not self.enabled or not campaign.seed_constraints:
+            return
+        figures = constraint_figures(campaign.seed_constraints, prefix="seed_")
+        meets = all(r.holds for r in campaign.seed_constraints)
+        self._log(self._parent(campaign),
+                  [(k, v, 0, _ms(campaign.started_at)) for k, v in figures.items()
+                   if v is not None],
+                  tags={"seed_meets_constraints": str(meets).lower()})
 
     def log_champion(
         self, campaign: CampaignRecord, cid: str, mean: float, metric: MetricSpec, at: datetime
@@ -284,7 +342,7 @@ class Tracker:
                 "test_gain": None if e.delta is None else sign * e.delta,
                 "test_p_value": e.p_value,
                 "test_effect_size": e.effect_size,
-            }
+            } | constraint_figures(e.constraints, prefix="test_")
             tags["champion"] = campaign.test.champion_id
             self.client.log_text(run_id, campaign.test.model_dump_json(indent=1), "test.json")
         points = [(k, v, 0, when) for k, v in figures.items() if v is not None]
@@ -425,7 +483,8 @@ class Entry:
             "isolation": ",".join(isolation) or "-",
             "unisolated": str(any(i not in ISOLATED for i in isolation)).lower(),
             "mlflow.note.content": note,
-        }
+        } | ({"constraints": "hold" if self.evaluation.constraints_hold else "fail"}
+             if self.evaluation and self.evaluation.constraints else {})
 
     def params(self) -> dict[str, str]:
         p, c = self.proposal, self.candidate
@@ -457,7 +516,7 @@ class Entry:
             "effect_size": e.effect_size if e else None,
             "delta": e.delta if e else None,
             f"reference_{name}_mean": e.reference_mean if e else None,
-        }
+        } | constraint_figures(e.constraints if e else ())
         if self.proposal is not None and self.proposal.cost.usd:
             summary |= {f"proposal_{f}": float(getattr(self.proposal.cost, f))
                         for f in COST_FIELDS}

@@ -30,11 +30,37 @@ class Direction(StrEnum):
     MAXIMIZE = "maximize"
 
 
+class Constraint(BaseModel):
+    """A bound that the mean of another metric of the same trials must keep: `val_loss <=
+    3.28` means a candidate counts only if its mean val_loss over seeds is below 3.28 at
+    p < alpha (a one-sided one-sample t-test of its per-seed values against the target).
+    Values without any spread across seeds are judged exactly, within the bound or not, so
+    `reached >= 1` on a 0/1 metric holds only when every run has it. The metric must be
+    one the benchmark's scorer reports in every trial."""
+
+    model_config = ConfigDict(frozen=True)
+    metric: str
+    op: Literal["<=", ">="]
+    target: float = Field(allow_inf_nan=False)
+    alpha: float | None = Field(None, gt=0, lt=0.5, description="the level of its test; "
+                                "None: the campaign's evaluation.alpha")
+
+    def holds_for(self, value: float) -> bool:
+        """Whether one value is within the bound."""
+        return value <= self.target if self.op == "<=" else value >= self.target
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.target:g}"
+
+
 class MetricSpec(BaseModel):
+    """The metric a benchmark is judged by, and the constraints a gain must also meet."""
+
     model_config = ConfigDict(frozen=True)
     name: str
     direction: Direction
     unit: str = ""
+    constraints: tuple[Constraint, ...] = ()
 
     def better(self, a: float, b: float) -> bool:
         """True when value a is strictly better than value b."""
@@ -257,6 +283,34 @@ class Benchmark(Protocol):
     def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
         """A copy of a solution that changes its randomness but not its expected metric
         (for A/A tests of the evaluation): variant i differs from variant j."""
+        ...
+
+
+@runtime_checkable
+class BenchmarkFamily(Protocol):
+    """Many related problems searched in one campaign. Each member is a Benchmark of its
+    own (its seed, its lineage of candidates, its champion and its score); the family says
+    which members are related, so that what helped one is tried first on the others, and
+    how the members' scores make the suite's headline."""
+
+    name: str
+    metric: MetricSpec  # every member's
+
+    def members(self) -> tuple[str, ...]:
+        """The members' names, stable across runs (a campaign may take a subset)."""
+        ...
+
+    def member(self, name: str) -> Benchmark:
+        """The named member; KeyError for a name not in members()."""
+        ...
+
+    def relations(self, name: str) -> tuple[str, ...]:
+        """Keys of a member (a category, an operator signature, a shape class): members
+        sharing a key are related."""
+        ...
+
+    def aggregate(self, values: dict[str, float]) -> float:
+        """The suite's headline from one value per member (e.g. the mean score)."""
         ...
 
 

@@ -11,10 +11,12 @@ from datetime import datetime, timedelta
 from prefect import flow
 
 from autolab.config import load_params
+from autolab.evaluation import constraint_warning
 from autolab.lab import Lab, open_lab
 from autolab.proposers import describe
 from autolab.proposing import proposer_stop
 from autolab.records import Decision, Proposal, now
+from benchmarks import FAMILY_NAMES
 from flows import FLOW_RESULTS
 from flows.iteration import iteration
 from tasks.confirm import confirm_on_test, finish
@@ -40,7 +42,7 @@ def stop_reason(lab: Lab, run_started: datetime) -> str | None:
 
 def next_index(lab: Lab) -> int:
     """Iterations run in order, so the next one is the first without a decision."""
-    return len(lab.archive.all(Decision))
+    return lab.archive.count(Decision)
 
 
 def report_progress(lab: Lab, index: int, decision: Decision) -> None:
@@ -70,7 +72,12 @@ def campaign(
     overrides = dict(overrides or {})
     if benchmark:
         overrides.setdefault("campaign", {})["benchmark"] = benchmark
-    lab = open_lab(load_params(params_path, overrides))
+    params = load_params(params_path, overrides)
+    if params.campaign.benchmark in FAMILY_NAMES:  # many problems: a campaign for each
+        from flows.family import family_campaign
+
+        return family_campaign(params_path=params_path, overrides=overrides, confirm=confirm)
+    lab = open_lab(params)
     run_started = now()
 
     print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
@@ -85,6 +92,8 @@ def campaign(
         f"{statistics.fmean(vals) if vals else float('nan'):.4f} on {len(vals)} seeds",
         flush=True,
     )
+    if warning := constraint_warning(lab.campaign.seed_constraints):
+        print(warning, flush=True)
 
     while (reason := stop_reason(lab, run_started)) is None:
         index = next_index(lab)

@@ -2,6 +2,9 @@
 trials they share give the same numbers? Trials are matched by (candidate, seed, split).
 
     python perf/compare_trials.py FIRST/runs/NAME/archive SECOND/runs/NAME/archive
+
+Each folder holds an archive database (`archive.db`), or an archive in the file layout of
+earlier versions (one JSON file per record).
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ import argparse
 from pathlib import Path
 
 from autolab.archive import Archive
+from autolab.db.legacy import read_records
 from autolab.records import Trial
 
 
 def load(folder: Path) -> dict[tuple[str, int, str], Trial]:
-    return {(t.candidate_id, t.seed, t.split): t for t in Archive(folder).all(Trial)}
+    if (folder / "campaign.json").is_file() and not (folder / "archive.db").is_file():
+        trials = read_records(folder, Trial)
+    else:
+        trials = Archive(folder, create=False).all(Trial)
+    return {(t.candidate_id, t.seed, t.split): t for t in trials}
 
 
 def main() -> None:

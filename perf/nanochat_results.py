@@ -5,8 +5,9 @@ report) into benchmarks/nanochat/results.json, the headline numbers of RESULTS.m
         [--strong-300 ...] [--out benchmarks/nanochat/results.json]
 
 Each list pools the ok trials of its files (one seed each, or several). A file may also
-be a campaign's archive, packed as `perf/nanochat_gpu.sh collect` packs it (a .tgz): its
-seed candidate's val trials are taken, the campaign's own baseline of the seed. A key
+be a campaign's archive, packed as `perf/nanochat_gpu.sh collect` packs it (a .tgz, with
+the archive database or, from earlier versions, one JSON file per record): its seed
+candidate's val trials are taken, the campaign's own baseline of the seed. A key
 with no files is written as null: not measured yet.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import statistics
 import tarfile
+import tempfile
 from pathlib import Path
 
 
@@ -24,21 +26,41 @@ def read_measurement(path: Path) -> dict:
     if not path.name.endswith(".tgz"):
         return json.loads(path.read_text())
     with tarfile.open(path) as tar:
-        def load(name: str) -> dict:
-            return json.load(tar.extractfile(name))
-
         names = tar.getnames()
-        campaign = next(n for n in names if n.endswith("/archive/campaign.json"))
-        meta = load(campaign)
-        seed = meta["seed_candidate"]
-        trials = [t for t in (load(n) for n in names if "/archive/trials/" in n
-                              and n.endswith(".json"))
-                  if t["candidate_id"] == seed and t["split"] == "val"]
+        db = next((n for n in names if n.endswith("/archive/archive.db")), None)
+        meta, trials = _from_database(tar, db) if db else _from_files(tar, names)
     setup = meta["fixed"]["setup"]
     trials.sort(key=lambda t: t["seed"])
     return {"device": setup["device"], "budget_s": setup["budget"]["amount"],
             "trials": [{"seed": t["seed"], "status": t["status"], "bpb": t["metrics"].get("bpb"),
                         **t["evidence"]} for t in trials]}
+
+
+def _from_files(tar: tarfile.TarFile, names: list[str]) -> tuple[dict, list[dict]]:
+    """An archive in the file layout of earlier versions: one JSON file per record."""
+    def load(name: str) -> dict:
+        return json.load(tar.extractfile(name))
+
+    meta = load(next(n for n in names if n.endswith("/archive/campaign.json")))
+    trials = [t for t in (load(n) for n in names if "/archive/trials/" in n
+                          and n.endswith(".json"))
+              if t["candidate_id"] == meta["seed_candidate"] and t["split"] == "val"]
+    return meta, trials
+
+
+def _from_database(tar: tarfile.TarFile, db: str) -> tuple[dict, list[dict]]:
+    """An archive database (with its write-ahead log, if it was packed while open)."""
+    from autolab.archive import Archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for member in tar.getmembers():
+            if member.name.startswith(db):
+                tar.extract(member, tmp, filter="data")
+        with Archive(Path(tmp) / db.rsplit("/", 1)[0], create=False) as archive:
+            meta = archive.campaign()
+            trials = [t.model_dump(mode="json") for t in archive.trials_of(meta.seed_candidate)
+                      if t.split == "val"]
+    return meta.model_dump(mode="json"), trials
 
 
 def pooled(paths: list[Path]) -> dict | None:

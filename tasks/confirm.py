@@ -38,10 +38,10 @@ def confirm_on_test(lab: Lab) -> TestResult:
 
 @task(name="finish", persist_result=False)
 def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecord:
-    seed = lab.campaign.seed_candidate
-    n = lab.params.evaluation.max_seeds
+    seed, champion = lab.campaign.seed_candidate, lab.champion()
+    n = max(2, len(lab.comparable(champion)))  # one look, on the seeds the champion ran
     design = lab.single_look(lab.params.evaluation.alpha, n)
-    val = evaluation_of(lab, lab.champion(), seed, design=design)
+    val = evaluation_of(lab, champion, seed, design=design)
     record = lab.campaign.model_copy(update={
         "status": "finished", "stop_reason": stop_reason, "val": val, "test": test,
         "finished_at": now(),
@@ -83,4 +83,7 @@ def export_champion(lab: Lab, record: CampaignRecord) -> None:
         "test_seeds": record.test.seeds if record.test else [],
         "test_split_looks": test_looks(lab),
     }
+    for split, e in (("val", val), ("test", test)):
+        if e is not None and e.constraints:
+            summary[f"{split}_constraint_p_values"] = {c.bound: c.p_value for c in e.constraints}
     atomic_write(out.parent / "champion.json", json.dumps(summary, indent=1).encode())

@@ -7,6 +7,7 @@ import os
 from prefect import task
 
 from autolab.config import fixed_changes
+from autolab.evaluation import constraint_results
 from autolab.lab import Lab
 from autolab.proposers import KEY_ENV
 from autolab.proposing import operator_weights
@@ -153,9 +154,13 @@ def baseline(lab: Lab) -> list[Trial]:
             f"(seed {bad[0].seed}: {bad[0].failure}: {bad[0].reason}); nothing can be compared "
             f"with it. See {lab.trials_dir / bad[0].id / 'log.txt'}"
         )
+    if lab.bench.metric.constraints:  # the seed must meet them too, or be flagged
+        checked = constraint_results(trials, lab.bench.metric, lab.params.evaluation.alpha)
+        lab.archive.put_campaign(lab.campaign.model_copy(update={"seed_constraints": checked}))
     try:
         lab.tracker.log_candidate(lab.campaign, lab.archive.get(Candidate, seed), None, trials,
                                   None, None, None, lab.bench.metric)
+        lab.tracker.log_seed_constraints(lab.campaign)
     except Exception as err:  # noqa: BLE001 - MLflow is a mirror; the archive is the truth
         print(f"warning: MLflow could not record the seed: {err}")
     return trials

@@ -39,6 +39,8 @@ def select(lab: Lab, proposal: Proposal, evaluation: Evaluation, verdict: AuditV
         id=content_key("decision", proposal.id), campaign=lab.name, thread=proposal.thread,
         proposal_id=proposal.id, candidate_id=evaluation.candidate_id, outcome=outcome,
         reason=reason, champion=crowned, evaluation_id=evaluation.id, audit_id=final.id,
+        p_value=evaluation.p_value,
+        constraint_p_values={c.bound: c.p_value for c in evaluation.constraints},
     )  # fmt: skip
     lab.archive.put(decision)
     mirror(lab, decision, proposal, evaluation, final)

@@ -79,3 +79,24 @@ def wait_until() -> Callable[..., bool]:
             time.sleep(every_s)
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the whole session (tests/pg.py), from the
+    distribution's binaries; tests that need one are skipped only where none is installed."""
+    from pg import PostgresServer, server_binaries
+
+    bindir = server_binaries()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine: "
+                    "apt-get install postgresql (CI installs it)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.create_database()

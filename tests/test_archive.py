@@ -1,5 +1,7 @@
 import os
 
+import sqlalchemy as sa
+
 from autolab.archive import Archive, atomic_write
 from autolab.records import AuditVerdict, Candidate, Evaluation, Proposal, Trial
 from autolab.records import TestResult as Confirmation
@@ -55,4 +57,6 @@ def test_audits_and_test_results_are_records_too(tmp_path):
     assert archive.has(Confirmation, "t") and not archive.has(Confirmation, "x")
     assert archive.get(Confirmation, "t") == confirmed
     assert archive.all(AuditVerdict) == [verdict]
-    assert (tmp_path / "tests" / "t.json").exists() and (tmp_path / "audits" / "a.json").exists()
+    with archive.engine.connect() as conn:
+        kinds = conn.execute(sa.text("SELECT kind, id FROM archive_records ORDER BY kind")).all()
+    assert [tuple(k) for k in kinds] == [("audits", "a"), ("evaluations", "e"), ("tests", "t")]

@@ -86,7 +86,7 @@ def test_a_successful_multi_turn_edit_is_evaluated_priced_and_kept(tmp_path, pre
     t = transcript_of(archive, proposals[0])
     assert t.outcome == "ok" and len(t.turns) == 3 and t.model == "claude-sonnet-4-6"
     assert "## Task: improve" in t.messages[0]["content"][0]["text"]
-    assert (archive.root / proposals[0].transcript).read_text().startswith("# Proposal ")
+    assert archive.read_text(proposals[0].transcript).startswith("# Proposal ")
     # the second proposal builds on the first: lineage and memory carry it
     second = mock.messages_requests[3]["messages"][0]["content"][0]["text"]
     assert "Lineage of" in second and "accepted" in second
@@ -96,7 +96,7 @@ def test_a_successful_multi_turn_edit_is_evaluated_priced_and_kept(tmp_path, pre
     assert status["cost_usd"] == pytest.approx(2 * one) and status["paid_attempts"] == 2
     report = build_report(archive, p, METRIC, tmp_path / "report").read_text()
     assert f"${2 * one:.2f} over 2 attempt(s)" in report
-    link = f"../runs/test-noop/archive/{proposals[0].transcript}"
+    link = f"./{proposals[0].transcript}"  # written beside the report
     assert f"[claude]({link})" in report and (tmp_path / "report" / link).is_file()
 
     from mlflow.tracking import MlflowClient
@@ -220,7 +220,7 @@ def test_dry_run_shows_what_the_next_proposal_would_be_sent(tmp_path, prefect_ap
     from autolab.dry_run import dry_run_text
 
     archive, mock, params = run(tmp_path, monkeypatch, improver([1.0]))
-    before = sorted(str(f) for f in archive.root.rglob("*"))
+    before = sorted(str(f) for f in archive.root.rglob("*")), archive.revision()
     asked = len(mock.requests)
     text_out = dry_run_text(load_params(params), http_client=mock.client())
     assert "campaign test-noop (noop): its archive as it stands" in text_out
@@ -232,6 +232,6 @@ def test_dry_run_shows_what_the_next_proposal_would_be_sent(tmp_path, prefect_ap
     assert len(counted) == 2 and len(mock.requests) == asked + 2  # counted, nothing sent
     assert f"first request: {len(json.dumps(counted[0])) // 4} input tokens" in text_out
     assert "price of one proposal (estimate): $" in text_out
-    assert sorted(str(f) for f in archive.root.rglob("*")) == before
+    assert (sorted(str(f) for f in archive.root.rglob("*")), archive.revision()) == before
     debug = dry_run_text(load_params(params), operator="debug", http_client=mock.client())
     assert "operator improve (asked: debug)" in debug  # nothing has failed: nothing to debug

@@ -9,7 +9,6 @@ target is never a gain, however fast it was.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
@@ -19,12 +18,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autolab.evaluation import evaluate
 from autolab.records import content_key
 from autolab.redteam import load_corpus
 from autolab.runner import run_trial, trial_setup
 from autolab.sandbox import isolation_mode
+from autolab.stats import Design
 from benchmarks import get_benchmark
-from benchmarks.speedrun.constraint import decide, run_of
 from benchmarks.speedrun.score import miss_time
 
 REDTEAM = Path(__file__).resolve().parent / "redteam" / "speedrun"
@@ -129,12 +129,17 @@ def test_a_patched_loss_changes_nothing_and_a_fast_miss_is_no_gain(bench, prepar
     assert t.metrics["val_loss"] == pytest.approx(math.log(257), abs=1e-3)
     assert t.metrics["reached"] == 0.0 and t.evidence["train_s"] < BUDGET_S
     assert t.metrics["train_s"] == miss_time(BUDGET_S, bench.preset)
-    miss = run_of(t.metrics)
-    honest = [run_of({"train_s": s, "val_loss": 2.4 + s / 100, "reached": 1.0})
-              for s in (2.5, 2.6, 2.4)]
-    fast_miss = [dataclasses.replace(miss, time_s=0.5 + i / 10) for i in range(3)]
-    verdict = decide(fast_miss, honest, bench.preset.target, alpha=0.01)
-    assert not verdict.accept and "missed" in verdict.reason
+    seeds = (1000, 1001, 1002)
+    honest = [t.model_copy(update={"id": f"honest-{s}", "candidate_id": "honest", "seed": s,
+                                   "metrics": {"train_s": v, "val_loss": 2.4 + v / 100,
+                                               "reached": 1.0}})
+              for s, v in zip(seeds, (2.5, 2.6, 2.4), strict=True)]  # fmt: skip
+    fast_miss = [t.model_copy(update={"id": f"miss-{s}", "seed": s,
+                                      "metrics": t.metrics | {"train_s": 0.5 + i / 10}})
+                 for i, s in enumerate(seeds)]  # fmt: skip
+    ev = evaluate("miss", fast_miss, "honest", honest, bench.metric, Design(0.01, 3, 3))
+    assert ev.decision == "reject" and "train_s gain p=" in ev.reason
+    assert not ev.constraints_hold and "reached >= 1 only at p=1" in ev.reason
 
 
 def test_the_val_half_cannot_be_read_by_a_rank(bench, prepared, tmp_path):

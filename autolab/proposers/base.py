@@ -44,6 +44,19 @@ class HistoryItem(BaseModel):
     diff: str = Field("", description="the candidate's diff against its parent (shortened)")
 
 
+class RelatedResult(BaseModel):
+    """What a related problem's campaign made of a proposal (in a family campaign): a
+    technique that won there is worth trying here first."""
+
+    member: str
+    steps: list[str] = Field(description="names of the proposal's edit steps")
+    outcome: str = Field(description="accepted | rejected | failed | refused")
+    champion: bool = False
+    relative_gain: float | None = Field(None, description="over its parent, >0 is better")
+    p_value: float | None = None
+    decided_at: str = ""
+
+
 class FailureNote(BaseModel):
     """Why a candidate failed, for the `debug` operator."""
 
@@ -76,6 +89,8 @@ class ProposalRequest(BaseModel):
     )
     usd_left: float | None = Field(None, description="spend allowed before a cap; None: no cap")
     budget: Budget | None = Field(None, description="the campaign's trial budget")
+    related: list[RelatedResult] = Field(
+        default_factory=list, description="results on related problems (family campaigns)")
 
 
 class Draft(BaseModel):

@@ -40,6 +40,8 @@ class KnobLine:
 
 def _split_comment(line: str) -> tuple[str, str]:
     """Split off a trailing comment with the tokenizer, so a '#' inside a string is safe."""
+    if "#" not in line:
+        return line, ""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
     except (tokenize.TokenError, SyntaxError):
@@ -54,20 +56,50 @@ def _split_comment(line: str) -> tuple[str, str]:
 
 def find_knob(source: str, name: str) -> KnobLine | None:
     """The last top-level `name = literal` line (the one in effect), or None."""
+    return _find(_assignments(source).get(name[:1], []), name)
+
+
+def _assignments(source: str) -> dict[str, list[tuple[int, str]]]:
+    """(index, line) of the lines that could assign a knob (they contain '='), by their
+    first character: a knob line starts with the knob's name."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for index, line in enumerate(source.splitlines()):
+        if "=" in line:
+            out.setdefault(line[:1], []).append((index, line))
+    return out
+
+
+def _find(lines: list[tuple[int, str]], name: str) -> KnobLine | None:
     pattern = re.compile(rf"^({re.escape(name)}\s*(?::[^=]+)?=\s*)(.+)$")
     found: KnobLine | None = None
-    for index, line in enumerate(source.splitlines()):
+    for index, line in lines:
+        if not line.startswith(name):  # the pattern's own first test, done cheaply
+            continue
         match = pattern.match(line)
         if match is None:
             continue
         code, comment = _split_comment(match.group(2))
         try:
-            value = ast.literal_eval(code.strip())
+            value = _literal(code.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(value, str | int | float | bool):
             found = KnobLine(index, match.group(1), value, comment)
     return found
+
+
+_INT = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                    r"|[0-9]+[eE][+-]?[0-9]+)")
+
+
+def _literal(code: str) -> object:
+    """ast.literal_eval, with plain decimal numbers read directly (same values, faster)."""
+    if _INT.fullmatch(code):
+        return int(code)
+    if _FLOAT.fullmatch(code):
+        return float(code)
+    return ast.literal_eval(code)
 
 
 def typed_value(knob: Knob, value: KnobValue) -> KnobValue:
@@ -83,9 +115,13 @@ def typed_value(knob: Knob, value: KnobValue) -> KnobValue:
 def read_knobs(files: Mapping[str, str], knobs: Sequence[Knob]) -> dict[str, KnobValue]:
     """Current value of every knob found in its file; knobs that are absent are left out."""
     values: dict[str, KnobValue] = {}
+    lines: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for knob in knobs:
         source = files.get(knob.file)
-        line = find_knob(source, knob.name) if source is not None else None
+        if source is not None and knob.file not in lines:
+            lines[knob.file] = _assignments(source)
+        line = (_find(lines[knob.file].get(knob.name[:1], []), knob.name)
+                if source is not None else None)
         if line is not None:
             values[knob.name] = typed_value(knob, line.value)
     return values

@@ -220,7 +220,7 @@ def tried_here_section(request: ProposalRequest) -> Section | None:
     view = request.parents[0]
     mine = [h for h in reversed(request.history) if h.parent_id == view.id]
     items = [f"- [{idea_of(h)}] {outcome_line(h, request.metric.unit)}. {h.rationale[:200]}"
-             for h in mine][: MAX_ITEMS["tried_here"]]
+             for h in mine[: MAX_ITEMS["tried_here"]]]
     if not items:
         return None
     return Section(key="tried_here", priority=60, items=items,
@@ -265,7 +265,7 @@ def failures_section(request: ProposalRequest) -> Section | None:
     failed = [h for h in reversed(request.history)
               if h.outcome in ("failed", "refused") and h.parent_id != request.parents[0].id]
     items = [f"- {short(h.proposal_id)} {h.operator} [{idea_of(h)}] on {short(h.parent_id)}: "
-             f"{h.outcome}: {h.reason[:240]}" for h in failed][: MAX_ITEMS["failures"]]
+             f"{h.outcome}: {h.reason[:240]}" for h in failed[: MAX_ITEMS["failures"]]]
     if not items:
         return None
     return Section(key="failures", title="Recent failures (proposer, build or trial)",
@@ -273,9 +273,9 @@ def failures_section(request: ProposalRequest) -> Section | None:
 
 
 def recent_section(request: ProposalRequest) -> Section | None:
+    newest = request.history[::-1][: MAX_ITEMS["recent"]]
     items = [f"- thread {h.thread} {h.operator} [{idea_of(h)}] on {short(h.parent_id)} -> "
-             f"{short(h.candidate_id)}: {outcome_line(h, request.metric.unit)}"
-             for h in reversed(request.history)][: MAX_ITEMS["recent"]]
+             f"{short(h.candidate_id)}: {outcome_line(h, request.metric.unit)}" for h in newest]
     if not items:
         return None
     return Section(key="recent", title="Recent proposals, newest first", priority=20,

@@ -135,6 +135,8 @@ class OfflineProposer:
             s.name for i in elsewhere if i.outcome in NEGATIVE_OUTCOMES for s in i.steps
         )
         accepted = Counter(s.name for i in elsewhere if i.outcome == "accepted" for s in i.steps)
+        # on related problems (a family campaign): a technique that won there comes first
+        carried = Counter(s for r in request.related if r.outcome == "accepted" for s in r.steps)
         edits = [
             e
             for e in request.search_space.edits
@@ -145,7 +147,10 @@ class OfflineProposer:
             # Tier first (fresh edits before ones in the lineage or tried here), then a
             # weighted random draw: each negative result elsewhere halves the odds or more.
             tier = 2 if edit.name in lineage else 1 if edit.name in tried_names else 0
-            weight = (1.0 + 0.5 * accepted[edit.name]) / (1.0 + negative[edit.name])
+            if tier == 0 and carried[edit.name]:
+                tier = -1
+            weight = (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
+                1.0 + negative[edit.name])
             return tier, -(rng.random() ** (1.0 / weight))
 
         skipped: list[str] = []
@@ -160,6 +165,9 @@ class OfflineProposer:
                     continue
                 if new != source:
                     why = _improve_why(edit, lineage, tried_names, negative, accepted)
+                    if carried[edit.name]:
+                        why += (f" Accepted on {carried[edit.name]} related problem(s), so "
+                                "tried here before other fresh edits.")
                     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
                     rationale = (
                         f"improve: apply {edit.name}({shown}) to {edit.file} on parent "

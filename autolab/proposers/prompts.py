@@ -62,6 +62,9 @@ def contract_text(bench: Benchmark, budget: Budget | None = None) -> str:
     lines = [
         f"Benchmark: {bench.name}",
         f"Metric: {bench.metric.name} ({bench.metric.unit or 'no unit'}), {better} is better",
+        *(f"Constraint: {k} for the mean over the seeds (one-sided t-test at p < "
+          f"{k.alpha or 'the campaign alpha'}); a candidate that misses a constraint is not a "
+          f"gain however much better its {bench.metric.name}" for k in bench.metric.constraints),
         f"Editable files: {', '.join(bench.editable_files)}",
         f"Trial budget: {b.amount} {b.unit}, {b.wall_clock_s:g} s wall clock for the whole "
         f"trial, {b.memory_mb} MB memory; hardware: {bench.hardware}",

@@ -10,8 +10,9 @@ A trial is one sandboxed step: the launcher (harness.py) forks N ranks and two
 validators, and the trusted server (server.py) in the parent serves batches, keeps the
 clock, runs the validations and computes the loss from the validators' logits. The
 metrics are the time to the target (`train_s`, the miss time when it was not reached),
-the final validation loss (`val_loss`) and whether the target was reached (`reached`);
-constraint.py holds the rule that combines them.
+the final validation loss (`val_loss`) and whether the target was reached (`reached`).
+The metric's constraints (`speedrun_metric`) make the loop count a faster candidate only
+if it also reaches the target.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from benchmarks.protocol import (
     AuditCheck,
     Budget,
     CheckResult,
+    Constraint,
     Direction,
     MetricSpec,
     SandboxStep,
@@ -64,12 +66,28 @@ def validation_rows(half: np.ndarray, split: str, preset: Preset) -> np.ndarray:
     return eval_windows(half, preset.val_len, preset.val_rows)
 
 
+SPEEDRUN_ALPHA = 0.01  # the public speedrun's level for "the mean loss is below the target"
+
+
+def speedrun_metric(preset: Preset) -> MetricSpec:
+    """Time to the target, minimised, under two constraints on the candidate's own runs:
+    their mean final loss is below the target at p < 0.01, as the public speedrun rules
+    demand, and every run reached the target. A missed run's time is only a lower bound
+    of its true time (the budget plus the time to finish), so a candidate with one would
+    look faster than it is: `reached >= 1` holds only when every run has reached = 1
+    (values without spread are judged exactly: see Constraint)."""
+    return MetricSpec(name="train_s", direction=Direction.MINIMIZE, unit="s", constraints=(
+        Constraint(metric="val_loss", op="<=", target=preset.target, alpha=SPEEDRUN_ALPHA),
+        Constraint(metric="reached", op=">=", target=1.0),
+    ))  # fmt: skip
+
+
 class Speedrun:
     """GPT-2 on English Wikipedia, on N GPUs, to a target loss: the `short` preset."""
 
     name = "speedrun"
     preset: Preset = PRESETS["short"]
-    metric = MetricSpec(name="train_s", direction=Direction.MINIMIZE, unit="s")
+    metric = speedrun_metric(preset)
     editable_files: tuple[str, ...] = ("train.py",)
     budget = Budget(unit="train_seconds", amount=240, wall_clock_s=1800.0, memory_mb=96000)
     hardware: Literal["cpu", "gpu"] = "gpu"
@@ -92,7 +110,7 @@ class Speedrun:
 
     def harness_files(self) -> list[Path]:
         names = ("contract.py", "harness.py", "worker.py", "server.py", "score.py",
-                 "prepare.py", "benchmark.py", "constraint.py")
+                 "prepare.py", "benchmark.py")
         nanochat = HERE.parent / "nanochat"
         return [*self.sandbox_files(), *(HERE / f for f in names),
                 *(nanochat / f for f in ("server.py", "score.py", "prepare.py", "sources.py",
@@ -208,6 +226,7 @@ class SpeedrunFull(Speedrun):
 
     name = "speedrun-full"
     preset = PRESETS["full"]
+    metric = speedrun_metric(preset)
     budget = Budget(unit="train_seconds", amount=600, wall_clock_s=3000.0, memory_mb=96000)
 
 
@@ -216,6 +235,7 @@ class SpeedrunCPU(Speedrun):
 
     name = "speedrun-cpu"
     preset = PRESETS["cpu"]
+    metric = speedrun_metric(preset)
     budget = Budget(unit="train_seconds", amount=12, wall_clock_s=240.0, memory_mb=6000)
     hardware: Literal["cpu", "gpu"] = "cpu"
     redteam_overrides: dict = {"budget": {"amount": 8, "wall_clock_s": 200, "memory_mb": 6000}}

@@ -5,8 +5,8 @@ turns its record into the trial's score. A run's time is the clocked training ti
 the first validation whose loss is at or below the preset's target. A run that never
 gets there is a miss: `reached` is 0 and its time is the slowest a run can have (the
 budget plus the time to finish), so that even a comparison that ignores `reached`
-never counts a miss as fast. The constraint on the loss and the comparison of times are
-in constraint.py.
+never counts a miss as fast. The loop judges the loss and `reached` as the constraints
+of the benchmark's metric (benchmark.speedrun_metric).
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""A campaign over a family of problems: each member's own campaign, in rounds.
+
+    for each round:
+        for each member:  write what its related members found  ->  campaign(member)
+    family summary: the aggregate of the champions against that of the seeds
+
+Each member's campaign is the ordinary campaign flow (its own archive, lineage, champion,
+MLflow runs and report); a round resumes it for `family.proposals_per_round` more
+proposals, and the last round confirms its champion on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow
+
+from autolab.config import load_params
+from autolab.family import (
+    chosen_members,
+    member_overrides,
+    member_params,
+    related_members,
+    results_of,
+    write_related,
+    write_reports,
+)
+from autolab.tracking import Tracker
+from benchmarks import get_family
+from flows import FLOW_RESULTS
+
+
+@flow(name="family-campaign", validate_parameters=False, persist_result=False,
+      result_storage=FLOW_RESULTS)
+def family_campaign(params_path: str = "params.yaml", overrides: dict | None = None,
+                    confirm: bool = True) -> dict:
+    from flows.campaign import campaign
+
+    params = load_params(params_path, overrides)
+    family = get_family(params.campaign.benchmark)
+    members = chosen_members(family, params.family.members)
+    related = related_members(family, members)
+    rounds, per = params.family.rounds, params.family.proposals_per_round
+    print(f"{family.name}: {len(members)} problems, {rounds} rounds of {per} proposals each",
+          flush=True)
+    errors: dict[str, str] = {}  # a member whose campaign cannot go on; the others do
+    for r in range(rounds):
+        for m in members:
+            if m in errors:
+                continue
+            found = [x for o in related[m] for x in results_of(params, family.name, o)]
+            root = params.paths.workdir.resolve() / member_params(params, family.name,
+                                                                  m).campaign.name
+            write_related(root, found)
+            try:
+                campaign(params_path=params_path,
+                         overrides=member_overrides(overrides, family.name,
+                                                    params.campaign.name, m, (r + 1) * per),
+                         confirm=confirm and r == rounds - 1)
+            except Exception as err:  # noqa: BLE001 - recorded; the other members go on
+                errors[m] = f"{type(err).__name__}: {err}"
+                print(f"{family.name}/{m}: stopped: {errors[m][:300]}", flush=True)
+    report, summary = write_reports(params, family, members, errors)
+    try:
+        Tracker(params.paths.mlruns.resolve(), enabled=params.tracking.mlflow).log_family(summary)
+    except Exception as err:  # noqa: BLE001 - MLflow is a mirror; the archives are the truth
+        print(f"warning: MLflow could not record the family: {err}")
+    print(f"{family.name}: suite {summary.metric} {summary.before} -> {summary.after}; "
+          f"report {report}", flush=True)
+    return json.loads(summary.model_dump_json())

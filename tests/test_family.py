@@ -1,0 +1,173 @@
+"""A campaign over a family of problems: each member its own lineage, archive and
+champion; the suite's aggregate as the headline; what won on one problem tried first on
+the related ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import prefect_test_server, write_params
+
+from autolab.archive import campaign_archive
+from autolab.config import ParamsError, load_params
+from autolab.family import (
+    chosen_members,
+    member_campaign,
+    member_params,
+    related_members,
+    transfers,
+)
+from autolab.proposers.base import RelatedResult
+from autolab.records import Decision, Proposal
+from benchmarks import get_benchmark, get_family
+
+
+@pytest.fixture(scope="module")
+def prefect_api(request):
+    prefect_test_server(request)
+
+
+def test_members_are_benchmarks_of_their_own_and_relations_group_them():
+    family = get_family("noop-family")
+    a1, b2 = get_benchmark("noop-family/a1"), get_benchmark("noop-family/b2")
+    assert a1.name == "noop-family/a1" and "VALUE = 3.0" in a1.seed_files()["solution.py"]
+    assert "VALUE = 1.5" in b2.seed_files()["solution.py"]
+    with pytest.raises(KeyError, match="no member 'zz'"):
+        get_benchmark("noop-family/zz")
+    members = chosen_members(family, None)
+    assert related_members(family, members) == {
+        "a1": ["a2"], "a2": ["a1"], "b1": ["b2"], "b2": ["b1"]}
+    with pytest.raises(KeyError, match="zz"):
+        chosen_members(family, ["a1", "zz"])
+    assert member_campaign("suite", "L1/001_x") == "suite--L1_001_x"
+
+
+def test_params_accept_a_family_and_its_members_and_name_a_bad_one(tmp_path):
+    for name in ("noop-family", "noop-family/a2"):
+        path = write_params(tmp_path, benchmark=name, campaign={"name": "suite"})
+        assert load_params(path).campaign.benchmark == name
+    with pytest.raises(ParamsError, match="campaign.benchmark"):
+        load_params(write_params(tmp_path, benchmark="no-family/a1"))
+    with pytest.raises(ParamsError, match="family.rounds"):
+        load_params(write_params(tmp_path, benchmark="noop-family", family={"rounds": 0}))
+
+
+def _r(member, steps, outcome, at):
+    return RelatedResult(member=member, steps=steps, outcome=outcome, decided_at=at)
+
+
+def test_a_transfer_is_a_later_try_on_a_related_member():
+    results = {
+        "a1": [_r("a1", ["drop_offset"], "accepted", "2026-01-01T00:00:01")],
+        "a2": [_r("a2", ["drop_offset"], "accepted", "2026-01-01T00:00:02"),
+               _r("a2", ["shrink_value"], "accepted", "2026-01-01T00:00:03")],
+        "b1": [_r("b1", ["drop_offset"], "rejected", "2026-01-01T00:00:04")],
+        "b2": [_r("b2", ["shrink_value"], "rejected", "2026-01-01T00:00:00")],  # before
+    }
+    related = {"a1": ["a2", "b1"], "a2": ["a1", "b2"], "b1": ["a1"], "b2": ["a2"]}
+    got = {t.technique: t for t in transfers(results, related)}
+    assert got["drop_offset"].first == "a1"
+    assert got["drop_offset"].accepted_on == ["a2"] and got["drop_offset"].rejected_on == ["b1"]
+    # shrink_value won on a2 after b2 had lost with it: no later try, no transfer
+    assert "shrink_value" not in got
+
+
+@pytest.mark.slow
+def test_family_campaign_keeps_lineages_apart_and_carries_what_won(tmp_path, prefect_api):
+    from flows.campaign import campaign
+
+    params_path = write_params(
+        tmp_path, benchmark="noop-family", max_proposals=99,
+        campaign={"name": "suite", "threads": 1},
+        evaluation={"min_seeds": 2, "max_seeds": 3, "test_seeds": 2},
+        audit={"replication_seeds": 2},
+        proposer={"kind": "offline", "operators": {"improve": 1.0}},
+        family={"members": ["a1", "a2"], "rounds": 2, "proposals_per_round": 1},
+    )
+    result = campaign(params_path=str(params_path))
+    params = load_params(params_path)
+
+    seeds, first_steps = set(), {}
+    for m in ("a1", "a2"):
+        archive = campaign_archive(member_params(params, "noop-family", m), create=False)
+        record = archive.campaign()
+        assert record.benchmark == f"noop-family/{m}" and record.status == "finished"
+        assert record.test is not None  # the last round confirmed each member's champion
+        seeds.add(record.seed_candidate)
+        proposals = sorted(archive.all(Proposal), key=lambda p: p.created_at)
+        assert len(proposals) == 2 == len(archive.all(Decision))  # 2 rounds x 1 proposal
+        first_steps[m] = proposals[0]
+    assert len(seeds) == 2  # each member has its own seed, hence its own lineage
+
+    # a2's first proposal came after a1's first round: it tries what won on a1 first
+    a1 = campaign_archive(member_params(params, "noop-family", "a1"), create=False)
+    won = [d for d in a1.all(Decision) if d.outcome == "accepted"]
+    assert won, "dropping the offset is a large gain on a1"
+    won_steps = [s.name for s in a1.get(Proposal, won[0].proposal_id).steps]
+    a2_first = first_steps["a2"]
+    assert [s.name for s in a2_first.steps] == won_steps
+    assert "related problem" in a2_first.rationale
+
+    summary = json.loads((tmp_path / "reports" / "suite" / "family.json").read_text())
+    assert result["family"] == "noop-family" and summary["campaign"] == "suite"
+    rows = {r["member"]: r for r in summary["members"]}
+    assert set(rows) == {"a1", "a2"}
+    for r in rows.values():
+        assert r["champion"] < r["seed"]  # lower is better: both improved
+    assert summary["before"] == pytest.approx((rows["a1"]["seed"] + rows["a2"]["seed"]) / 2)
+    assert summary["after"] == pytest.approx(
+        (rows["a1"]["champion"] + rows["a2"]["champion"]) / 2)
+    assert summary["by_relation"]["group:a"]["after"] == pytest.approx(summary["after"])
+    assert any(t["first"] == "a1" and t["accepted_on"] == ["a2"] for t in summary["transfers"])
+    report = (tmp_path / "reports" / "suite" / "report.md").read_text()
+    assert "Techniques carried to related problems" in report and "| a2 |" in report
+    for m in ("a1", "a2"):  # each member's own report, linked from the family's
+        assert f"(../{member_campaign('suite', m)}/report.md)" in report
+        assert (tmp_path / "reports" / member_campaign("suite", m) / "report.md").is_file()
+
+    from typer.testing import CliRunner
+
+    from autolab.cli import app
+
+    shown = CliRunner().invoke(app, ["status", "--params", str(params_path)])
+    assert shown.exit_code == 0 and "suite--a1" in shown.output, shown.output
+    written = CliRunner().invoke(app, ["report", "--params", str(params_path)])
+    assert written.exit_code == 0, written.output
+    assert "suite/report.md" in "".join(written.output.split()), written.output
+
+    from mlflow.tracking import MlflowClient
+
+    from autolab.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(tmp_path / "mlruns"))
+    exp = client.get_experiment_by_name("noop-family")
+    runs = client.search_runs([exp.experiment_id], "tags.`autolab.role` = 'family'")
+    assert len(runs) == 1 and runs[0].data.metrics["suite_after"] == pytest.approx(
+        summary["after"])
+    campaigns = client.search_runs([exp.experiment_id], "tags.`autolab.role` = 'campaign'")
+    assert {r.data.tags["autolab.campaign"] for r in campaigns} == {
+        member_campaign("suite", "a1"), member_campaign("suite", "a2")}
+
+
+@pytest.mark.slow
+def test_a_member_that_cannot_run_is_recorded_and_the_others_go_on(tmp_path, prefect_api,
+                                                                   monkeypatch):
+    from benchmarks.noop import family as noop_family
+    from flows.campaign import campaign
+
+    monkeypatch.setitem(noop_family.MEMBERS, "broken", ("a", float("nan"), 0.5))  # VALUE = nan
+    params_path = write_params(
+        tmp_path, benchmark="noop-family", max_proposals=99,
+        campaign={"name": "suite", "threads": 1},
+        evaluation={"min_seeds": 2, "max_seeds": 2, "test_seeds": 2},
+        proposer={"kind": "offline", "operators": {"improve": 1.0}},
+        family={"members": ["broken", "a1"], "rounds": 1, "proposals_per_round": 1},
+    )
+    result = campaign(params_path=str(params_path))
+    rows = {r["member"]: r for r in result["members"]}
+    assert "seed" in rows["broken"]["error"] and rows["broken"]["champion"] is None
+    assert rows["a1"]["error"] is None and rows["a1"]["champion"] is not None
+    assert result["after"] is None  # no suite figure while a member has none
+    report = (tmp_path / "reports" / "suite" / "report.md").read_text()
+    assert "| broken | group:a | failed:" in report
