@@ -276,7 +276,7 @@ def _format(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params.yaml's documented keys)"
         got = e.get("input")
-        if key == "archive.url" and isinstance(got, str):
+        if key.startswith("archive") and isinstance(got, str):
             from autolab.db.engine import shown
 
             got = shown(got)  # a password in a bad URL is not echoed

@@ -14,6 +14,7 @@ the same of their seeds.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,9 +29,22 @@ from benchmarks.protocol import BenchmarkFamily
 RELATED_FILE = "related.json"
 
 
+MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+
+
+def check_member_name(member: str) -> str:
+    """Member names become folder and campaign names: letters, digits, `_ . -` and `/`
+    between parts (no empty, `.`-led or `..` part, no `__`, at most 120 characters)."""
+    if not MEMBER_NAME.match(member) or "__" in member or len(member) > 120:
+        raise KeyError(f"member name {member!r} is not usable: letters, digits, '_', '.', '-' "
+                       "and '/' between parts, no '__', at most 120 characters")
+    return member
+
+
 def member_campaign(campaign: str, member: str) -> str:
-    """The member's campaign name: a folder name and an MLflow experiment name alike."""
-    return f"{campaign}--{member.replace('/', '_')}"
+    """The member's campaign name: a folder name and an MLflow run name alike ('/' becomes
+    '__', which member names may not hold, so two members never share one)."""
+    return f"{campaign}--{check_member_name(member).replace('/', '__')}"
 
 
 def member_overrides(overrides: dict | None, family: str, campaign: str, member: str,
@@ -52,7 +66,7 @@ def member_params(params: Params, family: str, member: str) -> Params:
 
 def chosen_members(family: BenchmarkFamily, wanted: list[str] | None) -> list[str]:
     """The members a campaign works on: all, or the listed ones (each must exist)."""
-    names = list(family.members())
+    names = [check_member_name(m) for m in family.members()]
     if not wanted:
         return names
     unknown = [m for m in wanted if m not in names]
@@ -70,17 +84,15 @@ def related_members(family: BenchmarkFamily, members: list[str]) -> dict[str, li
 def results_of(params: Params, family: str, member: str) -> list[RelatedResult]:
     """What a member's campaign has judged so far: each proposal's steps and outcome."""
     p = member_params(params, family, member)
-    if not (p.paths.workdir.resolve() / p.campaign.name).exists() and p.archive.url is None:
+    archive = _open(p)
+    if archive is None:
         return []
-    archive = campaign_archive(p, create=False)
     try:
-        if archive.campaign() is None:
-            return []
         out = []
         sign = -1.0 if family_minimizes(params, family, member) else 1.0
         for d in archive.all(Decision):
             proposal = archive.get(Proposal, d.proposal_id)
-            if proposal is None or not proposal.steps:
+            if proposal is None:
                 continue
             e = archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None
             gain = None
@@ -92,9 +104,18 @@ def results_of(params: Params, family: str, member: str) -> list[RelatedResult]:
                 decided_at=d.created_at.isoformat()))
         return out
     finally:
-        close = getattr(archive, "close", None)
-        if close is not None:
-            close()
+        archive.close()
+
+
+def judged(params: Params, family: str, member: str) -> int:
+    """How many proposals the member's campaign has decided so far."""
+    archive = _open(member_params(params, family, member))
+    if archive is None:
+        return 0
+    try:
+        return archive.count(Decision)
+    finally:
+        archive.close()
 
 
 def family_minimizes(params: Params, family: str, member: str) -> bool:
@@ -110,7 +131,8 @@ def write_related(run_root: Path, results: list[RelatedResult]) -> None:
 
 
 def read_related(run_root: Path) -> list[RelatedResult]:
-    """What the family campaign wrote for this member; [] outside a family campaign."""
+    """What the family campaign last wrote for this member's campaign ([] for a campaign
+    that never ran as a family's member)."""
     path = run_root / RELATED_FILE
     if not path.is_file():
         return []
@@ -124,7 +146,8 @@ class MemberResult(BaseModel):
     seed: float | None = None
     champion: float | None = None
     champion_id: str | None = None
-    test: float | None = None
+    test: float | None = Field(None, description="the champion on the test split")
+    test_seed: float | None = Field(None, description="the seed on the same test seeds")
     proposals: int = 0
     accepted: list[str] = Field(default_factory=list, description="steps of accepted proposals")
     error: str | None = Field(None, description="why its campaign stopped with an error")
@@ -132,9 +155,9 @@ class MemberResult(BaseModel):
 
 class Transfer(BaseModel):
     technique: str
-    first: str = Field(description="the member where it was accepted first")
-    accepted_on: list[str] = Field(description="related members where it was accepted later")
-    rejected_on: list[str] = Field(description="related members where it was tried and lost")
+    source: str = Field(description="a related member where it had been accepted before")
+    target: str = Field(description="the member that tried it afterwards")
+    outcome: str = Field(description="how the try on the target ended")
 
 
 class FamilySummary(BaseModel):
@@ -142,10 +165,16 @@ class FamilySummary(BaseModel):
     campaign: str
     metric: str
     members: list[MemberResult]
-    before: float | None = Field(None, description="the aggregate of the members' seeds")
-    after: float | None = Field(None, description="the aggregate of the members' champions")
+    before: float | None = Field(None, description="the aggregate of the members' seeds on "
+                                 "the test split (the headline)")
+    after: float | None = Field(None, description="the aggregate of the members' champions on "
+                                "the test split (the headline)")
+    val_before: float | None = Field(None, description="the same on the val seeds the "
+                                     "champions were chosen on (biased in their favour)")
+    val_after: float | None = None
     by_relation: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="relation key -> {'before', 'after', 'members'}")
+        default_factory=dict, description="relation key -> {'before', 'after', 'members'}, "
+        "on the test split")
     transfers: list[Transfer] = Field(default_factory=list)
 
 
@@ -160,14 +189,15 @@ def family_summary(params: Params, family: BenchmarkFamily, members: list[str],
         row = MemberResult(member=m, campaign=p.campaign.name, relations=list(family.relations(m)),
                            error=(errors or {}).get(m))
         results[m] = results_of(params, family.name, m)
-        archive = campaign_archive(p, create=False) if results[m] else None
+        archive = _open(p)
         record = archive.campaign() if archive is not None else None
-        if record is not None and record.val is not None:
+        if record is not None and record.val is not None and row.error is None:
             row.seed, row.champion = record.val.reference_mean, record.val.mean
             row.champion_id = record.val.candidate_id
-            if record.test is not None:
-                row.test = record.test.evaluation.mean
-        if archive is not None and hasattr(archive, "close"):
+            test = record.test
+            if test is not None and test.champion_id == row.champion_id:
+                row.test, row.test_seed = test.evaluation.mean, test.evaluation.reference_mean
+        if archive is not None:
             archive.close()
         row.proposals = len(results[m])
         row.accepted = sorted({s for r in results[m] if r.outcome == "accepted" for s in r.steps})
@@ -185,41 +215,48 @@ def family_summary(params: Params, family: BenchmarkFamily, members: list[str],
         for k in r.relations:
             groups[k].append(r)
     for k, subset in sorted(groups.items()):
-        before, after = agg("seed", subset), agg("champion", subset)
+        before, after = agg("test_seed", subset), agg("test", subset)
         if before is not None and after is not None:
             by_relation[k] = {"before": before, "after": after, "members": float(len(subset))}
     return FamilySummary(
         family=family.name, campaign=params.campaign.name, metric=family.metric.name,
-        members=rows, before=agg("seed", rows), after=agg("champion", rows),
+        members=rows, before=agg("test_seed", rows), after=agg("test", rows),
+        val_before=agg("seed", rows), val_after=agg("champion", rows),
         by_relation=by_relation,
         transfers=transfers(results, related_members(family, members)),
     )
 
 
+def _open(p: Params):
+    """The member's archive if its campaign was started, else None."""
+    if p.archive.url is None and not (p.paths.workdir.resolve() / p.campaign.name).exists():
+        return None
+    archive = campaign_archive(p, create=False)
+    if archive.campaign() is None:
+        archive.close()
+        return None
+    return archive
+
+
 def transfers(results: dict[str, list[RelatedResult]], related: dict[str, list[str]]
               ) -> list[Transfer]:
-    """Techniques accepted on one member and then tried on related ones: where they were
-    accepted again and where they lost."""
-    firsts: dict[str, tuple[str, str]] = {}  # technique -> (time, member) of its first win
+    """Each try of a technique on a member after a related member had accepted it: the
+    technique carried from there (the earliest such member), and how the try ended."""
+    wins: dict[str, list[tuple[str, str]]] = defaultdict(list)  # technique -> (time, member)
     for m, rs in results.items():
         for r in rs:
             if r.outcome == "accepted":
                 for s in r.steps:
-                    if s not in firsts or r.decided_at < firsts[s][0]:
-                        firsts[s] = (r.decided_at, m)
+                    wins[s].append((r.decided_at, m))
     out = []
-    for technique, (when, first) in sorted(firsts.items()):
-        won, lost = [], []
-        for other in related.get(first, []):
-            tried = [r for r in results.get(other, []) if technique in r.steps
-                     and r.decided_at > when]
-            if any(r.outcome == "accepted" for r in tried):
-                won.append(other)
-            elif tried:
-                lost.append(other)
-        if won or lost:
-            out.append(Transfer(technique=technique, first=first, accepted_on=won,
-                                rejected_on=lost))
+    for m, rs in sorted(results.items()):
+        for r in sorted(rs, key=lambda r: r.decided_at):
+            for s in r.steps:
+                earlier = sorted((when, o) for when, o in wins.get(s, [])
+                                 if o in related.get(m, []) and when < r.decided_at)
+                if earlier:
+                    out.append(Transfer(technique=s, source=earlier[0][1], target=m,
+                                        outcome=r.outcome))
     return out
 
 
@@ -230,19 +267,24 @@ def render_family(summary: FamilySummary) -> str:
 
     lines = [
         f"# {summary.family}: campaign `{summary.campaign}`", "",
-        f"**Suite {summary.metric}: {f(summary.before)} (the seeds) -> {f(summary.after)} "
-        f"(the champions)** over {len(summary.members)} problems.", "",
-        "| problem | relations | seed | champion | test | proposals | accepted | report |",
-        "|---|---|---|---|---|---|---|---|",
+        f"**Suite {summary.metric} on the test split: {f(summary.before)} (the seeds) -> "
+        f"{f(summary.after)} (the champions)** over {len(summary.members)} problems "
+        "(- until every problem's champion is confirmed there).", "",
+        f"On the val seeds the champions were chosen on (biased in their favour): "
+        f"{f(summary.val_before)} -> {f(summary.val_after)}.", "",
+        "| problem | relations | seed (val) | champion (val) | seed (test) | champion (test) "
+        "| proposals | accepted | report |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.members:
         if r.error:
-            lines.append(f"| {r.member} | {', '.join(r.relations)} | failed: {r.error[:200]} "
-                         "| - | - | - | - | - |")
+            why = " ".join(r.error.split()).replace("|", "/")[:200]
+            lines.append(f"| {r.member} | {', '.join(r.relations)} | failed: {why} "
+                         "| - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {r.member} | {', '.join(r.relations)} | {f(r.seed)} | {f(r.champion)} | "
-            f"{f(r.test)} | {r.proposals} | {', '.join(r.accepted) or '-'} | "
+            f"{f(r.test_seed)} | {f(r.test)} | {r.proposals} | {', '.join(r.accepted) or '-'} | "
             f"[{r.campaign}](../{r.campaign}/report.md) |")
     if summary.by_relation:
         lines += ["", "## By relation", "", "| relation | problems | seeds | champions |",
@@ -253,11 +295,10 @@ def render_family(summary: FamilySummary) -> str:
     if not summary.transfers:
         lines.append("None yet: no accepted technique has been tried on a related problem.")
     else:
-        lines += ["| technique | first accepted on | accepted again on | lost on |",
+        lines += ["| technique | accepted before on | tried on | outcome there |",
                   "|---|---|---|---|"]
         for t in summary.transfers:
-            lines.append(f"| {t.technique} | {t.first} | {', '.join(t.accepted_on) or '-'} | "
-                         f"{', '.join(t.rejected_on) or '-'} |")
+            lines.append(f"| {t.technique} | {t.source} | {t.target} | {t.outcome} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,10 +310,11 @@ def write_reports(params: Params, family: BenchmarkFamily, members: list[str],
 
     for m in members:
         p = member_params(params, family.name, m)
-        archive = campaign_archive(p, create=False) if (
-            p.archive.url or (p.paths.workdir.resolve() / p.campaign.name).exists()) else None
-        if archive is not None and archive.campaign() is not None:
-            build_report(archive, p, family.metric, p.paths.reports / p.campaign.name)
+        if (archive := _open(p)) is not None:
+            try:
+                build_report(archive, p, family.metric, p.paths.reports / p.campaign.name)
+            finally:
+                archive.close()
     summary = family_summary(params, family, members, errors)
     out = params.paths.reports / params.campaign.name
     out.mkdir(parents=True, exist_ok=True)

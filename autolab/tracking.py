@@ -270,16 +270,19 @@ class Tracker:
         run_id = self._find(exp_id, tags) or self.client.create_run(
             exp_id, tags=tags, run_name=summary.campaign).info.run_id
         metrics: list[Point] = []
-        for key, value in (("suite_before", summary.before), ("suite_after", summary.after)):
+        for key, value in (("suite_before", summary.before), ("suite_after", summary.after),
+                           ("suite_val_before", summary.val_before),
+                           ("suite_val_after", summary.val_after)):
             if value is not None:
                 metrics.append((key, value, 0, None))
         for m in summary.members:
-            for key, value in (("seed", m.seed), ("champion", m.champion), ("test", m.test)):
+            for key, value in (("seed", m.seed), ("champion", m.champion), ("test", m.test),
+                               ("test_seed", m.test_seed)):
                 if value is not None:
                     metrics.append((f"{key}.{_metric_key(m.member)}", value, 0, None))
         for k, v in summary.by_relation.items():
             metrics.append((f"relation_after.{_metric_key(k)}", v["after"], 0, None))
-        carried = "; ".join(f"{t.technique}: {t.first} -> {', '.join(t.accepted_on) or '-'}"
+        carried = "; ".join(f"{t.technique}: {t.source} -> {t.target} ({t.outcome})"
                             for t in summary.transfers)
         self._log(run_id, metrics, params={"members": str(len(summary.members))},
                   tags={"transfers": carried or "none"})

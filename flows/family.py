@@ -18,6 +18,7 @@ from prefect import flow
 from autolab.config import load_params
 from autolab.family import (
     chosen_members,
+    judged,
     member_overrides,
     member_params,
     related_members,
@@ -28,6 +29,7 @@ from autolab.family import (
 from autolab.tracking import Tracker
 from benchmarks import get_family
 from flows import FLOW_RESULTS
+from tasks.prepare import SettingsRefused
 
 
 @flow(name="family-campaign", validate_parameters=False, persist_result=False,
@@ -46,8 +48,8 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
     errors: dict[str, str] = {}  # a member whose campaign cannot go on; the others do
     for r in range(rounds):
         for m in members:
-            if m in errors:
-                continue
+            if m in errors or (r < rounds - 1 and judged(params, family.name, m) >= (r + 1) * per):
+                continue  # a resumed family campaign: this round of this member is done
             found = [x for o in related[m] for x in results_of(params, family.name, o)]
             root = params.paths.workdir.resolve() / member_params(params, family.name,
                                                                   m).campaign.name
@@ -57,10 +59,15 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
                          overrides=member_overrides(overrides, family.name,
                                                     params.campaign.name, m, (r + 1) * per),
                          confirm=confirm and r == rounds - 1)
+            except SettingsRefused:
+                raise  # e.g. changed fixed settings: the same for every member
             except Exception as err:  # noqa: BLE001 - recorded; the other members go on
                 errors[m] = f"{type(err).__name__}: {err}"
                 print(f"{family.name}/{m}: stopped: {errors[m][:300]}", flush=True)
     report, summary = write_reports(params, family, members, errors)
+    if len(errors) == len(members):
+        raise RuntimeError(f"{family.name}: every member's campaign stopped with an error; "
+                           f"see {report}")
     try:
         Tracker(params.paths.mlruns.resolve(), enabled=params.tracking.mlflow).log_family(summary)
     except Exception as err:  # noqa: BLE001 - MLflow is a mirror; the archives are the truth

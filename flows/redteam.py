@@ -53,6 +53,7 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
         "audit": {"replication_seeds": 3, "replication_alpha": 0.05},
         "sandbox": {"isolation": mode, "allow_unisolated": True},
         "proposer": {"kind": "offline", "operators": {"improve": 1.0}},
+        "archive": {"url": None},  # its own SQLite file under its temporary folder
         "paths": {"workdir": str(root / "runs"), "prepared_dir": str(root / "artifacts"),
                   "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
         "tracking": {"mlflow": False},

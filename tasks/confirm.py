@@ -43,8 +43,9 @@ def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecor
     design = lab.single_look(lab.params.evaluation.alpha, n)
     val = evaluation_of(lab, champion, seed, design=design)
     record = lab.campaign.model_copy(update={
-        "status": "finished", "stop_reason": stop_reason, "val": val, "test": test,
-        "finished_at": now(),
+        "status": "finished", "stop_reason": stop_reason, "val": val,
+        # a run that does not confirm keeps the last confirmation (it names its champion)
+        "test": test if test is not None else lab.campaign.test, "finished_at": now(),
     })  # fmt: skip
     lab.archive.put_campaign(record)
     export_champion(lab, record)

@@ -22,6 +22,11 @@ class CampaignRefused(ValueError):
     """The campaign cannot start or resume as asked; the message says why and what to do."""
 
 
+class SettingsRefused(CampaignRefused):
+    """Refused for its settings (changed fixed settings, isolation, proposer): the same
+    for every member of a family, so a family campaign stops rather than go on without."""
+
+
 @task(name="prepare-data", retries=INFRA_RETRIES, persist_result=False)
 def prepare_data(lab: Lab) -> dict[str, str]:
     """Idempotent: the benchmark skips work whose outputs are already there."""
@@ -33,7 +38,7 @@ def check_isolation(lab: Lab) -> None:
     """A proposer that writes free-form code runs only where files can be hidden, unless
     the user opts in (sandbox.allow_unisolated)."""
     if lab.isolation not in ISOLATED and lab.required_isolation in ISOLATED:
-        raise CampaignRefused(
+        raise SettingsRefused(
             f"the {lab.proposer.name} proposer writes free-form code, and this machine offers "
             f"only '{lab.isolation}' isolation, which cannot hide the data, the test split or "
             f"the project from it. {isolation_advice().capitalize()}, or set "
@@ -52,7 +57,7 @@ def check_resume(lab: Lab, record: CampaignRecord | None, seed_id: str) -> dict:
             f"{record.seed_candidate[:8]}; choose another campaign.name"
         )
     if changes := fixed_changes(_flat(record.fixed), _flat(fixed)):
-        raise CampaignRefused(
+        raise SettingsRefused(
             f"campaign {lab.name!r} was started with other settings; resuming would mix "
             "results that mean different things:\n  " + "\n  ".join(changes) +
             "\nRestore them, or choose another campaign.name to start a new campaign."
@@ -64,11 +69,11 @@ def check_proposer(lab: Lab) -> None:
     """Claude asked for by name needs its key in the environment (never in params); the
     operator odds must give weight to an operator the proposer has."""
     if lab.params.proposer.kind == "claude" and not os.environ.get(KEY_ENV):
-        raise CampaignRefused(f"proposer.kind claude needs {KEY_ENV} in the environment "
+        raise SettingsRefused(f"proposer.kind claude needs {KEY_ENV} in the environment "
                               "(or kind auto, which falls back to the offline proposer)")
     if not any(w > 0 for w in operator_weights(lab).values()):
         have = ", ".join(sorted(getattr(lab.proposer, "operators", ())))
-        raise CampaignRefused(f"proposer.operators gives no weight to an operator the "
+        raise SettingsRefused(f"proposer.operators gives no weight to an operator the "
                               f"{lab.proposer.name} proposer has ({have})")
 
 

@@ -40,7 +40,6 @@ def test_members_are_benchmarks_of_their_own_and_relations_group_them():
         "a1": ["a2"], "a2": ["a1"], "b1": ["b2"], "b2": ["b1"]}
     with pytest.raises(KeyError, match="zz"):
         chosen_members(family, ["a1", "zz"])
-    assert member_campaign("suite", "L1/001_x") == "suite--L1_001_x"
 
 
 def test_params_accept_a_family_and_its_members_and_name_a_bad_one(tmp_path):
@@ -62,15 +61,24 @@ def test_a_transfer_is_a_later_try_on_a_related_member():
         "a1": [_r("a1", ["drop_offset"], "accepted", "2026-01-01T00:00:01")],
         "a2": [_r("a2", ["drop_offset"], "accepted", "2026-01-01T00:00:02"),
                _r("a2", ["shrink_value"], "accepted", "2026-01-01T00:00:03")],
-        "b1": [_r("b1", ["drop_offset"], "rejected", "2026-01-01T00:00:04")],
-        "b2": [_r("b2", ["shrink_value"], "rejected", "2026-01-01T00:00:00")],  # before
+        "b1": [_r("b1", ["drop_offset"], "rejected", "2026-01-01T00:00:04"),
+               _r("b1", ["shrink_value"], "rejected", "2026-01-01T00:00:05")],
+        "b2": [_r("b2", ["shrink_value"], "rejected", "2026-01-01T00:00:00")],  # before a2's
     }
     related = {"a1": ["a2", "b1"], "a2": ["a1", "b2"], "b1": ["a1"], "b2": ["a2"]}
-    got = {t.technique: t for t in transfers(results, related)}
-    assert got["drop_offset"].first == "a1"
-    assert got["drop_offset"].accepted_on == ["a2"] and got["drop_offset"].rejected_on == ["b1"]
-    # shrink_value won on a2 after b2 had lost with it: no later try, no transfer
-    assert "shrink_value" not in got
+    got = {(t.technique, t.target): (t.source, t.outcome) for t in transfers(results, related)}
+    assert got == {
+        ("drop_offset", "a2"): ("a1", "accepted"),
+        ("drop_offset", "b1"): ("a1", "rejected"),
+        # b1 is not related to a2, and b2 tried shrink_value before a2 accepted it
+    }
+
+
+def test_member_names_that_would_break_paths_or_collide_are_refused():
+    for bad in ("..", "a/../b", "x__y", "a b", "/abs", "a/", "x" * 121):
+        with pytest.raises(KeyError, match="not usable"):
+            member_campaign("suite", bad)
+    assert member_campaign("suite", "L1/001_x") == "suite--L1__001_x"
 
 
 @pytest.mark.slow
@@ -115,11 +123,16 @@ def test_family_campaign_keeps_lineages_apart_and_carries_what_won(tmp_path, pre
     assert set(rows) == {"a1", "a2"}
     for r in rows.values():
         assert r["champion"] < r["seed"]  # lower is better: both improved
-    assert summary["before"] == pytest.approx((rows["a1"]["seed"] + rows["a2"]["seed"]) / 2)
-    assert summary["after"] == pytest.approx(
+    # the headline is on the test split; the val figures are the selection's
+    assert summary["before"] == pytest.approx(
+        (rows["a1"]["test_seed"] + rows["a2"]["test_seed"]) / 2)
+    assert summary["after"] == pytest.approx((rows["a1"]["test"] + rows["a2"]["test"]) / 2)
+    assert summary["after"] < summary["before"]
+    assert summary["val_after"] == pytest.approx(
         (rows["a1"]["champion"] + rows["a2"]["champion"]) / 2)
     assert summary["by_relation"]["group:a"]["after"] == pytest.approx(summary["after"])
-    assert any(t["first"] == "a1" and t["accepted_on"] == ["a2"] for t in summary["transfers"])
+    assert {"technique": won_steps[0], "source": "a1", "target": "a2",
+            "outcome": "accepted"} in summary["transfers"]
     report = (tmp_path / "reports" / "suite" / "report.md").read_text()
     assert "Techniques carried to related problems" in report and "| a2 |" in report
     for m in ("a1", "a2"):  # each member's own report, linked from the family's

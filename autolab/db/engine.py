@@ -74,12 +74,20 @@ def check_url(url: str) -> str:
     return url
 
 
+SECRET_QUERY_KEYS = ("password", "sslpassword", "passfile")
+
+
 def shown(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
+    """The URL with its password hidden, for messages and logs: the one after the user
+    name and any given as a query parameter (?password=...)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<invalid URL>"
+    hidden = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -136,7 +136,8 @@ class OfflineProposer:
         )
         accepted = Counter(s.name for i in elsewhere if i.outcome == "accepted" for s in i.steps)
         # on related problems (a family campaign): a technique that won there comes first
-        carried = Counter(s for r in request.related if r.outcome == "accepted" for s in r.steps)
+        carried = Counter(s for _, s in {(r.member, s) for r in request.related
+                                         if r.outcome == "accepted" for s in r.steps})
         edits = [
             e
             for e in request.search_space.edits
@@ -147,8 +148,8 @@ class OfflineProposer:
             # Tier first (fresh edits before ones in the lineage or tried here), then a
             # weighted random draw: each negative result elsewhere halves the odds or more.
             tier = 2 if edit.name in lineage else 1 if edit.name in tried_names else 0
-            if tier == 0 and carried[edit.name]:
-                tier = -1
+            if tier == 0 and carried[edit.name] and not negative[edit.name]:
+                tier = -1  # won on related problems and has not lost here
             weight = (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
                 1.0 + negative[edit.name])
             return tier, -(rng.random() ** (1.0 / weight))
