@@ -11,8 +11,6 @@ proposals, and the last round confirms its champion on the test split.
 
 from __future__ import annotations
 
-import json
-
 from prefect import flow
 
 from autolab.config import load_params
@@ -74,4 +72,4 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
         print(f"warning: MLflow could not record the family: {err}")
     print(f"{family.name}: suite {summary.metric} {summary.before} -> {summary.after}; "
           f"report {report}", flush=True)
-    return json.loads(summary.model_dump_json())
+    return summary.model_dump(mode="json")

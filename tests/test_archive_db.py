@@ -295,3 +295,18 @@ def test_the_same_campaign_decides_the_same_on_sqlite_and_postgres(tmp_path, pos
     assert runs["sqlite"][:3] == runs["postgres"][:3]
     assert len(runs["sqlite"][1]) == 2
     assert runs["sqlite"][3].evaluation.p_value == runs["postgres"][3].evaluation.p_value
+
+
+def test_an_archive_password_is_hidden_wherever_it_is_written():
+    from autolab.config import ParamsError, parse_params
+    from autolab.db.engine import shown
+
+    url = "postgresql://u:pw1@h/db?password=pw2&sslpassword=pw3&sslmode=require"
+    masked = shown(url)
+    assert "pw1" not in masked and "pw2" not in masked and "pw3" not in masked
+    assert "sslmode=require" in masked and "u:***@h/db" in masked
+    # a misplaced URL (a string, not a mapping) or a misspelt key: the error hides it too
+    for archive in (url, {"uri": url}):
+        with pytest.raises(ParamsError) as err:
+            parse_params({"archive": archive})
+        assert "archive" in str(err.value) and "pw1" not in str(err.value)
