@@ -10,6 +10,11 @@ for _key, _value in {
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # many iterations at once keep the ephemeral server's SQLite busy: wait, do not fail
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
+    "PREFECT_CLIENT_MAX_RETRIES": "10",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -80,11 +85,13 @@ def run(
     params: Path = PARAMS,
     name: str = typer.Option(None, help="campaign name; an existing one is resumed"),
     max_proposals: int = typer.Option(None, help="override campaign.max_proposals"),
+    confirm: bool = typer.Option(True, help="confirm the champion on the test split at the "
+                                 "end (--no-confirm: leave it to a later run)"),
 ) -> None:
     """Start a campaign, or resume it where it stopped."""
     overrides = _overrides(benchmark, name, max_proposals)
     p = _params(params, overrides)  # fail before anything runs
-    _run_campaign(params, overrides)
+    _run_campaign(params, overrides, confirm=confirm)
     from autolab.summary import campaign_summary
 
     console.print(campaign_summary(p), highlight=False)

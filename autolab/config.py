@@ -150,6 +150,9 @@ class ProposerParams(_Strict):
                                           "UTC days; null: no cap")
     max_consecutive_failures: int = Field(5, ge=0, description="stop proposing after this many "
                                           "proposer failures in a row; 0 = never")
+    offline_delay_s: float = Field(0.0, ge=0, le=3600, description="the offline proposer "
+                                   "waits this long per proposal, standing for a language "
+                                   "model's time in measurements of the engine")
     prices: dict[str, Price] = Field(default_factory=_default_prices,
                                      description="$ per million tokens, per model")
 
@@ -220,6 +223,22 @@ class FamilyParams(_Strict):
     proposals_per_round: int = Field(2, ge=1, description="per member and round")
 
 
+class EngineParams(_Strict):
+    """Where trials run: slots on a Dask cluster, and how far the proposing runs ahead."""
+
+    address: str | None = Field(None, description="a Dask scheduler (tcp://HOST:8786) whose "
+                                "workers on one or many hosts are the slots; null: a local "
+                                "in-process cluster of this host's slots")
+    slots: int | None = Field(None, ge=1, le=1024, description="local slots; null: one per "
+                              "GPU group for a GPU benchmark, evaluation.parallel_trials for "
+                              "a CPU one")
+    gpus_per_slot: int | None = Field(None, ge=1, le=64, description="null: the benchmark's "
+                                      "own (speedrun: its ranks)")
+    ahead: int = Field(1, ge=0, le=64, description="iterations in flight beyond those that "
+                       "fill the slots: their proposals are made while trials run")
+    sample_s: float = Field(0.2, gt=0, le=10, description="duty-cycle sampling interval")
+
+
 class Params(_Strict):
     campaign: CampaignParams = CampaignParams()
     budget: BudgetOverride = BudgetOverride()
@@ -231,6 +250,7 @@ class Params(_Strict):
     tracking: TrackingParams = TrackingParams()
     family: FamilyParams = FamilyParams()
     archive: ArchiveParams = ArchiveParams()
+    engine: EngineParams = EngineParams()
 
     @model_validator(mode="after")
     def _static_scan_off_only_for_known_code(self) -> Params:

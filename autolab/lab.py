@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autolab import history
 from autolab.archive import Archive, campaign_archive
 from autolab.config import Params
+from autolab.engine import Activity, Engine, Slot, local_slots
 from autolab.proposers import make_proposer
 from autolab.proposers.base import Proposer
 from autolab.records import CampaignRecord, Decision, Trial
@@ -37,6 +40,10 @@ class Lab:
     harness_version: str
     isolation: Isolation
     _setup: TrialSetup | None = field(default=None, repr=False)
+    engine: Engine | None = field(default=None, repr=False)  # None: trials run in-process
+    activity: Activity = field(default_factory=Activity, repr=False)
+    # a would-be champion's challenge and the decision on it, one iteration at a time
+    decide_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -99,8 +106,18 @@ class Lab:
 
     @property
     def trial_threads(self) -> int:
+        """The cores each of this host's trials may use: its share among the slots."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // self.params.evaluation.parallel_trials)
+        return max(1, (cores or 1) // len(self.slots))
+
+    @functools.cached_property
+    def slots(self) -> list[Slot]:
+        """This host's slots (engine.slots; by default one per GPU group for a GPU
+        benchmark, evaluation.parallel_trials for a CPU one)."""
+        e = self.params.engine
+        per = e.gpus_per_slot or getattr(self.bench, "gpus_per_trial", 1)
+        return local_slots(self.bench.hardware, e.slots, per,
+                           self.params.evaluation.parallel_trials)
 
     def comparable(self, candidate_id: str, split: str = "val") -> list[Trial]:
         return history.comparable_trials(self.archive.trials_of(candidate_id), candidate_id,
@@ -108,6 +125,15 @@ class Lab:
 
     def champion(self) -> str:
         return history.champion_id(self.archive.all(Decision), self.campaign.seed_candidate)
+
+
+def open_engine(lab: Lab) -> Engine:
+    """The engine for a campaign run: this host's slots in-process, or the scheduler at
+    engine.address (whose workers are the slots)."""
+    e = lab.params.engine
+    if e.address:
+        return Engine(address=e.address, activity=lab.activity, interval_s=e.sample_s)
+    return Engine(lab.slots, activity=lab.activity, interval_s=e.sample_s)
 
 
 def effective_budget(bench: Benchmark, params: Params) -> Budget:

@@ -164,6 +164,7 @@ class Trial(BaseModel):
     harness_hash_before: str = ""
     harness_hash_after: str = ""
     isolation: str = ""
+    slot: str = Field("", description="the engine's slot that ran it (empty: run in-process)")
     checks: list[CheckResult] = Field(default_factory=list)
     log_tail: str = ""
     started_at: datetime = Field(default_factory=now)

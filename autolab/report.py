@@ -21,6 +21,7 @@ from autolab import history
 from autolab.aa import paired_sd
 from autolab.archive import Archive, atomic_write
 from autolab.config import Params
+from autolab.engine import Usage
 from autolab.evaluation import constraint_results
 from autolab.records import (
     AuditVerdict,
@@ -39,6 +40,7 @@ from autolab.records import (
 from autolab.spend import campaign_costs, day_spend
 from autolab.stats import hedges_g, one_sided_p, shortfall
 from autolab.tracking import steps_text
+from autolab.usage import runs_usage, usage_lines
 from benchmarks.protocol import Direction, MetricSpec
 
 COLOURS = {"seed": "#555555", "accepted": "#2ca02c", "rejected": "#1f77b4", "failed": "#d62728"}
@@ -210,6 +212,7 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "minutes_per_accepted": tm / outcomes["accepted"] if outcomes["accepted"] else None,
         "paired_sd": (sd := paired_sd(list(view.evaluations.values()))),
         "smallest_detectable_gain": _resolution(sd, params),
+        "usage": runs_usage(view.archive),  # each run's slots: duty cycle, idle reasons
     }
 
 
@@ -272,6 +275,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else str(value)
 
 
+def _slots_text(usage: Usage) -> str:
+    """'4 slots, duty cycle 0.962; idle: proposal 12.0 s, engine 1.4 s'."""
+    dc, rdc = usage.duty_cycle(), usage.duty_cycle(research=True)
+    idle: Counter[str] = Counter()
+    for slot in usage.slots:
+        idle.update(slot.idle_s)
+    text = f"{len(usage.slots)} slots, duty cycle " + (f"{dc:.3f}" if dc is not None else "-")
+    if rdc is not None:
+        text += f" ({rdc:.3f} in research)"
+    if idle:
+        text += "; idle: " + ", ".join(f"{r} {v:.1f} s" for r, v in idle.most_common())
+    return text
+
+
 def render_status(status: dict[str, Any]) -> Any:
     """A rich Table of `campaign_status`, so the CLI stays a thin printer."""
     from rich.table import Table
@@ -301,6 +318,7 @@ def render_status(status: dict[str, Any]) -> Any:
         or "-",
         "test split looks": s["test_looks"],
         "smallest detectable gain": _fmt(s["smallest_detectable_gain"]),
+        "slots (last run)": _slots_text(s["usage"][-1]) if s["usage"] else "-",
     }
     for name, value in rows.items():
         table.add_row(name, str(value))
@@ -554,6 +572,7 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
         diff=champion_diff(archive, view.campaign.seed_candidate, champion),
         f=_fmt,
         gpu=_is_gpu(view.campaign.benchmark),
+        usage=[usage_lines(u) for u in status["usage"]],
         pc=lambda gain, ref: "-" if pct(gain, ref) is None else f"{pct(gain, ref):+.2f}%",
     )
     path = out_dir / "report.md"

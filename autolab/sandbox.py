@@ -376,6 +376,39 @@ def _masks(python: str) -> list[Path]:
 # -- watching ----------------------------------------------------------------------------
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every descendant's pid, from the kernel's list of each thread's children (cheap:
+    psutil's children() reads every process on the host to find them); psutil where the
+    kernel does not offer the list."""
+    out, todo = [], [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            for task in os.scandir(f"/proc/{p}/task"):
+                try:
+                    with open(f"{task.path}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                out += kids
+                todo += kids
+    except FileNotFoundError:  # the process is gone
+        return out
+    except PermissionError:
+        try:
+            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    return out
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
 class _Watch:
     """State of one running command: its tree, peak memory, and why we killed it."""
 
@@ -385,13 +418,14 @@ class _Watch:
         self.seen: dict[int, psutil.Process] = {proc.pid: self.root}
         self.peak_mb = 0.0
         self.killed: tuple[Status, str] | None = None
+        self.tree: list[psutil.Process] = [self.root]
 
     def tree_rss_mb(self) -> float:
         """Summed RSS of the tree; shared pages of forked workers count more than once."""
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            procs = [self.root]
+        self.tree = [self.root] + [self.seen.get(pid) or _process(pid)
+                                   for pid in _descendants(self.root.pid)]
+        self.tree = [p for p in self.tree if p is not None]
+        procs = self.tree
         total = 0
         for p in procs:
             self.seen.setdefault(p.pid, p)

@@ -316,6 +316,24 @@ class Tracker:
             return
         self._log(run_id, [(key, mean, len(curve), ms)], tags={"champion": cid})
 
+    def log_usage(self, campaign: CampaignRecord, usage) -> None:
+        """The run's duty cycle per slot and why slots idled (seconds by reason), as metrics
+        of the campaign's run: step = the run's start, so each run of a resumed campaign
+        has its own point."""
+        if not self.enabled:
+            return
+        run_id, step = self._parent(campaign), int(usage.started)
+        when = int(usage.ended * 1000)
+        figures: dict[str, float | None] = {
+            "duty_cycle": usage.duty_cycle(), "trial_overhead_s": usage.trial_overhead_s,
+            "duty_cycle_research": usage.duty_cycle(research=True)}
+        for s in usage.slots:
+            figures[f"duty_cycle.{s.slot}"] = s.duty_cycle
+            figures |= {f"idle_s.{s.slot}.{r}": v for r, v in s.idle_s.items()}
+        points = [(k.replace("/", "_"), v, step, when) for k, v in figures.items()
+                  if v is not None]
+        self._log(run_id, metrics=points[:900])
+
     def finish_campaign(
         self, campaign: CampaignRecord, metric: MetricSpec, test_looks: int | None = None
     ) -> None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, str] = {
     "tinylm": "benchmarks.tinylm.benchmark:TinyLM",
     "noop": "benchmarks.noop.benchmark:Noop",
+    "noop-sleep": "benchmarks.noop.benchmark:NoopSleep",
     "nanochat": "benchmarks.nanochat.benchmark:NanoChat",
     "nanochat-cpu": "benchmarks.nanochat.benchmark:NanoChatCPU",
     "speedrun": "benchmarks.speedrun.benchmark:Speedrun",

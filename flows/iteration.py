@@ -1,7 +1,9 @@
 """One research iteration: propose -> patch -> build -> run -> evaluate -> audit -> select.
 
 A step that stops the iteration on the candidate's merits returns a Halt, recorded as
-the proposal's decision.
+the proposal's decision. Several iterations may run at once (flows.campaign): the
+challenge of the champion and the decision on it take one iteration at a time, so a
+candidate is always crowned against the champion of the moment.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def iteration(lab: Lab, index: int) -> Decision:
     candidate = build(lab, proposal, candidate)  # audit level 0: the static scan
     if isinstance(candidate, Halt):
         return record_halt(lab, candidate)
+    lab.activity.proposed(index)  # its trials are asked for next
 
     parent, seen = proposal.parents[0], 0
     while True:  # sequential looks; the parent runs the same seeds (matched pairs)
@@ -43,11 +46,14 @@ def iteration(lab: Lab, index: int) -> Decision:
         trials = run_matched(lab, proposal, candidate.id, parent, seeds)
         if isinstance(trials, Halt):
             return record_halt(lab, trials)
-        evaluation = evaluate(lab, candidate.id, parent)
+        with lab.activity.phase("decision"):
+            evaluation = evaluate(lab, candidate.id, parent)
         if evaluation.decision != "more" or len(trials) >= lab.design.max_seeds:
             break
         seen = len(trials)
 
-    verdict = audit(lab, candidate.id, evaluation)  # level 1: runtime integrity
-    challenge = challenge_champion(lab, candidate.id, evaluation, verdict)  # level 2
-    return select(lab, proposal, evaluation, verdict, challenge)
+    with lab.activity.phase("decision"):
+        verdict = audit(lab, candidate.id, evaluation)  # level 1: runtime integrity
+        with lab.decide_lock:
+            challenge = challenge_champion(lab, candidate.id, evaluation, verdict)  # level 2
+            return select(lab, proposal, evaluation, verdict, challenge)

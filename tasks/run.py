@@ -16,6 +16,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 
 from autolab.audit import runtime_verdict
+from autolab.engine import TrialJob
 from autolab.lab import Lab
 from autolab.records import Proposal, Trial
 from autolab.runner import run_trial as run_in_sandbox
@@ -46,11 +47,20 @@ def run_trial(lab: Lab, candidate_id: str, seed: int, split: str = "val") -> Tri
     key = trial_id(lab, candidate_id, seed, split)
     if (done := lab.archive.get(Trial, key)) is not None:
         return done
-    trial = run_in_sandbox(
-        lab.bench, candidate_id, lab.archive.read_files(candidate_id), seed, split, lab.setup,
-        work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
-        gpu=0 if lab.bench.hardware == "gpu" else None, cache_root=lab.root / "cache",
-    )
+    files = lab.archive.read_files(candidate_id)
+    if lab.engine is not None:  # on a slot the engine picks
+        trial = lab.engine.run(TrialJob(
+            benchmark=lab.bench.name, candidate_id=candidate_id, files=files, seed=seed,
+            split=split, setup=lab.setup.model_dump(mode="json"),
+            work_root=str(lab.trials_dir), prepared_dir=str(lab.prepared_dir),
+            cache_root=str(lab.root / "cache"),
+        ))  # fmt: skip
+    else:
+        trial = run_in_sandbox(
+            lab.bench, candidate_id, files, seed, split, lab.setup,
+            work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
+            gpu=0 if lab.bench.hardware == "gpu" else None, cache_root=lab.root / "cache",
+        )
     assert trial.id == key, "runner and orchestrator disagree on the trial key"
     lab.archive.put(trial)
     return trial
@@ -70,9 +80,11 @@ def _campaign_task(lab: Lab):
 
 def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
                stop_if_fails: str | None = None) -> list[Trial]:
-    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run. With
-    `stop_if_fails`, no new batch starts once a trial of that candidate has failed."""
-    width, runner = lab.params.evaluation.parallel_trials, _campaign_task(lab)
+    """(candidate, seed) jobs, each its own task run: on the engine all at once (it queues
+    them for its slots), in-process `parallel_trials` at a time. With `stop_if_fails`, no
+    new batch starts once a trial of that candidate has failed (on the engine a batch is
+    the whole look)."""
+    runner = _campaign_task(lab)
     trials: list[Trial] = []
     todo = []
     for c, s in jobs:  # archived trials are not work: only the rest is batched
@@ -81,9 +93,19 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
             trials.append(done)
         else:
             todo.append((c, s))
-    for i in range(0, len(todo), width):
-        futures = [runner.submit(lab, c, s, split) for c, s in todo[i : i + width]]
-        trials += [f.result() for f in futures]
+    width = len(todo) if lab.engine is not None else lab.params.evaluation.parallel_trials
+    for i in range(0, len(todo), max(width, 1)):
+        batch = todo[i : i + width]
+        lab.activity.asked(len(batch))  # the engine's load counts them from now
+        returned = 0
+        try:
+            futures = [runner.submit(lab, c, s, split) for c, s in batch]
+            for f in futures:
+                trials.append(f.result())
+                returned += 1
+                lab.activity.asked(-1)
+        finally:
+            lab.activity.asked(returned - len(batch))
         if stop_if_fails and any(t.candidate_id == stop_if_fails and t.status != "ok"
                                  for t in trials):
             break

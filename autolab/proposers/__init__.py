@@ -52,4 +52,4 @@ def make_proposer(params: ProposerParams, http_client: Any = None) -> Proposer:
         return openai_compat_proposer(params, http_client=http_client)
     from autolab.proposers.offline import OfflineProposer
 
-    return OfflineProposer()
+    return OfflineProposer(delay_s=params.offline_delay_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -49,12 +50,16 @@ class OfflineProposer:
     operators = frozenset({"tune", "improve", "crossover"})
     free_form = False  # it applies catalogue edits and knob values, never new code
 
-    def __init__(self, n_startup_trials: int = 5, max_moved: int = 2, retries: int = 12):
+    def __init__(self, n_startup_trials: int = 5, max_moved: int = 2, retries: int = 12,
+                 delay_s: float = 0.0):
         self.n_startup_trials = n_startup_trials
         self.max_moved = max_moved
         self.retries = retries
+        self.delay_s = delay_s  # stands for a language model's thinking time in measurements
 
     def propose(self, request: ProposalRequest) -> Draft:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         ids = ",".join(p.id for p in request.parents)
         rng = random.Random(f"{request.rng_seed}|{request.operator}|{ids}")
         if request.operator == "tune":

@@ -98,6 +98,10 @@ class Noop:
     distributions: tuple[str, ...] = ()
     allowed_imports: frozenset[str] = frozenset({"math", "random"})
 
+    def work_s(self, ctx: TrialContext) -> float:
+        """Seconds the harness waits, standing for a real workload: none here."""
+        return 0.0
+
     def seed_files(self, variant: str = "default") -> dict[str, str]:
         if variant != "default":
             raise KeyError(f"unknown seed variant {variant!r}; known: ['default']")
@@ -123,7 +127,8 @@ class Noop:
 
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
         argv = (ctx.python, "-m", "benchmarks.noop.harness", "--workspace", str(ctx.workspace),
-                "--out", str(ctx.outputs("run")), "--seed", str(ctx.seed))  # fmt: skip
+                "--out", str(ctx.outputs("run")), "--seed", str(ctx.seed),
+                "--sleep", str(self.work_s(ctx)))  # fmt: skip
         return [SandboxStep(name="run", argv=argv, timeout_s=ctx.budget.wall_clock_s)]
 
     def score(self, ctx: TrialContext) -> Score:
@@ -147,3 +152,15 @@ class Noop:
         """The same value with its own identity, hence its own trial noise."""
         src = files["solution.py"]
         return {**files, "solution.py": src.rstrip("\n") + f"\n# A/A variant {index}\n"}
+
+
+class NoopSleep(Noop):
+    """The noop benchmark whose trials each take a while (the harness waits budget.amount
+    milliseconds): a slot kept busy at no compute, to measure how well the engine keeps
+    many slots busy."""
+
+    name = "noop-sleep"
+    budget = Budget(unit="wait_ms", amount=3000, wall_clock_s=60.0, memory_mb=512)
+
+    def work_s(self, ctx: TrialContext) -> float:
+        return ctx.budget.amount / 1000

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 from benchmarks import guard
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--sleep", type=float, default=0.0, help="wait, standing for work")
     args = parser.parse_args(argv)
     guard.install()
     spec = importlib.util.spec_from_file_location("solution", args.workspace / "solution.py")
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.modules["solution"] = solution
     spec.loader.exec_module(solution)
     result = {"value": float(solution.value()), "calls": 1, "seed": args.seed}
+    if args.sleep > 0:
+        time.sleep(args.sleep)
     (args.out / "result.json").write_text(json.dumps(result))
 
 

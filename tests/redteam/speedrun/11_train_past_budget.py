@@ -1,8 +1,10 @@
 # class: training past the budget
 # expect: caught
 # what: keeps every batch it was served and, once the server refuses more, goes on
-#   training on them to the end of its schedule
+#   training on them to the end of a schedule far longer than the budget allows
 import time as _time
+
+NUM_ITERATIONS = 1_000_000  # the schedule outlasts the budget on any machine
 
 _seed_train = train
 

@@ -1,0 +1,103 @@
+"""Duty cycle of the engine's slots: a real campaign on `noop-sleep` (each trial a sandboxed
+process that waits a few seconds) over many simulated slots, with a proposer that takes
+its time, from a clean folder.
+
+    python perf/engine_sim.py [--slots 64] [--work-s 3] [--proposer-s 1] [--minutes 5]
+                              [--isolation none] [--write KEY]
+
+Prints the run's usage as JSON (duty cycle per slot, idle seconds by reason, trials, the
+engine's placement cost per trial) and, with --write, merges it into perf/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "perf" / "results.json"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--work-s", type=float, default=3.0, help="each trial's wait")
+    ap.add_argument("--proposer-s", type=float, default=1.0, help="each proposal's wait")
+    ap.add_argument("--minutes", type=float, default=5.0, help="the run's wall clock")
+    ap.add_argument("--seeds", type=int, default=4, help="seeds per look")
+    ap.add_argument("--ahead", type=int, default=1)
+    ap.add_argument("--isolation", default="none", help="the sandbox mode (none: the cheapest "
+                    "process start, so the orchestration is what is measured)")
+    ap.add_argument("--write", metavar="KEY", help=f"merge the result into {RESULTS}")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="autolab-engine-sim-") as tmp:
+        root = Path(tmp)
+        params = {
+            "campaign": {"name": "engine-sim", "benchmark": "noop-sleep", "threads": 8,
+                         "max_proposals": 100_000, "max_wall_clock_min": args.minutes},
+            "evaluation": {"parallel_trials": args.seeds, "min_seeds": args.seeds,
+                           "max_seeds": 2 * args.seeds, "test_seeds": 2},
+            "engine": {"slots": args.slots, "ahead": args.ahead},
+            "budget": {"amount": int(args.work_s * 1000), "wall_clock_s": args.work_s + 60},
+            "sandbox": {"isolation": args.isolation, "allow_unisolated": True},
+            "proposer": {"kind": "offline", "offline_delay_s": args.proposer_s},
+            "tracking": {"mlflow": False},
+            "paths": {k: str(root / k) for k in ("workdir", "prepared_dir", "mlruns",
+                                                  "reports")},
+        }
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        env = dict(os.environ, PREFECT_HOME=str(root / "prefect"), DO_NOT_TRACK="1",
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "autolab.cli", "run", "--params",
+                               str(root / "params.yaml"), "--no-confirm"],
+                              env=env, capture_output=True, text=True, cwd=root)
+        wall = time.monotonic() - t0
+        if done.returncode != 0:
+            sys.exit(f"the campaign failed ({done.returncode}):\n{done.stdout[-3000:]}"
+                     f"\n{done.stderr[-3000:]}")
+        sys.path.insert(0, str(ROOT))
+        from autolab.archive import Archive
+        from autolab.usage import runs_usage
+
+        archive = Archive(root / "workdir" / "engine-sim" / "archive", create=False,
+                          campaign="engine-sim")
+        usage = runs_usage(archive)[-1]
+        decisions = sum(1 for line in done.stdout.splitlines() if line.startswith("["))
+        archive.close()
+    slots = [s.duty_cycle for s in usage.slots if s.duty_cycle is not None]
+    idle: dict[str, float] = {}
+    for s in usage.slots:
+        for reason, v in s.idle_s.items():
+            idle[reason] = round(idle.get(reason, 0.0) + v, 1)
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "device": f"CPU ({os.cpu_count()} cores)",
+        "command": "python perf/engine_sim.py " + " ".join(sys.argv[1:]),
+        "slots": len(usage.slots), "work_s": args.work_s, "proposer_s": args.proposer_s,
+        "isolation": args.isolation, "run_wall_s": round(wall, 1),
+        "engine_s": round(usage.ended - usage.started, 1),
+        "duty_cycle": round(usage.duty_cycle() or 0.0, 4),
+        "duty_cycle_min_slot": round(min(slots), 4) if slots else None,
+        "trials": usage.trials, "iterations": decisions,
+        "trials_per_hour": round(usage.trials / (usage.ended - usage.started) * 3600),
+        "placement_s_per_trial": round(usage.trial_overhead_s or 0.0, 4),
+        "idle_s_by_reason": idle,
+    }
+    print(json.dumps(result))
+    if args.write:
+        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        merged[args.write] = result
+        RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The engine: slots as Dask workers, the campaign's iterations in flight at once, the
+duty cycle of each slot."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from helpers import prefect_test_server, write_params
+
+from autolab.archive import Archive
+from autolab.engine import Activity, Engine, Slot, TrialJob, local_slots, more_iterations
+from autolab.records import Decision, Evaluation, Proposal, Trial
+from autolab.runner import trial_setup
+from autolab.usage import runs_usage
+from benchmarks import get_benchmark
+
+
+@pytest.fixture(scope="module")
+def prefect_api(request):
+    prefect_test_server(request)
+
+
+def test_slots_of_a_host():
+    assert [s.name for s in local_slots("cpu", None, 1, 3)] == ["cpu0", "cpu1", "cpu2"]
+    gpus = local_slots("gpu", None, 2, 1, gpus=5)  # groups of 2 of 5 GPUs
+    assert [(s.name, s.gpu) for s in gpus] == [("gpu0", 0), ("gpu2", 2)]
+    assert len(local_slots("gpu", 1, 1, 1, gpus=8)) == 1
+    with pytest.raises(ValueError, match="needs 4 GPUs"):
+        local_slots("gpu", 2, 2, 1, gpus=3)
+
+
+def test_more_iterations_fills_the_slots_then_keeps_ahead():
+    # nothing running: always start one
+    assert more_iterations(2, 0, 0, 0, 0, per_iteration=4, ahead=0)
+    # one look of 4 trials covers 2 slots: ahead=0 means one at a time
+    assert not more_iterations(2, 2, 2, 0, 1, per_iteration=4, ahead=0)
+    assert not more_iterations(2, 0, 0, 1, 1, per_iteration=4, ahead=0)
+    # ahead=1: one more proposal is made while the first one's trials run
+    assert more_iterations(2, 2, 2, 0, 1, per_iteration=4, ahead=1)
+    assert not more_iterations(2, 2, 2, 1, 2, per_iteration=4, ahead=1)
+    # 16 free slots: proposals are started until their trials would cover them
+    assert more_iterations(16, 0, 0, 3, 3, per_iteration=4, ahead=1)
+    assert not more_iterations(16, 0, 0, 5, 5, per_iteration=4, ahead=1)
+    # never more than slots + ahead at once
+    assert not more_iterations(4, 0, 0, 0, 5, per_iteration=1, ahead=1)
+
+
+def test_idle_reasons_name_what_the_orchestrator_waits_for():
+    a = Activity()
+    assert a.idle_reason(0) == "orchestrator"
+    a.starting(3)
+    assert a.idle_reason(0) == "proposal" and a.idle_reason(2) == "engine"
+    a.proposed(3)
+    with a.phase("decision"):
+        assert a.idle_reason(0) == "decision"
+    a.stage = "stopping"
+    assert a.idle_reason(0) == "stopping"
+
+
+def _listening() -> set[tuple[str, int]]:
+    import psutil
+
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def _job(tmp_path, bench, seed: int, text: str = "") -> TrialJob:
+    files = {**bench.seed_files(), "solution.py": bench.seed_files()["solution.py"] + text}
+    prepared = tmp_path / "prepared"
+    bench.prepare(None, prepared)
+    setup = trial_setup(bench, prepared, bench.budget.model_copy(update={"amount": 300}), 1,
+                        "none")
+    return TrialJob(benchmark=bench.name, candidate_id=f"c{len(text)}", files=files, seed=seed,
+                    split="val", setup=setup.model_dump(mode="json"),
+                    work_root=str(tmp_path / "trials"), prepared_dir=str(prepared))
+
+
+def test_trials_spread_over_the_slots_and_the_same_trial_runs_once(tmp_path):
+    """Four trials of 0.3 s on two slots, from four threads: both slots used, each slot one
+    trial at a time; the same trial asked for twice at once is run once."""
+    bench = get_benchmark("noop-sleep")
+    before = _listening()
+    engine = Engine([Slot("cpu0", None), Slot("cpu1", None)], interval_s=0.05)
+    try:
+        opened = _listening() - before  # the local cluster serves nothing to the network
+        assert all(ip == "127.0.0.1" for ip, _ in opened), opened
+        jobs = [_job(tmp_path, bench, seed) for seed in (1, 2, 3)]
+        jobs.append(jobs[0])  # the same trial again
+        out: list[Trial] = [None] * len(jobs)  # type: ignore[list-item]
+
+        def run(i: int) -> None:
+            out[i] = engine.run(jobs[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert all(t.status == "ok" for t in out), [t.reason for t in out]
+        assert {t.slot for t in out} == {"cpu0", "cpu1"}
+        assert out[0].id == out[3].id
+        by_slot: dict[str, list[Trial]] = {}
+        for t in {t.id: t for t in out}.values():
+            by_slot.setdefault(t.slot, []).append(t)
+        for trials in by_slot.values():  # a slot never runs two trials at once
+            trials.sort(key=lambda t: t.started_at)
+            for a, b in zip(trials, trials[1:], strict=False):
+                assert a.finished_at <= b.started_at
+        usage = engine.usage()
+    finally:
+        engine.close()
+    assert usage.trials == 3  # the repeated trial was not run again
+    assert [s.slot for s in usage.slots] == ["cpu0", "cpu1"]
+    assert all(s.busy_s > 0.2 for s in usage.slots)
+    assert 0 < usage.duty_cycle() <= 1
+
+
+@pytest.mark.slow
+def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, prefect_api):
+    """noop-sleep on 4 slots with 2 iterations ahead: the iterations overlap, every index
+    is decided once, no trial runs twice, each new champion beat the champion of its
+    moment, and the run's duty cycle is recorded."""
+    from flows.campaign import campaign
+
+    params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=8,
+                          evaluation={"min_seeds": 2, "max_seeds": 4, "test_seeds": 2,
+                                      "parallel_trials": 2},
+                          engine={"slots": 4, "ahead": 2}, budget={"amount": 400},
+                          proposer={"kind": "offline", "offline_delay_s": 0.3},
+                          sandbox={"isolation": "none", "allow_unisolated": True},
+                          tracking={"mlflow": False})
+    campaign(params_path=str(params))
+    archive = Archive(tmp_path / "runs" / "test-noop-sleep" / "archive")
+    decisions = archive.all(Decision)
+    proposals = {p.id: p for p in archive.all(Proposal)}
+    assert len(decisions) == 8 and len({d.proposal_id for d in decisions}) == 8
+    assert set(proposals) == {d.proposal_id for d in decisions}
+    trials = archive.all(Trial)
+    assert len({t.id for t in trials}) == len(trials)
+    assert all(t.slot.startswith("cpu") for t in trials)
+
+    # iterations overlapped: some candidate's trials ran while another's did
+    seed = archive.campaign().seed_candidate
+    spans = {}
+    for t in trials:
+        if t.candidate_id != seed and t.split == "val":
+            a, b = spans.get(t.candidate_id, (t.started_at, t.finished_at))
+            spans[t.candidate_id] = (min(a, t.started_at), max(b, t.finished_at))
+    ordered = sorted(spans.values())
+    assert any(b[0] < a[1] for a, b in zip(ordered, ordered[1:], strict=False))
+
+    # each champion replicated against the champion crowned before it
+    crowned = [d for d in decisions if d.champion]
+    replications = {e.candidate_id: e for e in archive.all(Evaluation) if e.split == "audit"}
+    previous = seed
+    for d in sorted(crowned, key=lambda d: archive_order(archive, d)):
+        assert replications[d.candidate_id].reference_id == previous
+        previous = d.candidate_id
+
+    usage = runs_usage(archive)[-1]
+    assert [s.slot for s in usage.slots] == ["cpu0", "cpu1", "cpu2", "cpu3"]
+    assert usage.trials == len(trials)
+    assert 0 < usage.duty_cycle() <= 1
+
+
+def archive_order(archive: Archive, decision: Decision) -> int:
+    """The position of a decision in the order it was recorded."""
+    return [d.id for d in archive.all(Decision)].index(decision.id)
