@@ -1,9 +1,11 @@
 """One research iteration: propose -> patch -> build -> run -> evaluate -> audit -> select.
 
 A step that stops the iteration on the candidate's merits returns a Halt, recorded as
-the proposal's decision. Several iterations may run at once (flows.campaign): the
-challenge of the champion and the decision on it take one iteration at a time, so a
-candidate is always crowned against the champion of the moment.
+the proposal's decision. Several iterations may run at once (flows.campaign): a
+candidate's challenge of the champion runs alongside the others', and its decision is
+taken under a lock only if the champion it challenged is still the champion; otherwise
+it challenges the new one. So a candidate is always crowned against the champion of its
+moment.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def iteration(lab: Lab, index: int) -> Decision:
 
     with lab.activity.phase("decision"):
         verdict = audit(lab, candidate.id, evaluation)  # level 1: runtime integrity
+    while True:  # level 2 against the champion of the moment, then the decision
+        challenge = challenge_champion(lab, candidate.id, evaluation, verdict)
         with lab.decide_lock:
-            challenge = challenge_champion(lab, candidate.id, evaluation, verdict)  # level 2
-            return select(lab, proposal, evaluation, verdict, challenge)
+            if challenge is None or challenge.vs_champion.reference_id == lab.champion():
+                return select(lab, proposal, evaluation, verdict, challenge)
+        # another iteration was crowned meanwhile: challenge the new champion

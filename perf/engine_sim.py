@@ -5,8 +5,11 @@ its time, from a clean folder.
     python perf/engine_sim.py [--slots 64] [--work-s 3] [--proposer-s 1] [--minutes 5]
                               [--isolation none] [--write KEY]
 
-Prints the run's usage as JSON (duty cycle per slot, idle seconds by reason, trials, the
-engine's placement cost per trial) and, with --write, merges it into perf/results.json.
+Prints the run's usage as JSON and, with --write, merges it into perf/results.json: the
+duty cycle over the research stage (from the first iteration to the stop: what the
+engine controls) and over the whole run (with the seed's baseline at the start and the
+draining at the end), the slot-seconds idle by reason, trials, and the engine's placement
+cost per trial (submit to result, less the trial's own time).
 """
 
 from __future__ import annotations
@@ -74,23 +77,30 @@ def main() -> None:
         usage = runs_usage(archive)[-1]
         decisions = sum(1 for line in done.stdout.splitlines() if line.startswith("["))
         archive.close()
-    slots = [s.duty_cycle for s in usage.slots if s.duty_cycle is not None]
-    idle: dict[str, float] = {}
-    for s in usage.slots:
-        for reason, v in s.idle_s.items():
-            idle[reason] = round(idle.get(reason, 0.0) + v, 1)
+    slots = [s.duty_cycle for s in usage.research if s.duty_cycle is not None]
+
+    def idle_of(table) -> dict[str, float]:
+        idle: dict[str, float] = {}
+        for s in table:
+            for reason, v in s.idle_s.items():
+                idle[reason] = round(idle.get(reason, 0.0) + v, 1)
+        return idle
+
     result = {
         "date": time.strftime("%Y-%m-%d"), "device": f"CPU ({os.cpu_count()} cores)",
         "command": "python perf/engine_sim.py " + " ".join(sys.argv[1:]),
         "slots": len(usage.slots), "work_s": args.work_s, "proposer_s": args.proposer_s,
         "isolation": args.isolation, "run_wall_s": round(wall, 1),
         "engine_s": round(usage.ended - usage.started, 1),
-        "duty_cycle": round(usage.duty_cycle() or 0.0, 4),
-        "duty_cycle_min_slot": round(min(slots), 4) if slots else None,
+        "duty_cycle_research": round(usage.duty_cycle(research=True) or 0.0, 4),
+        "duty_cycle_research_min_slot": round(min(slots), 4) if slots else None,
+        "research_s": round(max((s.total_s for s in usage.research), default=0.0), 1),
+        "duty_cycle_whole_run": round(usage.duty_cycle() or 0.0, 4),
         "trials": usage.trials, "iterations": decisions,
         "trials_per_hour": round(usage.trials / (usage.ended - usage.started) * 3600),
         "placement_s_per_trial": round(usage.trial_overhead_s or 0.0, 4),
-        "idle_s_by_reason": idle,
+        "idle_slot_s_research": idle_of(usage.research),
+        "idle_slot_s_whole_run": idle_of(usage.slots),
     }
     print(json.dumps(result))
     if args.write:

@@ -167,3 +167,58 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
 def archive_order(archive: Archive, decision: Decision) -> int:
     """The position of a decision in the order it was recorded."""
     return [d.id for d in archive.all(Decision)].index(decision.id)
+
+
+@pytest.mark.slow
+def test_workers_started_elsewhere_are_the_slots(tmp_path, prefect_api):
+    """A Dask scheduler and two workers in their own processes (as on other hosts, with the
+    README's command lines): a campaign given engine.address runs its trials on them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from flows.campaign import campaign
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        for name in ("host-a/cpu0", "host-b/cpu0"):
+            procs.append(subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                 "--resources", "slot=1", "--name", name, "--no-dashboard",
+                 "--local-directory", str(tmp_path / name.replace("/", "-"))],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=3,
+                              evaluation={"min_seeds": 2, "max_seeds": 2, "test_seeds": 2,
+                                          "parallel_trials": 2},
+                              engine={"address": address}, budget={"amount": 200},
+                              sandbox={"isolation": "none", "allow_unisolated": True},
+                              proposer={"kind": "offline"}, tracking={"mlflow": False})
+        t0 = time.monotonic()
+        campaign(params_path=str(params))
+        assert time.monotonic() - t0 < 600
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    archive = Archive(tmp_path / "runs" / "test-noop-sleep" / "archive")
+    trials = archive.all(Trial)
+    assert trials and {t.slot for t in trials} == {"host-a/cpu0", "host-b/cpu0"}
+    assert len(archive.all(Decision)) == 3
+    usage = runs_usage(archive)[-1]
+    assert {s.slot for s in usage.slots} == {"host-a/cpu0", "host-b/cpu0"}
