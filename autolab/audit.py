@@ -38,8 +38,11 @@ def verdict(candidate_id: str, checks: list[CheckResult], key: object = None) ->
     )
 
 
-def merge(first: AuditVerdict, more: list[CheckResult]) -> AuditVerdict:
-    return verdict(first.candidate_id, [*first.checks, *more], key=(first.id, len(more)))
+def merge(first: AuditVerdict, more: list[CheckResult], against: str = "") -> AuditVerdict:
+    """`first` with more checks; `against` (the champion a replication challenged) keeps
+    apart the verdicts of one candidate's challenges of different champions."""
+    key = (first.id, len(more), against) if against else (first.id, len(more))
+    return verdict(first.candidate_id, [*first.checks, *more], key=key)
 
 
 # -- level 0 ------------------------------------------------------------------------------

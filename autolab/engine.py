@@ -33,9 +33,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from autolab.records import Split, Trial
+from autolab.records import Split, Trial, now
 
 SLOT = "slot"  # the Dask worker resource each slot holds one of
+WAIT_STEP_S = 10.0  # how often a waiting trial checks that slots are left
+NO_SLOT_S = 120.0  # a trial with no slot to go to for this long is an infrastructure fault
 IDLE_REASONS = ("engine", "proposal", "decision", "stopping", "orchestrator")
 
 
@@ -51,33 +53,42 @@ def parse_slot(name: str) -> Slot:
     return Slot(str(name), int(m.group(1)) if m else None)
 
 
-def visible_gpus() -> int:
-    """GPUs this host may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+def visible_gpus() -> list[int]:
+    """The GPUs this host may use, by index: CUDA_VISIBLE_DEVICES if set (indices only),
+    else every GPU nvidia-smi lists."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return len([g for g in env.split(",") if g.strip()])
+        items = [g.strip() for g in env.split(",") if g.strip()]
+        if not all(g.isdigit() for g in items):
+            raise ValueError(f"CUDA_VISIBLE_DEVICES={env!r}: give GPU indices, not UUIDs, "
+                             "for the engine's slots")
+        return [int(g) for g in items]
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        return []
+    listed = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    return list(range(len(listed)))
 
 
 def local_slots(hardware: str, count: int | None, gpus_per_slot: int, cpu_slots: int,
-                gpus: int | None = None) -> list[Slot]:
-    """This host's slots: for a GPU benchmark, its GPUs in groups of `gpus_per_slot` (all
-    of them unless `count` is given); for a CPU benchmark, `count` or `cpu_slots` shares of
-    the cores."""
+                gpus: list[int] | None = None) -> list[Slot]:
+    """This host's slots: for a GPU benchmark, its GPUs (CUDA_VISIBLE_DEVICES's, or all)
+    in groups of `gpus_per_slot` of consecutive indices (all of them unless `count` is
+    given); for a CPU benchmark, `count` or `cpu_slots` shares of the cores."""
     if hardware == "gpu":
         have = visible_gpus() if gpus is None else gpus
-        n = have // gpus_per_slot
+        groups = [have[i:i + gpus_per_slot] for i in range(0, len(have), gpus_per_slot)]
+        groups = [g for g in groups if len(g) == gpus_per_slot
+                  and g == list(range(g[0], g[0] + gpus_per_slot))]
         if count is not None:
-            if count > n:
-                raise ValueError(f"engine.slots={count} needs {count * gpus_per_slot} GPUs; "
-                                 f"this host has {have}")
-            n = count
-        n = max(n, 1)  # no GPU at all: one slot, whose trial reports the missing GPU
-        return [Slot(f"gpu{i * gpus_per_slot}", i * gpus_per_slot) for i in range(n)]
+            if count > len(groups):
+                raise ValueError(f"engine.slots={count} needs {count * gpus_per_slot} GPUs "
+                                 f"(in groups of consecutive indices); this host has {have}")
+            groups = groups[:count]
+        if not groups:  # no GPU at all: one slot, whose trial reports the missing GPU
+            return [Slot("gpu0", 0)]
+        return [Slot(f"gpu{g[0]}", g[0]) for g in groups]
     return [Slot(f"cpu{i}", None) for i in range(count or cpu_slots)]
 
 
@@ -92,7 +103,7 @@ class TrialJob(BaseModel):
     files: dict[str, str]
     seed: int
     split: Split
-    setup: dict  # runner.TrialSetup, as JSON (the worker checks it against its own)
+    setup: dict  # runner.TrialSetup, as JSON: what the head host's trials share
     work_root: str
     prepared_dir: str
     cache_root: str | None = None
@@ -301,7 +312,7 @@ class Engine:
         for the same trial at once (a parent both re-run on one seed) share one run. An
         infrastructure fault (a worker lost twice, an exception outside the candidate) is
         raised."""
-        t0 = time.monotonic()
+        t0, submitted = time.monotonic(), now()
         with self._lock:
             future = self._running.get(job.trial_id)
             if future is None:
@@ -314,17 +325,36 @@ class Engine:
             else:
                 owner = False
         try:
-            trial = future.result()
+            trial = self._result(future)
         finally:
             if owner:
                 with self._lock:
                     self._outstanding -= 1
                     self._running.pop(job.trial_id, None)
         if owner:
+            # what the engine adds to a trial: from submit to result, less the time queued
+            # for a free slot (to the trial's start on it) and the trial's own time
+            queued = max(0.0, (trial.started_at - submitted).total_seconds())
             with self._lock:
-                self._overheads.append(max(0.0, time.monotonic() - t0 - trial.wall_s))
+                self._overheads.append(max(0.0, time.monotonic() - t0 - queued - trial.wall_s))
                 self._trials[trial.slot] += 1
         return trial
+
+    def _result(self, future) -> Trial:
+        """The future's trial; raised if no slot is left to run it for NO_SLOT_S (every
+        worker gone, or none joined the scheduler), instead of waiting for ever."""
+        from distributed import TimeoutError as DaskTimeout
+
+        slotless = 0.0
+        while True:
+            try:
+                return future.result(timeout=WAIT_STEP_S)
+            except (DaskTimeout, TimeoutError):
+                slotless = slotless + WAIT_STEP_S if not self.slot_names() else 0.0
+                if slotless >= NO_SLOT_S:
+                    future.cancel()
+                    raise RuntimeError(f"no slot to run a trial on for {NO_SLOT_S:.0f} s: "
+                                       "every worker of the engine is gone") from None
 
     # -- duty cycle
 
@@ -346,9 +376,10 @@ class Engine:
                     return
                 continue
             now = time.monotonic()
-            self._monitor.add(busy, self.activity.idle_reason(waiting), now - last,
-                              self.activity.stage)
-            self._last = (len(busy), sum(busy.values()), waiting)
+            reason = self.activity.idle_reason(waiting)
+            with self._lock:
+                self._monitor.add(busy, reason, now - last, self.activity.stage)
+                self._last = (len(busy), sum(busy.values()), waiting)
             last = now
 
     def load(self) -> tuple[int, int, int]:
@@ -364,9 +395,10 @@ class Engine:
         with self._lock:
             overheads = list(self._overheads)
             trials = Counter(self._trials)
-        slots = [s.model_copy(update={"trials": trials.get(s.slot, 0)}, deep=True)
-                 for _, s in sorted(self._monitor.slots.items())]
-        research = [s.model_copy(deep=True) for _, s in sorted(self._monitor.research.items())]
+            slots = [s.model_copy(update={"trials": trials.get(s.slot, 0)}, deep=True)
+                     for _, s in sorted(self._monitor.slots.items())]
+            research = [s.model_copy(deep=True)
+                        for _, s in sorted(self._monitor.research.items())]
         return Usage(started=self._monitor.started, ended=time.time(),
                      interval_s=self._monitor.interval_s, slots=slots, research=research,
                      trials=len(overheads),

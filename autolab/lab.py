@@ -44,6 +44,8 @@ class Lab:
     activity: Activity = field(default_factory=Activity, repr=False)
     # a would-be champion's challenge and the decision on it, one iteration at a time
     decide_lock: Any = field(default_factory=threading.Lock, repr=False)
+    _blocks: list[int] = field(default_factory=list, repr=False)  # replication blocks issued
+    _blocks_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -101,6 +103,18 @@ class Lab:
         """Seeds of the block-th replication: each challenge gets seeds no one has used."""
         return self.seeds(count, start=REPLICATION_SEEDS_AT + block * count)
 
+    def replication_block(self) -> int:
+        """The next block of replication seeds: one per challenge, never handed out twice,
+        also to challenges running at once (the archive's level-2 verdicts count those
+        of earlier runs)."""
+        from autolab.records import AuditVerdict
+
+        with self._blocks_lock:
+            done = sum(1 for v in self.archive.all(AuditVerdict) if v.level >= 2)
+            block = max([done, *(b + 1 for b in self._blocks)])
+            self._blocks.append(block)
+            return block
+
     def test_seeds(self, count: int) -> list[int]:
         return self.seeds(count, start=TEST_SEEDS_AT)
 
@@ -116,7 +130,10 @@ class Lab:
         benchmark, evaluation.parallel_trials for a CPU one)."""
         e = self.params.engine
         per = e.gpus_per_slot or getattr(self.bench, "gpus_per_trial", 1)
-        return local_slots(self.bench.hardware, e.slots, per,
+        # with engine.address the slots are the scheduler's workers; these only set the
+        # trials' thread count, so a head host without the GPUs is no error
+        count = None if e.address else e.slots
+        return local_slots(self.bench.hardware, count, per,
                            self.params.evaluation.parallel_trials)
 
     def comparable(self, candidate_id: str, split: str = "val") -> list[Trial]:

@@ -379,27 +379,37 @@ def _masks(python: str) -> list[Path]:
 def _descendants(pid: int) -> list[int]:
     """Every descendant's pid, from the kernel's list of each thread's children (cheap:
     psutil's children() reads every process on the host to find them); psutil where the
-    kernel does not offer the list."""
+    kernel does not keep the list. A process that exits meanwhile is skipped, not its
+    siblings' branches."""
     out, todo = [], [pid]
-    try:
-        while todo:
-            p = todo.pop()
-            for task in os.scandir(f"/proc/{p}/task"):
-                try:
-                    with open(f"{task.path}/children") as f:
-                        kids = [int(k) for k in f.read().split()]
-                except (FileNotFoundError, ProcessLookupError):
-                    continue
-                out += kids
-                todo += kids
-    except FileNotFoundError:  # the process is gone
-        return out
-    except PermissionError:
+    while todo:
+        p = todo.pop()
         try:
-            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            return []
+            tasks = list(os.scandir(f"/proc/{p}/task"))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone
+        except PermissionError:
+            return _psutil_descendants(pid)
+        for task in tasks:
+            try:
+                with open(f"{task.path}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                if not os.path.exists(task.path):
+                    continue  # the thread or process is gone
+                return _psutil_descendants(pid)  # no child lists in this kernel
+            except PermissionError:
+                return _psutil_descendants(pid)
+            out += kids
+            todo += kids
     return out
+
+
+def _psutil_descendants(pid: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -418,14 +428,11 @@ class _Watch:
         self.seen: dict[int, psutil.Process] = {proc.pid: self.root}
         self.peak_mb = 0.0
         self.killed: tuple[Status, str] | None = None
-        self.tree: list[psutil.Process] = [self.root]
 
     def tree_rss_mb(self) -> float:
         """Summed RSS of the tree; shared pages of forked workers count more than once."""
-        self.tree = [self.root] + [self.seen.get(pid) or _process(pid)
-                                   for pid in _descendants(self.root.pid)]
-        self.tree = [p for p in self.tree if p is not None]
-        procs = self.tree
+        procs = [self.root] + [p for pid in _descendants(self.root.pid)
+                               if (p := self.seen.get(pid) or _process(pid)) is not None]
         total = 0
         for p in procs:
             self.seen.setdefault(p.pid, p)

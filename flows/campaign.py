@@ -32,13 +32,16 @@ MAX_IN_FLIGHT = 256  # iterations at once, at most (each a thread of this proces
 DISPATCH_EVERY_S = 0.25  # how often the slots' load is looked at between completions
 
 
-def stop_reason(lab: Lab, run_started: datetime, in_flight: int = 0) -> str | None:
+def stop_reason(lab: Lab, run_started: datetime,
+                in_flight: set[int] | frozenset[int] = frozenset()) -> str | None:
     """max_proposals counts over the campaign's life (iterations in flight included); the
     wall clock over this run, so a nightly run that resumes a campaign gets its own time. A
     spending cap, or a proposer that keeps failing, stops the proposing too."""
     c = lab.params.campaign
     decisions = lab.archive.all(Decision)
-    if len(decisions) + in_flight >= c.max_proposals:
+    decided = {d.proposal_id for d in decisions}
+    undecided = sum(1 for i in in_flight if proposal_id(lab.name, i) not in decided)
+    if len(decisions) + undecided >= c.max_proposals:
         return f"reached max_proposals={c.max_proposals}"
     if now() - run_started >= timedelta(minutes=c.max_wall_clock_min):
         return f"reached max_wall_clock_min={c.max_wall_clock_min}"
@@ -67,14 +70,15 @@ def iterate(lab: Lab, run_started: datetime) -> str:
     per_iteration = lab.params.evaluation.min_seeds
     running: dict[Future, int] = {}
     lab.activity.stage = "research"
-    with ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="iteration") as pool:
+    pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="iteration")
+    try:
         while True:
             while reason is None and len(running) < MAX_IN_FLIGHT:
                 slots, busy, waiting = lab.engine.load()
                 if not more_iterations(max(slots, 1), busy, waiting, lab.activity.proposing,
                                        len(running), per_iteration, e.ahead):
                     break
-                if (reason := stop_reason(lab, run_started, len(running))) is not None:
+                if (reason := stop_reason(lab, run_started, set(running.values()))) is not None:
                     lab.activity.stage = "stopping"
                     break
                 index = next_index(lab, set(running.values()))
@@ -90,6 +94,14 @@ def iterate(lab: Lab, run_started: datetime) -> str:
                 report_progress(lab, index, future.result())
             if done:
                 record_usage(lab, run_started)
+    except BaseException:
+        # an infrastructure fault (or an interrupt): the engine's trials are cancelled so
+        # the iterations in flight end now instead of running to their decisions
+        lab.activity.stage = "stopping"
+        lab.engine.close()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _iteration(lab: Lab, index: int) -> Decision:
@@ -148,8 +160,10 @@ def campaign(
     try:
         return run_campaign(lab, run_started, confirm)
     finally:
-        record_usage(lab, run_started, final=True)
-        lab.engine.close()
+        try:
+            record_usage(lab, run_started, final=True)
+        finally:
+            lab.engine.close()
 
 
 def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:

@@ -33,13 +33,12 @@ def challenge_champion(
     if vs.p_value is None or vs.p_value >= alpha:
         return Challenge(vs_champion=vs)
     a = lab.params.audit
-    challenges = sum(1 for v in lab.archive.all(AuditVerdict) if v.level >= 2)
-    seeds = lab.replication_seeds(a.replication_seeds, block=challenges)  # fresh every time
+    seeds = lab.replication_seeds(a.replication_seeds, block=lab.replication_block())
     run_matched(lab, None, candidate_id, champion, seeds, split="audit")
     crowned = len(history.champions(lab.archive.all(Decision)))
     level = replication_level(a.replication_alpha, crowned)
     replication = evaluation_of(lab, candidate_id, champion, split="audit",
                                 design=lab.single_look(level, len(seeds)))
-    full = merge(verdict, [replication_check(replication, level)])
+    full = merge(verdict, [replication_check(replication, level)], against=champion)
     lab.archive.put(full)
     return Challenge(vs_champion=vs, replication=replication, verdict=full)

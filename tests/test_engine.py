@@ -23,11 +23,23 @@ def prefect_api(request):
 
 def test_slots_of_a_host():
     assert [s.name for s in local_slots("cpu", None, 1, 3)] == ["cpu0", "cpu1", "cpu2"]
-    gpus = local_slots("gpu", None, 2, 1, gpus=5)  # groups of 2 of 5 GPUs
+    gpus = local_slots("gpu", None, 2, 1, gpus=[0, 1, 2, 3, 4])  # groups of 2 of 5 GPUs
     assert [(s.name, s.gpu) for s in gpus] == [("gpu0", 0), ("gpu2", 2)]
-    assert len(local_slots("gpu", 1, 1, 1, gpus=8)) == 1
+    assert len(local_slots("gpu", 1, 1, 1, gpus=list(range(8)))) == 1
     with pytest.raises(ValueError, match="needs 4 GPUs"):
-        local_slots("gpu", 2, 2, 1, gpus=3)
+        local_slots("gpu", 2, 2, 1, gpus=[0, 1, 2])
+    # CUDA_VISIBLE_DEVICES=4,5: the slots are GPUs 4 and 5, not 0 and 1
+    assert [s.gpu for s in local_slots("gpu", None, 1, 1, gpus=[4, 5])] == [4, 5]
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    from autolab.engine import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert visible_gpus() == [4, 5]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1234abcd")
+    with pytest.raises(ValueError, match="indices, not UUIDs"):
+        visible_gpus()
 
 
 def test_more_iterations_fills_the_slots_then_keeps_ahead():
