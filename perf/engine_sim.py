@@ -3,7 +3,7 @@ process that waits a few seconds) over many simulated slots, with a proposer tha
 its time, from a clean folder.
 
     python perf/engine_sim.py [--slots 64] [--work-s 3] [--proposer-s 1] [--minutes 5]
-                              [--isolation none] [--write KEY]
+                              [--isolation none] [--write [KEY]]
 
 Prints the run's usage as JSON and, with --write, merges it into perf/results.json: the
 duty cycle over the research stage (from the first iteration to the stop: what the
@@ -39,8 +39,14 @@ def main() -> None:
     ap.add_argument("--ahead", type=int, default=1)
     ap.add_argument("--isolation", default="none", help="the sandbox mode (none: the cheapest "
                     "process start, so the orchestration is what is measured)")
-    ap.add_argument("--write", metavar="KEY", help=f"merge the result into {RESULTS}")
+    ap.add_argument("--write", metavar="KEY", nargs="?", const="sim64",
+                    help=f"merge the result into {RESULTS} under KEY (default sim64)")
+    ap.add_argument("--from-output", metavar="FILE", help="write the JSON line an earlier "
+                    "run printed (saved to FILE) instead of running again")
     args = ap.parse_args()
+    if args.from_output:
+        write(headline(json.loads(Path(args.from_output).read_text())), args.write or "sim64")
+        return
 
     with tempfile.TemporaryDirectory(prefix="autolab-engine-sim-") as tmp:
         root = Path(tmp)
@@ -102,11 +108,24 @@ def main() -> None:
         "idle_slot_s_research": idle_of(usage.research),
         "idle_slot_s_whole_run": idle_of(usage.slots),
     }
+    result = headline(result)
     print(json.dumps(result))
     if args.write:
-        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        merged[args.write] = result
-        RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
+        write(result, args.write)
+
+
+def headline(result: dict) -> dict:
+    """The figures results.json names: the research stage's duty cycle (what the engine
+    controls) and the engine's overhead per trial."""
+    return {**result, "duty_cycle": result["duty_cycle_research"],
+            "overhead_s_per_trial": result["placement_s_per_trial"]}
+
+
+def write(result: dict, key: str) -> None:
+    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged[key] = result
+    merged.pop("engine_sim64", None)  # the key's earlier name
+    RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
 
 
 if __name__ == "__main__":

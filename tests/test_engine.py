@@ -128,6 +128,24 @@ def test_trials_spread_over_the_slots_and_the_same_trial_runs_once(tmp_path):
     assert 0 < usage.duty_cycle() <= 1
 
 
+def test_a_trial_killed_at_its_time_limit_frees_its_slot(tmp_path):
+    """One slot: a trial that outlives its wall clock is killed and recorded as a timeout,
+    and the next trial runs on the same slot."""
+    bench = get_benchmark("noop-sleep")
+    hung = _job(tmp_path, bench, 1)
+    hung.setup = {**hung.setup, "budget": {**hung.setup["budget"], "amount": 30_000,
+                                           "wall_clock_s": 2.0}}
+    engine = Engine([Slot("cpu0", None)], interval_s=0.05)
+    try:
+        first = engine.run(hung)
+        second = engine.run(_job(tmp_path, bench, 2))
+    finally:
+        engine.close()
+    assert first.status == "failed" and first.failure == "timeout", first.reason
+    assert first.wall_s < 20
+    assert second.status == "ok" and second.slot == first.slot == "cpu0"
+
+
 @pytest.mark.slow
 def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, prefect_api):
     """noop-sleep on 4 slots with 2 iterations ahead: the iterations overlap, every index
