@@ -32,6 +32,15 @@ def test_slots_of_a_host():
     assert [s.gpu for s in local_slots("gpu", None, 1, 1, gpus=[4, 5])] == [4, 5]
 
 
+def test_a_multi_gpu_benchmark_s_slot_is_a_group_of_gpus():
+    bench = get_benchmark("speedrun")
+    per = bench.gpus_per_trial
+    assert per == bench.preset.nproc
+    slots = local_slots("gpu", None, per, 1, gpus=list(range(2 * per)))
+    assert [s.gpu for s in slots] == [0, per]
+    assert get_benchmark("speedrun-cpu").gpus_per_trial == 1
+
+
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     from autolab.engine import visible_gpus
 

@@ -96,6 +96,11 @@ class Speedrun:
     allowed_attrs: frozenset[str] = frozenset({"compile"})  # torch.compile
     redteam_overrides: dict = {"evaluation": {"parallel_trials": 1}}
 
+    @property
+    def gpus_per_trial(self) -> int:
+        """The engine's slot for this benchmark: as many GPUs as the trial's ranks."""
+        return self.preset.nproc if self.hardware == "gpu" else 1
+
     # -- files ----------------------------------------------------------------------------
 
     def seed_files(self, variant: str = "default") -> dict[str, str]:
