@@ -236,6 +236,9 @@ class EngineParams(_Strict):
                                       "own (speedrun: its ranks)")
     ahead: int = Field(1, ge=0, le=64, description="iterations in flight beyond those that "
                        "fill the slots: their proposals are made while trials run")
+    max_in_flight: int | None = Field(None, ge=1, le=256, description="iterations at once, "
+                                      "at most; null: slots + ahead. 1: one after another, "
+                                      "each proposal seeing every earlier decision")
     sample_s: float = Field(0.2, gt=0, le=10, description="duty-cycle sampling interval")
 
 

@@ -199,15 +199,14 @@ class Activity:
 
 
 def more_iterations(slots: int, busy: int, waiting: int, proposing: int, running: int,
-                    per_iteration: int, ahead: int) -> bool:
+                    per_iteration: int, ahead: int, cap: int | None = None) -> bool:
     """Whether the campaign should start another iteration now: while the trials waiting
     for a slot, and those the proposals being made will bring (`per_iteration` each), do
     not cover the free slots plus `ahead` iterations' worth. At most slots + ahead
-    iterations run at once; with ahead = 0 and no more slots than one look's trials,
-    iterations run one after another."""
+    iterations run at once (or `cap`)."""
     if running == 0:
         return True
-    if running >= slots + ahead:
+    if running >= (cap if cap is not None else slots + ahead):
         return False
     coming = waiting + proposing * per_iteration
     return coming < (slots - busy) + ahead * per_iteration

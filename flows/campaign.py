@@ -76,7 +76,7 @@ def iterate(lab: Lab, run_started: datetime) -> str:
             while reason is None and len(running) < MAX_IN_FLIGHT:
                 slots, busy, waiting = lab.engine.load()
                 if not more_iterations(max(slots, 1), busy, waiting, lab.activity.proposing,
-                                       len(running), per_iteration, e.ahead):
+                                       len(running), per_iteration, e.ahead, e.max_in_flight):
                     break
                 if (reason := stop_reason(lab, run_started, set(running.values()))) is not None:
                     lab.activity.stage = "stopping"

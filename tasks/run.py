@@ -80,10 +80,9 @@ def _campaign_task(lab: Lab):
 
 def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
                stop_if_fails: str | None = None) -> list[Trial]:
-    """(candidate, seed) jobs, each its own task run: on the engine all at once (it queues
-    them for its slots), in-process `parallel_trials` at a time. With `stop_if_fails`, no
-    new batch starts once a trial of that candidate has failed (on the engine a batch is
-    the whole look)."""
+    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run (on the
+    engine's slots, shared with the other iterations in flight). With `stop_if_fails`, no
+    new batch starts once a trial of that candidate has failed."""
     runner = _campaign_task(lab)
     trials: list[Trial] = []
     todo = []
@@ -93,8 +92,8 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
             trials.append(done)
         else:
             todo.append((c, s))
-    width = len(todo) if lab.engine is not None else lab.params.evaluation.parallel_trials
-    for i in range(0, len(todo), max(width, 1)):
+    width = lab.params.evaluation.parallel_trials
+    for i in range(0, len(todo), width):
         batch = todo[i : i + width]
         lab.activity.asked(len(batch))  # the engine's load counts them from now
         returned = 0

@@ -23,6 +23,9 @@ def write_params(
             "max_wall_clock_min": 30,
         },
         "evaluation": {"min_seeds": 3, "max_seeds": 4, "test_seeds": 3},
+        # one iteration at a time, as the scripted sequences of the tests assume; the
+        # engine's tests (and the kill -9 test) set their own
+        "engine": {"max_in_flight": 1},
         "paths": {
             "workdir": str(tmp / "runs"),
             "prepared_dir": str(tmp / "artifacts"),

@@ -283,10 +283,10 @@ def test_the_same_campaign_decides_the_same_on_sqlite_and_postgres(tmp_path, pos
     for label, url in (("sqlite", None), ("postgres", postgres_url)):
         folder = tmp_path / label
         folder.mkdir()
-        # one slot and nothing ahead: one iteration at a time, so each proposal sees the
-        # same history in both runs
+        # one iteration at a time (the helper's engine.max_in_flight): each proposal sees
+        # the same history in both runs
         params = write_params(folder, max_proposals=2, tracking={"mlflow": False},
-                              archive={"url": url}, engine={"slots": 1, "ahead": 0})
+                              archive={"url": url})
         result = campaign(params_path=str(params))
         archive = campaign_archive(load_params(params))
         runs[label] = (result["champion"],

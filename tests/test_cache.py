@@ -73,7 +73,7 @@ def named(name: str, **more) -> dict:
 def reuse(prefect_api, tmp_path_factory) -> SimpleNamespace:
     from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    import tasks.run
+    import autolab.runner
     from flows.campaign import campaign
 
     tmp = tmp_path_factory.mktemp("reuse")
@@ -82,8 +82,8 @@ def reuse(prefect_api, tmp_path_factory) -> SimpleNamespace:
     ns = SimpleNamespace(tmp=tmp, params=params, home=tmp / "prefect-home")
     with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_HOME: ns.home}):
         ns.storage = PREFECT_LOCAL_STORAGE_PATH.value()
-        counter = Counter(tasks.run.run_in_sandbox)
-        mp.setattr("tasks.run.run_in_sandbox", counter)
+        counter = Counter(autolab.runner.run_trial)
+        mp.setattr("autolab.runner.run_trial", counter)  # what the engine's slots call
         mp.setattr("autolab.lab.make_proposer", lambda _p: Behind())
         campaign(params_path=str(params), overrides=named("first"), confirm=False)
         ns.ran_first = counter.take()

@@ -63,8 +63,9 @@ def test_more_iterations_fills_the_slots_then_keeps_ahead():
     # 16 free slots: proposals are started until their trials would cover them
     assert more_iterations(16, 0, 0, 3, 3, per_iteration=4, ahead=1)
     assert not more_iterations(16, 0, 0, 5, 5, per_iteration=4, ahead=1)
-    # never more than slots + ahead at once
+    # never more than slots + ahead at once, or the cap
     assert not more_iterations(4, 0, 0, 0, 5, per_iteration=1, ahead=1)
+    assert not more_iterations(16, 0, 0, 0, 1, per_iteration=4, ahead=1, cap=1)
 
 
 def test_idle_reasons_name_what_the_orchestrator_waits_for():
@@ -165,7 +166,8 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=8,
                           evaluation={"min_seeds": 2, "max_seeds": 4, "test_seeds": 2,
                                       "parallel_trials": 2},
-                          engine={"slots": 4, "ahead": 2}, budget={"amount": 400},
+                          engine={"slots": 4, "ahead": 2, "max_in_flight": None},
+                          budget={"amount": 400},
                           proposer={"kind": "offline", "offline_delay_s": 0.3},
                           sandbox={"isolation": "none", "allow_unisolated": True},
                           tracking={"mlflow": False})
@@ -244,7 +246,8 @@ def test_workers_started_elsewhere_are_the_slots(tmp_path, prefect_api):
         params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=3,
                               evaluation={"min_seeds": 2, "max_seeds": 2, "test_seeds": 2,
                                           "parallel_trials": 2},
-                              engine={"address": address}, budget={"amount": 200},
+                              engine={"address": address, "max_in_flight": None},
+                              budget={"amount": 200},
                               sandbox={"isolation": "none", "allow_unisolated": True},
                               proposer={"kind": "offline"}, tracking={"mlflow": False})
         t0 = time.monotonic()

@@ -55,7 +55,8 @@ def same_record(path: str, old: bytes, new: bytes | None) -> bool:
 
 
 def test_sigkill_then_resume(tmp_path, prefect_api):
-    params = write_params(tmp_path, max_proposals=8)
+    # iterations in flight at once (the engine's default), so the kill lands among them
+    params = write_params(tmp_path, max_proposals=8, engine={"max_in_flight": None})
     env = dict(
         os.environ,
         PREFECT_HOME=str(tmp_path / "prefect-home"),
