@@ -164,6 +164,7 @@ def campaign(
             record_usage(lab, run_started, final=True)
         finally:
             lab.engine.close()
+            lab.archive.close()  # SQLite folds its write-ahead log into the file now
 
 
 def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:
