@@ -108,7 +108,7 @@ def _iteration(lab: Lab, index: int) -> Decision:
     """The iteration's DAG as task runs of this campaign's run, tagged `iteration-<index>`.
     Not a subflow: a subflow's start and end are blocking calls to Prefect's server, and
     with many iterations in flight they queued on its database (a 16-slot campaign kept
-    its slots 19% busy that way, 81% this way: RESULTS.md)."""
+    its slots 19-60% busy that way, 81% this way: RESULTS.md)."""
     try:
         with tags(f"iteration-{index}"):
             return iteration.fn(lab, index)
