@@ -289,7 +289,6 @@ class Engine:
         else:
             self.client = Client(address, set_as_default=False, timeout=60)
         self._lock = threading.Lock()
-        self._outstanding = 0  # submitted and not returned
         self._running: dict[str, object] = {}  # trial id -> its Dask future
         self._overheads: list[float] = []
         self._trials: Counter[str] = Counter()
@@ -319,7 +318,6 @@ class Engine:
                 future = self.client.submit(run_job, job, key=key, pure=False,
                                             resources={SLOT: 1})
                 self._running[job.trial_id] = future
-                self._outstanding += 1
                 owner = True
             else:
                 owner = False
@@ -328,7 +326,6 @@ class Engine:
         finally:
             if owner:
                 with self._lock:
-                    self._outstanding -= 1
                     self._running.pop(job.trial_id, None)
         if owner:
             # what the engine adds to a trial: from submit to result, less the time queued
@@ -385,10 +382,6 @@ class Engine:
         """(slots, slots running a trial, trials waiting for a slot) at the last sample."""
         return self._last
 
-    def outstanding(self) -> int:
-        """Trials submitted and not yet returned."""
-        with self._lock:
-            return self._outstanding
 
     def usage(self) -> Usage:
         with self._lock:
