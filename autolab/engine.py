@@ -382,7 +382,6 @@ class Engine:
         """(slots, slots running a trial, trials waiting for a slot) at the last sample."""
         return self._last
 
-
     def usage(self) -> Usage:
         with self._lock:
             overheads = list(self._overheads)
