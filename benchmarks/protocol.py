@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from enum import StrEnum
@@ -314,10 +315,50 @@ class BenchmarkFamily(Protocol):
         ...
 
 
+_GPU_TABLE: dict[int, tuple[str, int]] = {}  # kept once read; a failed read is tried again
+
+
+def gpu_identities() -> dict[int, tuple[str, int]]:
+    """Each GPU's (UUID, device-node minor number) by nvidia-smi index; empty without a
+    driver. The minor numbers come from /proc/driver/nvidia, matched by UUID, because an
+    index need not be its node's number."""
+    if _GPU_TABLE:
+        return dict(_GPU_TABLE)
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if done.returncode != 0:
+        return {}
+    out = done.stdout
+    minors: dict[str, int] = {}
+    for info in Path("/proc/driver/nvidia/gpus").glob("*/information"):
+        fields = dict(line.split(":", 1) for line in info.read_text().splitlines() if ":" in line)
+        if "GPU UUID" in fields and "Device Minor" in fields:
+            minors[fields["GPU UUID"].strip()] = int(fields["Device Minor"])
+    table = {}
+    for line in out.splitlines():
+        index, _, uuid = (x.strip() for x in line.partition(","))
+        if index.isdigit() and uuid:
+            table[int(index)] = (uuid, minors.get(uuid, int(index)))
+    _GPU_TABLE.update(table)
+    return table
+
+
+def cuda_visible(indices: list[int] | tuple[int, ...]) -> str:
+    """CUDA_VISIBLE_DEVICES for a step on these GPUs: their UUIDs, which name the same
+    GPUs however CUDA numbers the devices a sandbox leaves it (a step sees only its own
+    nodes); plain indices where nvidia-smi gives no UUIDs."""
+    table = gpu_identities()
+    return ",".join(table[i][0] if i in table else str(i) for i in indices)
+
+
 def gpu_device_nodes(index: int) -> tuple[str, ...]:
     """The device nodes a step on GPU `index` needs: its own /dev/nvidiaN and the shared
     control nodes; the other GPUs' nodes stay hidden."""
-    nodes = [f"/dev/nvidia{index}", "/dev/nvidiactl", "/dev/nvidia-uvm",
+    minor = gpu_identities().get(index, ("", index))[1]
+    nodes = [f"/dev/nvidia{minor}", "/dev/nvidiactl", "/dev/nvidia-uvm",
              "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
     return tuple(n for n in nodes if os.path.exists(n))
 

@@ -11,7 +11,8 @@
 #   perf/nanochat_gpu.sh campaign-start PARAMS [STATE.tgz]   # autolab run in the background,
 #                                         # detached, from a frozen copy of the code in $SRC
 #                                         # ($SRC_TAR: a `git archive` of the commit to run);
-#                                         # STATE.tgz: what `collect` packed, to resume
+#                                         # STATE.tgz: what `collect` packed, to resume;
+#                                         # RUN_ARGS: more for autolab run (--no-confirm)
 #   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
@@ -97,7 +98,7 @@ PY
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
-    setsid nohup .venv/bin/autolab run --params "$1" >>/root/campaign.log 2>&1 </dev/null &
+    setsid nohup .venv/bin/autolab run --params "$1" ${RUN_ARGS:-} >>/root/campaign.log 2>&1 </dev/null &
     echo $! >/root/campaign.pid; sleep 5; tail -5 /root/campaign.log ;;
   campaign-wait)
     end=$((SECONDS + $1))
@@ -116,6 +117,7 @@ PY
     name=$(.venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")
     mkdir -p "$2"
     .venv/bin/autolab report --params "$1" || true
+    .venv/bin/autolab status --params "$1" >"$2/status-$name.txt" 2>&1 || true
     tar -czf "$2/campaign-$name.tgz" "runs/$name/archive" mlruns reports /root/campaign.log
     ls -la "$2" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;

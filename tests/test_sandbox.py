@@ -74,6 +74,29 @@ def test_exit_code_113_without_guard_line_is_still_integrity(tmp_path: Path) -> 
     assert r.status == "integrity" and r.guard == "" and "exit code 113" in r.reason
 
 
+def test_a_step_is_watched_with_many_descriptors_open(tmp_path: Path) -> None:
+    """An orchestrator with many trials running holds more than 1024 descriptors: the
+    watch's wait on the step's exit must work with a descriptor numbered above that."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if min(hard, 4096) < 1200:
+        pytest.skip("this host allows fewer than 1200 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        t0 = time.monotonic()
+        r = run_code(tmp_path, "import time; time.sleep(1.5)")
+        assert r.status == "ok", r.reason
+        assert time.monotonic() - t0 < 1.5 + 2  # its exit ended the wait, not a timeout
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_hang_is_killed_on_time(
     tmp_path: Path, isolation: str, live_processes, wait_until
 ) -> None:

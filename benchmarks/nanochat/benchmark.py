@@ -38,6 +38,7 @@ from benchmarks.protocol import (
     Score,
     SearchSpace,
     TrialContext,
+    cuda_visible,
     gpu_device_nodes,
 )
 
@@ -203,7 +204,7 @@ class NanoChat:
         env: dict[str, str] = {}
         if p.device == "cuda":  # the driver's and toolkit's locations, where the host sets them
             env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
-            env["CUDA_VISIBLE_DEVICES"] = str(ctx.gpu or 0)
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible([ctx.gpu or 0])
         train_env = env | {v: str(cache / v.split("_")[0].lower()) for v in CACHE_ENV_VARS}
         model = ("--model", str(ctx.outputs("train")))
         startup = p.startup_s + ctx.budget.amount + 30.0

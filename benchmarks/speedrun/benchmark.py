@@ -47,6 +47,7 @@ from benchmarks.protocol import (
     Score,
     SearchSpace,
     TrialContext,
+    cuda_visible,
     gpu_device_nodes,
 )
 from benchmarks.speedrun import prepare as _prepare
@@ -171,7 +172,7 @@ class Speedrun:
             gpus = self.gpus(ctx)
             cache = self._kernel_cache(ctx)
             env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible(gpus)
             env |= {v: str(cache / v.split("_")[0].lower()) for v in CACHE_ENV_VARS}
             devices = tuple(dict.fromkeys(n for g in gpus for n in gpu_device_nodes(g)))
             extra = dict(devices=devices, host_read=GPU_HOST_READ, allow_subprocess=True,
