@@ -10,7 +10,9 @@ whole or absent. Everything else (Prefect state, MLflow, reports) is derived fro
 Reads of whole kinds go through a cache of parsed records, checked on every read against
 the campaign's revision (bumped by each write, in commit order), which fetches only what
 other writers added since: a campaign with 100,000 trials reads them once, not once per
-iteration. Records handed out are shared with the cache: copy them to change them.
+iteration. Records handed out are shared with the cache: copy them to change them. What
+is derived from many records (the search state, the research memory, the spend) is kept
+up to date from the records `since` says were added, not made again from all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
@@ -29,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 
 from autolab.db import engine as db
 from autolab.db import schema
-from autolab.db.cache import RecordCache, field_of, order_key
+from autolab.db.cache import Changes, RecordCache, field_of, order_key
 from autolab.records import (
     AuditVerdict,
     CampaignRecord,
@@ -70,6 +73,11 @@ SNAPSHOT = sa.select(FILES.c.path, FILES.c.text).where(
     FILES.c.campaign == _name, FILES.c.candidate_id == sa.bindparam("candidate"))
 TEXT = sa.select(TEXTS.c.text).where(TEXTS.c.campaign == _name,
                                      TEXTS.c.path == sa.bindparam("path"))
+_ON_DAY = (RECORDS.c.kind == KINDS[Spend], RECORDS.c.created_at >= sa.bindparam("start"),
+           RECORDS.c.created_at < sa.bindparam("end"))
+SPENT = sa.select(RECORDS.c.campaign, RECORDS.c.id, RECORDS.c.revision).where(*_ON_DAY)
+SPENT_BODIES = sa.select(RECORDS.c.campaign, RECORDS.c.id, RECORDS.c.revision,
+                         RECORDS.c.body).where(*_ON_DAY)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -128,6 +136,7 @@ class Archive:
         self._cache: dict[type[BaseModel], RecordCache] = {}
         self._revision = 0
         self._files: dict[str, dict[str, str]] = {}
+        self._spent: tuple[date | None, dict[tuple[str, str], tuple[int, Spend]]] = (None, {})
         if create or self._exists():
             self._open()
 
@@ -260,14 +269,15 @@ class Archive:
         self._applied(revision, [], [(kind, record_id)])
 
     # -- reading ----------------------------------------------------------------------------
-    def _sync(self, want: type[BaseModel] | None = None) -> None:
-        """Bring the cache to the database's revision, loading `want` whole if it is new."""
+    def _sync(self, *want: type[BaseModel]) -> None:
+        """Bring the cache to the database's revision, loading the kinds in `want` whole if
+        they are new to it."""
         engine = self._reader()
         if engine is None:  # nothing written yet: what is written later comes as changes
-            if want is not None:
-                self._cache.setdefault(want, RecordCache())
+            for kind in want:
+                self._cache.setdefault(kind, RecordCache())
             return
-        load = want is not None and want not in self._cache
+        load = [k for k in dict.fromkeys(want) if k not in self._cache]
         with db.reading(engine) as conn:
             revision = conn.execute(REVISION, {"name": self.name}).scalar() or 0
             if revision == self._revision and not load:
@@ -283,9 +293,9 @@ class Archive:
                     sa.select(MOVED.c.kind, MOVED.c.id).where(
                         MOVED.c.campaign == self.name, MOVED.c.kind.in_(kinds),
                         MOVED.c.revision > self._revision)).all()
-            whole = conn.execute(sa.select(RECORDS.c.body).where(
-                RECORDS.c.campaign == self.name, RECORDS.c.kind == KINDS[want])
-                .order_by(RECORDS.c.created_at, RECORDS.c.id)).scalars().all() if load else []
+            whole = {kind: conn.execute(sa.select(RECORDS.c.body).where(
+                RECORDS.c.campaign == self.name, RECORDS.c.kind == KINDS[kind])
+                .order_by(RECORDS.c.created_at, RECORDS.c.id)).scalars().all() for kind in load}
         fresh = set()
         for kind, body in changed:
             record = MODELS[kind].model_validate_json(body)
@@ -294,8 +304,8 @@ class Archive:
         for kind, record_id in gone:
             if (kind, record_id) not in fresh:  # a live row newer than its supersession stays
                 self._cache[MODELS[kind]].remove(record_id)
-        if load:  # in archive order already, from the index
-            self._cache[want] = RecordCache([want.model_validate_json(b) for b in whole])
+        for kind, bodies in whole.items():  # in archive order already, from the index
+            self._cache[kind] = RecordCache([kind.model_validate_json(b) for b in bodies])
         self._revision = revision
 
     def get(self, kind: type[R], record_id: str) -> R | None:
@@ -338,6 +348,27 @@ class Archive:
         with self._lock:
             self._sync(Trial)
             return dict(self._cache[Trial].grouped())
+
+    def since(self, marks: Mapping[type[BaseModel], tuple[int, int] | None]
+              ) -> dict[type[BaseModel], Changes]:
+        """For each kind in `marks`, the records added since its mark, the one an earlier
+        call returned (None the first time): for what is derived from many records and kept
+        up to date from the few new ones. `Changes` says whether they are every record
+        instead (the reader starts over: the first call, or a record replaced or removed
+        since), whether they all come after those the reader had, and the mark to give
+        next time."""
+        with self._lock:
+            self._sync(*marks)
+            return {kind: self._cache[kind].since(mark) for kind, mark in marks.items()}
+
+    def trials_since(self, mark: tuple[int, int] | None
+                     ) -> tuple[dict[str, tuple[Trial, ...]], bool, tuple[int, int]]:
+        """As `since`, for trials by candidate: the candidates whose trials changed since
+        `mark`, each with its trials in archive order (none left: an empty tuple), or every
+        candidate's when the reader starts over."""
+        with self._lock:
+            self._sync(Trial)
+            return self._cache[Trial].regrouped(mark)
 
     def revision(self) -> int:
         """The campaign's revision: it changes whenever one of its records does."""
@@ -438,16 +469,25 @@ class Archive:
 
     # -- every campaign in the database -----------------------------------------------------
     def spend_on(self, day: date) -> list[Spend]:
-        """Every campaign's paid attempts on a UTC day, in this archive's database."""
+        """Every campaign's paid attempts on a UTC day, in this archive's database. Each is
+        parsed once: a later call reads which rows there are, and the bodies of the new."""
         engine = self._reader()
         if engine is None:
             return []
         start = datetime(day.year, day.month, day.day)
-        with engine.connect() as conn:
-            bodies = conn.execute(sa.select(RECORDS.c.body).where(
-                RECORDS.c.kind == KINDS[Spend], RECORDS.c.created_at >= start,
-                RECORDS.c.created_at < start + timedelta(days=1))).scalars().all()
-        return [Spend.model_validate_json(b) for b in bodies]
+        span = {"start": start, "end": start + timedelta(days=1)}
+        with self._lock, db.reading(engine) as conn:
+            if self._spent[0] != day:
+                self._spent = (day, {})
+            seen = self._spent[1]  # (campaign, id) -> (revision, the attempt)
+            rows = conn.execute(SPENT, span).all()
+            new = {i for c, i, r in rows if seen.get((c, i), (None,))[0] != r}
+            if new:
+                bodies = conn.execute(SPENT_BODIES, span) if len(new) > 500 else \
+                    conn.execute(SPENT_BODIES.where(RECORDS.c.id.in_(sorted(new))), span)
+                for c, i, r, body in bodies:
+                    seen[(c, i)] = (r, Spend.model_validate_json(body))
+            return [seen[(c, i)][1] for c, i, _ in rows]
 
     def legacy_files(self) -> bool:
         """Whether the folder holds an archive in the file layout of earlier versions."""

@@ -235,7 +235,9 @@ class EngineParams(_Strict):
     gpus_per_slot: int | None = Field(None, ge=1, le=64, description="null: the benchmark's "
                                       "own (speedrun: its ranks)")
     ahead: int = Field(1, ge=0, le=64, description="iterations in flight beyond those that "
-                       "fill the slots: their proposals are made while trials run")
+                       "fill the slots, at least: their proposals are made while trials run; "
+                       "more are kept when trials come back faster than proposals are made. "
+                       "0: none")
     max_in_flight: int | None = Field(None, ge=1, le=256, description="iterations at once, "
                                       "at most; null: slots + ahead. 1: one after another, "
                                       "each proposal seeing every earlier decision")

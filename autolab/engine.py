@@ -20,13 +20,14 @@ decision being taken, the run draining).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import subprocess
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +141,19 @@ def run_job(job: TrialJob) -> Trial:
 class Activity:
     """Counts of iterations in each phase, set by the campaign as they go."""
 
-    def __init__(self) -> None:
+    RATE_WINDOW_S = 120.0  # returned trials counted over this long for the rate
+    LATENCIES = 16  # proposals whose time to a built candidate is the latency's median
+
+    def __init__(self, clock=time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._phases: Counter[str] = Counter()
         self._pending = 0  # trials asked for and not yet returned (queued, placed or running)
-        self._unproposed: set[int] = set()  # iterations started, their candidate not built yet
+        self._unproposed: dict[int, float] = {}  # iterations started, their candidate not
+        # built yet, with when they started
+        self._returned: deque[float] = deque()  # when trials came back, the last window's
+        self._latencies: deque[float] = deque(maxlen=self.LATENCIES)
+        self._first_ask: float | None = None
         # the run's stage: "start" (the seed's baseline), "research" (iterations being
         # started), "stopping" (a stop reached: those in flight finish, then confirmation)
         self.stage = "start"
@@ -152,12 +161,14 @@ class Activity:
     def starting(self, index: int) -> None:
         """Iteration `index` was started: until `proposed`, its trials are still to come."""
         with self._lock:
-            self._unproposed.add(index)
+            self._unproposed.setdefault(index, self._clock())
 
     def proposed(self, index: int) -> None:
         """Iteration `index` has its candidate built (or ended without one)."""
         with self._lock:
-            self._unproposed.discard(index)
+            started = self._unproposed.pop(index, None)
+            if started is not None:
+                self._latencies.append(self._clock() - started)
 
     @property
     def proposing(self) -> int:
@@ -165,10 +176,36 @@ class Activity:
         with self._lock:
             return len(self._unproposed)
 
-    def asked(self, n: int) -> None:
-        """n more trials asked for (negative: returned)."""
+    def asked(self, n: int, returned: bool = True) -> None:
+        """n more trials asked for (negative: returned; `returned=False`: given up on,
+        which the rate of returned trials does not count)."""
         with self._lock:
             self._pending += n
+            if n > 0 and self._first_ask is None:
+                self._first_ask = self._clock()
+            if n < 0 and returned:
+                now = self._clock()
+                self._returned.extend([now] * -n)
+                self._forget_old(now)
+
+    def _forget_old(self, now: float) -> None:
+        """Drop the returns older than the rate's window (the lock held)."""
+        while self._returned and self._returned[0] < now - self.RATE_WINDOW_S:
+            self._returned.popleft()
+
+    def ending_soon(self) -> int:
+        """Trials the slots will hand back while one more proposal is being made: the rate
+        at which trials came back over the last window times the median time from an
+        iteration's start to its built candidate. A queue that covers them keeps the slots
+        busy through a proposer's thinking (0 until both have been seen)."""
+        with self._lock:
+            now = self._clock()
+            self._forget_old(now)
+            if not self._returned or not self._latencies or self._first_ask is None:
+                return 0
+            span = max(min(now - self._first_ask, self.RATE_WINDOW_S), 1.0)
+            latency = sorted(self._latencies)[len(self._latencies) // 2]
+            return math.ceil(len(self._returned) / span * latency)
 
     @property
     def pending(self) -> int:
@@ -292,6 +329,7 @@ class Engine:
         self._running: dict[str, object] = {}  # trial id -> its Dask future
         self._overheads: list[float] = []
         self._trials: Counter[str] = Counter()
+        self._research_trials: Counter[str] = Counter()  # those that ended in that stage
         self._monitor = _Monitor(interval_s)
         self._last: tuple[int, int, int] = (0, 0, 0)  # slots, busy, waiting: the last sample
         self._stop = threading.Event()
@@ -334,6 +372,8 @@ class Engine:
             with self._lock:
                 self._overheads.append(max(0.0, time.monotonic() - t0 - queued - trial.wall_s))
                 self._trials[trial.slot] += 1
+                if self.activity.stage == "research":
+                    self._research_trials[trial.slot] += 1
         return trial
 
     def _result(self, future) -> Trial:
@@ -388,7 +428,8 @@ class Engine:
             trials = Counter(self._trials)
             slots = [s.model_copy(update={"trials": trials.get(s.slot, 0)}, deep=True)
                      for _, s in sorted(self._monitor.slots.items())]
-            research = [s.model_copy(deep=True)
+            done = Counter(self._research_trials)
+            research = [s.model_copy(update={"trials": done.get(s.slot, 0)}, deep=True)
                         for _, s in sorted(self._monitor.research.items())]
         return Usage(started=self._monitor.started, ended=time.time(),
                      interval_s=self._monitor.interval_s, slots=slots, research=research,
@@ -415,8 +456,11 @@ def _local_cluster(slots: list[Slot]):
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # every in-process worker would sample the host's CPU, memory, disk and network twice a
-    # second: with many slots that costs more than the trials' own orchestration
+    # second, its own stacks every 10 ms (the profiler) and its event loop's lag every
+    # 20 ms: with many slots that costs more than the trials' own orchestration
     dask.config.set({"distributed.admin.system-monitor.interval": "10s",
+                     "distributed.worker.profile.enabled": False,
+                     "distributed.admin.tick.interval": "1s",
                      "distributed.admin.system-monitor.disk": False,
                      "distributed.admin.system-monitor.host-cpu": False,
                      "distributed.worker.memory.monitor-interval": "10s",

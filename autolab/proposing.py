@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from autolab.archive import Archive
 from autolab.family import read_related
@@ -44,7 +44,7 @@ from autolab.records import (
     content_key,
 )
 from autolab.selection import Plan, SearchState, plan_next, search_state
-from autolab.spend import cap_reached, total, usd_left
+from autolab.spend import attempts_of, cap_reached, total, usd_left
 from benchmarks.protocol import Knob
 
 BEST_SHOWN = 3
@@ -57,25 +57,70 @@ def proposal_id(campaign: str, index: int) -> str:
 # -- the request ----------------------------------------------------------------------------
 
 
-@dataclass
 class Memory:
-    """The archive read once per proposal: every view and history item comes from here."""
+    """The archive as a proposal reads it: candidates, proposals and evaluations by id, and
+    the decisions in archive order; every view and history item comes from here.
 
-    archive: Archive
-    candidates: dict[str, Candidate]
-    proposals: dict[str, Proposal]
-    decisions: list[Decision]
-    evaluations: dict[str, Evaluation]
+    One per open archive, shared, and brought up to date by each `load` from the records
+    added since the last one. Records are only added (a record replaced or removed, or a
+    decision added before the newest one, starts it over in new containers), so what a
+    Memory held it still holds, with perhaps newer records. `log` lists the records in the
+    order they came in, for what is derived from them (`Recall`)."""
+
+    KINDS = (Candidate, Proposal, Evaluation, Decision)
+
+    def __init__(self, archive: Archive) -> None:
+        # weakly: the memory is kept by its archive (_MEMORIES), not the other way round,
+        # so an archive nothing else uses is freed with what was kept for it
+        self._archive = weakref.ref(archive)
+        self.lock = threading.Lock()
+        self.marks: dict[type, tuple[int, int]] = {}
+        self.candidates: dict[str, Candidate] = {}
+        self.proposals: dict[str, Proposal] = {}
+        self.evaluations: dict[str, Evaluation] = {}
+        self.decisions: list[Decision] = []
+        self.log: list[Candidate | Proposal | Evaluation | Decision] = []
+
+    @property
+    def archive(self) -> Archive:
+        archive = self._archive()
+        if archive is None:
+            raise RuntimeError("the archive of this memory was closed and freed")
+        return archive
 
     @classmethod
     def load(cls, archive: Archive) -> Memory:
-        return cls(archive, {c.id: c for c in archive.all(Candidate)},
-                   {p.id: p for p in archive.all(Proposal)}, archive.all(Decision),
-                   {e.id: e for e in archive.all(Evaluation)})
+        memory = _MEMORIES.get(archive)
+        if memory is None:
+            memory = _MEMORIES.setdefault(archive, cls(archive))
+        with memory.lock:
+            memory.update()
+        return memory
+
+    def update(self) -> None:
+        changes = self.archive.since({k: self.marks.get(k) for k in self.KINDS})
+        if any(c.whole for c in changes.values()) or not changes[Decision].at_end:
+            changes |= self.archive.since({k: None for k, c in changes.items() if not c.whole})
+            # new containers, filled before they replace the old: a reader sees either whole
+            held = ({}, {}, {}, [], [])
+        else:
+            held = (self.candidates, self.proposals, self.evaluations, self.decisions, self.log)
+        candidates, proposals, evaluations, decisions, log = held
+        for kind, by_id in ((Candidate, candidates), (Proposal, proposals),
+                            (Evaluation, evaluations)):
+            by_id.update((r.id, r) for r in changes[kind].records)
+        decisions += changes[Decision].records
+        for c in changes.values():
+            log += c.records
+        self.marks = {k: c.mark for k, c in changes.items()}
+        self.candidates, self.proposals, self.evaluations, self.decisions, self.log = held
 
     def trials_of(self, candidate_id: str) -> list[Trial]:
         """Read only for what needs them (a failure's log, a profile)."""
         return self.archive.trials_of(candidate_id)
+
+
+_MEMORIES: weakref.WeakKeyDictionary[Archive, Memory] = weakref.WeakKeyDictionary()
 
 
 def view(lab: Lab, state: SearchState, memory: Memory, candidate_id: str) -> CandidateView:
@@ -116,39 +161,116 @@ class KnobValues:
         return found
 
 
-_HISTORY: weakref.WeakKeyDictionary[Archive, dict[str, tuple]] = weakref.WeakKeyDictionary()
-
-
 def history(lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
-    """Every past proposal with its fate, so the proposer learns from failures too. An item
-    is made again only when what it shows changed (a new record, a mean with more seeds)."""
-    knobs_of = KnobValues(lab.archive, lab.bench.search_space().knobs)
-    knobs_of.prefetch([d.candidate_id for d in memory.decisions if d.candidate_id in state.nodes])
-    memo = _HISTORY.setdefault(lab.archive, {})
-    items = []
-    for d in memory.decisions:
+    """Every past proposal with its fate, so the proposer learns from failures too. Kept
+    from one call to the next (`Recall`): an item is made again only when what it shows
+    changed (a new record, a mean with more seeds)."""
+    recall = _RECALLS.get(lab.archive)
+    if recall is None:
+        recall = _RECALLS.setdefault(lab.archive, Recall())
+    with recall.lock:
+        return recall.update(lab, state, memory)
+
+
+class Recall:
+    """One campaign's history items, one per decision whose proposal is known, in decision
+    order, kept from one call to the next. The items made again are those of new
+    decisions, and of decisions whose proposal, evaluation or candidate came in since the
+    last call (the memory's log) or whose node or parent's node was made again (the
+    tree's log); a new memory or tree log (either started over), or another seed, makes
+    every item again (those that show the same thing are reused)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.memo: dict[str, tuple] = {}  # decision id -> (what its item shows, the item)
+        self.seen: tuple = (None, 0, None, 0, None)  # memory log, read up to; tree log, ..; seed
+        self.items: list[HistoryItem | None] = []  # by decision; None: its proposal unknown
+        self.gaps = 0
+        self.of_proposal: dict[str, set[int]] = {}  # the places of the decisions on each
+        self.of_evaluation: dict[str, set[int]] = {}
+        self.of_candidate: dict[str, set[int]] = {}
+        self.of_parent: dict[str, set[int]] = {}
+
+    def update(self, lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
+        with memory.lock:  # a log and decisions that go together
+            log, decisions = memory.log, memory.decisions
+            logged, decided = len(log), len(decisions)
+        made, made_upto = (state.index.made, state.index.made_upto) if state.index else (None, 0)
+        todo = self.changed(log, logged, made, made_upto, state.seed_id)
+        if todo is None:
+            self.items, self.gaps, todo = [], 0, set()
+            self.of_proposal, self.of_evaluation, self.of_candidate, self.of_parent = \
+                {}, {}, {}, {}
+        for at in range(len(self.items), decided):
+            d = decisions[at]
+            self.items.append(None)
+            self.gaps += 1
+            self.of_proposal.setdefault(d.proposal_id, set()).add(at)
+            self.of_evaluation.setdefault(d.evaluation_id or "", set()).add(at)
+            self.of_candidate.setdefault(d.candidate_id or "", set()).add(at)
+            todo.add(at)
+        todo = sorted(todo)
+        knobs_of = KnobValues(lab.archive, lab.bench.search_space().knobs)
+        knobs_of.prefetch([decisions[at].candidate_id for at in todo
+                           if decisions[at].candidate_id in state.nodes])
+        for at in todo:
+            item = self.item(decisions[at], state, memory, knobs_of)
+            self.gaps += (item is None) - (self.items[at] is None)
+            self.items[at] = item
+            p = memory.proposals.get(decisions[at].proposal_id)
+            if p is not None and p.parents:
+                self.of_parent.setdefault(p.parents[0], set()).add(at)
+        self.seen = (log, logged, made, made_upto, state.seed_id)
+        if self.gaps:
+            return [item for item in self.items if item is not None]
+        return list(self.items)
+
+    def changed(self, log: list, logged: int, made: list[str] | None, made_upto: int,
+                seed_id: str) -> set[int] | None:
+        """The places of the decisions whose item may show something else now; None when
+        every item is to be made again."""
+        log_before, logged_before, made_before, made_upto_before, seed_before = self.seen
+        if (log is not log_before or logged < logged_before or made is None
+                or made is not made_before or made_upto < made_upto_before
+                or seed_id != seed_before):
+            return None
+        todo: set[int] = set()
+        places = {Proposal: self.of_proposal, Evaluation: self.of_evaluation,
+                  Candidate: self.of_candidate}
+        for record in log[logged_before:logged]:
+            if (found := places.get(type(record))) is not None:
+                todo.update(found.get(record.id, ()))
+        for cid in made[made_upto_before:made_upto]:
+            todo.update(self.of_candidate.get(cid, ()))
+            todo.update(self.of_parent.get(cid, ()))
+        return todo
+
+    def item(self, d: Decision, state: SearchState, memory: Memory,
+             knobs_of: KnobValues) -> HistoryItem | None:
         p = memory.proposals.get(d.proposal_id)
         if p is None:
-            continue
+            return None
         node = state.nodes.get(d.candidate_id or "")
         parent = state.nodes.get(p.parents[0]) if p.parents else None
         ev = memory.evaluations.get(d.evaluation_id or "")
         cand = memory.candidates.get(d.candidate_id or "")
         shown = (d, p, ev, cand, node is None, node.mean if node else None,
                  parent.mean if parent else None, state.seed_id)
-        if (hit := memo.get(d.id)) is not None and hit[0] == shown:
-            items.append(hit[1])
-            continue
-        items.append(HistoryItem(
+        if (hit := self.memo.get(d.id)) is not None and hit[0] == shown:
+            return hit[1]
+        item = HistoryItem(
             candidate_id=d.candidate_id, parent_id=p.parents[0] if p.parents else state.seed_id,
             operator=p.operator, steps=p.steps, outcome=d.outcome, reason=d.reason,
             mean=node.mean if node else None, parent_mean=parent.mean if parent else None,
             knobs=knobs_of(d.candidate_id) if node else {}, proposal_id=p.id, thread=p.thread,
             rationale=p.rationale, p_value=ev.p_value if ev else None,
             diff=cand.diff[:DIFF_CHARS] if cand else "",
-        ))  # fmt: skip
-        memo[d.id] = (shown, items[-1])
-    return items
+        )  # fmt: skip
+        self.memo[d.id] = (shown, item)
+        return item
+
+
+_RECALLS: weakref.WeakKeyDictionary[Archive, Recall] = weakref.WeakKeyDictionary()
 
 
 def failure_note(memory: Memory, candidate_id: str) -> FailureNote:
@@ -180,8 +302,7 @@ def profile(memory: Memory, candidate_id: str, setup_key: str) -> dict[str, floa
 def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int,
                 memory: Memory | None = None, setup_key: str = "") -> ProposalRequest:
     memory = memory or Memory.load(lab.archive)
-    scored = [n for n in state.nodes.values() if n.mean is not None and
-              (n.accepted or n.id == state.seed_id)]
+    scored = state.scored()
     sign = 1 if lab.bench.metric.direction.value == "minimize" else -1
     best = sorted(scored, key=lambda n: sign * n.mean)[:BEST_SHOWN]
     free_form = getattr(lab.proposer, "free_form", False)
@@ -218,7 +339,7 @@ def next_proposal(lab: Lab, index: int, last_attempt: bool = True) -> Proposal:
     if (existing := lab.archive.get(Proposal, pid)) is not None:
         return existing
     # attempts are numbered from the ledger, so one interrupted by a kill is never overwritten
-    attempt = 1 + sum(s.proposal_id == pid for s in lab.archive.all(Spend))
+    attempt = 1 + len(attempts_of(lab.archive, pid))
     setup_key = lab.setup.key()
     state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric, setup_key)
     memory = Memory.load(lab.archive)
@@ -276,7 +397,7 @@ def transcript_path(pid: str, attempt: int, ext: str) -> str:
 
 
 def record(lab: Lab, pid: str, plan: Plan, draft: Draft, attempt: int) -> Proposal:
-    spent = [s for s in lab.archive.all(Spend) if s.proposal_id == pid]
+    spent = attempts_of(lab.archive, pid)
     cost = draft.cost
     if spent:  # every attempt of this proposal, those cut short by an outage included
         cost = total(s.cost for s in spent)

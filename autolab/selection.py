@@ -8,12 +8,16 @@ of its thread (operators a proposer does not have are never weighed).
 
 from __future__ import annotations
 
+import bisect
 import random
+import threading
 import weakref
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from autolab import history
 from autolab.archive import Archive
+from autolab.db.cache import order_key
 from autolab.records import AuditVerdict, Candidate, Decision, Evaluation, Proposal, Trial
 from benchmarks.protocol import MetricSpec
 
@@ -22,8 +26,11 @@ DEBUG_WINDOW = 3  # a failure among its thread's last few is still worth debuggi
 MAX_DEBUG_DEPTH = 2  # a fix of a fix may be debugged once more, not again
 
 
-@dataclass
+@dataclass(frozen=True)
 class Node:
+    """A candidate in the search tree. Never changed once made: a state's nodes are shared
+    with the states made after it (`Tree`)."""
+
     id: str
     parents: list[str]
     thread: int | None
@@ -35,19 +42,51 @@ class Node:
     debuggable: bool = False  # failed on its merits in a way a fix may address
 
 
+@dataclass(frozen=True)
+class TreeIndex:
+    """What a `Tree` hands out with a state, so that reads need not pass over every node:
+    the accepted nodes as (archive order, id), in order, of each thread and of all; the
+    seed's; and the ids of the nodes the tree made, in the order it made them (a list it
+    only adds to; the state's are those before `made_upto`)."""
+
+    accepted: dict[int | None, list[tuple[tuple, str]]]
+    accepted_all: list[tuple[tuple, str]]
+    seed: tuple[tuple, str] | None
+    made: list[str]
+    made_upto: int
+
+
 @dataclass
 class SearchState:
     seed_id: str
     champion_id: str
     nodes: dict[str, Node] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # debuggable failures, oldest first
+    index: TreeIndex | None = field(default=None, repr=False, compare=False)
 
     def accepted_in(self, thread: int) -> list[Node]:
-        return [
-            n
-            for n in self.nodes.values()
-            if n.id == self.seed_id or (n.accepted and n.thread == thread)
-        ]
+        """The seed and the thread's accepted nodes, in the order of `nodes`."""
+        if self.index is None:
+            return [
+                n
+                for n in self.nodes.values()
+                if n.id == self.seed_id or (n.accepted and n.thread == thread)
+            ]
+        return self._with_seed(self.index.accepted.get(thread, []))
+
+    def scored(self) -> list[Node]:
+        """The seed and every accepted node, those with a mean, in the order of `nodes`."""
+        if self.index is None:
+            return [n for n in self.nodes.values()
+                    if n.mean is not None and (n.accepted or n.id == self.seed_id)]
+        return [n for n in self._with_seed(self.index.accepted_all) if n.mean is not None]
+
+    def _with_seed(self, entries: list[tuple[tuple, str]]) -> list[Node]:
+        if (seed := self.index.seed) is not None:
+            at = bisect.bisect_left(entries, seed)
+            if at == len(entries) or entries[at] != seed:
+                entries = [*entries[:at], seed, *entries[at:]]
+        return [self.nodes[cid] for _, cid in entries]
 
     def ancestors(self, node_id: str) -> set[str]:
         seen, stack = set(), [node_id]
@@ -68,7 +107,8 @@ class Plan:
     base: str | None = None
 
 
-def val_means(trials: list[Trial], metric: MetricSpec, setup_key: str) -> dict[str, list[float]]:
+def val_means(trials: Iterable[Trial], metric: MetricSpec,
+              setup_key: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for t in trials:
         ok = t.status == "ok" and metric.name in t.metrics
@@ -77,50 +117,197 @@ def val_means(trials: list[Trial], metric: MetricSpec, setup_key: str) -> dict[s
     return out
 
 
-_VALUES: weakref.WeakKeyDictionary[Archive, dict] = weakref.WeakKeyDictionary()
-
-
-def candidate_values(archive: Archive, metric: MetricSpec, setup_key: str) -> dict[str, list]:
-    """val_means over the archive's trials, recomputed only for candidates whose trials
-    changed since the last call on this archive."""
-    memo = _VALUES.setdefault(archive, {}).setdefault((metric.name, setup_key), {})
-    out = {}
-    for cid, trials in archive.trials_by_candidate().items():
-        hit = memo.get(cid)
-        if hit is None or hit[0] is not trials:
-            hit = memo[cid] = (trials, val_means(trials, metric, setup_key).get(cid))
-        if hit[1] is not None:
-            out[cid] = hit[1]
-    return out
-
-
 def search_state(
     archive: Archive, seed_id: str, metric: MetricSpec, setup_key: str
 ) -> SearchState:
-    """Rebuild the search tree from records alone, so a resumed campaign needs nothing else."""
-    proposals = {p.id: p for p in archive.all(Proposal)}
-    values = candidate_values(archive, metric, setup_key)
-    decisions = archive.all(Decision)
-    verdicts = {v.id: v for v in archive.all(AuditVerdict)}
-    state = SearchState(seed_id=seed_id, champion_id=history.champion_id(decisions, seed_id))
-    for c in archive.all(Candidate):
-        made_by = proposals.get(c.proposal_id or "")
-        vals = values.get(c.id, [])
-        state.nodes[c.id] = Node(
-            c.id, list(c.parents), made_by.thread if made_by else None,
+    """The search tree from records alone, so a resumed campaign needs nothing else. Kept
+    for each open archive and brought up to date from the records added since the last
+    call: the same state as one built from every record (`Tree`)."""
+    trees = _TREES.setdefault(archive, {})
+    key = (seed_id, metric.name, setup_key)
+    tree = trees.get(key) or trees.setdefault(key, Tree(seed_id, metric, setup_key))
+    return tree.update(archive)
+
+
+_TREES: weakref.WeakKeyDictionary[Archive, dict[tuple, Tree]] = weakref.WeakKeyDictionary()
+
+
+class Tree:
+    """One campaign's search state, kept up to date. Each update reads the records added
+    since the last one and makes again only the nodes they touch, from indexes of what
+    each node is derived from:
+
+    - a node's thread and operator come from its proposal, its mean from its val trials
+      under the setup, `accepted` and `debuggable` from the decisions on it, and
+      `children_tried` from the decisions on proposals that name it as a parent;
+    - `failed` lists, in decision order, the failed decisions whose candidate is a node and
+      whose failure may be fixed; the champion is the candidate crowned last.
+
+    Records may come in any order (a decision before its proposal, a candidate before
+    one made earlier); a record replaced or removed starts the state over from every
+    record. Nodes are replaced, never changed, so a state handed out stays as it was: its
+    nodes are shared with the states made after it."""
+
+    KINDS = (Proposal, AuditVerdict, Candidate, Decision)
+
+    def __init__(self, seed_id: str, metric: MetricSpec, setup_key: str):
+        self.seed_id, self.metric, self.setup_key = seed_id, metric, setup_key
+        self.lock = threading.Lock()
+        self.marks: dict[type, tuple[int, int]] = {}
+        self.trials_mark: tuple[int, int] | None = None
+        self.values: dict[str, list[float]] = {}  # candidate -> its val trials' values
+        self.clear()
+
+    def clear(self) -> None:
+        self.proposals: dict[str, Proposal] = {}
+        self.verdicts: dict[str, AuditVerdict] = {}
+        self.order: list[tuple[tuple, str]] = []  # (archive order, id) of every candidate
+        self.entry: dict[str, tuple[tuple, str]] = {}  # candidate -> its place in `order`
+        self.parents: dict[str, list[str]] = {}
+        self.made_by: dict[str, str] = {}  # candidate -> proposal id
+        self.made: dict[str, list[str]] = {}  # proposal id -> its candidates
+        self.decided: dict[str, list[Decision]] = {}  # candidate -> the decisions on it
+        self.waiting: dict[str, list[Decision]] = {}  # proposal id not seen yet -> decisions
+        self.audited: dict[str, list[str]] = {}  # audit id -> candidates decided with it
+        self.tried: Counter[str] = Counter()
+        self.crowned: list[tuple[tuple, str]] = []  # (decision's archive order, candidate)
+        self.failures: list[tuple[tuple, Decision]] = []  # failed decisions, in order
+        self.nodes: dict[str, Node] = {}
+        self.accepted: dict[int | None, list[tuple[tuple, str]]] = {}  # thread -> entries
+        self.accepted_all: list[tuple[tuple, str]] = []
+        self.log: list[str] = []  # ids of the nodes made, in order (a new list: start over)
+        self.failed: list[str] = []
+
+    def update(self, archive: Archive) -> SearchState:
+        with self.lock:
+            changes = archive.since({k: self.marks.get(k) for k in self.KINDS})
+            if any(c.whole for c in changes.values()):
+                self.clear()
+                changes |= archive.since({k: None for k, c in changes.items() if not c.whole})
+            self.marks = {k: c.mark for k, c in changes.items()}
+            dirty, refresh = self.read(*(changes[k].records for k in self.KINDS))
+            groups, whole, self.trials_mark = archive.trials_since(self.trials_mark)
+            if whole:
+                dirty.update(self.values)
+                self.values = {}
+            for cid, trials in groups.items():
+                vals = val_means(trials, self.metric, self.setup_key).get(cid)
+                if vals is None:
+                    self.values.pop(cid, None)
+                else:
+                    self.values[cid] = vals
+                dirty.add(cid)
+            for cid in dirty:
+                if cid in self.entry:
+                    self.renew(cid)
+            if refresh:
+                self.failed = [d.candidate_id for _, d in self.failures
+                               if d.candidate_id in self.nodes and _fixable(self.verdicts, d)]
+            index = TreeIndex(dict(self.accepted), self.accepted_all, self.entry.get(self.seed_id),
+                              self.log, len(self.log))
+            return SearchState(
+                seed_id=self.seed_id,
+                champion_id=self.crowned[-1][1] if self.crowned else self.seed_id,
+                nodes=dict(self.nodes), failed=list(self.failed), index=index)
+
+    def read(self, proposals: list[Proposal], verdicts: list[AuditVerdict],
+             candidates: list[Candidate], decisions: list[Decision]) -> tuple[set[str], bool]:
+        """Index new records: the candidates whose node is to be made again, and whether
+        `failed` is to be made again (else the new failures are added at its end)."""
+        dirty: set[str] = set()
+        refresh = False
+        for p in proposals:
+            self.proposals[p.id] = p
+            dirty.update(self.made.get(p.id, ()))
+            for _ in self.waiting.pop(p.id, ()):
+                dirty.update(self.try_parents(p))
+        for v in verdicts:
+            self.verdicts[v.id] = v
+            if v.id in self.audited:
+                dirty.update(self.audited[v.id])
+                refresh = True
+        for c in candidates:
+            entry = (order_key(c), c.id)
+            at = bisect.bisect(self.order, entry)
+            self.order.insert(at, entry)
+            self.entry[c.id], self.parents[c.id] = entry, list(c.parents)
+            if c.proposal_id:
+                self.made_by[c.id] = c.proposal_id
+                self.made.setdefault(c.proposal_id, []).append(c.id)
+            refresh = refresh or c.id in self.decided
+            self.renew(c.id)  # its node goes last: those it comes before go after it
+            for _, later in self.order[at + 1:]:
+                self.nodes[later] = self.nodes.pop(later)
+        for d in decisions:
+            cid, key = d.candidate_id, order_key(d)
+            if d.champion and cid:
+                bisect.insort(self.crowned, (key, cid))
+            if cid is not None:
+                self.decided.setdefault(cid, []).append(d)
+                dirty.add(cid)
+                if d.audit_id is not None:
+                    self.audited.setdefault(d.audit_id, []).append(cid)
+            if d.outcome == "failed":
+                at = bisect.bisect(self.failures, (key,))
+                self.failures.insert(at, (key, d))
+                if at != len(self.failures) - 1:
+                    refresh = True
+                elif not refresh and cid in self.nodes and _fixable(self.verdicts, d):
+                    self.failed.append(cid)
+            if (p := self.proposals.get(d.proposal_id)) is not None:
+                dirty.update(self.try_parents(p))
+            else:
+                self.waiting.setdefault(d.proposal_id, []).append(d)
+        return dirty, refresh
+
+    def try_parents(self, proposal: Proposal) -> list[str]:
+        """One more decision on a proposal: a child tried on each of its parents."""
+        self.tried.update(proposal.parents)
+        return proposal.parents
+
+    def renew(self, cid: str) -> None:
+        """Make the candidate's node again from the indexes; replace it if it changed."""
+        made_by = self.proposals.get(self.made_by.get(cid, ""))
+        vals = self.values.get(cid, [])
+        decided = self.decided.get(cid, ())
+        node = Node(
+            cid, list(self.parents[cid]), made_by.thread if made_by else None,
             sum(vals) / len(vals) if vals else None, len(vals),
+            accepted=any(d.outcome == "accepted" for d in decided),
+            children_tried=self.tried[cid],
             operator=made_by.operator if made_by else "seed",
-        )
-    for d in decisions:
-        if d.candidate_id in state.nodes and d.outcome == "accepted":
-            state.nodes[d.candidate_id].accepted = True
-        if d.candidate_id in state.nodes and d.outcome == "failed" and _fixable(verdicts, d):
-            state.nodes[d.candidate_id].debuggable = True
-            state.failed.append(d.candidate_id)
-        for parent in proposals[d.proposal_id].parents if d.proposal_id in proposals else []:
-            if parent in state.nodes:
-                state.nodes[parent].children_tried += 1
-    return state
+            debuggable=any(d.outcome == "failed" and _fixable(self.verdicts, d)
+                           for d in decided),
+        )  # fmt: skip
+        old = self.nodes.get(cid)
+        if old == node:
+            return
+        self.nodes[cid] = node
+        self.log.append(cid)
+        was = (old.accepted, old.thread) if old is not None else (False, None)
+        if was != (node.accepted, node.thread):
+            self.index(cid, was, node)
+
+    def index(self, cid: str, was: tuple[bool, int | None], node: Node) -> None:
+        """The accepted lists with the node as it is now. A list handed out is never
+        changed: it is replaced."""
+        entry = self.entry[cid]
+        if was[0]:
+            self.accepted[was[1]] = _without(self.accepted[was[1]], entry)
+            self.accepted_all = _without(self.accepted_all, entry)
+        if node.accepted:
+            self.accepted[node.thread] = _with(self.accepted.get(node.thread, []), entry)
+            self.accepted_all = _with(self.accepted_all, entry)
+
+
+def _with(entries: list, entry: tuple) -> list:
+    at = bisect.bisect(entries, entry)
+    return [*entries[:at], entry, *entries[at:]]
+
+
+def _without(entries: list, entry: tuple) -> list:
+    at = bisect.bisect_left(entries, entry)
+    return [*entries[:at], *entries[at + 1:]] if entries[at:at + 1] == [entry] else entries
 
 
 def _fixable(verdicts: dict[str, AuditVerdict], decision: Decision) -> bool:
@@ -176,13 +363,11 @@ def plan_next(
 ) -> Plan:
     mine = head(state, thread, metric)
     others = [head(state, t, metric) for t in range(threads) if t != thread]
+    above = state.ancestors(mine.id)
     mates = [
-        o
-        for o in others
-        if o.id != mine.id
-        and o.id not in state.ancestors(mine.id)
-        and mine.id not in state.ancestors(o.id)
-    ]
+        o for o in others
+        if o.id != mine.id and o.id not in above and mine.id not in state.ancestors(o.id)
+    ]  # fmt: skip
     broken = debug_target(state, thread)
     ops = {
         op: w for op, w in weights.items()

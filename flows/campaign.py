@@ -75,8 +75,14 @@ def iterate(lab: Lab, run_started: datetime) -> str:
         while True:
             while reason is None and len(running) < MAX_IN_FLIGHT:
                 slots, busy, waiting = lab.engine.load()
+                # ahead: at least the configured iterations, more where trials end faster
+                # than proposals are made (a slow proposer, short trials, many slots);
+                # 0: none, a new iteration only when slots would otherwise idle
+                # (at most one iteration per slot: a slow proposer must not feed on itself)
+                ahead = e.ahead and max(e.ahead, min(
+                    -(-lab.activity.ending_soon() // per_iteration), max(slots, 1)))
                 if not more_iterations(max(slots, 1), busy, waiting, lab.activity.proposing,
-                                       len(running), per_iteration, e.ahead, e.max_in_flight):
+                                       len(running), per_iteration, ahead, e.max_in_flight):
                     break
                 if (reason := stop_reason(lab, run_started, set(running.values()))) is not None:
                     lab.activity.stage = "stopping"

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
+from prefect.futures import as_completed
 
 from autolab.audit import runtime_verdict
 from autolab.engine import TrialJob
@@ -80,9 +81,11 @@ def _campaign_task(lab: Lab):
 
 def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
                stop_if_fails: str | None = None) -> list[Trial]:
-    """(candidate, seed) jobs, `parallel_trials` at a time, each its own task run (on the
-    engine's slots, shared with the other iterations in flight). With `stop_if_fails`, no
-    new batch starts once a trial of that candidate has failed."""
+    """(candidate, seed) jobs, each its own task run on the engine's slots (shared with the
+    other iterations in flight). With `stop_if_fails` they go `parallel_trials` at a time,
+    and no new batch starts once a trial of that candidate has failed; without it (the
+    seed's baseline, the audit's replications, the test half) all are asked for at once,
+    so that they spread over every free slot."""
     runner = _campaign_task(lab)
     trials: list[Trial] = []
     todo = []
@@ -92,19 +95,21 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
             trials.append(done)
         else:
             todo.append((c, s))
-    width = lab.params.evaluation.parallel_trials
+    width = lab.params.evaluation.parallel_trials if stop_if_fails else max(1, len(todo))
     for i in range(0, len(todo), width):
         batch = todo[i : i + width]
         lab.activity.asked(len(batch))  # the engine's load counts them from now
         returned = 0
         try:
             futures = [runner.submit(lab, c, s, split) for c, s in batch]
-            for f in futures:
-                trials.append(f.result())
+            done: dict[int, Trial] = {}
+            for f in as_completed(futures):  # each counted back as soon as it is done
+                done[id(f)] = f.result()
                 returned += 1
                 lab.activity.asked(-1)
-        finally:
-            lab.activity.asked(returned - len(batch))
+            trials.extend(done[id(f)] for f in futures)
+        finally:  # those not returned (an error, an interrupt) are given up on
+            lab.activity.asked(returned - len(batch), returned=False)
         if stop_if_fails and any(t.candidate_id == stop_if_fails and t.status != "ok"
                                  for t in trials):
             break

@@ -3,6 +3,7 @@ duty cycle of each slot."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -51,6 +52,36 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
         visible_gpus()
 
 
+def test_a_step_names_its_gpus_by_uuid_and_binds_their_own_nodes(tmp_path, monkeypatch):
+    # inside a sandbox that binds only /dev/nvidia3, CUDA may number that GPU 0: the
+    # step's CUDA_VISIBLE_DEVICES names it by UUID, and its node is found by minor number
+    from benchmarks import protocol
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, GPU-aaaa'\necho '1, GPU-bbbb'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    protocol._GPU_TABLE.clear()
+    try:
+        table = protocol.gpu_identities()
+        assert {i: uuid for i, (uuid, _) in table.items()} == {0: "GPU-aaaa", 1: "GPU-bbbb"}
+        assert protocol.cuda_visible([1]) == "GPU-bbbb"
+        assert protocol.cuda_visible([0, 1]) == "GPU-aaaa,GPU-bbbb"
+        assert protocol.cuda_visible([5]) == "5"  # not listed: left as the index
+        smi.write_text("#!/bin/sh\nexit 9\n")  # read once: not asked again
+        assert protocol.gpu_identities()[1][0] == "GPU-bbbb"
+        protocol._GPU_TABLE.clear()  # a failed read is not kept: the next one tries again
+        assert protocol.gpu_identities() == {}
+        smi.write_text("#!/bin/sh\necho '0, GPU-cccc'\n")
+        assert protocol.gpu_identities() == {0: ("GPU-cccc", 0)}
+        monkeypatch.setattr(protocol, "gpu_identities", lambda: {1: ("GPU-bbbb", 3)})
+        monkeypatch.setattr(protocol.os.path, "exists", lambda p: True)
+        assert protocol.gpu_device_nodes(1)[0] == "/dev/nvidia3"
+        assert "/dev/nvidia1" not in protocol.gpu_device_nodes(1)
+    finally:
+        protocol._GPU_TABLE.clear()
+
+
 def test_more_iterations_fills_the_slots_then_keeps_ahead():
     # nothing running: always start one
     assert more_iterations(2, 0, 0, 0, 0, per_iteration=4, ahead=0)
@@ -66,6 +97,27 @@ def test_more_iterations_fills_the_slots_then_keeps_ahead():
     # never more than slots + ahead at once, or the cap
     assert not more_iterations(4, 0, 0, 0, 5, per_iteration=1, ahead=1)
     assert not more_iterations(16, 0, 0, 0, 1, per_iteration=4, ahead=1, cap=1)
+
+
+def test_the_queue_kept_ahead_covers_the_trials_that_end_during_a_proposal():
+    now = [1000.0]
+    a = Activity(clock=lambda: now[0])
+    assert a.ending_soon() == 0  # nothing seen yet
+    a.starting(0)
+    now[0] += 3.0
+    a.proposed(0)  # 3 s from an iteration's start to its candidate
+    a.asked(20)
+    for _ in range(20):  # a trial back every 0.5 s: 2 per second
+        now[0] += 0.5
+        a.asked(-1)
+    assert a.ending_soon() == 6  # 2 trials/s x 3 s
+    for i in (1, 2):  # slower proposals: the median latency moves
+        a.starting(i)
+        now[0] += 9.0
+        a.proposed(i)
+    assert a.ending_soon() == math.ceil(20 / (10 + 18) * 9)
+    now[0] += Activity.RATE_WINDOW_S + 1  # the window has passed: no rate to go by
+    assert a.ending_soon() == 0
 
 
 def test_idle_reasons_name_what_the_orchestrator_waits_for():
@@ -158,9 +210,9 @@ def test_a_trial_killed_at_its_time_limit_frees_its_slot(tmp_path):
 
 @pytest.mark.slow
 def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, prefect_api):
-    """noop-sleep on 4 slots with 2 iterations ahead: the iterations overlap, every index
-    is decided once, no trial runs twice, each new champion beat the champion of its
-    moment, and the run's duty cycle is recorded."""
+    """noop-sleep on 4 slots with 2 iterations ahead: the seed's baseline fills the slots,
+    the iterations overlap, every index is decided once, no trial runs twice, each new
+    champion beat the champion of its moment, and the run's duty cycle is recorded."""
     from flows.campaign import campaign
 
     params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=8,
@@ -181,8 +233,13 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     assert len({t.id for t in trials}) == len(trials)
     assert all(t.slot.startswith("cpu") for t in trials)
 
-    # iterations overlapped: some candidate's trials ran while another's did
+    # the seed's baseline took every slot at once (not parallel_trials at a time)
     seed = archive.campaign().seed_candidate
+    base = [t for t in trials if t.candidate_id == seed and t.split == "val"]
+    assert len(base) == 4
+    assert max(t.started_at for t in base) < min(t.finished_at for t in base)
+
+    # iterations overlapped: some candidate's trials ran while another's did
     spans = {}
     for t in trials:
         if t.candidate_id != seed and t.split == "val":
@@ -203,6 +260,8 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     assert [s.slot for s in usage.slots] == ["cpu0", "cpu1", "cpu2", "cpu3"]
     assert usage.trials == len(trials)
     assert 0 < usage.duty_cycle() <= 1
+    # the research stage's trials: those of the iterations, not the seed's baseline
+    assert 0 < sum(s.trials for s in usage.research) <= usage.trials - len(base)
 
 
 def archive_order(archive: Archive, decision: Decision) -> int:

@@ -9,10 +9,17 @@ items of the lowest-priority sections go first, and the context says what was le
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
+import itertools
 import math
+import operator
 import re
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, Field
 
@@ -84,6 +91,147 @@ def fit(sections: list[Section], budget: int) -> Context:
     return Context(text=body, notes=notes, tokens=estimate_tokens(body))
 
 
+# -- where things are in the history ----------------------------------------------------
+
+
+class HistoryIndex:
+    """Where things are in a history (positions in it), for the sections that pick a few
+    items out of many: the items on each parent, the last item of each candidate, the
+    failures, and the negative results by idea, ranked as `negative_section` ranks them.
+
+    Kept from one request to the next (`indexed`) and brought up to date from the items
+    that changed: a campaign's history grows at its end, and an item shown again with a
+    new mean is another object at the same place with the same idea, parent and outcome."""
+
+    def __init__(self) -> None:
+        self.items: list[HistoryItem] = []
+        self.keys: list[tuple[str, str | None, str, str]] = []  # parent, candidate, outcome, idea
+        self.by_parent: dict[str, list[int]] = defaultdict(list)
+        self.last_of: dict[str, list[int]] = defaultdict(list)  # candidate -> its items
+        self.failures: list[int] = []  # failed or refused
+        self.negative: dict[str, list[int]] = {}  # idea -> its negative results (of a candidate)
+        self.ranked: dict[int, list[tuple[int, str]]] = {}  # count -> (first place, idea), sorted
+
+    def update(self, history: list[HistoryItem]) -> None:
+        """Make the index that of `history`: items that kept their place and key are taken
+        as they are; from the first that did not, the index is made again."""
+        known = len(self.items)
+        if len(history) >= known:  # most often: the same items, and new ones at the end
+            new = history[known:]
+            self.items += new
+            same = history == self.items  # the same objects (or equal ones), no copy made
+            del self.items[known:]
+            if same:
+                for item in new:
+                    self.add(item)
+                return
+        keep = common = min(len(history), known)
+        for at in itertools.compress(range(common), map(operator.is_not, self.items, history)):
+            if self.key(history[at]) != self.keys[at]:
+                keep = at
+                break
+        self.items[:keep] = history[:keep]
+        while len(self.items) > keep:
+            self.drop()
+        for item in history[keep:]:
+            self.add(item)
+
+    @staticmethod
+    def key(item: HistoryItem) -> tuple[str, str | None, str, str]:
+        return (item.parent_id, item.candidate_id, item.outcome, idea_of(item))
+
+    def add(self, item: HistoryItem) -> None:
+        at, key = len(self.items), self.key(item)
+        parent, cid, outcome, idea = key
+        self.items.append(item)
+        self.keys.append(key)
+        self.by_parent[parent].append(at)
+        if cid:
+            self.last_of[cid].append(at)
+        if outcome in ("failed", "refused"):
+            self.failures.append(at)
+        if outcome in NEGATIVE and cid is not None:
+            mine = self.negative.setdefault(idea, [])
+            if mine:
+                self.rank(len(mine), mine[0], idea, -1)
+            mine.append(at)
+            self.rank(len(mine), mine[0], idea, +1)
+
+    def drop(self) -> None:
+        """Take the last item out."""
+        parent, cid, outcome, idea = self.keys.pop()
+        self.items.pop()
+        _pop(self.by_parent, parent)
+        if cid:
+            _pop(self.last_of, cid)
+        if outcome in ("failed", "refused"):
+            self.failures.pop()
+        if outcome in NEGATIVE and cid is not None:
+            mine = self.negative[idea]
+            self.rank(len(mine), mine[0], idea, -1)
+            mine.pop()
+            if mine:
+                self.rank(len(mine), mine[0], idea, +1)
+            else:
+                del self.negative[idea]
+
+    def rank(self, count: int, first: int, idea: str, sign: int) -> None:
+        """Put an idea into (+1) or take it out of (-1) the ideas seen `count` times."""
+        bucket = self.ranked.setdefault(count, [])
+        if sign > 0:
+            bisect.insort(bucket, (first, idea))
+            return
+        del bucket[bisect.bisect_left(bucket, (first, idea))]
+        if not bucket:
+            del self.ranked[count]
+
+    def negative_groups(self, here: str, limit: int) -> list[tuple[str, list[int]]]:
+        """The `limit` ideas with most negative results not on `here`, each with those
+        results' places: most first, then in the order of their first result."""
+        mine: dict[str, set[int]] = defaultdict(set)  # ideas with results on `here`
+        for at in self.by_parent.get(here, ()):
+            _, cid, outcome, idea = self.keys[at]
+            if outcome in NEGATIVE and cid is not None:
+                mine[idea].add(at)
+        top: list[tuple[int, int, str, list[int]]] = []
+        ranked = ((count, first, idea) for count in sorted(self.ranked, reverse=True)
+                  for first, idea in self.ranked[count] if idea not in mine)
+        for count, first, idea in itertools.islice(ranked, limit):
+            top.append((-count, first, idea, self.negative[idea]))
+        for idea, skipped in mine.items():
+            kept = [at for at in self.negative[idea] if at not in skipped]
+            if kept:
+                top.append((-len(kept), kept[0], idea, kept))
+        top.sort(key=lambda t: t[:2])
+        return [(idea, kept) for _, _, idea, kept in top[:limit]]
+
+
+def _pop(index: dict[str, list[int]], key: str) -> None:
+    index[key].pop()
+    if not index[key]:
+        del index[key]
+
+
+_INDEXES: dict[str, HistoryIndex] = {}  # by the proposal of a history's first item
+_INDEX_LOCK = threading.Lock()
+MAX_INDEXES = 8
+
+
+@contextmanager
+def indexed(history: list[HistoryItem]) -> Iterator[HistoryIndex]:
+    """The index of `history`, brought up to date from the one kept for the same campaign
+    (whose history starts with the same proposal); held by this thread until the block
+    ends."""
+    with _INDEX_LOCK:
+        key = history[0].proposal_id if history else ""
+        index = _INDEXES.pop(key, None) or HistoryIndex()
+        _INDEXES[key] = index  # the newest last
+        while len(_INDEXES) > MAX_INDEXES:
+            del _INDEXES[next(iter(_INDEXES))]
+        index.update(history)
+        yield index
+
+
 # -- the sections -------------------------------------------------------------------------
 
 
@@ -111,6 +259,15 @@ def normalise_idea(label: str) -> str:
 
 
 def diff_text(old: dict[str, str], new: dict[str, str], limit: int = DIFF_CHARS) -> str:
+    """The unified diff of two snapshots; the same few (the best candidates against the
+    seed) come up proposal after proposal, so recent ones are kept."""
+    return _diff(tuple(old.items()), tuple(new.items()), limit)
+
+
+@functools.lru_cache(maxsize=256)
+def _diff(old_files: tuple[tuple[str, str], ...], new_files: tuple[tuple[str, str], ...],
+          limit: int) -> str:
+    old, new = dict(old_files), dict(new_files)
     out: list[str] = []
     for path in sorted(old.keys() | new.keys()):
         a, b = old.get(path, ""), new.get(path, "")
@@ -197,12 +354,16 @@ def crossover_section(request: ProposalRequest) -> Section | None:
                    items=items, required=True)
 
 
-def lineage_section(request: ProposalRequest) -> Section | None:
+def lineage_section(request: ProposalRequest,
+                    index: HistoryIndex | None = None) -> Section | None:
+    if index is None:
+        with indexed(request.history) as index:
+            return lineage_section(request, index)
     view = edited(request)
-    by_candidate = {h.candidate_id: h for h in request.history if h.candidate_id}
     items = []
     for cid in view.lineage_ids:
-        h = by_candidate.get(cid)
+        places = index.last_of.get(cid)
+        h = request.history[places[-1]] if places else None
         if h is None:
             items.append(f"- {short(cid)}: seed solution" if request.seed and
                          cid == request.seed.id else f"- {short(cid)}")
@@ -215,10 +376,14 @@ def lineage_section(request: ProposalRequest) -> Section | None:
                    priority=70, items=items)
 
 
-def tried_here_section(request: ProposalRequest) -> Section | None:
+def tried_here_section(request: ProposalRequest,
+                       index: HistoryIndex | None = None) -> Section | None:
     """What was already proposed from this very parent: do not propose it again."""
+    if index is None:
+        with indexed(request.history) as index:
+            return tried_here_section(request, index)
     view = request.parents[0]
-    mine = [h for h in reversed(request.history) if h.parent_id == view.id]
+    mine = [request.history[at] for at in reversed(index.by_parent.get(view.id, ()))]
     items = [f"- [{idea_of(h)}] {outcome_line(h, request.metric.unit)}. {h.rationale[:200]}"
              for h in mine[: MAX_ITEMS["tried_here"]]]
     if not items:
@@ -243,29 +408,34 @@ def best_section(request: ProposalRequest) -> Section | None:
                    priority=50, items=items)
 
 
-def negative_section(request: ProposalRequest) -> Section | None:
-    """Ideas that did not pay off elsewhere, grouped by idea: 'tried X: no gain, p = 0.4'."""
-    here = request.parents[0].id
-    groups: dict[str, list[HistoryItem]] = defaultdict(list)
-    for h in request.history:
-        if h.parent_id != here and h.outcome in NEGATIVE and h.candidate_id is not None:
-            groups[idea_of(h)].append(h)
+def negative_section(request: ProposalRequest,
+                     index: HistoryIndex | None = None) -> Section | None:
+    """Ideas that did not pay off elsewhere, grouped by idea: 'tried X: no gain, p = 0.4';
+    those tried most first (then in the order they were first tried)."""
+    if index is None:
+        with indexed(request.history) as index:
+            return negative_section(request, index)
     items = []
-    for idea, hs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        last = hs[-1]
-        items.append(f"- tried {idea} ({len(hs)}x, last on {short(last.parent_id)}): "
+    for idea, places in index.negative_groups(request.parents[0].id, MAX_ITEMS["negative"]):
+        last = request.history[places[-1]]
+        items.append(f"- tried {idea} ({len(places)}x, last on {short(last.parent_id)}): "
                      f"{outcome_line(last, request.metric.unit)}")
     if not items:
         return None
     return Section(key="negative", title="Negative results elsewhere (ideas that did not pay)",
-                   priority=40, items=items[: MAX_ITEMS["negative"]])
+                   priority=40, items=items)
 
 
-def failures_section(request: ProposalRequest) -> Section | None:
-    failed = [h for h in reversed(request.history)
-              if h.outcome in ("failed", "refused") and h.parent_id != request.parents[0].id]
+def failures_section(request: ProposalRequest,
+                     index: HistoryIndex | None = None) -> Section | None:
+    if index is None:
+        with indexed(request.history) as index:
+            return failures_section(request, index)
+    here = request.parents[0].id
+    newest = (request.history[at] for at in reversed(index.failures))
+    failed = itertools.islice((h for h in newest if h.parent_id != here), MAX_ITEMS["failures"])
     items = [f"- {short(h.proposal_id)} {h.operator} [{idea_of(h)}] on {short(h.parent_id)}: "
-             f"{h.outcome}: {h.reason[:240]}" for h in failed[: MAX_ITEMS["failures"]]]
+             f"{h.outcome}: {h.reason[:240]}" for h in failed]
     if not items:
         return None
     return Section(key="failures", title="Recent failures (proposer, build or trial)",
@@ -291,10 +461,14 @@ def profile_section(request: ProposalRequest) -> Section | None:
 
 
 def build_context(request: ProposalRequest, instructions: str, budget: int) -> Context:
-    makers = (failure_section, crossover_section, lineage_section, tried_here_section,
-              best_section, negative_section, failures_section, recent_section, profile_section)
+    with indexed(request.history) as index:
+        made = [failure_section(request), crossover_section(request),
+                lineage_section(request, index), tried_here_section(request, index),
+                best_section(request), negative_section(request, index),
+                failures_section(request, index), recent_section(request),
+                profile_section(request)]
     sections = [task_section(request, instructions), files_section(request)]
-    sections += [s for make in makers if (s := make(request)) is not None]
+    sections += [s for s in made if s is not None]
     return fit(sorted(sections, key=lambda s: -s.priority), budget)
 
 
@@ -302,9 +476,11 @@ def tried_on_parent(request: ProposalRequest) -> dict[str, str]:
     """Ideas with a negative result on the parent being edited: normalised label -> outcome."""
     parent = request.parents[0].id
     fixing = request.failure.candidate_id if request.failure else None  # its idea is kept
+    with indexed(request.history) as index:
+        mine = [request.history[at] for at in index.by_parent.get(parent, ())]
     out = {}
-    for h in request.history:
-        if h.parent_id == parent and h.outcome in NEGATIVE and h.candidate_id != fixing:
+    for h in mine:
+        if h.outcome in NEGATIVE and h.candidate_id != fixing:
             for s in h.steps:
                 out[normalise_idea(s.name)] = outcome_line(h, request.metric.unit)
     return out
