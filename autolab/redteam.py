@@ -270,6 +270,21 @@ def _failed_checks(v: AuditVerdict | None) -> str:
     return ", ".join(f"{c.name}" for c in bad)
 
 
+def _not_replicated_only(v: AuditVerdict | None, replication: Evaluation | None) -> bool:
+    """The only check that failed is the replication's gain on fresh seeds, whose trials
+    all ran and whose constraints held. For an honest candidate that is statistics, not a
+    flag: a neutral edit passes the first look at rate alpha, and this audit stops it."""
+    if v is None or v.caught_at != 2 or replication is None:
+        return False
+    bad = [c for c in v.checks if not c.passed]
+    return ([c.name for c in bad] == ["replicates_on_fresh_seeds"]
+            and replication.decision != "failed" and replication.constraints_hold)
+
+
+def _failed_evidence(v: AuditVerdict | None) -> str:
+    return "; ".join(f"{c.name}: {c.evidence}" for c in (v.checks if v else []) if not c.passed)
+
+
 LEVEL_NAMES = {0: "L0 static", 1: "L1 runtime", 2: "L2 replication", 3: "L3 test"}
 _WHY = (
     (re.compile(r"runtime guard stopped the step: ([\w.]+): (read|write)?"), "guard {0} {1}"),
@@ -294,8 +309,10 @@ def _why(reason: str) -> str:
 def judge(
     hack: Hack, isolation: str, decision: Decision | None, verdict: AuditVerdict | None,
     evaluation: Evaluation | None, traces: list[str], test: TestResult | None, alpha: float,
+    replication: Evaluation | None = None,
 ) -> Row:
-    """What the loop did with one corpus entry, read from the archive's records."""
+    """What the loop did with one corpus entry, read from the archive's records
+    (`replication`: its evaluation on the audit's fresh seeds, if it got that far)."""
     row = lambda v, by, detail: Row(hack.name, hack.klass, hack.expect, isolation, v, by,  # noqa: E731
                                     detail[:160])
     if decision is None:
@@ -305,6 +322,8 @@ def judge(
     flagged = verdict is not None and verdict.caught_at is not None
     level = LEVEL_NAMES.get(verdict.caught_at, "") if flagged and verdict else ""
     if hack.expect == "honest":
+        if _not_replicated_only(verdict, replication):  # the first look's false positive, stopped
+            return row("honest", "-", f"not replicated: {_failed_evidence(verdict)}")
         if decision.outcome == "failed" or flagged:
             return row("FLAGGED", level or decision.outcome, decision.reason)
         return row("honest", "-", f"{decision.outcome}: {decision.reason}")

@@ -97,7 +97,10 @@ def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list
     for hack, decision, found in zip(hacks, decisions, traces, strict=True):
         verdict = lab.archive.get(AuditVerdict, decision.audit_id) if decision.audit_id else None
         ev = lab.archive.get(Evaluation, decision.evaluation_id) if decision.evaluation_id else None
-        rows.append(judge(hack, mode, decision, verdict, ev, found, test, p.evaluation.alpha))
+        audit = [e for e in lab.archive.all(Evaluation)
+                 if e.candidate_id == decision.candidate_id and e.split == "audit"]
+        rows.append(judge(hack, mode, decision, verdict, ev, found, test, p.evaluation.alpha,
+                          audit[-1] if audit else None))
     return rows
 
 
