@@ -83,7 +83,7 @@ run: setup
 	$(VENV)/bin/autolab report --params $(PARAMS)
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=30
 
 lint: setup
 	$(VENV)/bin/ruff check autolab flows tasks benchmarks tests perf scripts
