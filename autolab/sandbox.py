@@ -37,7 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
@@ -461,13 +461,16 @@ class _Watch:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        killed = []
         for p in self.seen.values():
             if p.pid == self.proc.pid:
                 continue
             try:
                 p.kill()  # psutil checks create_time, so a reused pid is left alone
+                killed.append(p.pid)
             except psutil.Error:
                 pass
+        wait_dead(killed)  # gone when the step returns, not just signalled
 
     def reap(self) -> int | None:
         """Reap the child; its exit status as Popen reports it (None if reaped elsewhere)."""
@@ -521,7 +524,7 @@ def kill_marked(marker: str) -> int:
     proc = Path("/proc")
     if not proc.is_dir():
         return _kill_marked_psutil(marker)
-    needle, killed = f"{MARKER_ENV}={marker}\0".encode(), 0
+    needle, killed = f"{MARKER_ENV}={marker}\0".encode(), []
     for entry in os.scandir(proc):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -533,10 +536,33 @@ def kill_marked(marker: str) -> int:
         if b"\0" + needle in block:
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+                killed.append(int(entry.name))
             except OSError:
                 continue
-    return killed
+    wait_dead(killed)
+    return len(killed)
+
+
+def wait_dead(pids: Iterable[int], timeout_s: float = 2.0) -> bool:
+    """Wait until each of `pids` (sent SIGKILL: it dies asynchronously) has exited: gone,
+    or a zombie its parent has yet to reap. False if one still runs after `timeout_s`."""
+    left, end = list(pids), time.monotonic() + timeout_s
+    while left:
+        left = [pid for pid in left if _running(pid)]
+        if not left:
+            break
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return psutil.pid_exists(pid) and not Path("/proc").is_dir()
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # the field after the name
 
 
 def _kill_marked_psutil(marker: str) -> int:
