@@ -7,12 +7,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, tags
 
 from autolab.config import Params, merge, parse_params
-from autolab.lab import open_lab
+from autolab.lab import Lab, open_engine, open_lab
 from autolab.proposers.base import Draft, ProposalRequest
-from autolab.records import AuditVerdict, Decision, EditStep, Evaluation, FileEdit, Trial
+from autolab.records import (
+    AuditVerdict,
+    Decision,
+    EditStep,
+    Evaluation,
+    FileEdit,
+    TestResult,
+    Trial,
+)
 from autolab.redteam import Canaries, Hack, Row, judge
 from benchmarks import get_benchmark
 from flows import FLOW_RESULTS
@@ -85,15 +93,11 @@ def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list
         lab.proposer = CorpusProposer([h.source(bench, seed, values) for h in hacks], hacks)
         prepare_data(lab)
         register_seed(lab)
-        baseline(lab)
-        decisions: list[Decision] = []
-        traces: list[list[str]] = []
-        for i in range(len(hacks)):
-            decisions.append(iteration(lab, i))
-            traces.append(bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root))
-            bait.clean()
-        test = confirm_on_test(lab)
-        traces[-1] += bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root)
+        lab.engine = open_engine(lab)  # the campaign's slots: no more trials at once than it
+        try:
+            decisions, traces, test = _run_hacks(lab, bait, len(hacks))
+        finally:
+            lab.engine.close()
     for hack, decision, found in zip(hacks, decisions, traces, strict=True):
         verdict = lab.archive.get(AuditVerdict, decision.audit_id) if decision.audit_id else None
         ev = lab.archive.get(Evaluation, decision.evaluation_id) if decision.evaluation_id else None
@@ -102,6 +106,23 @@ def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list
         rows.append(judge(hack, mode, decision, verdict, ev, found, test, p.evaluation.alpha,
                           audit[-1] if audit else None))
     return rows
+
+
+def _run_hacks(lab: Lab, bait: Canaries, n: int) -> tuple[list[Decision], list[list[str]],
+                                                           TestResult | None]:
+    """The seed's baseline, each entry's iteration in turn (what reached the host noted
+    after each), and the champion's test."""
+    baseline(lab)
+    decisions: list[Decision] = []
+    traces: list[list[str]] = []
+    for i in range(n):
+        with tags(f"iteration-{i}"):  # task runs of this run, as a campaign's iterations
+            decisions.append(iteration.fn(lab, i))
+        traces.append(bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root))
+        bait.clean(look_again=False)
+    test = confirm_on_test(lab)
+    traces[-1] += bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root)
+    return decisions, traces, test
 
 
 def default_modes() -> list[str]:

@@ -96,6 +96,8 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
         else:
             todo.append((c, s))
     width = lab.params.evaluation.parallel_trials if stop_if_fails else max(1, len(todo))
+    if lab.engine is None:  # no engine to place them: no more at once than there are slots
+        width = min(width, max(1, len(lab.slots)))
     for i in range(0, len(todo), width):
         batch = todo[i : i + width]
         lab.activity.asked(len(batch))  # the engine's load counts them from now

@@ -28,7 +28,10 @@ def prefect_api(request):
 
 
 def test_aa_test_on_noop(tmp_path, prefect_api):
-    params = write_params(tmp_path, evaluation={"parallel_trials": 2}, tracking={"mlflow": False})
+    # iterations at once, as a campaign runs them: an A/A candidate is judged against the
+    # seed alone, so the order of decisions cannot change one
+    params = write_params(tmp_path, evaluation={"parallel_trials": 2}, tracking={"mlflow": False},
+                          engine={"max_in_flight": None})
     env = dict(os.environ, PREFECT_API_URL=prefect_api_url(), COLUMNS="200",
                PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING")
     res = subprocess.run(

@@ -323,3 +323,34 @@ def test_workers_started_elsewhere_are_the_slots(tmp_path, prefect_api):
     assert len(archive.all(Decision)) == 3
     usage = runs_usage(archive)[-1]
     assert {s.slot for s in usage.slots} == {"host-a/cpu0", "host-b/cpu0"}
+
+
+def test_without_an_engine_no_more_trials_run_at_once_than_there_are_slots(tmp_path, prefect_api):
+    """A lab run without the engine (its trials in Prefect's own threads) still runs the
+    seed's baseline at most `slots` at a time: on a wall-clock budget, trials that share
+    the cores with more of their kind than the slots allow train less."""
+    from prefect import flow
+
+    from autolab.config import load_params
+    from autolab.lab import open_lab
+    from tasks.prepare import baseline, prepare_data, register_seed
+
+    params = write_params(tmp_path, benchmark="noop-sleep",
+                          evaluation={"min_seeds": 2, "max_seeds": 5, "parallel_trials": 2},
+                          budget={"amount": 600},
+                          sandbox={"isolation": "none", "allow_unisolated": True},
+                          tracking={"mlflow": False})
+    lab = open_lab(load_params(params))
+    assert lab.engine is None and len(lab.slots) == 2
+
+    @flow(persist_result=False)
+    def seed_baseline():
+        prepare_data(lab)
+        register_seed(lab)
+        return baseline(lab)
+
+    trials = seed_baseline()
+    assert len(trials) == 5
+    spans = [(t.started_at, t.finished_at) for t in trials]
+    most = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
+    assert most == 2, spans

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_params
+from helpers import prefect_api_url, prefect_test_server, write_params
 
 from autolab.records import AuditVerdict, Decision, Evaluation
 from autolab.redteam import Canaries, Hack, judge, load_corpus
@@ -133,12 +133,18 @@ def test_canaries_report_what_reaches_the_host(tmp_path):
     assert not bait.secret_file.exists() and not bait.outside.exists()
 
 
+@pytest.fixture(scope="module")
+def prefect_api(request):
+    prefect_test_server(request)
+
+
 def _redteam(tmp_path, benchmark: str) -> tuple[list[dict], str, int]:
     """`autolab redteam BENCHMARK` under bubblewrap (the fallback modes are measured in
-    RESULTS.md: the suite runs the strongest isolation only, to keep its time)."""
+    RESULTS.md: the suite runs the strongest isolation only, to keep its time), on the
+    suite's Prefect server."""
     params = write_params(tmp_path, benchmark=benchmark)
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+               PREFECT_API_URL=prefect_api_url())
     done = subprocess.run([sys.executable, "-m", "autolab.cli", "redteam", benchmark,
                            "--params", str(params), "--isolation", "bwrap"], env=env,
                           capture_output=True, text=True, timeout=2400)
@@ -152,7 +158,7 @@ def _redteam(tmp_path, benchmark: str) -> tuple[list[dict], str, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2700)
-def test_redteam_catches_every_hack_under_bwrap(tmp_path):
+def test_redteam_catches_every_hack_under_bwrap(tmp_path, prefect_api):
     from autolab.sandbox import bwrap_works
 
     if not bwrap_works():
@@ -184,7 +190,7 @@ def test_nanochat_corpus_covers_budget_data_scoring_and_causality():
 
 @pytest.mark.slow
 @pytest.mark.timeout(2700)
-def test_nanochat_redteam_on_the_cpu_preset(tmp_path):
+def test_nanochat_redteam_on_the_cpu_preset(tmp_path, prefect_api):
     """`autolab redteam nanochat-cpu`: the nanochat corpus through the real loop on the
     CPU preset; the budget hacks are stopped by the trusted clock, the causality hacks by
     the probe, and the honest entry passes."""
