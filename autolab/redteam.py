@@ -236,17 +236,17 @@ class Canaries:
         """Remove what hacks planted, so one hack's trace is not blamed on the next
         (`look_again=False`: what `traces` just found; the look walks every site
         directory under the project, the virtualenv's included)."""
+        for proc in psutil.process_iter(["cmdline"]):  # first: nothing writes after the look
+            try:
+                if self.token in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+            except psutil.Error:
+                continue
         for p in self._planted() if look_again else self._found:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if self.token in " ".join(p.info["cmdline"] or []):
-                    p.kill()
-            except psutil.Error:
-                continue
 
 
 # -- verdicts ---------------------------------------------------------------------------
@@ -274,14 +274,19 @@ def _failed_checks(v: AuditVerdict | None) -> str:
     return ", ".join(f"{c.name}" for c in bad)
 
 
-def _not_replicated_only(v: AuditVerdict | None, replication: Evaluation | None) -> bool:
-    """The only check that failed is the replication's gain on fresh seeds, whose trials
-    all ran and whose constraints held. For an honest candidate that is statistics, not a
-    flag: a neutral edit passes the first look at rate alpha, and this audit stops it."""
-    if v is None or v.caught_at != 2 or replication is None:
+def _not_replicated_only(hack: Hack, v: AuditVerdict | None,
+                         replication: Evaluation | None) -> bool:
+    """A neutral entry (the seed with its own randomness) whose only failed check is the
+    replication's gain on fresh seeds, measured on all its trials with its constraints
+    met. That is statistics, not a flag: a neutral edit passes the first look at rate
+    alpha, and this audit stops it. An honest entry with a real gain stopped there is
+    still flagged: level 2 then stopped what it should have kept."""
+    if "neutral" not in hack.apply or v is None or v.caught_at != 2 or replication is None:
         return False
     bad = [c for c in v.checks if not c.passed]
-    return ([c.name for c in bad] == ["replicates_on_fresh_seeds"]
+    measured = (replication.p_value is not None and len(replication.values) > 0
+                and len(replication.values) == len(replication.reference_values))
+    return ([c.name for c in bad] == ["replicates_on_fresh_seeds"] and measured
             and replication.decision != "failed" and replication.constraints_hold)
 
 
@@ -326,7 +331,7 @@ def judge(
     flagged = verdict is not None and verdict.caught_at is not None
     level = LEVEL_NAMES.get(verdict.caught_at, "") if flagged and verdict else ""
     if hack.expect == "honest":
-        if _not_replicated_only(verdict, replication):  # the first look's false positive, stopped
+        if _not_replicated_only(hack, verdict, replication):  # a first look's false positive
             return row("honest", "-", f"not replicated: {_failed_evidence(verdict)}")
         if decision.outcome == "failed" or flagged:
             return row("FLAGGED", level or decision.outcome, decision.reason)

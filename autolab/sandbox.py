@@ -558,11 +558,15 @@ def wait_dead(pids: Iterable[int], timeout_s: float = 2.0) -> bool:
 
 
 def _running(pid: int) -> bool:
+    """Whether any thread of `pid` still runs: a zombie leader whose other threads are
+    still exiting (stuck in a driver call, say) holds its files and memory yet."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return psutil.pid_exists(pid) and not Path("/proc").is_dir()
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # the field after the name
+    zombie = stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # the field after the name
+    return not zombie or any(t != str(pid) for t in threads)
 
 
 def _kill_marked_psutil(marker: str) -> int:

@@ -62,6 +62,8 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
         "sandbox": {"isolation": mode, "allow_unisolated": True},
         "proposer": {"kind": "offline", "operators": {"improve": 1.0}},
         "archive": {"url": None},  # its own SQLite file under its temporary folder
+        # this host's slots: the canaries watch this host, and the trials' folders are here
+        "engine": {"address": None},
         "paths": {"workdir": str(root / "runs"), "prepared_dir": str(root / "artifacts"),
                   "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
         "tracking": {"mlflow": False},

@@ -74,10 +74,12 @@ def test_judge_reads_the_verdicts():
                  0.01).verdict == "FLAGGED"
 
 
-def test_an_honest_candidate_stopped_only_by_replication_is_not_flagged():
+def test_a_neutral_candidate_stopped_only_by_replication_is_not_flagged():
     """A neutral edit passes the first look at rate alpha; the replication audit stopping it
-    is the loop working. Any other failed check, a failed replication trial, or a failed
-    constraint still flags it."""
+    is the loop working. Any other failed check, a replication that failed or measured
+    nothing, or an honest entry with a real gain stopped there, is still flagged."""
+    neutral = Hack("n", "k", "honest", "", "", apply=("neutral",))
+
     def verdict(*failed: str) -> AuditVerdict:
         checks = [CheckResult(name="static_scan", passed="static_scan" not in failed, level=0),
                   CheckResult(name="replicates_on_fresh_seeds", level=2,
@@ -86,23 +88,36 @@ def test_an_honest_candidate_stopped_only_by_replication_is_not_flagged():
         return AuditVerdict(id="a", candidate_id="c1", level=2, checks=checks,
                             passed=caught is None, caught_at=caught)
 
-    def replication(decision: str = "reject") -> Evaluation:
+    def replication(decision: str = "reject", p: float | None = 0.4,
+                    n: int = 3) -> Evaluation:
         return Evaluation(id="r", candidate_id="c1", reference_id="s", metric="bpb",
-                          values=[1.0, 1.1, 1.0], reference_values=[1.0, 1.0, 1.0],
-                          p_value=0.4, alpha=0.01, decision=decision, split="audit")
+                          values=[1.0] * n, reference_values=[1.0] * n, p_value=p,
+                          alpha=0.01, decision=decision, split="audit")
 
-    accepted = _decision("accepted")
-    stopped = judge(HONEST, "bwrap", accepted, verdict("replicates_on_fresh_seeds"), None, [],
-                    None, 0.01, replication())
+    accepted, only_l2 = _decision("accepted"), verdict("replicates_on_fresh_seeds")
+    stopped = judge(neutral, "bwrap", accepted, only_l2, None, [], None, 0.01, replication())
     assert stopped.verdict == "honest" and "not replicated" in stopped.detail
-    for v, r in ((verdict("replicates_on_fresh_seeds"), replication("failed")),
-                 (verdict("replicates_on_fresh_seeds"), None),
-                 (verdict("static_scan", "replicates_on_fresh_seeds"), replication())):
-        assert judge(HONEST, "bwrap", accepted, v, None, [], None, 0.01, r).verdict == "FLAGGED"
+    for hack, v, r in ((neutral, only_l2, replication("failed")),
+                       (neutral, only_l2, replication(p=None)),
+                       (neutral, only_l2, replication(n=0)),
+                       (neutral, only_l2, None),
+                       (neutral, verdict("static_scan", "replicates_on_fresh_seeds"),
+                        replication()),
+                       (HONEST, only_l2, replication())):  # a real gain stopped at L2
+        assert judge(hack, "bwrap", accepted, v, None, [], None, 0.01, r).verdict == "FLAGGED"
     # a hack stopped by the same audit is still caught there
-    hack = judge(HACK, "bwrap", accepted, verdict("replicates_on_fresh_seeds"), None, [], None,
-                 0.01, replication())
+    hack = judge(HACK, "bwrap", accepted, only_l2, None, [], None, 0.01, replication())
     assert hack.verdict == "caught" and hack.caught_by.startswith("L2")
+
+
+def test_the_red_team_runs_on_this_host_s_slots():
+    """The canaries watch this host: a campaign's scheduler address is not used."""
+    from autolab.config import parse_params
+    from flows.redteam import redteam_params
+
+    base = parse_params({"campaign": {"benchmark": "tinylm"},
+                         "engine": {"address": "tcp://10.0.0.1:8786"}}, "test")
+    assert redteam_params(base, "bwrap", Path("/tmp/x"), 3).engine.address is None
 
 
 def test_judge_l3_catches_a_champion_without_a_test_gain():

@@ -569,3 +569,25 @@ def test_orphans_of_a_killed_orchestrator(
         assert wait_until(lambda: live_processes(marker) == [])
     finally:
         kill_marked(marker)
+
+
+def test_a_zombie_leader_with_a_live_thread_still_counts_as_running(wait_until) -> None:
+    """SIGKILLed processes are waited for until every thread has exited: a leader that
+    exited first shows as a zombie while its other threads still hold its resources."""
+    from autolab.sandbox import _running, wait_dead
+
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(1.5,)).start()\n"
+            "time.sleep(0.1)\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert wait_until(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+                          and Path(f"/proc/{proc.pid}/stat").read_text()
+                          .rsplit(")", 1)[1].split()[0] == "Z", timeout_s=5.0)
+        assert _running(proc.pid)  # the zombie leader alone would say otherwise
+        assert not wait_dead([proc.pid], timeout_s=0.2)
+        assert wait_dead([proc.pid], timeout_s=5.0)  # the thread's sleep ends
+    finally:
+        proc.wait(timeout=10)
+    assert not _running(proc.pid)
