@@ -100,13 +100,13 @@ def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list
             decisions, traces, test = _run_hacks(lab, bait, len(hacks))
         finally:
             lab.engine.close()
+    # each candidate's replication on the audit's fresh seeds (the newest, if several)
+    replications = {e.candidate_id: e for e in lab.archive.all(Evaluation) if e.split == "audit"}
     for hack, decision, found in zip(hacks, decisions, traces, strict=True):
         verdict = lab.archive.get(AuditVerdict, decision.audit_id) if decision.audit_id else None
         ev = lab.archive.get(Evaluation, decision.evaluation_id) if decision.evaluation_id else None
-        audit = [e for e in lab.archive.all(Evaluation)
-                 if e.candidate_id == decision.candidate_id and e.split == "audit"]
         rows.append(judge(hack, mode, decision, verdict, ev, found, test, p.evaluation.alpha,
-                          audit[-1] if audit else None))
+                          replications.get(decision.candidate_id)))
     return rows
 
 

@@ -18,7 +18,7 @@ import operator
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pydantic import BaseModel, Field
@@ -354,11 +354,20 @@ def crossover_section(request: ProposalRequest) -> Section | None:
                    items=items, required=True)
 
 
-def lineage_section(request: ProposalRequest,
-                    index: HistoryIndex | None = None) -> Section | None:
-    if index is None:
-        with indexed(request.history) as index:
-            return lineage_section(request, index)
+def _with_index(section: Callable[[ProposalRequest, HistoryIndex], Section | None]
+                ) -> Callable[..., Section | None]:
+    """A section called without an index builds it from the request's history."""
+    @functools.wraps(section)
+    def call(request: ProposalRequest, index: HistoryIndex | None = None) -> Section | None:
+        if index is not None:
+            return section(request, index)
+        with indexed(request.history) as built:
+            return section(request, built)
+    return call
+
+
+@_with_index
+def lineage_section(request: ProposalRequest, index: HistoryIndex) -> Section | None:
     view = edited(request)
     items = []
     for cid in view.lineage_ids:
@@ -376,12 +385,9 @@ def lineage_section(request: ProposalRequest,
                    priority=70, items=items)
 
 
-def tried_here_section(request: ProposalRequest,
-                       index: HistoryIndex | None = None) -> Section | None:
+@_with_index
+def tried_here_section(request: ProposalRequest, index: HistoryIndex) -> Section | None:
     """What was already proposed from this very parent: do not propose it again."""
-    if index is None:
-        with indexed(request.history) as index:
-            return tried_here_section(request, index)
     view = request.parents[0]
     mine = [request.history[at] for at in reversed(index.by_parent.get(view.id, ()))]
     items = [f"- [{idea_of(h)}] {outcome_line(h, request.metric.unit)}. {h.rationale[:200]}"
@@ -408,13 +414,10 @@ def best_section(request: ProposalRequest) -> Section | None:
                    priority=50, items=items)
 
 
-def negative_section(request: ProposalRequest,
-                     index: HistoryIndex | None = None) -> Section | None:
+@_with_index
+def negative_section(request: ProposalRequest, index: HistoryIndex) -> Section | None:
     """Ideas that did not pay off elsewhere, grouped by idea: 'tried X: no gain, p = 0.4';
     those tried most first (then in the order they were first tried)."""
-    if index is None:
-        with indexed(request.history) as index:
-            return negative_section(request, index)
     items = []
     for idea, places in index.negative_groups(request.parents[0].id, MAX_ITEMS["negative"]):
         last = request.history[places[-1]]
@@ -426,11 +429,8 @@ def negative_section(request: ProposalRequest,
                    priority=40, items=items)
 
 
-def failures_section(request: ProposalRequest,
-                     index: HistoryIndex | None = None) -> Section | None:
-    if index is None:
-        with indexed(request.history) as index:
-            return failures_section(request, index)
+@_with_index
+def failures_section(request: ProposalRequest, index: HistoryIndex) -> Section | None:
     here = request.parents[0].id
     newest = (request.history[at] for at in reversed(index.failures))
     failed = itertools.islice((h for h in newest if h.parent_id != here), MAX_ITEMS["failures"])
