@@ -2,13 +2,17 @@
 
 Started or resumed the same way: everything done before is in the archive and is skipped.
 Trials run on the engine's slots (autolab.engine); several iterations are in flight at once,
-so proposals are made while other candidates' trials run and every slot has work.
+so proposals are made while other candidates' trials run and every slot has work. The
+seed's baseline is one more job on those slots: iterations start beside it, so a slot its
+last trials leave free takes a candidate's trial (a candidate's look that needs a seed trial
+still running waits for that one; the engine never runs a trial twice).
 """
 
 from __future__ import annotations
 
 import contextvars
 import statistics
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 
@@ -30,6 +34,8 @@ from tasks.prepare import baseline, prepare_data, register_seed
 
 MAX_IN_FLIGHT = 256  # iterations at once, at most (each a thread of this process)
 DISPATCH_EVERY_S = 0.25  # how often the slots' load is looked at between completions
+USAGE_EVERY_S = 30.0  # the slots' usage is kept at least this often (and at each decision),
+# so a run killed between decisions still leaves its duty cycle up to its last half minute
 
 
 def stop_reason(lab: Lab, run_started: datetime,
@@ -62,14 +68,16 @@ def next_index(lab: Lab, running: set[int] | frozenset[int] = frozenset()) -> in
     return index
 
 
-def iterate(lab: Lab, run_started: datetime) -> str:
+def iterate(lab: Lab, run_started: datetime, alongside: Future | None = None) -> str:
     """Iterations until a stop, several at once, each in its own thread: another starts
     whenever the slots would otherwise run short of trials (autolab.engine.more_iterations).
-    On a stop no new one starts; those in flight finish."""
+    On a stop no new one starts; those in flight finish. `alongside`: work running beside
+    them (the seed's baseline) whose failure ends the campaign at once."""
     e, reason = lab.params.engine, None
     per_iteration = lab.params.evaluation.min_seeds
     running: dict[Future, int] = {}
     lab.activity.stage = "research"
+    kept = time.monotonic()
     pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="iteration")
     try:
         while True:
@@ -95,11 +103,14 @@ def iterate(lab: Lab, run_started: datetime) -> str:
                 lab.activity.stage = "stopping"
                 return reason or "no iteration left"
             done, _ = wait(running, timeout=DISPATCH_EVERY_S, return_when=FIRST_COMPLETED)
+            if alongside is not None and alongside.done() and alongside.exception():
+                raise alongside.exception()  # e.g. the seed failed its baseline
             for future in sorted(done, key=running.get):
                 index = running.pop(future)
                 report_progress(lab, index, future.result())
-            if done:
+            if done or time.monotonic() - kept >= USAGE_EVERY_S:
                 record_usage(lab, run_started)
+                kept = time.monotonic()
     except BaseException:
         # an infrastructure fault (or an interrupt): the engine's trials are cancelled so
         # the iterations in flight end now instead of running to their decisions
@@ -178,17 +189,10 @@ def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:
     more = " ..." if len(slots) > 8 else ""
     print(f"engine: {len(slots)} slot(s) ({', '.join(slots[:8])}{more}), "
           f"{lab.params.engine.ahead} iteration(s) ahead", flush=True)
-    seed_trials = baseline(lab)
-    vals = [t.metrics[lab.bench.metric.name] for t in seed_trials if t.status == "ok"]
-    print(
-        f"seed {lab.campaign.seed_candidate[:8]}: {lab.bench.metric.name} "
-        f"{statistics.fmean(vals) if vals else float('nan'):.4f} on {len(vals)} seeds",
-        flush=True,
-    )
-    if warning := constraint_warning(lab.campaign.seed_constraints):
-        print(warning, flush=True)
-
-    reason = iterate(lab, run_started)
+    with ThreadPoolExecutor(1, thread_name_prefix="baseline") as pool:
+        seed_run = pool.submit(contextvars.copy_context().run, seed_baseline, lab)
+        reason = iterate(lab, run_started, alongside=seed_run)
+        seed_run.result()
     test = confirm_on_test(lab) if confirm else None  # audit level 3: the held-out split
     record = finish(lab, test, reason)
     print(f"campaign {record.name} finished: {reason}", flush=True)
@@ -198,3 +202,16 @@ def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:
         "stop_reason": reason,
         "proposals": len(lab.archive.all(Proposal)),
     }
+
+
+def seed_baseline(lab: Lab) -> None:
+    """The seed on every seed the evaluation may use (tasks.prepare.baseline), reported."""
+    seed_trials = baseline(lab)
+    vals = [t.metrics[lab.bench.metric.name] for t in seed_trials if t.status == "ok"]
+    print(
+        f"seed {lab.campaign.seed_candidate[:8]}: {lab.bench.metric.name} "
+        f"{statistics.fmean(vals) if vals else float('nan'):.4f} on {len(vals)} seeds",
+        flush=True,
+    )
+    if warning := constraint_warning(lab.campaign.seed_constraints):
+        print(warning, flush=True)

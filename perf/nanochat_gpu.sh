@@ -16,6 +16,8 @@
 #   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
+#   NAME=other ...                        # campaign-start and collect: that campaign name
+#                                         # instead of PARAMS's (same settings otherwise)
 # The prepared data come from `autolab prepare nanochat` on any machine (train.bin split
 # and xz-compressed as train.bin.partN.xz; the small files as they are); the wheelhouse
 # from `make wheelhouse WHEEL_PROFILE=run HOST_PACKAGES=<the host's pip freeze>`. For
@@ -98,7 +100,8 @@ PY
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
-    setsid nohup .venv/bin/autolab run --params "$1" ${RUN_ARGS:-} >>/root/campaign.log 2>&1 </dev/null &
+    setsid nohup .venv/bin/autolab run --params "$1" ${NAME:+--name "$NAME"} ${RUN_ARGS:-} \
+      >>/root/campaign.log 2>&1 </dev/null &
     echo $! >/root/campaign.pid; sleep 5; tail -5 /root/campaign.log ;;
   campaign-wait)
     end=$((SECONDS + $1))
@@ -114,10 +117,10 @@ PY
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
-    name=$(.venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")
+    name=${NAME:-$(.venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")}
     mkdir -p "$2"
-    .venv/bin/autolab report --params "$1" || true
-    .venv/bin/autolab status --params "$1" >"$2/status-$name.txt" 2>&1 || true
+    .venv/bin/autolab report --params "$1" --name "$name" || true
+    .venv/bin/autolab status --params "$1" --name "$name" >"$2/status-$name.txt" 2>&1 || true
     tar -czf "$2/campaign-$name.tgz" "runs/$name/archive" mlruns reports /root/campaign.log
     ls -la "$2" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;

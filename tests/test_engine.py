@@ -233,11 +233,15 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     assert len({t.id for t in trials}) == len(trials)
     assert all(t.slot.startswith("cpu") for t in trials)
 
-    # the seed's baseline took every slot at once (not parallel_trials at a time)
+    # the seed's baseline was asked for at once (not parallel_trials at a time): more of
+    # its trials ran together than parallel_trials allows (an iteration started beside it
+    # may take a slot first)
     seed = archive.campaign().seed_candidate
     base = [t for t in trials if t.candidate_id == seed and t.split == "val"]
     assert len(base) == 4
-    assert max(t.started_at for t in base) < min(t.finished_at for t in base)
+    together = max(sum(1 for u in base if u.started_at <= t.started_at < u.finished_at)
+                   for t in base)
+    assert together > 2, [(t.started_at, t.finished_at) for t in base]
 
     # iterations overlapped: some candidate's trials ran while another's did
     spans = {}
@@ -260,8 +264,8 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     assert [s.slot for s in usage.slots] == ["cpu0", "cpu1", "cpu2", "cpu3"]
     assert usage.trials == len(trials)
     assert 0 < usage.duty_cycle() <= 1
-    # the research stage's trials: those of the iterations, not the seed's baseline
-    assert 0 < sum(s.trials for s in usage.research) <= usage.trials - len(base)
+    # the research stage's trials: the iterations' (and the baseline's that ended there)
+    assert 0 < sum(s.trials for s in usage.research) <= usage.trials
 
 
 def archive_order(archive: Archive, decision: Decision) -> int:
@@ -354,3 +358,37 @@ def test_without_an_engine_no_more_trials_run_at_once_than_there_are_slots(tmp_p
     spans = [(t.started_at, t.finished_at) for t in trials]
     most = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
     assert most == 2, spans
+
+
+def test_a_slot_the_seed_s_baseline_leaves_free_takes_a_candidate_s_trial(tmp_path, prefect_api):
+    """Three baseline trials on two slots: the third would run alone, so an iteration,
+    started beside the baseline, has a candidate's trial run next to it. The candidate's
+    look on a seed whose baseline trial is still running waits for that trial (run once),
+    and every decision compares matched seeds."""
+    from flows.campaign import campaign
+
+    params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=2,
+                          evaluation={"min_seeds": 2, "max_seeds": 3, "parallel_trials": 1,
+                                      "test_seeds": 2},
+                          engine={"slots": 2, "ahead": 1, "max_in_flight": None},
+                          budget={"amount": 3000},
+                          proposer={"kind": "offline"},
+                          sandbox={"isolation": "none", "allow_unisolated": True},
+                          tracking={"mlflow": False})
+    campaign(params_path=str(params), confirm=False)
+    archive = Archive(tmp_path / "runs" / "test-noop-sleep" / "archive")
+    seed = archive.campaign().seed_candidate
+    trials = [t for t in archive.all(Trial) if t.split == "val"]
+    assert len({(t.candidate_id, t.seed) for t in trials}) == len(trials)  # none twice
+    base = [t for t in trials if t.candidate_id == seed]
+    others = [t for t in trials if t.candidate_id != seed]
+    assert len(base) == 3 and others
+    last_base_end = max(t.finished_at for t in base)
+    assert min(t.started_at for t in others) < last_base_end, (
+        "no candidate's trial ran beside the seed's last baseline trial")
+    assert len(archive.all(Decision)) == 2
+    for e in archive.all(Evaluation):  # matched seeds: the reference's on the same ones
+        if e.split == "val":
+            mine = {t.seed for t in trials if t.candidate_id == e.candidate_id and t.status == "ok"}
+            theirs = {t.seed for t in trials if t.candidate_id == e.reference_id}
+            assert mine <= theirs
