@@ -20,7 +20,8 @@
 #                                         # instead of PARAMS's (same settings otherwise)
 # The prepared data come from `autolab prepare nanochat` on any machine (train.bin split
 # and xz-compressed as train.bin.partN.xz; the small files as they are); the wheelhouse
-# from `make wheelhouse WHEEL_PROFILE=run HOST_PACKAGES=<the host's pip freeze>`. For
+# from `make wheelhouse WHEEL_PROFILE=run HOST_PACKAGES=<the host's pip freeze>` (the GPU
+# image's, as read on 2026-11-23: perf/host-packages-cuda-image.txt). For
 # perf/nanochat_seeds.py alone carry only what the host lacks (pydantic, pydantic-core,
 # annotated-types, typing-inspection) as top-level wheels: $SITE is on the parent's path.
 # Other benchmarks' token files stage the same way into their own folders, e.g. for the
