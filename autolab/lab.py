@@ -42,6 +42,9 @@ class Lab:
     _setup: TrialSetup | None = field(default=None, repr=False)
     engine: Engine | None = field(default=None, repr=False)  # None: trials run in-process
     activity: Activity = field(default_factory=Activity, repr=False)
+    # the seed's baseline while it runs beside the first iterations (flows/campaign.py):
+    # their looks take the seed's val trials from it, never ask for them themselves
+    baseline: Any = field(default=None, repr=False)
     # a would-be champion's challenge and the decision on it, one iteration at a time
     decide_lock: Any = field(default_factory=threading.Lock, repr=False)
     _blocks: list[int] = field(default_factory=list, repr=False)  # replication blocks issued

@@ -4,8 +4,8 @@ Started or resumed the same way: everything done before is in the archive and is
 Trials run on the engine's slots (autolab.engine); several iterations are in flight at once,
 so proposals are made while other candidates' trials run and every slot has work. The
 seed's baseline is one more job on those slots: iterations start beside it, so a slot its
-last trials leave free takes a candidate's trial (a candidate's look that needs a seed trial
-still running waits for that one; the engine never runs a trial twice).
+last trials leave free takes a candidate's trial; a look that compares with the seed takes
+the seed's trials from the finished baseline (tasks.run.run_trials).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 
-from prefect import flow, tags
+from prefect import flow
 
 from autolab.config import load_params
 from autolab.engine import more_iterations
@@ -122,13 +122,14 @@ def iterate(lab: Lab, run_started: datetime, alongside: Future | None = None) ->
 
 
 def _iteration(lab: Lab, index: int) -> Decision:
-    """The iteration's DAG as task runs of this campaign's run, tagged `iteration-<index>`.
-    Not a subflow: a subflow's start and end are blocking calls to Prefect's server, and
-    with many iterations in flight they queued on its database (a 16-slot campaign kept
-    its slots 19-60% busy that way, 81% this way: RESULTS.md)."""
+    """The iteration's DAG as task runs of this campaign's run. Not a subflow: a subflow's
+    start and end are blocking calls to Prefect's server, and with many iterations in
+    flight they queued on its database (a 16-slot campaign kept its slots 19-60% busy that
+    way, 81% this way: RESULTS.md). Nor tagged: a tagged task run first asks the server for
+    the tag's concurrency slot, a database write for each new tag that the server answers
+    503 (retried 2 s later) whenever its own services are writing."""
     try:
-        with tags(f"iteration-{index}"):
-            return iteration.fn(lab, index)
+        return iteration.fn(lab, index)
     finally:
         lab.activity.proposed(index)
 
@@ -190,9 +191,13 @@ def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:
     print(f"engine: {len(slots)} slot(s) ({', '.join(slots[:8])}{more}), "
           f"{lab.params.engine.ahead} iteration(s) ahead", flush=True)
     with ThreadPoolExecutor(1, thread_name_prefix="baseline") as pool:
-        seed_run = pool.submit(contextvars.copy_context().run, seed_baseline, lab)
-        reason = iterate(lab, run_started, alongside=seed_run)
-        seed_run.result()
+        lab.baseline = pool.submit(contextvars.copy_context().run, seed_baseline, lab)
+        try:
+            reason = iterate(lab, run_started, alongside=lab.baseline)
+            lab.baseline.result()
+        except BaseException:  # an interrupt while the baseline ends: its trials stop too
+            lab.engine.close()
+            raise
     test = confirm_on_test(lab) if confirm else None  # audit level 3: the held-out split
     record = finish(lab, test, reason)
     print(f"campaign {record.name} finished: {reason}", flush=True)

@@ -146,13 +146,13 @@ def baseline(lab: Lab) -> list[Trial]:
     A seed solution that fails there leaves nothing to compare against: the campaign stops."""
     seed = lab.campaign.seed_candidate
     jobs = [(seed, s) for s in lab.seeds(lab.params.evaluation.max_seeds)]
-    trials = run_trials(lab, jobs)
+    trials = run_trials(lab, jobs, of_baseline=True)
     if bad := [t for t in trials if t.status != "ok"]:
         # the seed is the benchmark's own solution: a failure here has almost surely met
         # the machine (load, a kill), not its code, so it is run once more
         for t in bad:
             forget_trial(lab, t)
-        trials = run_trials(lab, jobs)
+        trials = run_trials(lab, jobs, of_baseline=True)
     if bad := [t for t in trials if t.status != "ok"]:
         raise CampaignRefused(
             f"the seed solution failed {len(bad)} of its {len(trials)} baseline trials "

@@ -80,18 +80,27 @@ def _campaign_task(lab: Lab):
 
 
 def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
-               stop_if_fails: str | None = None) -> list[Trial]:
+               stop_if_fails: str | None = None, of_baseline: bool = False) -> list[Trial]:
     """(candidate, seed) jobs, each its own task run on the engine's slots (shared with the
     other iterations in flight). With `stop_if_fails` they go `parallel_trials` at a time,
     and no new batch starts once a trial of that candidate has failed; without it (the
     seed's baseline, the audit's replications, the test half) all are asked for at once,
-    so that they spread over every free slot."""
+    so that they spread over every free slot.
+
+    While the seed's baseline runs (`lab.baseline`), the seed's val trials asked for by
+    anyone else are taken from it once it has finished (its failed trials run again, or
+    the campaign refused), so a look never compares with a seed trial that is about to
+    be replaced, nor runs one the baseline is running."""
     runner = _campaign_task(lab)
     trials: list[Trial] = []
-    todo = []
+    todo, from_baseline = [], []
+    pending = lab.baseline if not of_baseline and split == "val" else None
+    seed = lab.campaign.seed_candidate if pending is not None else None
     for c, s in jobs:  # archived trials are not work: only the rest is batched
         done = lab.archive.get(Trial, trial_id(lab, c, s, split))
-        if done is not None:
+        if c == seed and not pending.done():
+            from_baseline.append((c, s))
+        elif done is not None:
             trials.append(done)
         else:
             todo.append((c, s))
@@ -114,7 +123,10 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
             lab.activity.asked(returned - len(batch), returned=False)
         if stop_if_fails and any(t.candidate_id == stop_if_fails and t.status != "ok"
                                  for t in trials):
-            break
+            return trials
+    if from_baseline:
+        pending.result()  # raises what stopped the baseline (the campaign is refused)
+        trials.extend(run_trials(lab, from_baseline, split))
     return trials
 
 

@@ -219,7 +219,7 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
                           evaluation={"min_seeds": 2, "max_seeds": 4, "test_seeds": 2,
                                       "parallel_trials": 2},
                           engine={"slots": 4, "ahead": 2, "max_in_flight": None},
-                          budget={"amount": 400},
+                          budget={"amount": 1000},
                           proposer={"kind": "offline", "offline_delay_s": 0.3},
                           sandbox={"isolation": "none", "allow_unisolated": True},
                           tracking={"mlflow": False})
@@ -360,35 +360,79 @@ def test_without_an_engine_no_more_trials_run_at_once_than_there_are_slots(tmp_p
     assert most == 2, spans
 
 
-def test_a_slot_the_seed_s_baseline_leaves_free_takes_a_candidate_s_trial(tmp_path, prefect_api):
-    """Three baseline trials on two slots: the third would run alone, so an iteration,
-    started beside the baseline, has a candidate's trial run next to it. The candidate's
-    look on a seed whose baseline trial is still running waits for that trial (run once),
-    and every decision compares matched seeds."""
+def _seed_baseline_campaign(tmp_path, max_seeds: int) -> Archive:
     from flows.campaign import campaign
 
     params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=2,
-                          evaluation={"min_seeds": 2, "max_seeds": 3, "parallel_trials": 1,
-                                      "test_seeds": 2},
+                          evaluation={"min_seeds": 2, "max_seeds": max_seeds,
+                                      "parallel_trials": 1, "test_seeds": 2},
                           engine={"slots": 2, "ahead": 1, "max_in_flight": None},
                           budget={"amount": 3000},
                           proposer={"kind": "offline"},
                           sandbox={"isolation": "none", "allow_unisolated": True},
                           tracking={"mlflow": False})
     campaign(params_path=str(params), confirm=False)
-    archive = Archive(tmp_path / "runs" / "test-noop-sleep" / "archive")
+    return Archive(tmp_path / "runs" / "test-noop-sleep" / "archive")
+
+
+def _compared_on_matched_seeds(archive: Archive, seed: str) -> None:
+    """Every look against the seed paired the candidate's trials with the seed's on the
+    same seeds (never a fallback to unpaired values)."""
+    looks = [e for e in archive.all(Evaluation) if e.split == "val" and e.reference_id == seed]
+    assert looks
+    for e in looks:
+        assert e.test == "paired" and len(e.values) == len(e.reference_values), e
+
+
+def test_a_slot_the_seed_s_baseline_leaves_free_takes_a_candidate_s_trial(tmp_path, prefect_api):
+    """Three baseline trials on two slots: the third would run alone, so an iteration,
+    started beside the baseline, has a candidate's trial run next to it; its look takes
+    the seed's trials from the finished baseline, on the same seeds, and no trial runs
+    twice."""
+    archive = _seed_baseline_campaign(tmp_path, max_seeds=3)
     seed = archive.campaign().seed_candidate
     trials = [t for t in archive.all(Trial) if t.split == "val"]
-    assert len({(t.candidate_id, t.seed) for t in trials}) == len(trials)  # none twice
+    assert runs_usage(archive)[-1].trials == len(archive.all(Trial))  # none run twice
     base = [t for t in trials if t.candidate_id == seed]
     others = [t for t in trials if t.candidate_id != seed]
     assert len(base) == 3 and others
-    last_base_end = max(t.finished_at for t in base)
-    assert min(t.started_at for t in others) < last_base_end, (
+    assert min(t.started_at for t in others) < max(t.finished_at for t in base), (
         "no candidate's trial ran beside the seed's last baseline trial")
     assert len(archive.all(Decision)) == 2
-    for e in archive.all(Evaluation):  # matched seeds: the reference's on the same ones
-        if e.split == "val":
-            mine = {t.seed for t in trials if t.candidate_id == e.candidate_id and t.status == "ok"}
-            theirs = {t.seed for t in trials if t.candidate_id == e.reference_id}
-            assert mine <= theirs
+    _compared_on_matched_seeds(archive, seed)
+
+
+def test_a_seed_trial_that_fails_once_is_run_again_before_any_look_uses_it(
+        tmp_path, prefect_api, monkeypatch):
+    """The seed's trial on one seed fails (a machine fault) and ends last: the baseline
+    runs it again, and the iterations started beside it wait for that, instead of
+    comparing with the failed trial or asking for the seed's trial themselves."""
+    import time
+
+    import autolab.engine as engine_module
+    from benchmarks.noop.benchmark import NoopSleep
+
+    # trials run in the engine's workers, which get a pickled copy of this function: the
+    # runs are counted in a file
+    seed_files, real, counter = NoopSleep().seed_files(), engine_module.run_job, tmp_path / "n"
+
+    def machine_fault_once(job):
+        trial = real(job)
+        if job.split == "val" and job.files == seed_files and job.seed == 1000:
+            with counter.open("a") as f:
+                f.write("x")
+            if counter.read_text() == "x":
+                time.sleep(3)
+                return trial.model_copy(update={"status": "failed", "failure": "timeout",
+                                                "reason": "planted machine fault",
+                                                "metrics": {}})
+        return trial
+
+    monkeypatch.setattr(engine_module, "run_job", machine_fault_once)
+    archive = _seed_baseline_campaign(tmp_path, max_seeds=4)
+    seed = archive.campaign().seed_candidate
+    runs = counter.read_text()
+    assert len(runs) == 2  # the baseline's run and its one re-run, nobody else's
+    assert [t.status for t in archive.superseded(Trial)] == ["failed"]
+    assert len(archive.all(Decision)) == 2
+    _compared_on_matched_seeds(archive, seed)
