@@ -154,8 +154,9 @@ class Activity:
         self._returned: deque[float] = deque()  # when trials came back, the last window's
         self._latencies: deque[float] = deque(maxlen=self.LATENCIES)
         self._first_ask: float | None = None
-        # the run's stage: "start" (the seed's baseline), "research" (iterations being
-        # started), "stopping" (a stop reached: those in flight finish, then confirmation)
+        # the run's stage: "start" (before the first iteration), "research" (iterations
+        # being started), "stopping" (a stop reached: those in flight finish, then
+        # confirmation)
         self.stage = "start"
 
     def starting(self, index: int) -> None:
@@ -269,8 +270,9 @@ class SlotUsage(BaseModel):
 
 class Usage(BaseModel):
     """One run's slots: busy and idle seconds (by reason) from samples every `interval_s`;
-    over the whole run, and over its research stage alone (from the first iteration to
-    the stop: without the seed's baseline, the draining and the confirmation)."""
+    over the whole run, and over its research stage alone (from the first iteration, which
+    starts beside the seed's baseline, to the stop: without the draining and the
+    confirmation)."""
 
     started: float  # unix time
     ended: float
