@@ -68,11 +68,11 @@ def next_index(lab: Lab, running: set[int] | frozenset[int] = frozenset()) -> in
     return index
 
 
-def iterate(lab: Lab, run_started: datetime, alongside: Future | None = None) -> str:
+def iterate(lab: Lab, run_started: datetime) -> str:
     """Iterations until a stop, several at once, each in its own thread: another starts
     whenever the slots would otherwise run short of trials (autolab.engine.more_iterations).
-    On a stop no new one starts; those in flight finish. `alongside`: work running beside
-    them (the seed's baseline) whose failure ends the campaign at once."""
+    On a stop no new one starts; those in flight finish. A failure of the seed's baseline
+    running beside them (`lab.baseline`) ends the campaign at once."""
     e, reason = lab.params.engine, None
     per_iteration = lab.params.evaluation.min_seeds
     running: dict[Future, int] = {}
@@ -103,8 +103,9 @@ def iterate(lab: Lab, run_started: datetime, alongside: Future | None = None) ->
                 lab.activity.stage = "stopping"
                 return reason or "no iteration left"
             done, _ = wait(running, timeout=DISPATCH_EVERY_S, return_when=FIRST_COMPLETED)
-            if alongside is not None and alongside.done() and alongside.exception():
-                raise alongside.exception()  # e.g. the seed failed its baseline
+            if lab.baseline is not None and lab.baseline.done() and \
+                    (failed := lab.baseline.exception()) is not None:
+                raise failed  # e.g. the seed failed its baseline
             for future in sorted(done, key=running.get):
                 index = running.pop(future)
                 report_progress(lab, index, future.result())
@@ -193,7 +194,7 @@ def run_campaign(lab: Lab, run_started: datetime, confirm: bool) -> dict:
     with ThreadPoolExecutor(1, thread_name_prefix="baseline") as pool:
         lab.baseline = pool.submit(contextvars.copy_context().run, seed_baseline, lab)
         try:
-            reason = iterate(lab, run_started, alongside=lab.baseline)
+            reason = iterate(lab, run_started)
             lab.baseline.result()
         except BaseException:  # an interrupt while the baseline ends: its trials stop too
             lab.engine.close()

@@ -118,9 +118,7 @@ def _run_hacks(lab: Lab, bait: Canaries, n: int) -> tuple[list[Decision], list[l
     decisions: list[Decision] = []
     traces: list[list[str]] = []
     for i in range(n):
-        # untagged task runs, one iteration after another: a tagged task run asks Prefect's
-        # server for the tag's concurrency slot first (a database write on each new tag,
-        # answered 503 and retried 2 s later when the server's own services are writing)
+        # untagged task runs, one iteration after another (why untagged: flows.campaign)
         decisions.append(iteration.fn(lab, i))
         traces.append(bait.traces(lab.archive.all(Trial), lab.trials_dir, lab.archive.root))
         bait.clean(look_again=False)

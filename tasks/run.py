@@ -95,12 +95,13 @@ def run_trials(lab: Lab, jobs: list[tuple[str, int]], split: str = "val",
     trials: list[Trial] = []
     todo, from_baseline = [], []
     pending = lab.baseline if not of_baseline and split == "val" else None
+    if pending is not None and pending.done():
+        pending = None
     seed = lab.campaign.seed_candidate if pending is not None else None
     for c, s in jobs:  # archived trials are not work: only the rest is batched
-        done = lab.archive.get(Trial, trial_id(lab, c, s, split))
-        if c == seed and not pending.done():
+        if c == seed:
             from_baseline.append((c, s))
-        elif done is not None:
+        elif (done := lab.archive.get(Trial, trial_id(lab, c, s, split))) is not None:
             trials.append(done)
         else:
             todo.append((c, s))
