@@ -3,7 +3,7 @@ process that waits a few seconds) over many simulated slots, with a proposer tha
 its time, from a clean folder.
 
     python perf/engine_sim.py [--slots 64] [--work-s 3] [--proposer-s 1] [--minutes 5]
-                              [--isolation none] [--write [KEY]]
+                              [--isolation none] [--write [KEY]] [--keep DIR]
 
 Prints the run's usage as JSON and, with --write, merges it into perf/results.json: the
 duty cycle over the research stage (from the first iteration to the stop: what the
@@ -15,6 +15,7 @@ cost per trial (submit to result, less the trial's own time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -41,6 +42,8 @@ def main() -> None:
                     "process start, so the orchestration is what is measured)")
     ap.add_argument("--write", metavar="KEY", nargs="?", const="sim64",
                     help=f"merge the result into {RESULTS} under KEY (default sim64)")
+    ap.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (the archive, "
+                    "Prefect's database) for a closer look, instead of a temporary folder")
     ap.add_argument("--from-output", metavar="FILE", help="write the JSON line an earlier "
                     "run printed (saved to FILE) instead of running again")
     args = ap.parse_args()
@@ -48,8 +51,12 @@ def main() -> None:
         write(headline(json.loads(Path(args.from_output).read_text())), args.write or "sim64")
         return
 
-    with tempfile.TemporaryDirectory(prefix="autolab-engine-sim-") as tmp:
-        root = Path(tmp)
+    with (contextlib.nullcontext(args.keep) if args.keep
+          else tempfile.TemporaryDirectory(prefix="autolab-engine-sim-")) as tmp:
+        root = Path(tmp).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            sys.exit(f"{root} is not empty: the measurement starts from a clean folder")
         params = {
             "campaign": {"name": "engine-sim", "benchmark": "noop-sleep", "threads": 8,
                          "max_proposals": 100_000, "max_wall_clock_min": args.minutes},

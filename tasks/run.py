@@ -9,6 +9,7 @@ campaign, or a fresh clone, shares nothing and runs every trial itself.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 from prefect import task
@@ -24,6 +25,7 @@ from autolab.runner import run_trial as run_in_sandbox
 from tasks import INFRA_RETRIES, INFRA_RETRY_DELAY_S, Halt
 
 _STORAGE: dict[Path, LocalFileSystem] = {}
+_STORAGE_LOCK = threading.Lock()
 
 
 def trial_id(lab: Lab, candidate_id: str, seed: int, split: str) -> str:
@@ -68,13 +70,17 @@ def run_trial(lab: Lab, candidate_id: str, seed: int, split: str = "val") -> Tri
 
 
 def _campaign_task(lab: Lab):
-    """run_trial with its cache and results in the campaign's own folder."""
+    """run_trial with its cache and results in the campaign's own folder. The folder's
+    storage block is saved on Prefect's server once per process: the iterations in flight
+    that ask for it at the same time wait for that one save (each a request the server
+    may answer late; many at once held every slot idle for tens of seconds)."""
     folder = lab.root / "prefect"
-    if folder not in _STORAGE:
-        block = LocalFileSystem(basepath=str(folder / "results"))
-        block.save("autolab-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16],
-                   overwrite=True)
-        _STORAGE[folder] = block
+    with _STORAGE_LOCK:
+        if folder not in _STORAGE:
+            block = LocalFileSystem(basepath=str(folder / "results"))
+            block.save("autolab-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16],
+                       overwrite=True)
+            _STORAGE[folder] = block
     policy = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(key_storage=folder / "keys")
     return run_trial.with_options(result_storage=_STORAGE[folder], cache_policy=policy)
 

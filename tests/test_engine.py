@@ -436,3 +436,31 @@ def test_a_seed_trial_that_fails_once_is_run_again_before_any_look_uses_it(
     assert [t.status for t in archive.superseded(Trial)] == ["failed"]
     assert len(archive.all(Decision)) == 2
     _compared_on_matched_seeds(archive, seed)
+
+
+def test_iterations_starting_together_save_the_trials_storage_once(tmp_path, monkeypatch):
+    """The trials' result storage is a block saved on Prefect's server: the iterations of
+    a campaign's start ask for it at the same moment, and must wait for one save instead
+    of each sending its own (which held every slot idle while the server answered)."""
+    import time
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import tasks.run as run_module
+
+    saves = []
+
+    def slow_save(self, name, overwrite=False):
+        saves.append(name)
+        time.sleep(0.2)  # a server that takes its time
+        self._block_document_id = uuid.uuid4()  # what a saved block carries
+
+    monkeypatch.setattr(run_module.LocalFileSystem, "save", slow_save)
+    monkeypatch.setattr(run_module, "_STORAGE", {})
+    lab = SimpleNamespace(root=tmp_path / "campaign")
+    with ThreadPoolExecutor(16) as pool:
+        tasks = list(pool.map(lambda _: run_module._campaign_task(lab), range(16)))
+    assert len(saves) == 1
+    assert len({id(t.result_storage) for t in tasks}) == 1
+    assert tasks[0].result_storage.basepath == str(tmp_path / "campaign" / "prefect" / "results")
