@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,14 +345,22 @@ class Engine:
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         return sorted(str(w.get("name")) for w in workers if w.get("resources", {}).get(SLOT))
 
-    def run(self, job: TrialJob) -> Trial:
+    def run(self, job: TrialJob, lookup: Callable[[], Trial | None] = lambda: None,
+            keep: Callable[[Trial], None] = lambda trial: None) -> Trial:
         """The trial on the first free slot; blocks until it is done. Two iterations asking
         for the same trial at once (a parent both re-run on one seed) share one run. An
         infrastructure fault (a worker lost twice, an exception outside the candidate) is
-        raised."""
+        raised.
+
+        `lookup` finds the trial already recorded and `keep` records it: the run that placed
+        the trial keeps it before others may ask for it afresh, and a request that finds it
+        neither running nor recorded is the only one that places it again, so a trial that
+        ends while another iteration asks for it is never run twice."""
         t0, submitted = time.monotonic(), now()
         with self._lock:
             future = self._running.get(job.trial_id)
+            if future is None and (recorded := lookup()) is not None:
+                return recorded
             if future is None:
                 key = f"trial-{job.trial_id}-{uuid.uuid4().hex[:8]}"
                 future = self.client.submit(run_job, job, key=key, pure=False,
@@ -363,6 +371,8 @@ class Engine:
                 owner = False
         try:
             trial = self._result(future)
+            if owner:
+                keep(trial)
         finally:
             if owner:
                 with self._lock:

@@ -51,21 +51,25 @@ def run_trial(lab: Lab, candidate_id: str, seed: int, split: str = "val") -> Tri
     if (done := lab.archive.get(Trial, key)) is not None:
         return done
     files = lab.archive.read_files(candidate_id)
-    if lab.engine is not None:  # on a slot the engine picks
-        trial = lab.engine.run(TrialJob(
+
+    def keep(trial: Trial) -> None:
+        assert trial.id == key, "runner and orchestrator disagree on the trial key"
+        lab.archive.put(trial)
+
+    if lab.engine is not None:  # on a slot the engine picks; recorded by the request that
+        # placed it, before another may ask for it afresh (not again by those sharing it)
+        return lab.engine.run(TrialJob(
             benchmark=lab.bench.name, candidate_id=candidate_id, files=files, seed=seed,
             split=split, setup=lab.setup.model_dump(mode="json"),
             work_root=str(lab.trials_dir), prepared_dir=str(lab.prepared_dir),
             cache_root=str(lab.root / "cache"),
-        ))  # fmt: skip
-    else:
-        trial = run_in_sandbox(
-            lab.bench, candidate_id, files, seed, split, lab.setup,
-            work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
-            gpu=0 if lab.bench.hardware == "gpu" else None, cache_root=lab.root / "cache",
-        )
-    assert trial.id == key, "runner and orchestrator disagree on the trial key"
-    lab.archive.put(trial)
+        ), lookup=lambda: lab.archive.get(Trial, key), keep=keep)  # fmt: skip
+    trial = run_in_sandbox(
+        lab.bench, candidate_id, files, seed, split, lab.setup,
+        work_root=lab.trials_dir, prepared_dir=lab.prepared_dir,
+        gpu=0 if lab.bench.hardware == "gpu" else None, cache_root=lab.root / "cache",
+    )
+    keep(trial)
     return trial
 
 

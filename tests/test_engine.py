@@ -190,6 +190,43 @@ def test_trials_spread_over_the_slots_and_the_same_trial_runs_once(tmp_path):
     assert 0 < usage.duty_cycle() <= 1
 
 
+def test_a_trial_asked_for_while_it_is_being_recorded_is_not_run_again(tmp_path):
+    """The request that placed a trial records it before the engine forgets it was
+    running: a request arriving meanwhile shares that run, and one arriving after finds
+    the record; neither places the trial again."""
+    import time
+
+    bench = get_benchmark("noop-sleep")
+    job = _job(tmp_path, bench, 7)
+    recorded: dict[str, Trial] = {}
+    recording = threading.Event()
+
+    def slow_keep(trial: Trial) -> None:  # a busy archive
+        recording.set()
+        time.sleep(1.0)
+        recorded[trial.id] = trial
+
+    def lookup() -> Trial | None:
+        return recorded.get(job.trial_id)
+
+    engine = Engine([Slot("cpu0", None), Slot("cpu1", None)], interval_s=0.05)
+    try:
+        out: list[Trial] = []
+        first = threading.Thread(target=lambda: out.append(engine.run(job, lookup, slow_keep)))
+        first.start()
+        assert recording.wait(timeout=120)
+        during = engine.run(job, lookup, slow_keep)  # while the first records it
+        first.join(timeout=120)
+        after = engine.run(job, lookup, slow_keep)
+        usage = engine.usage()
+    finally:
+        engine.close()
+    assert out[0].status == "ok", out[0].reason
+    assert during.id == after.id == out[0].id
+    assert during.started_at == after.started_at == out[0].started_at  # one run
+    assert usage.trials == 1
+
+
 def test_a_trial_killed_at_its_time_limit_frees_its_slot(tmp_path):
     """One slot: a trial that outlives its wall clock is killed and recorded as a timeout,
     and the next trial runs on the same slot."""
