@@ -310,6 +310,16 @@ class _Monitor:
 # -- the engine --------------------------------------------------------------------------------
 
 
+@dataclass
+class _Placed:
+    """A trial placed on the engine: its Dask future, and whether the request that placed
+    it has recorded it (the error if that failed)."""
+
+    future: object
+    kept: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
 class Engine:
     """A Dask client on this host's slots (a local in-process cluster) or on a scheduler
     that workers on many hosts joined (`address`)."""
@@ -328,7 +338,7 @@ class Engine:
         else:
             self.client = Client(address, set_as_default=False, timeout=60)
         self._lock = threading.Lock()
-        self._running: dict[str, object] = {}  # trial id -> its Dask future
+        self._running: dict[str, _Placed] = {}  # trial id -> its placement
         self._overheads: list[float] = []
         self._trials: Counter[str] = Counter()
         self._research_trials: Counter[str] = Counter()  # those that ended in that stage
@@ -358,35 +368,44 @@ class Engine:
         ends while another iteration asks for it is never run twice."""
         t0, submitted = time.monotonic(), now()
         with self._lock:
-            future = self._running.get(job.trial_id)
-            if future is None and (recorded := lookup()) is not None:
+            placed = self._running.get(job.trial_id)
+            if placed is None and (recorded := lookup()) is not None:
                 return recorded
-            if future is None:
+            owner = placed is None
+            if owner:
                 key = f"trial-{job.trial_id}-{uuid.uuid4().hex[:8]}"
-                future = self.client.submit(run_job, job, key=key, pure=False,
-                                            resources={SLOT: 1})
-                self._running[job.trial_id] = future
-                owner = True
-            else:
-                owner = False
+                placed = _Placed(self.client.submit(run_job, job, key=key, pure=False,
+                                                    resources={SLOT: 1}))
+                self._running[job.trial_id] = placed
+        if not owner:  # the run is shared, and so is whether it was recorded
+            trial = self._result(placed.future)
+            placed.kept.wait()
+            if placed.error is not None:
+                raise RuntimeError(f"trial {job.trial_id} ran but could not be recorded: "
+                                   f"{placed.error}") from placed.error
+            return trial
         try:
-            trial = self._result(future)
-            if owner:
-                keep(trial)
+            trial = self._result(placed.future)
+            self._count(trial, t0, submitted)
+            keep(trial)
+        except BaseException as err:
+            placed.error = err
+            raise
         finally:
-            if owner:
-                with self._lock:
-                    self._running.pop(job.trial_id, None)
-        if owner:
-            # what the engine adds to a trial: from submit to result, less the time queued
-            # for a free slot (to the trial's start on it) and the trial's own time
-            queued = max(0.0, (trial.started_at - submitted).total_seconds())
+            placed.kept.set()
             with self._lock:
-                self._overheads.append(max(0.0, time.monotonic() - t0 - queued - trial.wall_s))
-                self._trials[trial.slot] += 1
-                if self.activity.stage == "research":
-                    self._research_trials[trial.slot] += 1
+                self._running.pop(job.trial_id, None)
         return trial
+
+    def _count(self, trial: Trial, t0: float, submitted) -> None:
+        """What the engine adds to a trial: from submit to result, less the time queued for
+        a free slot (to the trial's start on it) and the trial's own time."""
+        queued = max(0.0, (trial.started_at - submitted).total_seconds())
+        with self._lock:
+            self._overheads.append(max(0.0, time.monotonic() - t0 - queued - trial.wall_s))
+            self._trials[trial.slot] += 1
+            if self.activity.stage == "research":
+                self._research_trials[trial.slot] += 1
 
     def _result(self, future) -> Trial:
         """The future's trial; raised if no slot is left to run it for NO_SLOT_S (every

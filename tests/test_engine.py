@@ -227,6 +227,49 @@ def test_a_trial_asked_for_while_it_is_being_recorded_is_not_run_again(tmp_path)
     assert usage.trials == 1
 
 
+def test_a_trial_its_placer_could_not_record_is_an_error_for_those_sharing_it(tmp_path):
+    """A run that could not be recorded (the archive locked, say) must not reach an
+    iteration that shared it as if it had been: both requests fail, and the next
+    request runs the trial again."""
+    import time
+
+    bench = get_benchmark("noop-sleep")
+    job = _job(tmp_path, bench, 8)
+    sharing = threading.Event()
+
+    def failing_keep(trial: Trial) -> None:
+        assert sharing.wait(timeout=120)
+        time.sleep(0.5)  # the sharer is waiting on the record by now
+        raise OSError("database is locked")
+
+    engine = Engine([Slot("cpu0", None), Slot("cpu1", None)], interval_s=0.05)
+    errors: list[BaseException] = []
+
+    def ask(keep) -> None:
+        try:
+            engine.run(job, lambda: None, keep)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    try:
+        first = threading.Thread(target=ask, args=(failing_keep,))
+        first.start()
+        while job.trial_id not in engine._running:
+            time.sleep(0.01)
+        second = threading.Thread(target=ask, args=(lambda t: None,))
+        second.start()
+        sharing.set()
+        first.join(timeout=120)
+        second.join(timeout=120)
+        again = engine.run(job, lambda: None, lambda t: None)
+        usage = engine.usage()
+    finally:
+        engine.close()
+    assert sorted(type(e).__name__ for e in errors) == ["OSError", "RuntimeError"]
+    assert "could not be recorded" in str(next(e for e in errors if isinstance(e, RuntimeError)))
+    assert again.status == "ok" and usage.trials == 2  # placed afresh
+
+
 def test_a_trial_killed_at_its_time_limit_frees_its_slot(tmp_path):
     """One slot: a trial that outlives its wall clock is killed and recorded as a timeout,
     and the next trial runs on the same slot."""
