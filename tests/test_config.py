@@ -19,6 +19,13 @@ def test_shipped_params_are_valid():
     assert params.evaluation.alpha == 0.01
 
 
+@pytest.mark.parametrize("path", sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*/params*.yaml")))
+def test_the_benchmarks_params_files_are_valid(path):
+    params = load_params(ROOT / path)
+    assert params.campaign.benchmark.split("-")[0] in path
+
+
 def test_wrong_type_names_the_key(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(write(tmp_path, "campaign:\n  threads: many\n"))
