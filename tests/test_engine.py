@@ -290,15 +290,16 @@ def test_a_trial_killed_at_its_time_limit_frees_its_slot(tmp_path):
 
 @pytest.mark.slow
 def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, prefect_api):
-    """noop-sleep on 4 slots with 2 iterations ahead: the seed's baseline fills the slots,
-    the iterations overlap, every index is decided once, no trial runs twice, each new
-    champion beat the champion of its moment, and the run's duty cycle is recorded."""
+    """noop-sleep on 8 slots with 2 iterations in flight: the seed's baseline is asked for
+    at once (its 4 trials beside the iterations' 2 × 2 fill the slots), the iterations
+    overlap, every index is decided once, no trial runs twice, each new champion beat the
+    champion of its moment, and the run's duty cycle is recorded."""
     from flows.campaign import campaign
 
     params = write_params(tmp_path, benchmark="noop-sleep", max_proposals=8,
                           evaluation={"min_seeds": 2, "max_seeds": 4, "test_seeds": 2,
                                       "parallel_trials": 2},
-                          engine={"slots": 4, "ahead": 2, "max_in_flight": None},
+                          engine={"slots": 8, "ahead": 2, "max_in_flight": 2},
                           budget={"amount": 1000},
                           proposer={"kind": "offline", "offline_delay_s": 0.3},
                           sandbox={"isolation": "none", "allow_unisolated": True},
@@ -314,8 +315,8 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
     assert all(t.slot.startswith("cpu") for t in trials)
 
     # the seed's baseline was asked for at once (not parallel_trials at a time): more of
-    # its trials ran together than parallel_trials allows (an iteration started beside it
-    # may take a slot first)
+    # its trials ran together than parallel_trials allows. The iterations in flight beside
+    # it hold at most 2 × parallel_trials slots, so the baseline never waits for a slot.
     seed = archive.campaign().seed_candidate
     base = [t for t in trials if t.candidate_id == seed and t.split == "val"]
     assert len(base) == 4
@@ -341,7 +342,7 @@ def test_a_campaign_keeps_iterations_in_flight_and_decides_soundly(tmp_path, pre
         previous = d.candidate_id
 
     usage = runs_usage(archive)[-1]
-    assert [s.slot for s in usage.slots] == ["cpu0", "cpu1", "cpu2", "cpu3"]
+    assert [s.slot for s in usage.slots] == [f"cpu{i}" for i in range(8)]
     assert usage.trials == len(trials)
     assert 0 < usage.duty_cycle() <= 1
     # the research stage's trials: the iterations' (and the baseline's that ended there)
