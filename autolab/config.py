@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,18 @@ class CampaignParams(_Strict):
         0, ge=0, description="stop after this many proposals without a new champion; 0 = never"
     )
     random_seed: int = 0
+    learn_from: list[str] = Field(
+        default_factory=list, description="earlier campaigns on this benchmark (names, in this "
+        "workdir or archive database) whose decided proposals are the proposer's prior: "
+        "what they accepted is tried first, what they rejected less often")
+
+    @field_validator("learn_from")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for n in names:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", n):
+                raise ValueError(f"{n!r} is not a campaign name")
+        return list(dict.fromkeys(names))
 
 
 class BudgetOverride(_Strict):

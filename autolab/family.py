@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from autolab.archive import atomic_write, campaign_archive
+from autolab.archive import Archive, atomic_write, campaign_archive
 from autolab.config import Params
 from autolab.proposers.base import RelatedResult
 from autolab.records import Decision, Evaluation, Proposal
@@ -88,23 +88,29 @@ def results_of(params: Params, family: str, member: str) -> list[RelatedResult]:
     if archive is None:
         return []
     try:
-        out = []
-        sign = -1.0 if family_minimizes(params, family, member) else 1.0
-        for d in archive.all(Decision):
-            proposal = archive.get(Proposal, d.proposal_id)
-            if proposal is None:
-                continue
-            e = archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None
-            gain = None
-            if e is not None and e.mean is not None and e.reference_mean:
-                gain = sign * (e.mean - e.reference_mean) / abs(e.reference_mean)
-            out.append(RelatedResult(
-                member=member, steps=[s.name for s in proposal.steps], outcome=d.outcome,
-                champion=d.champion, relative_gain=gain, p_value=e.p_value if e else None,
-                decided_at=d.created_at.isoformat()))
-        return out
+        return judged_results(archive, member, family_minimizes(params, family, member))
     finally:
         archive.close()
+
+
+def judged_results(archive: Archive, member: str, minimize: bool) -> list[RelatedResult]:
+    """Each proposal the archive's campaign decided: its steps, outcome and gain."""
+    out = []
+    sign = -1.0 if minimize else 1.0
+    for d in archive.all(Decision):
+        proposal = archive.get(Proposal, d.proposal_id)
+        if proposal is None:
+            continue
+        e = archive.get(Evaluation, d.evaluation_id) if d.evaluation_id else None
+        gain = None
+        if e is not None and e.mean is not None and e.reference_mean:
+            gain = sign * (e.mean - e.reference_mean) / abs(e.reference_mean)
+        out.append(RelatedResult(
+            member=member, steps=[s.name for s in proposal.steps],
+            step_params=[dict(s.params) for s in proposal.steps], outcome=d.outcome,
+            champion=d.champion, relative_gain=gain, p_value=e.p_value if e else None,
+            decided_at=d.created_at.isoformat()))
+    return out
 
 
 def judged(params: Params, family: str, member: str) -> int:

@@ -319,7 +319,7 @@ def request_for(lab: Lab, plan: Plan, state: SearchState, rng_seed: int,
         profile=profile(memory, plan.parents[0], setup_key) if free_form else {},
         usd_left=usd_left(lab.params.proposer, lab.archive, lab.root.parent)
         if getattr(lab.proposer, "spends", False) else None,
-        budget=lab.budget, related=read_related(lab.root),
+        budget=lab.budget, related=read_related(lab.root) + lab.learned,
     )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from benchmarks import FAMILY_NAMES
 from flows import FLOW_RESULTS
 from flows.iteration import iteration
 from tasks.confirm import confirm_on_test, finish
-from tasks.prepare import baseline, prepare_data, register_seed
+from tasks.prepare import baseline, learn_from_earlier, prepare_data, register_seed
 
 MAX_IN_FLIGHT = 256  # iterations at once, at most (each a thread of this process)
 DISPATCH_EVERY_S = 0.25  # how often the slots' load is looked at between completions
@@ -172,6 +172,8 @@ def campaign(
 
     print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
     register_seed(lab)
+    if lab.params.campaign.learn_from:
+        print(f"learning from {learn_from_earlier(lab)}", flush=True)
     note = "" if not lab.unisolated else " - UNISOLATED: trials can read the host's files"
     print(f"sandbox: {lab.isolation}{note}", flush=True)
     print(describe(lab.params.proposer, lab.proposer), flush=True)

@@ -12,7 +12,9 @@
 #                                         # detached, from a frozen copy of the code in $SRC
 #                                         # ($SRC_TAR: a `git archive` of the commit to run);
 #                                         # STATE.tgz: what `collect` packed, to resume;
-#                                         # RUN_ARGS: more for autolab run (--no-confirm)
+#                                         # RUN_ARGS: more for autolab run (--no-confirm);
+#                                         # EARLIER: packed archives of earlier campaigns
+#                                         # (campaign.learn_from), unpacked under runs/
 #   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
@@ -100,10 +102,16 @@ PY
     .venv/bin/python -c "from autolab.sandbox import linked_site_dirs as l; print(l(('torch',)))" ;;
   campaign-start)
     freeze
+    for t in ${EARLIER:-}; do tar -xzf "$t" -C "$SRC" runs; done
     [ -n "${2:-}" ] && tar -xzf "$2" -C "$SRC" runs mlruns reports
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
+    for d in runs/*/archive; do  # earlier campaigns kept in the file layout: into SQLite
+      if [ -f "$d/campaign.json" ] && [ ! -f "$d/archive.db" ]; then
+        .venv/bin/autolab archive migrate --params "$1" --name "$(basename "$(dirname "$d")")" | tail -1
+      fi
+    done
     setsid nohup .venv/bin/autolab run --params "$1" ${NAME:+--name "$NAME"} ${RUN_ARGS:-} \
       >>/root/campaign.log 2>&1 </dev/null &
     echo $! >/root/campaign.pid; sleep 5; tail -5 /root/campaign.log ;;

@@ -9,6 +9,7 @@ from prefect import task
 from autolab.config import fixed_changes
 from autolab.evaluation import constraint_results
 from autolab.lab import Lab
+from autolab.prior import LearnFromError, earlier_results, summary
 from autolab.proposers import KEY_ENV
 from autolab.proposing import operator_weights
 from autolab.records import CampaignRecord, Candidate, Trial
@@ -82,10 +83,22 @@ def preflight(lab: Lab) -> None:
     is one clear line rather than a failed flow run."""
     check_proposer(lab)
     check_isolation(lab)
+    learn_from_earlier(lab)
     if (record := lab.archive.campaign()) is not None:
         prepare_data.fn(lab)
         files = lab.bench.seed_files(lab.params.campaign.seed_variant)
         check_resume(lab, record, make_candidate(lab.bench.name, files, [], None).id)
+
+
+def learn_from_earlier(lab: Lab) -> str:
+    """Reads what the campaigns in campaign.learn_from judged into `lab.learned` (the
+    proposer's prior, autolab.prior); one that cannot serve refuses the campaign."""
+    try:
+        lab.learned = earlier_results(lab.params,
+                                      lab.bench.metric.direction.value == "minimize")
+    except LearnFromError as err:
+        raise CampaignRefused(str(err)) from None
+    return summary(lab.learned)
 
 
 @task(name="register-seed", persist_result=False)

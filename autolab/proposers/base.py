@@ -45,11 +45,14 @@ class HistoryItem(BaseModel):
 
 
 class RelatedResult(BaseModel):
-    """What a related problem's campaign made of a proposal (in a family campaign): a
-    technique that won there is worth trying here first."""
+    """What a related problem's campaign (in a family campaign), or an earlier campaign on
+    this benchmark (`campaign.learn_from`), made of a proposal: a technique that won there
+    is worth trying here first, one that lost there later."""
 
-    member: str
+    member: str = Field(description="the related member, or 'campaign <name>'")
     steps: list[str] = Field(description="names of the proposal's edit steps")
+    step_params: list[dict[str, str | int | float | bool]] = Field(
+        default_factory=list, description="each step's parameters, in the order of steps")
     outcome: str = Field(description="accepted | rejected | failed | refused")
     champion: bool = False
     relative_gain: float | None = Field(None, description="over its parent, >0 is better")
@@ -90,7 +93,8 @@ class ProposalRequest(BaseModel):
     usd_left: float | None = Field(None, description="spend allowed before a cap; None: no cap")
     budget: Budget | None = Field(None, description="the campaign's trial budget")
     related: list[RelatedResult] = Field(
-        default_factory=list, description="results on related problems (family campaigns)")
+        default_factory=list, description="results on related problems (family campaigns) "
+        "and of earlier campaigns on this benchmark (campaign.learn_from)")
 
 
 class Draft(BaseModel):

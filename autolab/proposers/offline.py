@@ -26,7 +26,13 @@ from optuna.distributions import (
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
-from autolab.proposers.base import CandidateView, Draft, ProposalError, ProposalRequest
+from autolab.proposers.base import (
+    CandidateView,
+    Draft,
+    ProposalError,
+    ProposalRequest,
+    RelatedResult,
+)
 from autolab.proposers.knobs import (
     KnobValue,
     format_value,
@@ -140,9 +146,15 @@ class OfflineProposer:
             s.name for i in elsewhere if i.outcome in NEGATIVE_OUTCOMES for s in i.steps
         )
         accepted = Counter(s.name for i in elsewhere if i.outcome == "accepted" for s in i.steps)
-        # on related problems (a family campaign): a technique that won there comes first
+        # on related problems (a family campaign) or in earlier campaigns on this benchmark
+        # (campaign.learn_from): a technique that won there comes first, with the
+        # parameters that won; one that lost there is drawn less often
         carried = Counter(s for _, s in {(r.member, s) for r in request.related
                                          if r.outcome == "accepted" for s in r.steps})
+        lost = Counter(s for _, s in {(r.member, s) for r in request.related
+                                      if r.outcome in NEGATIVE_OUTCOMES for s in r.steps})
+        sources = {s: sorted({r.member for r in request.related if r.outcome == "accepted"
+                              and s in r.steps}) for s in carried}
         edits = [
             e
             for e in request.search_space.edits
@@ -156,13 +168,13 @@ class OfflineProposer:
             if tier == 0 and carried[edit.name] and not negative[edit.name]:
                 tier = -1  # won on related problems and has not lost here
             weight = (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
-                1.0 + negative[edit.name])
+                1.0 + negative[edit.name] + 0.5 * lost[edit.name])
             return tier, -(rng.random() ** (1.0 / weight))
 
         skipped: list[str] = []
         for edit in sorted(edits, key=order):
             source = parent.files[edit.file]
-            for params in _param_combos(edit, rng):
+            for params in _won_params(edit, request.related) + _param_combos(edit, rng):
                 if (edit.name, _params_key(params)) in tried_here:
                     continue
                 try:
@@ -172,8 +184,13 @@ class OfflineProposer:
                 if new != source:
                     why = _improve_why(edit, lineage, tried_names, negative, accepted)
                     if carried[edit.name]:
-                        why += (f" Accepted on {carried[edit.name]} related problem(s), so "
-                                "tried here before other fresh edits.")
+                        why += (f" Accepted on {carried[edit.name]} related problem(s) or "
+                                f"earlier campaign(s) ({', '.join(sources[edit.name])}), so "
+                                "tried here before other fresh edits, with the parameters "
+                                "that won there first.")
+                    if lost[edit.name]:
+                        why += (f" Judged worse or failed in {lost[edit.name]} related "
+                                "problem(s) or earlier campaign(s), which weighted the draw.")
                     shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
                     rationale = (
                         f"improve: apply {edit.name}({shown}) to {edit.file} on parent "
@@ -339,6 +356,20 @@ def _study_from_history(
 # ------------------------------------------------------------- improve helpers
 def _params_key(params: Mapping[str, KnobValue]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def _won_params(edit: CodeEdit, related: list[RelatedResult]) -> list[dict]:
+    """The parameters with which the edit was accepted on related problems or in earlier
+    campaigns, most recent first; only those the catalogue still offers."""
+    out: list[dict] = []
+    for r in sorted(related, key=lambda r: r.decided_at, reverse=True):
+        if r.outcome != "accepted":
+            continue
+        for name, params in zip(r.steps, r.step_params, strict=False):
+            if name == edit.name and set(params) == set(edit.params) and all(
+                    v in edit.params[k] for k, v in params.items()) and params not in out:
+                out.append(dict(params))
+    return out
 
 
 def _param_combos(edit: CodeEdit, rng: random.Random, cap: int = 64) -> list[dict]:
