@@ -15,7 +15,10 @@
 #                                         # RUN_ARGS: more for autolab run (--no-confirm);
 #                                         # EARLIER: packed archives of earlier campaigns
 #                                         # (campaign.learn_from), unpacked under runs/
-#   perf/nanochat_gpu.sh campaign-wait SECONDS   # wait (while it runs), show its progress
+#   perf/nanochat_gpu.sh campaign-wait SECONDS [PARAMS DEST]   # wait (while it runs), show
+#                                         # its progress; with DEST, then `snapshot`
+#   perf/nanochat_gpu.sh snapshot PARAMS DEST    # the running campaign's state as
+#                                         # DEST/state-NAME.tgz, campaign-start's STATE.tgz
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
 #   NAME=other ...                        # campaign-start and collect: that campaign name
@@ -119,7 +122,32 @@ PY
     end=$((SECONDS + $1))
     while [ $SECONDS -lt $end ] && kill -0 "$(cat /root/campaign.pid)" 2>/dev/null; do sleep 5; done
     kill -0 "$(cat /root/campaign.pid)" 2>/dev/null && echo "campaign: running" || echo "campaign: exited"
-    grep -v "^\s*$" /root/campaign.log | grep -iv "warn" | tail -25 ;;
+    grep -v "^\s*$" /root/campaign.log | grep -iv "warn" | tail -25
+    if [ -n "${3:-}" ]; then "$0" snapshot "$2" "$3"; fi ;;
+  snapshot)
+    # a consistent copy of the running campaign's state (SQLite's online backup of the
+    # archive and the MLflow store), packed as campaign-start's STATE.tgz: a machine lost
+    # between calls loses no more than the trials since the last snapshot
+    cd "$SRC"
+    env_line
+    name=${NAME:-$(PYTHONPATH=$PWD .venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")}
+    tmp=$(mktemp -d) && mkdir -p "$2"
+    mkdir -p "$tmp/runs/$name" && cp -a "runs/$name/archive" "$tmp/runs/$name/"
+    cp -a mlruns reports "$tmp/" 2>/dev/null || true
+    python3 - "$tmp" <<'PY'
+import sqlite3, sys
+from pathlib import Path
+for copy in Path(sys.argv[1]).rglob("*.db"):
+    live = Path.cwd() / copy.relative_to(sys.argv[1])
+    for extra in (".db-wal", ".db-shm"):
+        copy.with_suffix(extra).unlink(missing_ok=True)
+    copy.unlink()
+    src, dst = sqlite3.connect(live), sqlite3.connect(copy)
+    src.backup(dst)
+    dst.close(), src.close()
+PY
+    tar -czf "$2/state-$name.tgz" -C "$tmp" runs mlruns reports && rm -rf "$tmp"
+    ls -la "$2/state-$name.tgz" ;;
   campaign-stop)
     pid=$(cat /root/campaign.pid)
     kill -INT -- "-$pid" 2>/dev/null || true
