@@ -111,3 +111,16 @@ def test_a_campaign_tries_first_what_an_earlier_one_accepted(tmp_path, prefect_a
     (step,) = proposal.steps
     assert step.name in won and step.params == won[step.name]
     assert "campaign first" in proposal.rationale
+
+
+def test_a_language_model_proposer_is_shown_what_earlier_campaigns_judged():
+    from autolab.proposers.memory import build_context
+
+    related = [_lost("campaign a", "cosine"),
+               _won("campaign b", {"value": 1.0}, "2026-01-01T00:00:02")]
+    request = _request("improve", [_view("p")]).model_copy(update={"related": related})
+    text = build_context(request, "improve it", 12_000).text
+    section = text[text.index("## Judged in related problems or earlier campaigns"):]
+    lines = [ln for ln in section.splitlines() if ln.startswith("- ")][:2]
+    assert lines == ["- campaign b: clip_grad(value=1.0) -> accepted",
+                     "- campaign a: cosine -> rejected"]

@@ -460,13 +460,33 @@ def profile_section(request: ProposalRequest) -> Section | None:
                    "(means)", priority=15, items=items)
 
 
+def related_section(request: ProposalRequest) -> Section | None:
+    """What related problems (a family campaign) and earlier campaigns on this benchmark
+    (campaign.learn_from) judged: wins first, then the rest, newest first within each."""
+    if not request.related:
+        return None
+    ordered = sorted(request.related, key=lambda r: r.decided_at, reverse=True)
+    ordered.sort(key=lambda r: r.outcome != "accepted")
+    items = []
+    for r in ordered:
+        steps = ", ".join(
+            name + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params
+                    else "")
+            for name, params in itertools.zip_longest(r.steps, r.step_params, fillvalue={}))
+        gain = f", {r.relative_gain:+.2%} over its parent" if r.relative_gain is not None else ""
+        items.append(f"- {r.member}: {steps} -> {r.outcome}{gain}")
+    return Section(key="related", title="Judged in related problems or earlier campaigns "
+                   "(their setups differ: a hint, not evidence here)", priority=35,
+                   items=items)
+
+
 def build_context(request: ProposalRequest, instructions: str, budget: int) -> Context:
     with indexed(request.history) as index:
         made = [failure_section(request), crossover_section(request),
                 lineage_section(request, index), tried_here_section(request, index),
                 best_section(request), negative_section(request, index),
                 failures_section(request, index), recent_section(request),
-                profile_section(request)]
+                profile_section(request), related_section(request)]
     sections = [task_section(request, instructions), files_section(request)]
     sections += [s for s in made if s is not None]
     return fit(sorted(sections, key=lambda s: -s.priority), budget)
