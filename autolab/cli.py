@@ -112,7 +112,7 @@ def aa_test(
     from autolab.aa import aa_summary, render_aa
 
     campaign = {"benchmark": benchmark, "name": name or f"{benchmark}-aa", "max_proposals": n,
-                "threads": 1, "patience": 0}
+                "threads": 1, "patience": 0, "learn_from": []}
     if minutes is not None:
         campaign["max_wall_clock_min"] = minutes
     overrides = {"campaign": campaign, "proposer": {"kind": "aa", "operators": {"improve": 1.0}},

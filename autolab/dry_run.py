@@ -15,6 +15,7 @@ from typing import Any
 from autolab.archive import Archive
 from autolab.config import Params
 from autolab.lab import Lab, open_lab
+from autolab.prior import earlier_results
 from autolab.proposers import KEY_ENV, resolve_kind
 from autolab.proposers.llm import LLMProposer, Preview
 from autolab.proposing import operator_weights, request_for
@@ -73,6 +74,7 @@ def preview(lab: Lab, proposer: LLMProposer, operator: str | None = None
 
 def dry_run_text(params: Params, operator: str | None = None, http_client: Any = None) -> str:
     lab = open_lab(params, create=False)
+    lab.learned = earlier_results(params, lab.bench.metric.direction.value == "minimize")
     proposer, note = llm_for(params, http_client)
     plan, p = preview(lab, proposer, operator)
     started = lab.archive.campaign() is not None

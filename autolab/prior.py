@@ -33,21 +33,30 @@ def earlier_results(params: Params, minimize: bool) -> list[RelatedResult]:
     family, _, member = benchmark.partition("/")
     out: list[RelatedResult] = []
     for name in params.campaign.learn_from:
-        if name == params.campaign.name:
+        # a campaign of this very benchmark by that name; for a family's member, else the
+        # same member's campaign in the family campaign of that name
+        names = [name] + ([member_campaign(name, member)] if member else [])
+        if params.campaign.name in names:
             raise LearnFromError(f"campaign.learn_from names this campaign itself ({name!r}); "
                                  "its own history is the proposer's already")
-        archive_name = member_campaign(name, member) if member else name
-        p = params.model_copy(update={
-            "campaign": params.campaign.model_copy(update={"name": archive_name})})
-        missing = p.archive.url is None and not (p.paths.workdir.resolve() / archive_name /
-                                                 "archive").exists()
-        archive = None if missing else campaign_archive(p, create=False)
+        archive = record = None
+        for archive_name in names:
+            p = params.model_copy(update={
+                "campaign": params.campaign.model_copy(update={"name": archive_name})})
+            if p.archive.url is None and not (p.paths.workdir.resolve() / archive_name /
+                                              "archive").exists():
+                continue
+            archive = campaign_archive(p, create=False)
+            record = archive.campaign()
+            if record is not None and (record.benchmark == benchmark or not member):
+                break
+            archive.close()
+            archive = record = None
         try:
-            record = archive.campaign() if archive is not None else None
             if record is None:
                 if member:
                     continue
-                where = p.archive.url or p.paths.workdir.resolve() / archive_name / "archive"
+                where = params.archive.url or params.paths.workdir.resolve() / name / "archive"
                 raise LearnFromError(
                     f"campaign.learn_from: no campaign {name!r} in {where} (name a campaign "
                     "that ran in this workdir or archive database)")

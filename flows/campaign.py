@@ -171,9 +171,9 @@ def campaign(
     run_started = now()
 
     print(f"{lab.bench.name}: {prepare_data(lab)}", flush=True)
-    register_seed(lab)
-    if lab.params.campaign.learn_from:
+    if lab.params.campaign.learn_from:  # refused here, before the campaign is registered
         print(f"learning from {learn_from_earlier(lab)}", flush=True)
+    register_seed(lab)
     note = "" if not lab.unisolated else " - UNISOLATED: trials can read the host's files"
     print(f"sandbox: {lab.isolation}{note}", flush=True)
     print(describe(lab.params.proposer, lab.proposer), flush=True)

@@ -106,7 +106,7 @@ PY
   campaign-start)
     freeze
     for t in ${EARLIER:-}; do tar -xzf "$t" -C "$SRC" runs; done
-    [ -n "${2:-}" ] && tar -xzf "$2" -C "$SRC" runs mlruns reports
+    if [ -n "${2:-}" ]; then tar -xzf "$2" -C "$SRC"; fi
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
@@ -131,9 +131,13 @@ PY
     cd "$SRC"
     env_line
     name=${NAME:-$(PYTHONPATH=$PWD .venv/bin/python -c "from autolab.config import load_params as l; print(l('$1').campaign.name)")}
-    tmp=$(mktemp -d) && mkdir -p "$2"
-    mkdir -p "$tmp/runs/$name" && cp -a "runs/$name/archive" "$tmp/runs/$name/"
-    cp -a mlruns reports "$tmp/" 2>/dev/null || true
+    tmp=$(mktemp -d)
+    mkdir -p "$2" "$tmp/mlruns" "$tmp/reports"
+    for d in runs/*/archive; do  # this campaign's, and the earlier ones it learns from
+      mkdir -p "$tmp/$(dirname "$d")"; cp -a "$d" "$tmp/$(dirname "$d")/"
+    done
+    if [ -d mlruns ]; then cp -a mlruns/. "$tmp/mlruns/"; fi
+    if [ -d reports ]; then cp -a reports/. "$tmp/reports/"; fi
     python3 - "$tmp" <<'PY'
 import sqlite3, sys
 from pathlib import Path
@@ -146,7 +150,8 @@ for copy in Path(sys.argv[1]).rglob("*.db"):
     src.backup(dst)
     dst.close(), src.close()
 PY
-    tar -czf "$2/state-$name.tgz" -C "$tmp" runs mlruns reports && rm -rf "$tmp"
+    tar -czf "$2/state-$name.tgz" -C "$tmp" runs mlruns reports
+    rm -rf "$tmp"
     ls -la "$2/state-$name.tgz" ;;
   campaign-stop)
     pid=$(cat /root/campaign.pid)

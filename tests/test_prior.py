@@ -124,3 +124,24 @@ def test_a_language_model_proposer_is_shown_what_earlier_campaigns_judged():
     lines = [ln for ln in section.splitlines() if ln.startswith("- ")][:2]
     assert lines == ["- campaign b: clip_grad(value=1.0) -> accepted",
                      "- campaign a: cosine -> rejected"]
+
+
+def test_an_edit_that_lost_more_often_than_it_won_is_not_put_first():
+    related = [_won("campaign a", {"value": 1.0}), _lost("campaign b", "clip_grad"),
+               _lost("campaign c", "clip_grad")]
+    firsts = {_first_improve(related, seed).steps[0].name for seed in range(40)}
+    assert firsts == {"clip_grad", "cosine"}  # a weighted draw, no longer clip_grad always
+
+
+@pytest.mark.slow
+def test_a_refused_prior_registers_no_campaign(tmp_path, prefect_api):
+    from flows.campaign import campaign
+
+    path = write_params(tmp_path, campaign={"learn_from": ["never-ran"]},
+                        sandbox={"isolation": "none", "allow_unisolated": True},
+                        tracking={"mlflow": False})
+    with pytest.raises(CampaignRefused, match="never-ran"):
+        campaign(params_path=str(path), confirm=False)
+    archive = campaign_archive(load_params(path), create=False)
+    assert archive.campaign() is None
+    archive.close()

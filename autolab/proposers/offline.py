@@ -165,8 +165,8 @@ class OfflineProposer:
             # Tier first (fresh edits before ones in the lineage or tried here), then a
             # weighted random draw: each negative result elsewhere halves the odds or more.
             tier = 2 if edit.name in lineage else 1 if edit.name in tried_names else 0
-            if tier == 0 and carried[edit.name] and not negative[edit.name]:
-                tier = -1  # won on related problems and has not lost here
+            if tier == 0 and carried[edit.name] > lost[edit.name] and not negative[edit.name]:
+                tier = -1  # won on related problems more often than it lost, not lost here
             weight = (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
                 1.0 + negative[edit.name] + 0.5 * lost[edit.name])
             return tier, -(rng.random() ** (1.0 / weight))
