@@ -24,8 +24,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CAMPAIGN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a folder name and an MLflow run name
+
+
 class CampaignParams(_Strict):
-    name: str = Field("tinylm-default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("tinylm-default", pattern=CAMPAIGN_NAME)
     benchmark: str = "tinylm"
 
     @field_validator("benchmark")
@@ -57,7 +60,7 @@ class CampaignParams(_Strict):
     @classmethod
     def _names(cls, names: list[str]) -> list[str]:
         for n in names:
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", n):
+            if not re.match(CAMPAIGN_NAME, n):
                 raise ValueError(f"{n!r} is not a campaign name")
         return list(dict.fromkeys(names))
 

@@ -74,7 +74,7 @@ def preview(lab: Lab, proposer: LLMProposer, operator: str | None = None
 
 def dry_run_text(params: Params, operator: str | None = None, http_client: Any = None) -> str:
     lab = open_lab(params, create=False)
-    lab.learned = earlier_results(params, lab.bench.metric.direction.value == "minimize")
+    lab.learned = earlier_results(params)
     proposer, note = llm_for(params, http_client)
     plan, p = preview(lab, proposer, operator)
     started = lab.archive.campaign() is not None

@@ -16,21 +16,24 @@ from collections import Counter
 from autolab.archive import campaign_archive
 from autolab.config import Params
 from autolab.family import judged_results, member_campaign
-from autolab.proposers.base import RelatedResult
-
-NEGATIVE = ("rejected", "failed", "refused")
+from autolab.proposers.base import NEGATIVE_OUTCOMES, RelatedResult
 
 
 class LearnFromError(ValueError):
     """A campaign named in campaign.learn_from cannot serve: absent, or another benchmark."""
 
 
-def earlier_results(params: Params, minimize: bool) -> list[RelatedResult]:
+def earlier_results(params: Params) -> list[RelatedResult]:
     """The decided proposals of every campaign in `params.campaign.learn_from`, in that
     order. A family member's campaign reads the same member's campaign of each earlier
     family campaign, and one that never ran that member is skipped."""
     benchmark = params.campaign.benchmark
-    family, _, member = benchmark.partition("/")
+    _, _, member = benchmark.partition("/")
+    if not params.campaign.learn_from:
+        return []
+    from benchmarks import get_benchmark  # the registry imports autolab: at call time
+
+    minimize = get_benchmark(benchmark).metric.direction.value == "minimize"
     out: list[RelatedResult] = []
     for name in params.campaign.learn_from:
         # a campaign of this very benchmark by that name; for a family's member, else the
@@ -80,5 +83,5 @@ def summary(results: list[RelatedResult]) -> str:
         won = sorted({"+".join(r.steps) for r in mine if r.outcome == "accepted"})
         lines.append(f"{member}: {len(mine)} judged, {n['accepted']} accepted"
                      f"{' (' + ', '.join(won) + ')' if won else ''}, "
-                     f"{sum(n[o] for o in NEGATIVE)} negative")
+                     f"{sum(n[o] for o in NEGATIVE_OUTCOMES)} negative")
     return "; ".join(lines) or "nothing judged yet"

@@ -94,8 +94,7 @@ def learn_from_earlier(lab: Lab) -> str:
     """Reads what the campaigns in campaign.learn_from judged into `lab.learned` (the
     proposer's prior, autolab.prior); one that cannot serve refuses the campaign."""
     try:
-        lab.learned = earlier_results(lab.params,
-                                      lab.bench.metric.direction.value == "minimize")
+        lab.learned = earlier_results(lab.params)
     except LearnFromError as err:
         raise CampaignRefused(str(err)) from None
     return summary(lab.learned)

@@ -44,6 +44,9 @@ class HistoryItem(BaseModel):
     diff: str = Field("", description="the candidate's diff against its parent (shortened)")
 
 
+NEGATIVE_OUTCOMES = ("rejected", "failed", "refused")  # a decision that did not accept
+
+
 class RelatedResult(BaseModel):
     """What a related problem's campaign (in a family campaign), or an earlier campaign on
     this benchmark (`campaign.learn_from`), made of a proposal: a technique that won there

@@ -23,10 +23,15 @@ from contextlib import contextmanager
 
 from pydantic import BaseModel, Field
 
-from autolab.proposers.base import CandidateView, HistoryItem, ProposalRequest
+from autolab.proposers.base import (
+    NEGATIVE_OUTCOMES,
+    CandidateView,
+    HistoryItem,
+    ProposalRequest,
+)
 
 CHARS_PER_TOKEN = 3.5  # local estimate for code and English; slightly over-counts tokens
-NEGATIVE = ("rejected", "failed", "refused")
+NEGATIVE = NEGATIVE_OUTCOMES
 DIFF_CHARS = 2500  # per diff shown
 MAX_ITEMS = {"best": 3, "tried_here": 12, "negative": 15, "failures": 8, "recent": 10}
 

@@ -27,6 +27,7 @@ from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 
 from autolab.proposers.base import (
+    NEGATIVE_OUTCOMES,
     CandidateView,
     Draft,
     ProposalError,
@@ -45,7 +46,6 @@ from autolab.proposers.knobs import (
 from autolab.records import EditStep, FileEdit
 from benchmarks.protocol import CodeEdit, EditNotApplicable, Knob
 
-NEGATIVE_OUTCOMES = ("rejected", "failed", "refused")
 Vector = tuple[tuple[str, KnobValue], ...]
 
 
