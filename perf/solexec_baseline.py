@@ -9,17 +9,29 @@ comes from the roofline (benchmarks.solexec.roofline) for the device named.
 The output is one JSON file, rewritten after every problem, so a run stopped part-way is
 resumed by running the same command again (problems already in it are skipped).
 
+Compiling every workload's shape dominates the time a problem takes under torch.compile,
+and it runs on one CPU core per worker. With --jobs N the problems go in batches of N: the
+batch's compiled references are first run once, untimed, in N processes side by side,
+filling an inductor and Triton cache (--cache-dir) that the timed workers then read, one
+problem at a time as before, with nothing else on the device. The cache holds only what
+the references compile; a candidate's workers never see it.
+
     python perf/solexec_baseline.py --data-dir ../shared/data/sol-execbench/benchmark \\
         --subset L1 --out /root/out/baseline-L1.json --device cuda --spec h100
     python perf/solexec_baseline.py --summary /root/out/baseline-L1.json
+    # 12 problems compiling side by side before each batch is timed:
+    python perf/solexec_baseline.py ... --jobs 12 --cache-dir /root/solexec-cache
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution  # noqa: E402
+from benchmarks.solexec.launch import launch_subprocess  # noqa: E402
 from benchmarks.solexec.problems import Problem, category, load_problems  # noqa: E402
 
 COMPILE_CALL_TIMEOUT_S = 300.0
@@ -82,19 +95,39 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes: list[str]
-                ) -> dict:
+def cache_env(cache_dir: Path | None) -> dict[str, str]:
+    """The compiler caches a compiled reference's worker reads and fills."""
+    if cache_dir is None:
+        return {}
+    root = Path(cache_dir).absolute()
+    return {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+            "TRITON_CACHE_DIR": str(root / "triton")}
+
+
+def solution_folder(cache_dir: Path | None, tmp: Path, problem: Problem, mode: str) -> Path:
+    """Where the reference is written as a solution. With a cache, the same path for the
+    prewarming and the timed run (a path may reach a compiled graph's cache key)."""
+    if cache_dir is None:
+        return tmp / mode
+    return Path(cache_dir).absolute() / "solutions" / problem.key.replace("/", "__") / mode
+
+
+def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes: list[str],
+                cache_dir: Path | None = None) -> dict:
     started = time.monotonic()
     row: dict[str, Any] = {"problem": problem.key, "category": category(problem)}
     with tempfile.TemporaryDirectory(prefix="solexec-baseline-") as tmp:
         for mode in modes:
             make = reference_solution if mode == "eager" else compiled_reference_solution
-            solution = make(problem, Path(tmp) / mode)
+            solution = make(problem, solution_folder(cache_dir, Path(tmp), problem, mode))
             # The first call of each shape compiles: allow it the time that takes.
             run_timing = timing if mode == "eager" else dataclasses.replace(
                 timing, call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
+            launch = launch_subprocess
+            if mode == "compile" and cache_dir is not None:
+                launch = functools.partial(launch_subprocess, env=cache_env(cache_dir))
             try:
-                result = evaluate_problem(problem, solution, run_timing)
+                result = evaluate_problem(problem, solution, run_timing, launch=launch)
             except Exception as exc:  # noqa: BLE001 - trusted-side failure (e.g. out of memory)
                 row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 _release_memory()
@@ -103,6 +136,37 @@ def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes
     row["t_sol_ns"] = {w.uuid: t_sol[w.uuid] for w in problem.workloads if w.uuid in t_sol}
     row["wall_s"] = round(time.monotonic() - started, 2)
     return row
+
+
+def prewarm(problems: list[Problem], args: argparse.Namespace, timeout_s: float) -> dict:
+    """The compiled references of `problems` run once each, untimed, one process per
+    problem side by side, so that their compiled graphs and kernels are in the cache
+    before the timed workers ask for them. What fails here (a shape out of memory while
+    the others hold theirs) is compiled again, alone, when it is timed."""
+    started = time.monotonic()
+    procs = []
+    for problem in problems:
+        name = problem.key.replace("/", "__") + ".json"
+        out = Path(args.cache_dir).absolute() / "prewarm" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--data-dir", str(args.data_dir),
+               "--problem", problem.key, "--out", str(out), "--device", args.device,
+               "--modes", "compile", "--warmup", "1", "--reps", "1",
+               "--cache-dir", str(args.cache_dir), "--quiet"]
+        if args.max_elements:
+            cmd += ["--max-elements", str(args.max_elements)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {"problems": [p.key for p in problems], "wall_s": round(time.monotonic() - started, 2),
+            "exit_codes": [p.returncode for p in procs]}
 
 
 def baseline_times(row: dict) -> dict[str, dict]:
@@ -164,11 +228,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sol-table", type=Path, help="perf/solexec_sol_table.py's JSON output")
     ap.add_argument("--modes", default="eager,compile")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--max-elements", type=int, default=None, help="shrink (CPU runs)")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop starting problems")
     ap.add_argument("--summary", type=Path, help="print the summary of an output file")
+    ap.add_argument("--cache-dir", type=Path, help="inductor and Triton caches of the "
+                    "compiled references (kept between runs; a candidate never reads it)")
+    ap.add_argument("--jobs", type=int, default=1, help="problems compiled side by side "
+                    "before each batch is timed (needs --cache-dir)")
+    ap.add_argument("--prewarm-timeout-s", type=float, default=900.0)
+    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.jobs > 1 and args.cache_dir is None:
+        ap.error("--jobs needs --cache-dir: the timed workers read what the batch compiled")
     if args.summary:
         print(json.dumps(summary(json.loads(args.summary.read_text())["rows"]), indent=1))
         return
@@ -183,20 +255,30 @@ def main(argv: list[str] | None = None) -> None:
     problems = load_problems(args.data_dir, args.subset)
     if args.problem:
         problems = [p for p in problems if p.key in args.problem or p.name in args.problem]
-    for problem in problems:
-        if problem.key in seen:
-            continue
+    todo = [p for p in problems if p.key not in seen]
+    modes = args.modes.split(",")
+    batch = max(1, args.jobs)
+    for first in range(0, len(todo), batch):
         if args.deadline_s and time.monotonic() - started > args.deadline_s:
             print("deadline reached; run again to go on", flush=True)
             break
-        row = one_problem(problem, timing, t_sol, args.modes.split(","))
-        done["rows"].append(row)
-        done["device"] = args.device
-        args.out.write_text(json.dumps(done))
-        counts = {m: row[m]["counts"] if m in row else row[f"{m}_error"][:80]
-                  for m in args.modes.split(",")}
-        print(f"{problem.key}: {row['wall_s']} s {counts}", flush=True)
-    print(json.dumps(summary(done["rows"]), indent=1))
+        group = todo[first : first + batch]
+        if args.jobs > 1 and "compile" in modes:
+            warm = prewarm(group, args, args.prewarm_timeout_s)
+            done.setdefault("prewarm", []).append(warm)
+            if not args.quiet:
+                print(f"prewarm {len(group)} problems: {warm['wall_s']} s", flush=True)
+        for problem in group:
+            row = one_problem(problem, timing, t_sol, modes, args.cache_dir)
+            done["rows"].append(row)
+            done["device"] = args.device
+            args.out.write_text(json.dumps(done))
+            counts = {m: row[m]["counts"] if m in row else row[f"{m}_error"][:80]
+                      for m in modes}
+            if not args.quiet:
+                print(f"{problem.key}: {row['wall_s']} s {counts}", flush=True)
+    if not args.quiet:
+        print(json.dumps(summary(done["rows"]), indent=1))
 
 
 if __name__ == "__main__":

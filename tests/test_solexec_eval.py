@@ -179,6 +179,7 @@ def test_the_reference_as_a_solution_passes_every_check_on_every_fixture(problem
             else:
                 assert w.status == "ok", (key, w.uuid, w.reason, result.log_tail)
                 assert len(w.times_ns) == FAST.reps == len(w.overhead_times_ns)
+                assert len(w.late_overhead_times_ns) == FAST.reps
                 assert w.calls_checked == FAST.warmup + FAST.reps
                 assert w.max_abs_error is not None
         assert result.passed == any(w.status == "ok" for w in result.workloads)
@@ -192,7 +193,8 @@ def test_times_and_overhead_are_reported_and_the_net_time_follows_the_rule(probl
     for w in result.workloads:
         assert w.status == "ok"
         assert 0 < w.overhead_ns < 1e9 and 0 < w.median_ns < 1e9
-        assert w.time_ns == net_time(w.times_ns, w.overhead_times_ns)[0]
+        assert w.time_ns == net_time(w.times_ns, w.overhead_times_ns,
+                                     w.late_overhead_times_ns)[0]
     shrunk = {w.uuid: w.axes["M"] for w in result.workloads}
     assert shrunk == {"mm-4": 4, "mm-4096": 16}  # shrunk to at most 256 elements a tensor
 
@@ -201,6 +203,16 @@ def test_net_time_subtracts_the_overhead_and_floors_at_its_spread():
     assert net_time([100, 110, 120], [10, 10, 10]) == (100.0, 110.0, 10.0)
     assert net_time([100, 100, 100], [90, 100, 130]) == (10.0, 100.0, 100.0)  # MAD floor
     assert net_time([5], [10]) == (1.0, 5.0, 10.0)
+
+
+def test_the_overhead_follows_the_late_empty_calls_only_downwards():
+    # the round trip fell after the calibration: the late empties are subtracted
+    assert net_time([100, 110, 120], [40, 40, 40], [10, 12, 10]) == (100.0, 110.0, 10.0)
+    # the late empties are slower (drift, or a candidate slowing them): the early ones count
+    assert net_time([100, 110, 120], [10, 10, 10], [60, 60, 60]) == (100.0, 110.0, 10.0)
+    # the spread floor is taken over the empties that were used
+    assert net_time([100, 100, 100], [90, 100, 130], [80, 80, 80]) == (20.0, 100.0, 80.0)
+    assert net_time([100], [10], []) == net_time([100], [10])
 
 
 def test_timed_rounds_never_call_a_workload_twice_in_a_row():

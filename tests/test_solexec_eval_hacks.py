@@ -14,6 +14,7 @@ import pytest
 from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution
 from benchmarks.solexec.hidden import evaluate_hidden, hidden_workloads
 from benchmarks.solexec.launch import PROJECT, Forkserver
+from benchmarks.solexec.link import net_time
 from benchmarks.solexec.problems import load_problems
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
@@ -105,6 +106,9 @@ def test_1_slowing_the_empty_calls_cannot_inflate_the_subtracted_overhead(matmul
     """)
     assert statuses(result) == {"ok"}
     assert all(max(w.overhead_times_ns) < 50e6 for w in result.workloads)
+    for w in result.workloads:  # the late empties were slowed, and are not what is subtracted
+        assert min(w.late_overhead_times_ns) >= 50e6, w.late_overhead_times_ns
+        assert w.time_ns == net_time(w.times_ns, w.overhead_times_ns)[0]
 
 
 def test_2_a_thread_that_finishes_the_output_late_is_caught_at_the_answer(matmul, forks,

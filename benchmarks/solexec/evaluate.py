@@ -49,9 +49,14 @@ the call that lost it; the others start over in a new worker, on inputs never dr
 Overhead. An empty call goes the same way as a call (the same flush, the same clock, the
 same messages; the worker synchronises and digests the untouched slots) but runs nothing:
 it is the round trip. It is timed in the worker before the solution is imported, so no
-candidate code can slow it down to inflate what is subtracted from its own times.
-`time_ns` is the median call minus the median empty call, floored at the empty calls'
-median absolute deviation, below which the difference is noise. It is subtracted because
+candidate code can slow it down to inflate what is subtracted from its own times, and again
+right after every timed call (`late_empties`), because the round trip drifts over a run
+(clock speeds, the host's load): a sub-millisecond workload measured against an overhead
+taken minutes earlier moved by up to a third between two machines. The overhead is the
+median of the early empties, or of the late ones where that is lower: slowing the late
+ones down changes nothing, and answering them early only adds to the candidate's own time.
+`time_ns` is the median call minus that overhead, floored at its empty calls' median
+absolute deviation, below which the difference is noise. It is subtracted because
 T_SOL is a device-only bound and the public harness times the device alone (CUDA events or
 CUPTI): a fixed host round trip of tens to hundreds of microseconds left in would pull
 every small workload's score towards 0.5 whatever the kernel does. The raw median and the
@@ -119,7 +124,7 @@ class Timing:
 
     device: str = "cpu"
     warmup: int = 3
-    reps: int = 10
+    reps: int = 20
     call_timeout_s: float = 10.0
     load_timeout_s: float = 600.0  # importing and compiling the solution
     flush_bytes: int | None = None  # None: twice the last-level cache (CPU) or L2 (GPU)
@@ -128,6 +133,7 @@ class Timing:
     threads: int = 1
     max_elements: int | None = None  # shrink workloads for CPU runs (problems.shrink)
     group_mb: float = 4096.0  # workloads interleaved together hold at most this in arenas
+    late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
 
@@ -155,6 +161,18 @@ def _call(link: WorkerLink, p: WorkloadRun, index: int, timed: bool, flush: Cach
         p.finish(*verdict)
     elif timed:
         p.times.append(ns)
+
+
+def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
+    """An empty call right after a timed call of p, timed the same way: the overhead as it
+    is now, which may have drifted since the calibration (see net_time for how it is used).
+    A candidate that breaks it fails p: the empty path is part of the protocol."""
+    flush()
+    ns, answer = link.timed("empty", p.key, watch_idle=True)
+    if not answer["ok"]:
+        p.finish("failed", f"an empty call failed: {str(answer.get('error', ''))[:300]}")
+    else:
+        p.late_empties.append(ns)
 
 
 def _changed_since_answer(p: WorkloadRun) -> bool:
@@ -277,6 +295,8 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
                     current = p
                     _call(link, p, timing.warmup + p.timed_done, True, flush)
                     p.timed_done += 1
+                    if timing.late_empties and p.result is None:
+                        _late_empty(link, p, flush)
     except WorkerLost as lost:
         lost.culprit = current
         raise

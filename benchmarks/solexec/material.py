@@ -104,6 +104,7 @@ class WorkloadRun:
     writable: set[str] = field(default_factory=set)
     times: list[int] = field(default_factory=list)
     empties: list[int] = field(default_factory=list)
+    late_empties: list[int] = field(default_factory=list)  # timed between the calls
     timed_done: int = 0
     calls: int = 0
     worst_abs: float = 0.0
@@ -146,7 +147,7 @@ class WorkloadRun:
         may have kept, on disk or elsewhere, from the old one's inputs can answer these)."""
         if self.result is None:
             self.seeds, self.current, self.snapshot = seeds, None, None
-            self.times, self.empties, self.timed_done = [], [], 0
+            self.times, self.empties, self.late_empties, self.timed_done = [], [], [], 0
 
     def release(self) -> None:
         """Drop the arena, its views and the current draw (the group is done)."""
@@ -174,11 +175,13 @@ class WorkloadRun:
         if self.result is not None:
             return
         ok = status == "ok"
-        time_ns, median, overhead = net_time(self.times, self.empties) if ok else (None,) * 3
+        time_ns, median, overhead = (net_time(self.times, self.empties, self.late_empties)
+                                     if ok else (None,) * 3)
         self.result = WorkloadEval(
             uuid=self.workload.uuid, axes=dict(self.workload.axes), status=status,
             reason=reason, time_ns=time_ns, median_ns=median, times_ns=list(self.times),
             overhead_ns=overhead, overhead_times_ns=list(self.empties),
+            late_overhead_times_ns=list(self.late_empties),
             max_abs_error=self.worst_abs if self.calls else None,
             max_rel_error=self.worst_rel if self.calls else None, calls_checked=self.calls,
         )  # fmt: skip

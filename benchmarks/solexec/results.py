@@ -28,12 +28,16 @@ class WorkloadEval(BaseModel):
     status: Status
     reason: str = ""
     hidden: bool = Field(False, description="a workload the candidate was not shown")
-    time_ns: float | None = Field(None, description="median call minus median empty call, "
+    time_ns: float | None = Field(None, description="median call minus the overhead, "
                                   "floored at the empty calls' spread: what scores")
     median_ns: float | None = Field(None, description="median of the timed calls, raw")
     times_ns: list[int] = Field(default_factory=list)
-    overhead_ns: float | None = Field(None, description="median empty-call round trip")
-    overhead_times_ns: list[int] = Field(default_factory=list)
+    overhead_ns: float | None = Field(None, description="median empty-call round trip: of "
+                                      "the early empties, or of the late ones if lower")
+    overhead_times_ns: list[int] = Field(default_factory=list,
+                                         description="empty calls before the solution loaded")
+    late_overhead_times_ns: list[int] = Field(default_factory=list,
+                                              description="empty calls between timed calls")
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     calls_checked: int = 0
