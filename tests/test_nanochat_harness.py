@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from autolab.records import content_key
 from autolab.runner import run_trial, trial_setup
@@ -175,12 +176,14 @@ def test_the_logits_server_computes_bits_per_byte_itself():
     logits = rng.normal(size=(rows, t, v)).astype(np.float16)
     record: dict = {}
     server = LogitsServer(targets=targets, token_bytes=token_bytes, vocab_size=v,
-                          record=record, keep=frozenset({3}))
+                          record=record, keep=frozenset({0, 3, 4}))
     link, step, _ = _link()
     thread = threading.Thread(target=server, args=(link,))
     thread.start()
     channel.send(step, channel.READY)
-    _send_logits(step, 0, logits[:2])
+    # chunks of 1, 1 and 3 rows: the receive buffers are reused, the first one grown
+    _send_logits(step, 0, logits[:1])
+    _send_logits(step, 1, logits[1:2])
     _send_logits(step, 2, logits[2:])
     channel.send(step, channel.END)
     step.close()
@@ -193,7 +196,22 @@ def test_the_logits_server_computes_bits_per_byte_itself():
     want = -(picked * (weight > 0)).sum() / math.log(2) / weight.sum()
     assert record["rows_received"] == rows and link.halted is None
     assert record["bpb"] == pytest.approx(want, rel=1e-4)
-    assert np.array_equal(server.kept[3], logits[3])
+    for r in (0, 3, 4):
+        assert np.array_equal(server.kept[r], logits[r]), r
+
+
+def test_the_harness_copies_logits_into_its_host_buffer_or_a_new_array():
+    from benchmarks.nanochat.harness import _to_host
+
+    buf = torch.zeros((2, 3, 4), dtype=torch.float16)
+    y = torch.randn(2, 3, 4, dtype=torch.bfloat16)
+    out = _to_host(y, buf)
+    assert np.shares_memory(out, buf.numpy())
+    assert np.array_equal(out, y.to(torch.float16).numpy())
+    odd = torch.randn(2, 3, 5)  # another vocabulary: sent as it is, for the server to refuse
+    out = _to_host(odd, buf)
+    assert out.shape == (2, 3, 5) and not np.shares_memory(out, buf.numpy())
+    assert np.array_equal(out, odd.to(torch.float16).numpy())
 
 
 @pytest.mark.parametrize("case", ["out_of_order", "wrong_length", "nan", "bad_tag", "no_ready",

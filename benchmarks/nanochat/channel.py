@@ -4,7 +4,7 @@ A message is a 4-byte tag, a little-endian u64 payload length, then the payload.
 ends use this module; the trusted end bounds every length before it reads, so a step
 that writes garbage gets a protocol error, never an allocation it chose.
 
-Imported inside the sandbox by the harness: stdlib and numpy only.
+Imported inside the sandbox by the harness: stdlib, numpy and torch only.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 import struct
 
 import numpy as np
+import torch
 
 HEADER = struct.Struct("<4sQ")
 BATCH = b"BATC"  # step -> server: struct <II (batch_size, seq_len)
@@ -66,3 +67,13 @@ def recv_tokens(sock: socket.socket, size: int) -> np.ndarray:
     out = np.empty(size // 2, dtype=np.uint16)
     recv_into(sock, memoryview(out))
     return out
+
+
+def host_buffer(shape: tuple[int, ...], pinned: bool) -> torch.Tensor:
+    """float16 host memory, page-locked when asked and the driver grants it."""
+    if pinned:
+        try:
+            return torch.empty(shape, dtype=torch.float16, pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=torch.float16)

@@ -169,7 +169,7 @@ class LogitsServer:
         nbytes = torch.from_numpy(self.token_bytes.astype(np.int64)).to(device)
         total = {"nats": 0.0, "bytes": 0}
         clock = {"ready": None, "trusted": 0.0}
-        next_row, scoring = 0, None
+        next_row, scoring, received = 0, None, 0
 
         def over() -> None:
             if scoring is not None and scoring.done():
@@ -182,8 +182,21 @@ class LogitsServer:
                           f"{self.compute_s:.1f} s its rows allow (loading the model and "
                           "forward passes)")
 
-        def score(row0: int, n: int, buf: np.ndarray) -> None:
-            logits = torch.from_numpy(buf).to(device).float()
+        # Two receive buffers, taken in turn: chunk k+1 arrives in one while chunk k is
+        # scored from the other. Reused, so no chunk pays for fresh pages; page-locked on
+        # a GPU, so the copy to the device runs at the bus's speed.
+        pinned = device.type == "cuda"
+        bufs: list[torch.Tensor | None] = [None, None]
+
+        def receive_buffer(k: int, n: int, t: int) -> torch.Tensor:
+            have = bufs[k % 2]
+            if have is None or have.shape[0] < n or tuple(have.shape[1:]) != (t, self.vocab_size):
+                have = bufs[k % 2] = channel.host_buffer((n, t, self.vocab_size), pinned)
+            return have[:n]
+
+        def score(row0: int, n: int, chunk: torch.Tensor) -> None:
+            buf = chunk.numpy()
+            logits = chunk.to(device, non_blocking=chunk.is_pinned()).float()
             if not torch.isfinite(logits).all():
                 raise FloatingPointError(f"logits of rows {row0}..{row0 + n} are not finite")
             logp = torch.log_softmax(logits, dim=-1)
@@ -227,15 +240,16 @@ class LogitsServer:
                     raise channel.ProtocolError(
                         f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) "
                         f"do not follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
-                buf = np.empty((n, t, self.vocab_size), dtype=np.float16)
+                chunk = receive_buffer(received, n, t)
+                received += 1
                 started = time.monotonic()
-                channel.recv_into(conn, memoryview(buf))
+                channel.recv_into(conn, memoryview(chunk.numpy()))
                 clock["trusted"] += time.monotonic() - started
                 settle()
                 over()
                 if link.halted is not None:
                     return
-                scoring = scorer.submit(score, row0, n, buf)
+                scoring = scorer.submit(score, row0, n, chunk)
                 next_row = row0 + n
             settle()
         self.record["rows_received"] = next_row
