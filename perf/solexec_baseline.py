@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -58,6 +60,8 @@ _dynamo.config.cache_size_limit = 4096
 if hasattr(_dynamo.config, "recompile_limit"):
     _dynamo.config.recompile_limit = 4096
 _inductor_config.compile_threads = 1
+if hasattr(_inductor_config, "autotune_local_cache"):  # no choice made beside other compiles
+    _inductor_config.autotune_local_cache = False
 _eager_run = run
 run = _torch.compile(_eager_run, dynamic=False)
 """
@@ -145,28 +149,45 @@ def prewarm(problems: list[Problem], args: argparse.Namespace, timeout_s: float)
     the others hold theirs) is compiled again, alone, when it is timed."""
     started = time.monotonic()
     procs = []
+    folder = Path(args.cache_dir).absolute() / "prewarm"
+    folder.mkdir(parents=True, exist_ok=True)
     for problem in problems:
-        name = problem.key.replace("/", "__") + ".json"
-        out = Path(args.cache_dir).absolute() / "prewarm" / name
-        out.parent.mkdir(parents=True, exist_ok=True)
+        name = problem.key.replace("/", "__")
+        out = folder / f"{name}.json"
         out.unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--data-dir", str(args.data_dir),
-               "--problem", problem.key, "--out", str(out), "--device", args.device,
-               "--modes", "compile", "--warmup", "1", "--reps", "1",
-               "--cache-dir", str(args.cache_dir), "--quiet"]
+               "--subset", problem.key.split("/")[0], "--problem", problem.key,
+               "--out", str(out), "--device", args.device, "--modes", "compile",
+               "--warmup", "1", "--reps", "1", "--cache-dir", str(args.cache_dir), "--quiet"]
         if args.max_elements:
             cmd += ["--max-elements", str(args.max_elements)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        with open(folder / f"{name}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
         try:
             proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _kill_tree(proc)
     return {"problems": [p.key for p in problems], "wall_s": round(time.monotonic() - started, 2),
             "exit_codes": [p.returncode for p in procs]}
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """The process and every process under it (its workers run in sessions of their own,
+    so they would outlive it and go on compiling beside the timed run)."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=10)
 
 
 def baseline_times(row: dict) -> dict[str, dict]:
@@ -264,7 +285,10 @@ def main(argv: list[str] | None = None) -> None:
             break
         group = todo[first : first + batch]
         if args.jobs > 1 and "compile" in modes:
-            warm = prewarm(group, args, args.prewarm_timeout_s)
+            limit = args.prewarm_timeout_s
+            if args.deadline_s:  # the deadline bounds the prewarm too, not only the batches
+                limit = min(limit, max(1.0, args.deadline_s - (time.monotonic() - started)))
+            warm = prewarm(group, args, limit)
             done.setdefault("prewarm", []).append(warm)
             if not args.quiet:
                 print(f"prewarm {len(group)} problems: {warm['wall_s']} s", flush=True)

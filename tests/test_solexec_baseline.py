@@ -74,3 +74,35 @@ def test_jobs_need_a_cache_and_the_output_records_each_prewarm(baseline_script, 
     assert done["prewarm"][0]["exit_codes"] == [0]
     times = baseline_script.baseline_times(done["rows"][0])
     assert len(times) == 2 and all("t_b_ns" in t for t in times.values()), times
+
+
+@pytest.mark.slow
+def test_the_timed_run_compiles_into_the_cache_it_is_given(baseline_script, tmp_path):
+    """The other side of the first test: with an empty cache the timed run fills it, so
+    'nothing added' there means 'read from the cache', not 'cache ignored'."""
+    problem = next(p for p in load_problems(FIXTURES, ["L1"]) if p.key == PROBLEM)
+    cache = tmp_path / "cache"
+    timing = Timing(device="cpu", warmup=1, reps=1, max_elements=256)
+    row = baseline_script.one_problem(problem, timing, {}, ["compile"], cache)
+    assert row["compile"]["counts"] == {"ok": len(problem.workloads)}
+    assert any("fxgraph" in str(p) for p in _compiled(cache))
+
+
+@pytest.mark.slow
+def test_a_prewarm_past_its_time_leaves_no_process_behind(baseline_script, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    problem = next(p for p in load_problems(FIXTURES, ["L1"]) if p.key == PROBLEM)
+    cache = tmp_path / "cache"
+    args = argparse.Namespace(data_dir=FIXTURES, device="cpu", max_elements=256,
+                              cache_dir=cache)
+    warm = baseline_script.prewarm([problem], args, timeout_s=8)
+    assert warm["exit_codes"] != [0]  # stopped while compiling
+    def uses_this_cache(p) -> bool:  # the prewarm process or a worker it started
+        try:
+            return (str(cache) in " ".join(p.cmdline())
+                    or p.environ().get("TORCHINDUCTOR_CACHE_DIR", "").startswith(str(cache)))
+        except psutil.Error:
+            return False
+
+    left = [p for p in psutil.process_iter() if uses_this_cache(p)]
+    assert left == [], [p.cmdline() for p in left]

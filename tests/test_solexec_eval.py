@@ -210,8 +210,10 @@ def test_the_overhead_follows_the_late_empty_calls_only_downwards():
     assert net_time([100, 110, 120], [40, 40, 40], [10, 12, 10]) == (100.0, 110.0, 10.0)
     # the late empties are slower (drift, or a candidate slowing them): the early ones count
     assert net_time([100, 110, 120], [10, 10, 10], [60, 60, 60]) == (100.0, 110.0, 10.0)
-    # the spread floor is taken over the empties that were used
+    # the floor is the larger spread: steadier late empties cannot lower it
     assert net_time([100, 100, 100], [90, 100, 130], [80, 80, 80]) == (20.0, 100.0, 80.0)
+    assert net_time([100, 100, 100], [90, 100, 130], [99, 99, 99]) == (10.0, 100.0, 99.0)
+    assert net_time([100, 100, 100], [99, 99, 99], [50, 90, 130]) == (40.0, 100.0, 90.0)
     assert net_time([100], [10], []) == net_time([100], [10])
 
 

@@ -111,6 +111,33 @@ def test_1_slowing_the_empty_calls_cannot_inflate_the_subtracted_overhead(matmul
         assert w.time_ns == net_time(w.times_ns, w.overhead_times_ns)[0]
 
 
+def test_1b_work_moved_into_the_empty_calls_counts_as_work_between_calls(matmul, forks,
+                                                                         tmp_path):
+    """The empty call after each timed call is no hiding place: 30 ms of CPU spent in each
+    one is CPU used between calls, and fails the workloads."""
+    result = evaluate(matmul, forks, tmp_path / "empty-cpu", """
+        import sys
+        import time
+
+        worker = next(m for m in list(sys.modules.values()) if hasattr(m, "worker_main"))
+        handle = worker._handle
+
+        def busy_empties(state, msg, fds):
+            if msg["op"] == "empty":
+                end = time.thread_time() + 0.03
+                while time.thread_time() < end:
+                    pass
+            return handle(state, msg, fds)
+
+        worker._handle = busy_empties
+
+        def run(A, B):
+            return A @ B.T
+    """)
+    assert statuses(result) == {"failed"}
+    assert all("between calls" in w.reason for w in result.workloads), result.workloads
+
+
 def test_2_a_thread_that_finishes_the_output_late_is_caught_at_the_answer(matmul, forks,
                                                                           tmp_path):
     result = evaluate(matmul, forks, tmp_path / "thread", """

@@ -214,10 +214,13 @@ def net_time(times: list[int], empties: list[int], late: list[int] | None = None
     the median of the empty calls timed between the calls (`late`) where that is lower:
     the round trip drifts over a run (clocks, caches, the host's load), and the later
     empties follow it; a candidate can slow those down but not make them count for more
-    than the early ones."""
-    overhead, used = statistics.median(empties), empties
-    if late and statistics.median(late) < overhead:
-        overhead, used = statistics.median(late), late
+    than the early ones. The floor is the larger spread of the two sets, so that steadier
+    late empties cannot lower it either."""
+    overhead = statistics.median(empties)
+    spread = statistics.median(abs(e - overhead) for e in empties)
+    if late:
+        late_median = statistics.median(late)
+        overhead = min(overhead, late_median)
+        spread = max(spread, statistics.median(abs(e - late_median) for e in late))
     median = statistics.median(times)
-    spread = statistics.median(abs(e - overhead) for e in used)
     return max(median - overhead, spread, 1.0), float(median), float(overhead)
