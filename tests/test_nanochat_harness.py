@@ -168,7 +168,8 @@ def _send_logits(step, row0, logits):
                  memoryview(np.ascontiguousarray(logits, dtype=np.float16)))
 
 
-def test_the_logits_server_computes_bits_per_byte_itself():
+@pytest.mark.parametrize("sizes", [(2, 3), (1, 1, 3), (3, 1, 1)])
+def test_the_logits_server_computes_bits_per_byte_itself(sizes):
     rng = np.random.default_rng(0)
     rows, t, v = 5, 6, 11
     targets = rng.integers(0, v, size=(rows, t))
@@ -176,15 +177,16 @@ def test_the_logits_server_computes_bits_per_byte_itself():
     logits = rng.normal(size=(rows, t, v)).astype(np.float16)
     record: dict = {}
     server = LogitsServer(targets=targets, token_bytes=token_bytes, vocab_size=v,
-                          record=record, keep=frozenset({0, 3, 4}))
+                          record=record, keep=frozenset({0, 1, 3, 4}))
     link, step, _ = _link()
     thread = threading.Thread(target=server, args=(link,))
     thread.start()
     channel.send(step, channel.READY)
-    # chunks of 1, 1 and 3 rows: the receive buffers are reused, the first one grown
-    _send_logits(step, 0, logits[:1])
-    _send_logits(step, 1, logits[1:2])
-    _send_logits(step, 2, logits[2:])
+    # (1, 1, 3): a receive buffer grown; (3, 1, 1): a kept row's buffer reused, and sliced
+    row0 = 0
+    for n in sizes:
+        _send_logits(step, row0, logits[row0 : row0 + n])
+        row0 += n
     channel.send(step, channel.END)
     step.close()
     link.finished.set()
@@ -196,7 +198,7 @@ def test_the_logits_server_computes_bits_per_byte_itself():
     want = -(picked * (weight > 0)).sum() / math.log(2) / weight.sum()
     assert record["rows_received"] == rows and link.halted is None
     assert record["bpb"] == pytest.approx(want, rel=1e-4)
-    for r in (0, 3, 4):
+    for r in (0, 1, 3, 4):
         assert np.array_equal(server.kept[r], logits[r]), r
 
 

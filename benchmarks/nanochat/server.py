@@ -32,6 +32,7 @@ KILL_SLACK_S = 1.0  # a step past its deadline is halted within this (polling, k
 READ_TIMEOUT_S = 30.0  # a message started must keep arriving: a stall is a protocol error
 MAX_BATCH_TOKENS = 1 << 24  # one request may ask for at most this many tokens
 MAX_CHUNK_BYTES = 1 << 31  # one logits message may carry at most this much
+PINNED_MAX_BYTES = 1 << 30  # receive buffers up to this size are page-locked (GPU)
 
 
 def scoring_device() -> torch.device:
@@ -185,12 +186,15 @@ class LogitsServer:
         # Two receive buffers, taken in turn: chunk k+1 arrives in one while chunk k is
         # scored from the other. Reused, so no chunk pays for fresh pages; page-locked on
         # a GPU, so the copy to the device runs at the bus's speed.
-        pinned = device.type == "cuda"
+        # Only chunks up to PINNED_MAX_BYTES are page-locked: torch keeps freed page-locked
+        # blocks for the process's life, so a step sending ever larger chunks must not
+        # leave gigabytes of it behind in the runner.
         bufs: list[torch.Tensor | None] = [None, None]
 
         def receive_buffer(k: int, n: int, t: int) -> torch.Tensor:
             have = bufs[k % 2]
             if have is None or have.shape[0] < n or tuple(have.shape[1:]) != (t, self.vocab_size):
+                pinned = device.type == "cuda" and n * t * self.vocab_size * 2 <= PINNED_MAX_BYTES
                 have = bufs[k % 2] = channel.host_buffer((n, t, self.vocab_size), pinned)
             return have[:n]
 
@@ -240,9 +244,9 @@ class LogitsServer:
                     raise channel.ProtocolError(
                         f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) "
                         f"do not follow row {next_row} of {rows} x {seq} x {self.vocab_size}")
+                started = time.monotonic()  # the buffer's pages are trusted time too
                 chunk = receive_buffer(received, n, t)
                 received += 1
-                started = time.monotonic()
                 channel.recv_into(conn, memoryview(chunk.numpy()))
                 clock["trusted"] += time.monotonic() - started
                 settle()
