@@ -435,3 +435,44 @@ def test_workload_results_pair_candidate_and_baseline_times():
     (r,) = workload_results(cand.model_copy(update={"workloads": [ev("incorrect", None)]}),
                             base, {"w": 10.0})
     assert workload_score(r) == 0.0
+
+
+def test_a_forkserver_started_elsewhere_in_its_own_pid_namespace_serves_workers(problems,
+                                                                                  tmp_path):
+    """The campaign's shape: the forkserver is a step someone else started (its socket in
+    AUTOLAB_CHANNEL_FD, its pids its own), driven here over that socket; the workers it
+    forks are watched under the pids this process sees."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from benchmarks.solexec import wire
+    from benchmarks.solexec.launch import PROJECT
+
+    ours, theirs = wire.socket_pair()
+    prefix = []
+    if shutil.which("unshare") and subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"],
+            capture_output=True).returncode == 0:
+        prefix = ["unshare", "--pid", "--fork", "--mount-proc"]
+    env = {**os.environ, "AUTOLAB_CHANNEL_FD": str(theirs.fileno()), "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "benchmarks.solexec.worker",
+                             "--forkserver"], env=env, pass_fds=(theirs.fileno(),),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    theirs.close()
+    try:
+        with Forkserver(ctrl=ours) as server:
+            problem = problems["L1/001_small_matmul"]
+            folder = reference_solution(problem, tmp_path / "ref")
+            result = evaluate(problem, folder, server)
+            assert {w.status for w in result.workloads} == {"ok"}, result.log_tail
+            worker = server.launch(tmp_path / "build2")
+            try:
+                assert worker.pid != proc.pid
+                cmdline = " ".join(open(f"/proc/{worker.pid}/cmdline").read().split("\0"))
+                assert "benchmarks.solexec.worker" in cmdline  # the worker, as seen from here
+            finally:
+                worker.close()
+    finally:
+        proc.wait(timeout=30)

@@ -10,10 +10,10 @@ Two ways to start one, one handle (`Worker`):
   one another's adversaries (tests, smoke builds); on a GPU each forked worker still makes
   its own CUDA context.
 
-Under the runner the worker becomes a sandboxed step instead (SandboxStep with
-channel=True, argv `python -m benchmarks.solexec.worker --fd $AUTOLAB_CHANNEL_FD`): the
-companion's socket plays `Worker.sock`, the pid comes from the kernel's credentials on the
-worker's first frame (wire.py), and `StepLink.halt` does what `Worker.kill` does here.
+Under the runner the forkserver is a sandboxed step (SandboxStep with channel=True, argv
+`python -m benchmarks.solexec.worker --forkserver`, which finds its control socket in
+AUTOLAB_CHANNEL_FD), and the trusted companion drives it with `Forkserver(ctrl=link.conn)`:
+its workers are forked inside the sandbox, with the step's view, limits and harness.
 
 Either way the worker runs from a copy of its harness files in a folder of its own, copied
 afresh at each start (a worker that rewrites its copy changes only itself), in an
@@ -29,10 +29,12 @@ import pickle
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -181,20 +183,29 @@ class Forkserver:
     Use as a context manager, or call close().
     """
 
-    def __init__(self, *, env: Mapping[str, str] | None = None, python: str = sys.executable):
+    def __init__(self, *, env: Mapping[str, str] | None = None, python: str = sys.executable,
+                 ctrl: socket.socket | None = None):
+        """Starts the forkserver process, or, given `ctrl`, drives one that someone else
+        started (a sandboxed step: the runner's channel is its control socket, and the
+        step's own environment, harness path included, is what its workers keep)."""
         self._folder = Path(tempfile.mkdtemp(prefix="solexec-forkserver-"))
-        self._harness = copy_harness(self._folder / "harness")
         self._env = dict(env or {})
-        self._ctrl, theirs = wire.socket_pair()
-        with open(self._folder / "forkserver.log", "wb") as log:
-            self._proc = subprocess.Popen(
-                [python, "-m", "benchmarks.solexec.worker", "--forkserver", "--fd",
-                 str(theirs.fileno())],
-                cwd=self._folder, env=worker_env(self._folder, self._harness, self._env),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=(theirs.fileno(),), start_new_session=True,
-            )  # fmt: skip
-        theirs.close()
+        self._proc: subprocess.Popen[bytes] | None = None
+        if ctrl is not None:
+            self._harness: Path | None = None
+            self._ctrl = ctrl
+        else:
+            self._harness = copy_harness(self._folder / "harness")
+            self._ctrl, theirs = wire.socket_pair()
+            with open(self._folder / "forkserver.log", "wb") as log:
+                self._proc = subprocess.Popen(
+                    [python, "-m", "benchmarks.solexec.worker", "--forkserver", "--fd",
+                     str(theirs.fileno())],
+                    cwd=self._folder, env=worker_env(self._folder, self._harness, self._env),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    pass_fds=(theirs.fileno(),), start_new_session=True,
+                )  # fmt: skip
+            theirs.close()
         self._lock = threading.Lock()
         self._spawned: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
@@ -223,8 +234,10 @@ class Forkserver:
         Path(build_dir).mkdir(parents=True, exist_ok=True)
         ours, theirs = wire.socket_pair()
         log = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        request = {"op": "spawn", "cwd": str(Path(build_dir).absolute()),
-                   "env": worker_env(build_dir, self._harness, {**self._env, **(env or {})})}
+        worker = worker_env(build_dir, self._harness or Path(), {**self._env, **(env or {})})
+        if self._harness is None:  # the step's own harness path stays
+            worker.pop("PYTHONPATH")
+        request = {"op": "spawn", "cwd": str(Path(build_dir).absolute()), "env": worker}
         with self._lock:  # one spawn at a time, so each answer is this request's
             try:
                 wire.send_frame(self._ctrl, pickle.dumps(request), (theirs.fileno(), log))
@@ -236,7 +249,13 @@ class Forkserver:
             except queue.Empty:
                 ours.close()
                 raise RuntimeError("the forkserver did not start a worker") from None
-        return Worker(ours, pid, lambda wait_s: self._exit_code(pid, wait_s), folder)
+        try:  # the worker's hello: its pid as this process sees it, vouched for by the kernel
+            hello = wire.recv_frame(ours, 1 << 10, time.monotonic() + SPAWN_TIMEOUT_S)
+        except (wire.WireError, OSError) as e:
+            ours.close()
+            raise RuntimeError(f"the forked worker did not start: {e}") from None
+        here = hello.pid or pid
+        return Worker(ours, here, lambda wait_s: self._exit_code(pid, wait_s), folder)
 
     def _exit_code(self, pid: int, wait_s: float) -> int | None:
         with self._ended:
@@ -248,11 +267,12 @@ class Forkserver:
             wire.send_frame(self._ctrl, pickle.dumps({"op": "exit"}))
         except OSError:
             pass
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         self._ctrl.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 

@@ -16,6 +16,7 @@ evaluator times the answer itself and reads the outputs from its own memory.
 
 Run as: python -m benchmarks.solexec.worker --fd N            (one worker on socket fd N)
         python -m benchmarks.solexec.worker --forkserver --fd N  (forks workers on request)
+Without --fd the socket is the one named by AUTOLAB_CHANNEL_FD (a sandboxed step's channel).
 Imports the standard library, torch, and the modules beside it (wire, transport, guard).
 """
 
@@ -38,6 +39,7 @@ import torch
 from benchmarks import guard
 from benchmarks.solexec import transport, wire
 
+CHANNEL_ENV = "AUTOLAB_CHANNEL_FD"  # a sandboxed step's socket to its trusted companion
 MAX_MESSAGE = 1 << 24  # from the trusted side: layouts and handles, never tensor data
 ERROR_CHARS = 2000
 
@@ -242,7 +244,11 @@ def _become_worker(ctrl: socket.socket, channel: int, log: int, msg: dict) -> No
         os.close(log)
         os.environ.update(msg["env"])
         os.chdir(msg["cwd"])
-        worker_main(socket.socket(fileno=channel))
+        sock = socket.socket(fileno=channel)
+        # a first frame, so the trusted side learns this process's pid in its own namespace
+        # from the kernel's credentials (the forkserver's answer gives it in the sandbox's)
+        wire.send_frame(sock, json.dumps({"op": "hello"}).encode())
+        worker_main(sock)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -256,9 +262,13 @@ def _become_worker(ctrl: socket.socket, channel: int, log: int, msg: dict) -> No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.solexec.worker")
-    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--fd", type=int, default=None)
     parser.add_argument("--forkserver", action="store_true")
     a = parser.parse_args(argv)
+    if a.fd is None:
+        if CHANNEL_ENV not in os.environ:
+            parser.error(f"--fd or {CHANNEL_ENV} names the socket")
+        a.fd = int(os.environ[CHANNEL_ENV])
     sock = socket.socket(fileno=a.fd)
     if a.forkserver:
         forkserver_main(sock)
