@@ -26,6 +26,8 @@ BENCHMARK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # Families of related problems; a member is addressed as "FAMILY/MEMBER".
 _FAMILIES: dict[str, str] = {
     "noop-family": "benchmarks.noop.family:NoopFamily",
+    "solexec": "benchmarks.solexec.family:SolExec",
+    "solexec-cpu": "benchmarks.solexec.family:SolExecCPU",
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_FAMILIES)
 

@@ -26,8 +26,6 @@ the references compile; a candidate's workers never see it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -43,36 +41,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution  # noqa: E402
-from benchmarks.solexec.launch import launch_subprocess  # noqa: E402
+from benchmarks.solexec.baseline import baseline_times, run_modes  # noqa: E402
+from benchmarks.solexec.evaluate import Timing  # noqa: E402
 from benchmarks.solexec.problems import Problem, category, load_problems  # noqa: E402
-
-COMPILE_CALL_TIMEOUT_S = 300.0
-COMPILED_TAIL = """
-
-# Baseline under torch.compile: one graph per shape, a recompile limit no workload list
-# reaches (past it torch would fall back to eager without a word), compiling in-process.
-import torch as _torch
-import torch._dynamo as _dynamo
-import torch._inductor.config as _inductor_config
-
-_dynamo.config.cache_size_limit = 4096
-if hasattr(_dynamo.config, "recompile_limit"):
-    _dynamo.config.recompile_limit = 4096
-_inductor_config.compile_threads = 1
-if hasattr(_inductor_config, "autotune_local_cache"):  # no choice made beside other compiles
-    _inductor_config.autotune_local_cache = False
-_eager_run = run
-run = _torch.compile(_eager_run, dynamic=False)
-"""
-
-
-def compiled_reference_solution(problem: Problem, dest: Path) -> Path:
-    """The reference wrapped in torch.compile, written as a solution."""
-    dest = reference_solution(problem, dest)
-    path = dest / "solution.py"
-    path.write_text(path.read_text() + COMPILED_TAIL)
-    return dest
 
 
 def load_sol_table(path: Path | None, spec: str) -> dict[str, float]:
@@ -89,31 +60,13 @@ def load_sol_table(path: Path | None, spec: str) -> dict[str, float]:
     return out
 
 
-def _release_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def cache_env(cache_dir: Path | None) -> dict[str, str]:
-    """The compiler caches a compiled reference's worker reads and fills."""
+def solution_folder(cache_dir: Path | None, tmp: Path, problem: Problem) -> Path:
+    """Where the reference is written as a solution (a folder per mode under it). With a
+    cache, the same path for the prewarming and the timed run (a path may reach a compiled
+    graph's cache key)."""
     if cache_dir is None:
-        return {}
-    root = Path(cache_dir).absolute()
-    return {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
-            "TRITON_CACHE_DIR": str(root / "triton")}
-
-
-def solution_folder(cache_dir: Path | None, tmp: Path, problem: Problem, mode: str) -> Path:
-    """Where the reference is written as a solution. With a cache, the same path for the
-    prewarming and the timed run (a path may reach a compiled graph's cache key)."""
-    if cache_dir is None:
-        return tmp / mode
-    return Path(cache_dir).absolute() / "solutions" / problem.key.replace("/", "__") / mode
+        return tmp
+    return Path(cache_dir).absolute() / "solutions" / problem.key.replace("/", "__")
 
 
 def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes: list[str],
@@ -121,22 +74,8 @@ def one_problem(problem: Problem, timing: Timing, t_sol: dict[str, float], modes
     started = time.monotonic()
     row: dict[str, Any] = {"problem": problem.key, "category": category(problem)}
     with tempfile.TemporaryDirectory(prefix="solexec-baseline-") as tmp:
-        for mode in modes:
-            make = reference_solution if mode == "eager" else compiled_reference_solution
-            solution = make(problem, solution_folder(cache_dir, Path(tmp), problem, mode))
-            # The first call of each shape compiles: allow it the time that takes.
-            run_timing = timing if mode == "eager" else dataclasses.replace(
-                timing, call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
-            launch = launch_subprocess
-            if mode == "compile" and cache_dir is not None:
-                launch = functools.partial(launch_subprocess, env=cache_env(cache_dir))
-            try:
-                result = evaluate_problem(problem, solution, run_timing, launch=launch)
-            except Exception as exc:  # noqa: BLE001 - trusted-side failure (e.g. out of memory)
-                row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:500]
-                _release_memory()
-                continue
-            row[mode] = result.model_dump(mode="json")
+        folder = solution_folder(cache_dir, Path(tmp), problem)
+        row |= run_modes(problem, timing, modes, folder, cache_dir)
     row["t_sol_ns"] = {w.uuid: t_sol[w.uuid] for w in problem.workloads if w.uuid in t_sol}
     row["wall_s"] = round(time.monotonic() - started, 2)
     return row
@@ -188,25 +127,6 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
     psutil.wait_procs(tree, timeout=10)
-
-
-def baseline_times(row: dict) -> dict[str, dict]:
-    """Per workload: T_b (the faster passing mode), which mode, or why there is none."""
-    out: dict[str, dict] = {}
-    modes = [m for m in ("eager", "compile") if m in row]
-    if not modes:
-        return {"*": {"status": "failed", "reason": row.get("eager_error", "no result")}}
-    uuids = [w["uuid"] for w in row[modes[0]]["workloads"]]
-    for uuid in uuids:
-        runs = {m: next(w for w in row[m]["workloads"] if w["uuid"] == uuid) for m in modes}
-        ok = {m: r["time_ns"] for m, r in runs.items() if r["status"] == "ok" and r["time_ns"]}
-        if ok:
-            mode = min(ok, key=ok.get)
-            out[uuid] = {"t_b_ns": ok[mode], "mode": mode}
-        else:
-            first = runs[modes[0]]
-            out[uuid] = {"status": first["status"], "reason": first["reason"][:200]}
-    return out
 
 
 def summary(rows: list[dict]) -> dict:

@@ -1,0 +1,151 @@
+"""T_b and T_SOL of a problem's workloads on this machine (trusted code only).
+
+T_b is the reference run as a solution through the evaluator (evaluate.py), once eager and
+once under torch.compile in a fresh worker each (the compiler starts clean for every
+problem), the faster mode that passed. T_SOL is the roofline's (roofline.py) for the GPU in
+use; on a CPU, the H100's, only so that the scoring path runs (such scores mean nothing).
+Used by a campaign's `prepare` (benchmark.py) and by perf/solexec_baseline.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import torch
+
+from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution
+from benchmarks.solexec.launch import launch_subprocess
+from benchmarks.solexec.problems import Problem, Workload
+
+COMPILE_CALL_TIMEOUT_S = 300.0
+COMPILED_TAIL = """
+
+# Baseline under torch.compile: one graph per shape, a recompile limit no workload list
+# reaches (past it torch would fall back to eager without a word), compiling in-process.
+import torch as _torch
+import torch._dynamo as _dynamo
+import torch._inductor.config as _inductor_config
+
+_dynamo.config.cache_size_limit = 4096
+if hasattr(_dynamo.config, "recompile_limit"):
+    _dynamo.config.recompile_limit = 4096
+_inductor_config.compile_threads = 1
+if hasattr(_inductor_config, "autotune_local_cache"):  # no choice made beside other compiles
+    _inductor_config.autotune_local_cache = False
+_eager_run = run
+run = _torch.compile(_eager_run, dynamic=False)
+"""
+CPU_STAND_IN = "H100 SXM"
+
+
+def compiled_reference_solution(problem: Problem, dest: Path) -> Path:
+    """The reference wrapped in torch.compile, written as a solution."""
+    dest = reference_solution(problem, dest)
+    path = dest / "solution.py"
+    path.write_text(path.read_text() + COMPILED_TAIL)
+    return dest
+
+
+def cache_env(cache_dir: Path | None) -> dict[str, str]:
+    """The compiler caches a compiled reference's worker reads and fills."""
+    if cache_dir is None:
+        return {}
+    root = Path(cache_dir).absolute()
+    return {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+            "TRITON_CACHE_DIR": str(root / "triton")}
+
+
+def run_modes(problem: Problem, timing: Timing, modes: list[str], folder: Path,
+              cache_dir: Path | None = None, workloads: list[Workload] | None = None) -> dict:
+    """{mode: ProblemEval as JSON} or {mode_error: why} for each mode; solutions are
+    written under `folder` (with a cache, a path kept for the cache's keys)."""
+    row: dict = {}
+    for mode in modes:
+        make = reference_solution if mode == "eager" else compiled_reference_solution
+        solution = make(problem, folder / mode)
+        # The first call of each shape compiles: allow it the time that takes.
+        run_timing = timing if mode == "eager" else dataclasses.replace(
+            timing, call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
+        launch = launch_subprocess
+        if mode == "compile" and cache_dir is not None:
+            launch = functools.partial(launch_subprocess, env=cache_env(cache_dir))
+        try:
+            result = evaluate_problem(problem, solution, run_timing, launch=launch,
+                                      workloads=workloads)
+        except Exception as exc:  # noqa: BLE001 - trusted-side failure (e.g. out of memory)
+            row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            release_memory()
+            continue
+        row[mode] = result.model_dump(mode="json")
+    return row
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def baseline_times(row: dict) -> dict[str, dict]:
+    """Per workload: T_b (the faster passing mode), which mode, or why there is none."""
+    out: dict[str, dict] = {}
+    modes = [m for m in ("eager", "compile") if m in row]
+    if not modes:
+        return {"*": {"status": "failed", "reason": row.get("eager_error", "no result")}}
+    uuids = [w["uuid"] for w in row[modes[0]]["workloads"]]
+    for uuid in uuids:
+        runs = {m: next(w for w in row[m]["workloads"] if w["uuid"] == uuid) for m in modes}
+        ok = {m: r["time_ns"] for m, r in runs.items() if r["status"] == "ok" and r["time_ns"]}
+        if ok:
+            mode = min(ok, key=ok.get)
+            out[uuid] = {"t_b_ns": ok[mode], "mode": mode}
+        else:
+            first = runs[modes[0]]
+            out[uuid] = {"status": first["status"], "reason": first["reason"][:200]}
+    return out
+
+
+def t_sol_ns(problem: Problem, workload: Workload, device: str) -> float | None:
+    """The roofline's time for the GPU in use (the stand-in spec on a CPU), or None."""
+    from benchmarks.solexec.roofline import (
+        DEVICES,
+        SolUnavailable,
+        count_workload,
+        device_spec,
+        price,
+    )
+
+    spec = (device_spec(torch.cuda.get_device_name()) if torch.device(device).type == "cuda"
+            else DEVICES[CPU_STAND_IN])
+    try:
+        counts, _, _ = count_workload(problem, workload)
+    except SolUnavailable:
+        return None
+    return price(counts, spec).t_sol_s * 1e9
+
+
+def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
+                     cache_dir: Path, modes: tuple[str, ...] = ("eager", "compile")) -> dict:
+    """{"device", "modes", "splits": {split: {uuid: {t_b_ns, mode, t_sol_ns} or {status,
+    reason}}}} for every workload of every split, each mode run once over all of them."""
+    every = [w for ws in splits.values() for w in ws]
+    row = run_modes(problem, timing, list(modes), Path(cache_dir) / "solutions",
+                    cache_dir, workloads=every)
+    times = baseline_times(row)
+    name = (torch.cuda.get_device_name() if torch.device(timing.device).type == "cuda"
+            else "cpu")
+    out: dict = {"device": name, "problem": problem.key, "modes": list(modes), "splits": {}}
+    for split, ws in splits.items():
+        entries = {}
+        for w in ws:
+            entry = dict(times.get(w.uuid) or times.get("*") or {"status": "failed",
+                                                                 "reason": "not measured"})
+            if "t_b_ns" in entry:
+                entry["t_sol_ns"] = t_sol_ns(problem, w, timing.device)
+            entries[w.uuid] = entry
+        out["splits"][split] = entries
+    return out

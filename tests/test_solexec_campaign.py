@@ -1,0 +1,139 @@
+"""SOL-ExecBench problems as campaign members (benchmarks/solexec/benchmark.py, family.py):
+a trial is the forkserver in the sandbox, driven by the trusted companion; prepare measures
+T_b and prices T_SOL; the score is the SOL score; failures are failed trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autolab.records import content_key
+from autolab.runner import run_trial, trial_setup
+from autolab.sandbox import isolation_mode
+from benchmarks import get_family
+
+FIXTURES = Path(__file__).parent / "fixtures" / "solexec" / "benchmark"
+MEMBER = "L1-001_small_matmul"
+
+
+@pytest.fixture(scope="module")
+def family(request):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOLAB_SOLEXEC_DIR", str(FIXTURES))
+    request.addfinalizer(mp.undo)
+    return get_family("solexec-cpu")
+
+
+@pytest.fixture(scope="module")
+def member(family):
+    return family.member(MEMBER)
+
+
+@pytest.fixture(scope="module")
+def prepared(member, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("solexec") / "data"
+    member.prepare(None, folder)
+    return folder
+
+
+def _trial(member, prepared, tmp_path, files, seed=1000, split="val"):
+    setup = trial_setup(member, prepared, member.budget, threads=1,
+                        isolation=isolation_mode("auto"))
+    cid = content_key("files", files)[:16]
+    return run_trial(member, cid, files, seed, split, setup, work_root=tmp_path / "trials",
+                     prepared_dir=prepared)
+
+
+def test_the_family_lists_runnable_problems_and_relates_them(family):
+    members = family.members()
+    assert MEMBER in members and all("/" not in m for m in members)
+    assert family.member(MEMBER).name == f"solexec-cpu/{MEMBER}"
+    assert any(r.startswith("category:") for r in family.relations(MEMBER))
+    with pytest.raises(KeyError):
+        family.member("L1-nope")
+
+
+def test_prepare_measures_a_baseline_for_every_split(member, prepared):
+    import json
+
+    table = json.loads((prepared / "baseline.json").read_text())
+    assert set(table["splits"]) == {"val", "audit", "test"}
+    val = table["splits"]["val"]
+    assert val and all(v["t_b_ns"] > 0 and v["t_sol_ns"] > 0 for v in val.values()), val
+    assert member.data_version(prepared) == member.data_version(prepared)
+
+
+def test_the_reference_scores_about_one_half_and_a_broken_kernel_fails(member, prepared,
+                                                                       tmp_path):
+    trial = _trial(member, prepared, tmp_path, member.seed_files())
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    assert 0.0 < trial.metrics["sol_score"] <= 1.0
+    assert trial.evidence["workloads"] == len(member.problem.workloads)
+
+    wrong = {"solution.py": "def run(A, B):\n    return (A @ B.T) * 1.5\n"}
+    bad = _trial(member, prepared, tmp_path, wrong)
+    assert bad.status != "ok" and "incorrect" in bad.reason, bad.reason
+
+
+def test_the_audit_split_times_workloads_the_candidate_never_saw(member, prepared, tmp_path):
+    from benchmarks.solexec.benchmark import split_workloads
+
+    shown = {w.uuid for w in member.problem.workloads}
+    hidden = {w.uuid for w in split_workloads(member.problem, "audit")}
+    assert hidden and not hidden & shown
+    trial = _trial(member, prepared, tmp_path, member.seed_files(), split="audit")
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+
+
+def test_techniques_are_edits_of_the_solution(member):
+    space = member.search_space()
+    names = [e.name for e in space.edits]
+    assert "compile_default" in names
+    edit = next(e for e in space.edits if e.name == "compile_default")
+    text = edit.apply(member.seed_files()["solution.py"])
+    assert "torch.compile" in text
+
+
+@pytest.fixture(scope="module")
+def prefect_api(request):
+    from helpers import prefect_test_server
+
+    prefect_test_server(request)
+
+
+@pytest.mark.slow
+def test_a_family_campaign_over_two_problems_runs_the_loop_on_each(family, tmp_path,
+                                                                   prefect_api):
+    import json
+
+    from helpers import write_params
+
+    from autolab.archive import campaign_archive
+    from autolab.config import load_params
+    from autolab.family import member_params
+    from autolab.records import Decision, Trial
+    from flows.campaign import campaign
+
+    members = [MEMBER, "L1-002_rmsnorm_custom_inputs"]
+    params_path = write_params(
+        tmp_path, benchmark="solexec-cpu", max_proposals=99,
+        campaign={"name": "kernels", "threads": 1},
+        evaluation={"min_seeds": 2, "max_seeds": 2, "test_seeds": 2, "screen": False},
+        audit={"replication_seeds": 2},
+        proposer={"kind": "offline", "operators": {"improve": 1.0}},
+        family={"members": members, "rounds": 1, "proposals_per_round": 1},
+    )
+    result = campaign(params_path=str(params_path))
+    params = load_params(params_path)
+    for m in members:
+        archive = campaign_archive(member_params(params, "solexec-cpu", m), create=False)
+        record = archive.campaign()
+        assert record.benchmark == f"solexec-cpu/{m}" and record.status == "finished"
+        trials = archive.all(Trial)
+        assert trials and all(t.isolation == "bwrap" or t.isolation for t in trials)
+        assert len(archive.all(Decision)) == 1
+        assert any(t.status == "ok" and 0 < t.metrics["sol_score"] <= 1 for t in trials)
+    summary = json.loads((tmp_path / "reports" / "kernels" / "family.json").read_text())
+    assert result["family"] == "solexec-cpu"
+    assert {r["member"] for r in summary["members"]} == set(members)
