@@ -137,3 +137,25 @@ def test_a_family_campaign_over_two_problems_runs_the_loop_on_each(family, tmp_p
     summary = json.loads((tmp_path / "reports" / "kernels" / "family.json").read_text())
     assert result["family"] == "solexec-cpu"
     assert {r["member"] for r in summary["members"]} == set(members)
+
+
+def test_seeds_and_every_technique_pass_the_static_scan(family):
+    """What the offline catalogue writes is not refused at audit level 0 (references use
+    torch, math, enum and typing; Triton kernels @triton.jit and tl.load)."""
+    from autolab.static_scan import static_findings
+
+    edits = 0
+    for name in family.members():
+        member = family.member(name)
+        seed = member.seed_files()["solution.py"]
+        assert static_findings("solution.py", seed, member.allowed_imports,
+                               member.allowed_attrs) == [], name
+        for edit in member.search_space().edits:
+            try:
+                text = edit.apply(seed)
+            except Exception:  # noqa: BLE001 - EditNotApplicable: not for this problem
+                continue
+            edits += 1
+            assert static_findings("solution.py", text, member.allowed_imports,
+                                   member.allowed_attrs) == [], (name, edit.name)
+    assert edits >= 10

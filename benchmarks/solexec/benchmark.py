@@ -59,8 +59,8 @@ GPU_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_LIBCUDA_PATH", "TRITON_PTXAS_
 GPU_HOST_READ = ("/sys", "/usr", "/proc/driver/nvidia", "/proc/sys/kernel/random/boot_id",
                  "/proc/sys/vm/overcommit_memory")
 STDLIB_IMPORTS = frozenset({
-    "__future__", "abc", "collections", "contextlib", "dataclasses", "functools", "itertools",
-    "math", "operator", "typing", "warnings",
+    "__future__", "abc", "collections", "contextlib", "dataclasses", "enum", "functools",
+    "itertools", "math", "operator", "typing", "warnings",
 })
 TIMINGS = {
     "gpu": Timing(device="cuda"),
@@ -130,7 +130,9 @@ class SolExecProblem:
     editable_files: tuple[str, ...] = ("solution.py",)
     distributions: tuple[str, ...] = ("torch", "numpy", "triton")
     allowed_imports: frozenset[str] = STDLIB_IMPORTS | {"torch", "numpy", "triton"}
-    allowed_attrs: frozenset[str] = frozenset({"compile"})
+    # torch.compile, and Triton kernels: @triton.jit and tl.load (the sandbox, not the scan,
+    # keeps a `.load` from reading anything but the candidate's own files)
+    allowed_attrs: frozenset[str] = frozenset({"compile", "jit", "load"})
 
     def __init__(self, problem: Problem, family: str, preset: Literal["gpu", "cpu"] = "gpu"):
         self.problem = problem

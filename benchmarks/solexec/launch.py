@@ -80,6 +80,7 @@ def worker_env(build_dir: Path, harness: Path, extra: Mapping[str, str] | None =
         "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep: idle CPU means work
         "TORCH_EXTENSIONS_DIR": str(build_dir / "torch_extensions"),
         "TRITON_CACHE_DIR": str(build_dir / "triton"),
+        "TORCHINDUCTOR_CACHE_DIR": str(build_dir / "compile-cache" / "inductor"),
     }  # fmt: skip
     env |= {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
     return env | dict(extra or {})

@@ -64,12 +64,7 @@ def _choice(*values: Any) -> CategoricalDistribution:
 
 CACHE_SETUP = '''
 # The compiler's caches live in this candidate's own build folder: the evaluator's worker
-# runs each candidate with its build folder as the working directory.
-import os as _os
-
-_os.environ["TORCHINDUCTOR_CACHE_DIR"] = _os.path.join(_os.getcwd(), "compile-cache", "inductor")
-_os.environ["TRITON_CACHE_DIR"] = _os.path.join(_os.getcwd(), "compile-cache", "triton")
-
+# names them there (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) and works in that folder.
 import torch as _torch
 import torch._dynamo as _dynamo
 import torch._inductor.config as _inductor_config
