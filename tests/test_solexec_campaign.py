@@ -159,3 +159,17 @@ def test_seeds_and_every_technique_pass_the_static_scan(family):
             assert static_findings("solution.py", text, member.allowed_imports,
                                    member.allowed_attrs) == [], (name, edit.name)
     assert edits >= 10
+
+
+def test_the_joint_campaign_names_at_least_40_members_across_categories(monkeypatch):
+    from autolab.config import load_params
+    from benchmarks.solexec.benchmark import DEFAULT_DATA
+
+    params = load_params(Path(__file__).parents[1] / "benchmarks" / "solexec" / "params-gpu.yaml")
+    assert params.campaign.benchmark == "solexec"
+    members = params.family.members
+    assert len(members) >= 40 and len(set(members)) == len(members)
+    if not DEFAULT_DATA.is_dir():
+        pytest.skip("the SOL-ExecBench dataset is not beside the project")
+    monkeypatch.setenv("AUTOLAB_SOLEXEC_DIR", str(DEFAULT_DATA))
+    assert set(members) <= set(get_family("solexec").members())
