@@ -19,6 +19,8 @@
 #                                         # its progress; with DEST, then `snapshot`
 #   perf/nanochat_gpu.sh snapshot PARAMS DEST    # the running campaign's state as
 #                                         # DEST/state-NAME.tgz, campaign-start's STATE.tgz
+#                                         # (with what prepare measured: artifacts/**/
+#                                         # baseline.json, e.g. a solexec member's T_b)
 #   perf/nanochat_gpu.sh campaign-stop    # interrupt it; what finished is in the archive
 #   perf/nanochat_gpu.sh collect PARAMS DEST     # archive, MLflow store and report to DEST
 #   NAME=other ...                        # campaign-start and collect: that campaign name
@@ -106,7 +108,10 @@ PY
   campaign-start)
     freeze
     for t in ${EARLIER:-}; do tar -xzf "$t" -C "$SRC" runs; done
-    if [ -n "${2:-}" ]; then tar -xzf "$2" -C "$SRC"; fi
+    if [ -n "${2:-}" ]; then  # artifacts/ is the host's prepared data: measured T_b into it
+      tar -xzf "$2" -C "$SRC" --exclude=artifacts
+      tar -xzf "$2" -C "$PWD" artifacts 2>/dev/null || true
+    fi
     cd "$SRC"
     env_line
     export PYTHONPATH="$PWD"
@@ -138,6 +143,9 @@ PY
     done
     if [ -d mlruns ]; then cp -a mlruns/. "$tmp/mlruns/"; fi
     if [ -d reports ]; then cp -a reports/. "$tmp/reports/"; fi
+    mkdir -p "$tmp/artifacts"  # what prepare measured on this machine (a family member's T_b)
+    find -L artifacts -name baseline.json 2>/dev/null | while read -r f; do
+      mkdir -p "$tmp/$(dirname "$f")"; cp "$f" "$tmp/$f"; done
     python3 - "$tmp" <<'PY'
 import sqlite3, sys
 from pathlib import Path
@@ -150,7 +158,7 @@ for copy in Path(sys.argv[1]).rglob("*.db"):
     src.backup(dst)
     dst.close(), src.close()
 PY
-    tar -czf "$2/state-$name.tgz" -C "$tmp" runs mlruns reports
+    tar -czf "$2/state-$name.tgz" -C "$tmp" runs mlruns reports artifacts
     rm -rf "$tmp"
     ls -la "$2/state-$name.tgz" ;;
   campaign-stop)
