@@ -64,7 +64,7 @@ def test_prepare_measures_a_baseline_for_every_split(member, prepared):
     assert member.data_version(prepared) == member.data_version(prepared)
 
 
-def test_the_reference_scores_about_one_half_and_a_broken_kernel_fails(member, prepared,
+def test_the_reference_scores_and_a_broken_kernel_fails(member, prepared,
                                                                        tmp_path):
     trial = _trial(member, prepared, tmp_path, member.seed_files())
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
@@ -131,7 +131,7 @@ def test_a_family_campaign_over_two_problems_runs_the_loop_on_each(family, tmp_p
         record = archive.campaign()
         assert record.benchmark == f"solexec-cpu/{m}" and record.status == "finished"
         trials = archive.all(Trial)
-        assert trials and all(t.isolation == "bwrap" or t.isolation for t in trials)
+        assert trials and {t.isolation for t in trials} == {isolation_mode("auto")}
         assert len(archive.all(Decision)) == 1
         assert any(t.status == "ok" and 0 < t.metrics["sol_score"] <= 1 for t in trials)
     summary = json.loads((tmp_path / "reports" / "kernels" / "family.json").read_text())
@@ -173,3 +173,77 @@ def test_the_joint_campaign_names_at_least_40_members_across_categories(monkeypa
         pytest.skip("the SOL-ExecBench dataset is not beside the project")
     monkeypatch.setenv("AUTOLAB_SOLEXEC_DIR", str(DEFAULT_DATA))
     assert set(members) <= set(get_family("solexec").members())
+
+
+def test_a_process_left_behind_is_gone_before_the_next_worker(member, prepared, tmp_path):
+    """A solution that leaves a double-forked daemon during the build's smoke call: the
+    forkserver adopts and kills it before the evaluation's worker starts."""
+    src = """
+import os, time
+_mark = os.path.join(os.getcwd(), "daemon.pid")
+if os.path.exists(_mark):
+    _pid = int(open(_mark).read())
+    if os.path.exists(f"/proc/{_pid}/status"):
+        raise RuntimeError(f"daemon {_pid} still alive")
+else:
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            open(_mark, "w").write(str(os.getpid()))
+            time.sleep(600)
+        os._exit(0)
+    os.wait()
+    time.sleep(0.3)
+
+
+def run(A, B):
+    return A @ B.T
+"""
+    trial = _trial(member, prepared, tmp_path, {"solution.py": src})
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-1500:])
+
+
+def _secrets(statuses, table=None):
+    workloads = [{"uuid": f"w{i}", "status": st, "reason": r, "time_ns": 2000.0}
+                 for i, (st, r) in enumerate(statuses)]
+    table = table or {f"w{i}": {"t_b_ns": 4000.0, "t_sol_ns": 1000.0}
+                      for i in range(len(statuses))}
+    return {"build": {"ok": True, "wall_s": 1.0}, "eval": {"workloads": workloads},
+            "baseline": table}
+
+
+@pytest.mark.parametrize("status,reason,kind", [
+    ("incorrect", "call 1: 3% of elements off", "output"),
+    ("timeout", "no answer within 10 s", "timeout"),
+    ("failed", "it answered before its outputs were in place", "integrity"),
+    ("failed", "its outputs changed after it answered", "integrity"),
+    ("skipped", "out of memory beside it", "integrity"),
+    ("failed", "run failed: ValueError: boom", "crash"),
+])
+def test_a_failed_workload_fails_the_trial_with_its_kind(status, reason, kind):
+    from benchmarks.protocol import TrialFailure
+    from benchmarks.solexec.benchmark import score_trial
+
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", _secrets([("ok", ""), (status, reason)]), "val")
+    assert err.value.kind == kind, err.value
+
+
+def test_the_score_counts_the_workloads_the_reference_runs_and_no_fewer():
+    from benchmarks.protocol import TrialFailure
+    from benchmarks.solexec.benchmark import score_trial
+
+    score = score_trial("L1/x", _secrets([("ok", ""), ("ok", "")]), "val")
+    # T_k 2000, T_b 4000, T_SOL 1000: S = 1 / (1 + 1000 / 3000) = 0.75 on both
+    assert score.metrics["sol_score"] == pytest.approx(0.75) and score.budget_used == 2
+    # a workload the reference cannot run here is not part of the problem here
+    table = {"w0": {"t_b_ns": 4000.0, "t_sol_ns": 1000.0}, "w1": {"status": "skipped"}}
+    assert score_trial("L1/x", _secrets([("ok", ""), ("skipped", "no T_b")], table),
+                       "val").budget_used == 1
+    # one with a baseline that the trial left out fails it
+    table = {**table, "w9": {"t_b_ns": 1.0, "t_sol_ns": 1.0}}
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", _secrets([("ok", ""), ("ok", "")], table), "val")
+    assert err.value.kind == "integrity"
+    with pytest.raises(RuntimeError):  # the evaluator's own fault is not the candidate's
+        score_trial("L1/x", {"error": "OSError: disk full"}, "val")

@@ -100,7 +100,11 @@ def split_workloads(problem: Problem, split: str) -> list[Workload]:
     from benchmarks.solexec.hidden import hidden_workloads
 
     seed = int.from_bytes(hashlib.sha256(f"{problem.key}:{split}".encode()).digest()[:8], "big")
-    return hidden_workloads(problem, HIDDEN_PER_SPLIT, seed=seed)
+    drawn = hidden_workloads(problem, 2 * HIDDEN_PER_SPLIT, seed=seed)
+    if split == "test":  # never a workload the audit split times
+        audit = {tuple(sorted(w.axes.items())) for w in split_workloads(problem, "audit")}
+        drawn = [w for w in drawn if tuple(sorted(w.axes.items())) not in audit]
+    return drawn[:HIDDEN_PER_SPLIT]
 
 
 def _technique_edit(problem: Problem, technique) -> CodeEdit:
@@ -168,6 +172,9 @@ class SolExecProblem:
 
         prepared_dir = Path(prepared_dir)
         out = prepared_dir / BASELINE
+        here = _device_name(self.timing.device)
+        if out.exists() and json.loads(out.read_text()).get("device") != here:
+            out.unlink()  # measured on another machine: T_b is this machine's
         if not out.exists():
             prepared_dir.mkdir(parents=True, exist_ok=True)
             splits = {s: split_workloads(self.problem, s) for s in ("val", "audit", "test")}
@@ -177,6 +184,11 @@ class SolExecProblem:
             tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
             tmp.replace(out)
         table = json.loads(out.read_text())
+        if not any("t_b_ns" in w for w in table["splits"]["val"].values()):
+            out.unlink()  # measured again next time, not kept as a table of failures
+            why = sorted({w.get("reason", "")[:200] for w in table["splits"]["val"].values()})
+            raise RuntimeError(f"{self.problem.key}: the reference has no T_b on any "
+                               f"workload here: {'; '.join(why)}")
         timed = sum(1 for s in table["splits"].values() for w in s.values() if "t_b_ns" in w)
         return {"problem": self.problem.key, "device": table["device"],
                 "workloads with T_b": str(timed)}
@@ -198,6 +210,8 @@ class SolExecProblem:
         env: dict[str, str] = {}
         if self.preset == "gpu":
             index = ctx.gpu or 0
+            if index != 0:  # the trusted side's arenas and flush live on its cuda:0
+                raise RuntimeError("solexec trials run on GPU 0 only (engine.slots: one)")
             env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
             env["CUDA_VISIBLE_DEVICES"] = cuda_visible([index])
             # CUDA IPC: torch keeps a shared arena's reference count in /dev/shm
@@ -217,6 +231,9 @@ class SolExecProblem:
             return None
         s, problem, timing = ctx.secrets, self.problem, self.timing
         workloads = split_workloads(problem, str(ctx.split))
+        # read before any candidate code runs: the score uses this copy, never the file
+        s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
+            str(ctx.split)]
         build_dir = ctx.outputs("kernel") / "build"
 
         def drive(link) -> None:
@@ -239,43 +256,7 @@ class SolExecProblem:
         return drive
 
     def score(self, ctx: TrialContext) -> Score:
-        from benchmarks.solexec.scoring import WorkloadResult, workload_score
-
-        s = ctx.secrets
-        if "error" in s:
-            raise TrialFailure("crash", f"the evaluation stopped: {s['error']}")
-        build = s.get("build") or {}
-        if not build.get("ok"):
-            raise TrialFailure("crash", f"the build failed at {build.get('stage', '?')}: "
-                               f"{build.get('reason', 'no build result')}")
-        ev = s.get("eval")
-        if not ev:
-            raise TrialFailure("output", f"no workload of the {ctx.split} split to evaluate")
-        table = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][str(ctx.split)]
-        scores, ran, worst = [], 0, ""
-        for w in ev["workloads"]:
-            if w["status"] == "skipped":
-                continue
-            ran += 1
-            if w["status"] != "ok":
-                worst = worst or f"workload {w['uuid']}: {w['status']}: {w['reason']}"
-                continue
-            base = table.get(w["uuid"], {})
-            result = WorkloadResult(problem=self.problem.key, workload=w["uuid"], passed=True,
-                                    t_k=w["time_ns"], t_b=base.get("t_b_ns"),
-                                    t_sol=base.get("t_sol_ns"))
-            scores.append(workload_score(result))
-        if worst:
-            status = "timeout" if ": timeout:" in worst else "crash"
-            raise TrialFailure(status, worst[:500])
-        if not scores:
-            raise TrialFailure("output", "every workload was skipped")
-        times = [w["time_ns"] for w in ev["workloads"] if w["status"] == "ok"]
-        value = sum(scores) / len(scores)
-        return Score(metrics={"sol_score": value}, budget_used=float(ran), evidence={
-            "workloads": ran, "build_s": float(build.get("wall_s", 0.0)),
-            "median_time_us": sorted(times)[len(times) // 2] / 1e3,
-            "min_workload_score": min(scores), "max_workload_score": max(scores)})
+        return score_trial(self.problem.key, ctx.secrets, str(ctx.split))
 
     def audit_checks(self) -> list[AuditCheck]:
         def every_workload_scored(ctx: TrialContext, score: Score) -> CheckResult:
@@ -295,8 +276,76 @@ class SolExecProblem:
         return {**files, "solution.py": f"# variant {index}\n{files['solution.py']}"}
 
 
+INTEGRITY = ("answered before", "changed after it answered", "wrote into its input",
+             "child process", "more thread", "CPU in the", "broke the protocol",
+             "an empty call failed")
+
+
+def failure_kind(status: str, reason: str) -> str:
+    """The runner's failure kind for a workload the evaluator did not pass."""
+    if status == "timeout":
+        return "timeout"
+    if status == "skipped":  # the reference runs it; beside this candidate it could not
+        return "integrity"
+    if status == "incorrect":
+        return "output"
+    if any(k in reason for k in INTEGRITY):
+        return "integrity"
+    if "out of memory" in reason.lower():
+        return "oom"
+    return "crash"
+
+
+def score_trial(key: str, s: dict, split: str) -> Score:
+    """The trial's score from what the companion recorded (trusted memory only)."""
+    from benchmarks.solexec.scoring import WorkloadResult, workload_score
+
+    if "error" in s:  # the evaluator's own fault, not the candidate's
+        raise RuntimeError(f"the evaluation of {key} stopped: {s['error']}")
+    build = s.get("build") or {}
+    if not build.get("ok"):
+        kind = "timeout" if "timeout" in str(build.get("reason", "")) else "crash"
+        raise TrialFailure(kind, f"the build failed at {build.get('stage', '?')}: "
+                           f"{build.get('reason', 'no build result')}")
+    ev, table = s.get("eval"), s.get("baseline") or {}
+    if not ev:
+        raise TrialFailure("output", f"no workload of the {split} split was evaluated")
+    scores, times = [], []
+    for w in ev["workloads"]:
+        base = table.get(w["uuid"])
+        if base is None or "t_b_ns" not in base:
+            continue  # the reference itself cannot run it here: not part of the problem
+        if w["status"] != "ok":
+            kind = failure_kind(w["status"], w["reason"])
+            raise TrialFailure(kind, f"workload {w['uuid']}: {w['status']}: {w['reason']}"[:500])
+        if w["time_ns"] is None:
+            raise TrialFailure("integrity", f"workload {w['uuid']}: no time")
+        scores.append(workload_score(WorkloadResult(
+            problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"],
+            t_b=base["t_b_ns"], t_sol=base.get("t_sol_ns"))))
+        times.append(w["time_ns"])
+    missing = [u for u, b in table.items() if "t_b_ns" in b
+               and u not in {w["uuid"] for w in ev["workloads"]}]
+    if missing or not scores:
+        raise TrialFailure("integrity", f"workloads with a baseline not evaluated: "
+                           f"{missing[:3] or 'all'}")
+    return Score(metrics={"sol_score": sum(scores) / len(scores)}, budget_used=float(len(scores)),
+                 evidence={"workloads": len(scores), "build_s": float(build.get("wall_s", 0.0)),
+                           "median_time_us": sorted(times)[len(times) // 2] / 1e3,
+                           "min_workload_score": min(scores), "max_workload_score": max(scores)})
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
+
+
 def runnable(problem: Problem) -> bool:
-    return any(skip_reason(problem, w) is None for w in problem.workloads)
+    """A member: a workload runs here, and new workloads can be drawn for the audit and
+    test splits (a problem whose axes leave no room for them cannot be confirmed)."""
+    return any(skip_reason(problem, w) is None for w in problem.workloads) and all(
+        split_workloads(problem, s) for s in ("audit", "test"))
 
 
 def load_members(root: Path) -> dict[str, Problem]:

@@ -236,8 +236,9 @@ class Forkserver:
         ours, theirs = wire.socket_pair()
         log = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         worker = worker_env(build_dir, self._harness or Path(), {**self._env, **(env or {})})
-        if self._harness is None:  # the step's own harness path stays
+        if self._harness is None:  # the step's own harness path and devices stay
             worker.pop("PYTHONPATH")
+            worker.pop("CUDA_VISIBLE_DEVICES", None)
         request = {"op": "spawn", "cwd": str(Path(build_dir).absolute()), "env": worker}
         with self._lock:  # one spawn at a time, so each answer is this request's
             try:

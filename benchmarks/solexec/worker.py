@@ -28,8 +28,10 @@ import json
 import os
 import pickle
 import select
+import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -200,7 +202,10 @@ def forkserver_main(ctrl: socket.socket) -> None:
     nothing else (no CUDA context: each worker makes its own). A request carries the
     worker's channel and log descriptors; the answer is its pid, and when a worker ends
     its exit status follows, for the trusted side cannot wait for a process it did not
-    start itself."""
+    start itself. It adopts every orphan of its workers (a child subreaper), and before
+    each new worker it kills whatever is left under it: a process a candidate left behind,
+    double-forked or not, does not live on beside the next worker."""
+    _become_subreaper()
     while True:
         _report_exits(ctrl)
         ready, _, _ = select.select([ctrl], [], [], 0.02)
@@ -214,12 +219,48 @@ def forkserver_main(ctrl: socket.socket) -> None:
         if msg["op"] == "exit":
             return
         channel, log = frame.fds
+        _kill_children(ctrl)
         pid = os.fork()
         if pid == 0:
             _become_worker(ctrl, channel, log, msg)
         os.close(channel)
         os.close(log)
         wire.send_frame(ctrl, json.dumps({"op": "spawned", "pid": pid}).encode())
+
+
+def _become_subreaper() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init, as without a forkserver
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def _kill_children(ctrl: socket.socket) -> None:
+    """Kill and reap every process under this one (their exits are reported as usual)."""
+    for _ in range(50):
+        pids = _children()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+        _report_exits(ctrl)
 
 
 def _report_exits(ctrl: socket.socket) -> None:
