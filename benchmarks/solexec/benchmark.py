@@ -54,6 +54,7 @@ PROJECT = HERE.parents[1]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "sol-execbench" / "benchmark"
 DATA_ENV = "AUTOLAB_SOLEXEC_DIR"  # where the problems are (the public layout)
 BASELINE = "baseline.json"
+EXIT_GRACE_S = 30.0  # the forkserver's time to exit once the evaluation is done
 HIDDEN_PER_SPLIT = 4  # new workloads drawn for the audit split and for the test split
 GPU_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_LIBCUDA_PATH", "TRITON_PTXAS_PATH")
 GPU_HOST_READ = ("/sys", "/usr", "/proc/driver/nvidia", "/proc/sys/kernel/random/boot_id",
@@ -251,6 +252,9 @@ class SolExecProblem:
                 s["error"] = f"{type(e).__name__}: {e}"[:1000]
             finally:
                 server.close()
+            if not link.finished.wait(EXIT_GRACE_S):  # told to exit, it did not
+                link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
+                          "of being told to")
             link.finished.wait()
 
         return drive
