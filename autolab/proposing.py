@@ -276,7 +276,9 @@ _RECALLS: weakref.WeakKeyDictionary[Archive, Recall] = weakref.WeakKeyDictionary
 def failure_note(memory: Memory, candidate_id: str) -> FailureNote:
     decision = next((d for d in reversed(memory.decisions) if d.candidate_id == candidate_id),
                     None)
-    bad = [t for t in memory.trials_of(candidate_id) if t.status != "ok"]
+    # selection trials only: a log of an audit or test trial would tell the proposer about
+    # data it must not tune on
+    bad = [t for t in memory.trials_of(candidate_id) if t.status != "ok" and t.split == "val"]
     return FailureNote(candidate_id=candidate_id, reason=decision.reason if decision else "",
                        log_tail=bad[0].log_tail if bad else "")
 

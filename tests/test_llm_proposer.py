@@ -336,3 +336,20 @@ def test_a_garbled_reply_is_a_failed_attempt_not_a_crash():
     with pytest.raises(AttemptFailed, match="provider error") as err:
         proposer.propose(request())
     assert err.value.transcript.outcome == "failed"
+
+
+def test_a_failure_note_shows_only_selection_trials_logs():
+    """The debug operator's note: a failed audit or test trial's log says things about
+    data the proposer must not tune on, so only a failed val trial's log is shown."""
+    from types import SimpleNamespace
+
+    from autolab.proposing import failure_note
+
+    def trial(split: str, log: str):
+        return SimpleNamespace(status="failed", split=split, log_tail=log)
+
+    memory = SimpleNamespace(decisions=[], trials_of=lambda cid: [
+        trial("test", "test shapes"), trial("audit", "audit shapes"), trial("val", "val log")])
+    assert failure_note(memory, "c1").log_tail == "val log"
+    hidden_only = SimpleNamespace(decisions=[], trials_of=lambda cid: [trial("audit", "x")])
+    assert failure_note(hidden_only, "c1").log_tail == ""

@@ -247,3 +247,18 @@ def test_the_score_counts_the_workloads_the_reference_runs_and_no_fewer():
     assert err.value.kind == "integrity"
     with pytest.raises(RuntimeError):  # the evaluator's own fault is not the candidate's
         score_trial("L1/x", {"error": "OSError: disk full"}, "val")
+
+
+def test_a_failure_on_a_hidden_split_does_not_describe_its_workloads():
+    from benchmarks.protocol import TrialFailure
+    from benchmarks.solexec.benchmark import score_trial
+
+    secrets = _secrets([("ok", ""), ("failed", "run failed: output 'C' is (4096, 7)")])
+    secrets["eval"]["workloads"][1]["uuid"] = "hidden-0-M4096"
+    secrets["baseline"]["hidden-0-M4096"] = secrets["baseline"].pop("w1")
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", secrets, "audit")
+    assert "4096" not in err.value.reason and err.value.kind == "crash", err.value.reason
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", secrets, "val")
+    assert "hidden-0-M4096" in err.value.reason  # on val the proposer may know its shapes
