@@ -398,3 +398,25 @@ def test_9_a_solution_specialised_to_the_visible_shapes_fails_hidden_workloads(
     honest = evaluate_hidden(matmul, reference_solution(matmul, tmp_path / "ref"), timing,
                              count=3, seed=5, launch=forks.launch)
     assert honest.passed
+
+
+def test_a_process_that_outlives_its_parent_is_still_seen(matmul, forks, tmp_path):
+    """A daemon double-forked at import is no child of the worker's: the forkserver
+    adopts it, and it counts as a process the worker left running."""
+    result = evaluate(matmul, forks, tmp_path / "daemon", """
+        import os
+        import time
+
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            os._exit(0)
+        os.wait()
+
+        def run(A, B):
+            return A @ B.T
+    """)
+    assert statuses(result) == {"failed"}
+    assert all("child process" in w.reason for w in result.workloads), result.workloads

@@ -101,9 +101,11 @@ class Worker:
     """The trusted side's handle on one worker process: its channel, its pid (as the
     launcher knows it, not as the worker says), a way to kill it and its log."""
 
-    def __init__(self, sock, pid: int, exit_code: Callable[[float], int | None], folder: Path):
+    def __init__(self, sock, pid: int, exit_code: Callable[[float], int | None], folder: Path,
+                 strays: Callable[[], int] | None = None):
         self.sock = sock
         self.pid = pid
+        self.strays = strays or (lambda: 0)  # processes it left that are not its children
         self._exit_code = exit_code
         self._folder = folder
         try:
@@ -192,9 +194,13 @@ class Forkserver:
         self._folder = Path(tempfile.mkdtemp(prefix="solexec-forkserver-"))
         self._env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        self._server_pid: int | None = None
         if ctrl is not None:
             self._harness: Path | None = None
             self._ctrl = ctrl
+            # the kernel stamps the forkserver's frames with its pid: its other children
+            # (processes a worker left behind, adopted by it) can then be seen from here
+            ctrl.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         else:
             self._harness = copy_harness(self._folder / "harness")
             self._ctrl, theirs = wire.socket_pair()
@@ -207,6 +213,7 @@ class Forkserver:
                     pass_fds=(theirs.fileno(),), start_new_session=True,
                 )  # fmt: skip
             theirs.close()
+            self._server_pid = self._proc.pid
         self._lock = threading.Lock()
         self._spawned: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
@@ -217,8 +224,13 @@ class Forkserver:
     def _read(self) -> None:
         while True:
             try:
-                msg = json.loads(wire.recv_frame(self._ctrl, 1 << 16).payload)
+                frame = wire.recv_frame(self._ctrl, 1 << 16)
+                msg = json.loads(frame.payload)
             except (wire.WireError, OSError, ValueError):
+                break
+            if self._server_pid is None and frame.pid:
+                self._server_pid = frame.pid  # as the kernel says, in this pid namespace
+            if not isinstance(msg, dict):
                 break
             if msg.get("op") == "spawned":
                 self._spawned.put(int(msg["pid"]))
@@ -257,7 +269,19 @@ class Forkserver:
             ours.close()
             raise RuntimeError(f"the forked worker did not start: {e}") from None
         here = hello.pid or pid
-        return Worker(ours, here, lambda wait_s: self._exit_code(pid, wait_s), folder)
+        return Worker(ours, here, lambda wait_s: self._exit_code(pid, wait_s), folder,
+                      strays=lambda: self._strays(here))
+
+    def _strays(self, worker: int) -> int:
+        """The forkserver's children other than this worker: what earlier or current
+        workers left behind (it adopts orphans), running beside this one."""
+        if self._server_pid is None:
+            return 0
+        try:
+            kids = psutil.Process(self._server_pid).children()
+        except psutil.Error:
+            return 0
+        return sum(1 for k in kids if k.pid != worker)
 
     def _exit_code(self, pid: int, wait_s: float) -> int | None:
         with self._ended:

@@ -119,10 +119,13 @@ class WorkerLink:
             return 0
 
     def children(self) -> int:
+        """Processes the worker started that are still running: its descendants, and those
+        that outlived their parent and were adopted by the forkserver."""
         try:
-            return len(psutil.Process(self.worker.pid).children(recursive=True))
+            own = len(psutil.Process(self.worker.pid).children(recursive=True))
         except psutil.Error:
-            return 0
+            own = 0
+        return own + self.worker.strays()
 
     def cpu_ns(self) -> int:
         """CPU time of the worker's live threads in ns (schedstat; else clock ticks)."""
