@@ -476,3 +476,40 @@ def test_a_forkserver_started_elsewhere_in_its_own_pid_namespace_serves_workers(
                 worker.close()
     finally:
         proc.wait(timeout=30)
+
+
+def test_a_worker_that_prints_without_end_fills_no_disk(problems, forks, tmp_path):
+    """Its output goes through a pipe of which only the tail is kept."""
+    from benchmarks.solexec.launch import LOG_TAIL_BYTES
+
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "noisy", """
+        import sys
+        for i in range(20000):
+            sys.stdout.write(f"line {i} " + "x" * 1000 + "\\n")
+        sys.stdout.write("the end\\n")
+        sys.stdout.flush()
+
+        def run(A, B):
+            return A @ B.T
+    """)
+    result = evaluate(problem, folder, forks)
+    assert {w.status for w in result.workloads} == {"ok"}
+    assert "the end" in result.log_tail and len(result.log_tail) <= 2 * LOG_TAIL_BYTES + 100
+
+
+def test_the_log_keeps_a_bounded_tail_of_what_is_written_to_it():
+    import os
+
+    from benchmarks.solexec.launch import LOG_TAIL_BYTES, LogTail
+
+    log = LogTail()
+    fd = os.dup(log.fd)
+    log.handed_over()
+    for i in range(2000):
+        os.write(fd, f"{i:06d}".encode() * 1000)
+    os.write(fd, b"last words")
+    os.close(fd)
+    tail = log.tail(settle_s=5.0)
+    assert len(tail) == LOG_TAIL_BYTES and tail.endswith("last words")
+    assert len(log._buf) == LOG_TAIL_BYTES  # what is kept, not only what is shown

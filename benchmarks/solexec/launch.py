@@ -97,14 +97,48 @@ def describe_exit(code: int | None) -> str:
     return f"the worker exited with status {code}"
 
 
+class LogTail:
+    """A worker's stdout and stderr: a pipe whose last LOG_TAIL_BYTES this process keeps,
+    read by a thread, so a worker that prints without end fills no disk."""
+
+    def __init__(self) -> None:
+        self._r, self.fd = os.pipe()  # self.fd: the write end, handed to the worker
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name="worker-log", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := os.read(self._r, 1 << 16):
+                with self._lock:
+                    self._buf += chunk
+                    del self._buf[: max(0, len(self._buf) - LOG_TAIL_BYTES)]
+        finally:
+            os.close(self._r)
+
+    def handed_over(self) -> None:
+        """The worker has its copy of the write end: this one goes, so the pipe ends with
+        the worker (and whatever it left holding it)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def tail(self, settle_s: float = 0.2) -> str:
+        self._thread.join(settle_s)
+        with self._lock:
+            return bytes(self._buf).decode("utf-8", "replace")
+
+
 class Worker:
     """The trusted side's handle on one worker process: its channel, its pid (as the
     launcher knows it, not as the worker says), a way to kill it and its log."""
 
     def __init__(self, sock, pid: int, exit_code: Callable[[float], int | None], folder: Path,
-                 strays: Callable[[], int] | None = None):
+                 strays: Callable[[], int] | None = None, log: LogTail | None = None):
         self.sock = sock
         self.pid = pid
+        self._log = log
         self.strays = strays or (lambda: 0)  # processes it left that are not its children
         self._exit_code = exit_code
         self._folder = folder
@@ -136,13 +170,7 @@ class Worker:
         return self._exit_code(wait_s)
 
     def log_tail(self) -> str:
-        path = self._folder / "worker.log"
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return self._log.tail() if self._log is not None else ""
 
     def close(self) -> str:
         """Kill whatever is left, close the channel; returns the log's tail."""
@@ -161,13 +189,16 @@ def launch_subprocess(build_dir: Path, *, env: Mapping[str, str] | None = None,
     harness = copy_harness(folder / "harness")
     Path(build_dir).mkdir(parents=True, exist_ok=True)
     ours, theirs = wire.socket_pair()
-    with open(folder / "worker.log", "wb") as log:
+    log = LogTail()
+    try:
         proc = subprocess.Popen(
             [python, "-m", "benchmarks.solexec.worker", "--fd", str(theirs.fileno())],
             cwd=build_dir, env=worker_env(build_dir, harness, env), stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, pass_fds=(theirs.fileno(),),
+            stdout=log.fd, stderr=subprocess.STDOUT, pass_fds=(theirs.fileno(),),
             start_new_session=True,
         )  # fmt: skip
+    finally:
+        log.handed_over()
     theirs.close()
 
     def exit_code(wait_s: float) -> int | None:
@@ -176,7 +207,7 @@ def launch_subprocess(build_dir: Path, *, env: Mapping[str, str] | None = None,
         except subprocess.TimeoutExpired:
             return None
 
-    return Worker(ours, proc.pid, exit_code, folder)
+    return Worker(ours, proc.pid, exit_code, folder, log=log)
 
 
 class Forkserver:
@@ -246,7 +277,7 @@ class Forkserver:
         folder = Path(tempfile.mkdtemp(prefix="solexec-worker-"))
         Path(build_dir).mkdir(parents=True, exist_ok=True)
         ours, theirs = wire.socket_pair()
-        log = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log = LogTail()
         worker = worker_env(build_dir, self._harness or Path(), {**self._env, **(env or {})})
         if self._harness is None:  # the step's own harness path and devices stay
             worker.pop("PYTHONPATH")
@@ -254,10 +285,10 @@ class Forkserver:
         request = {"op": "spawn", "cwd": str(Path(build_dir).absolute()), "env": worker}
         with self._lock:  # one spawn at a time, so each answer is this request's
             try:
-                wire.send_frame(self._ctrl, pickle.dumps(request), (theirs.fileno(), log))
+                wire.send_frame(self._ctrl, pickle.dumps(request), (theirs.fileno(), log.fd))
             finally:
                 theirs.close()
-                os.close(log)
+                log.handed_over()
             try:
                 pid = self._spawned.get(timeout=SPAWN_TIMEOUT_S)
             except queue.Empty:
@@ -270,7 +301,7 @@ class Forkserver:
             raise RuntimeError(f"the forked worker did not start: {e}") from None
         here = hello.pid or pid
         return Worker(ours, here, lambda wait_s: self._exit_code(pid, wait_s), folder,
-                      strays=lambda: self._strays(here))
+                      strays=lambda: self._strays(here), log=log)
 
     def _strays(self, worker: int) -> int:
         """The forkserver's children other than this worker: what earlier or current
