@@ -51,9 +51,23 @@ def test_a_prewarmed_problem_is_timed_from_the_cache_without_compiling_again(
     compiled = _compiled(cache)
     assert any("fxgraph" in str(p) for p in compiled), sorted(compiled)[:10]
 
+    from benchmarks.solexec import baseline
+
+    envs: list[dict] = []
+    real = baseline.launch_subprocess
+
+    def recording(build_dir, *, env=None, **kw):
+        envs.append(dict(env or {}))
+        return real(build_dir, env=env, **kw)
+
     timing = Timing(device="cpu", warmup=1, reps=2, max_elements=256)
-    row = baseline_script.one_problem(problem, timing, {}, ["compile"], cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(baseline, "launch_subprocess", recording)
+        row = baseline_script.one_problem(problem, timing, {}, ["compile"], cache)
     assert row["compile"]["counts"] == {"ok": len(problem.workloads)}, row["compile"]["counts"]
+    # the timed workers were pointed at the cache (so "nothing added" means "read from it")
+    assert envs and all(e.get("TORCHINDUCTOR_CACHE_DIR", "").startswith(str(cache))
+                        for e in envs), envs
     assert _compiled(cache) == compiled  # every graph and kernel came from the cache
 
 
@@ -74,18 +88,6 @@ def test_jobs_need_a_cache_and_the_output_records_each_prewarm(baseline_script, 
     assert done["prewarm"][0]["exit_codes"] == [0]
     times = baseline_script.baseline_times(done["rows"][0])
     assert len(times) == 2 and all("t_b_ns" in t for t in times.values()), times
-
-
-@pytest.mark.slow
-def test_the_timed_run_compiles_into_the_cache_it_is_given(baseline_script, tmp_path):
-    """The other side of the first test: with an empty cache the timed run fills it, so
-    'nothing added' there means 'read from the cache', not 'cache ignored'."""
-    problem = next(p for p in load_problems(FIXTURES, ["L1"]) if p.key == PROBLEM)
-    cache = tmp_path / "cache"
-    timing = Timing(device="cpu", warmup=1, reps=1, max_elements=256)
-    row = baseline_script.one_problem(problem, timing, {}, ["compile"], cache)
-    assert row["compile"]["counts"] == {"ok": len(problem.workloads)}
-    assert any("fxgraph" in str(p) for p in _compiled(cache))
 
 
 @pytest.mark.slow
