@@ -109,6 +109,11 @@ def baseline_times(row: dict) -> dict[str, dict]:
     return out
 
 
+def device_name(device: str) -> str:
+    """What a baseline table records as its device: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
+
+
 def t_sol_ns(problem: Problem, workload: Workload, device: str) -> float | None:
     """The roofline's time for the GPU in use (the stand-in spec on a CPU), or None."""
     from benchmarks.solexec.roofline import (
@@ -136,9 +141,8 @@ def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing
     row = run_modes(problem, timing, list(modes), Path(cache_dir) / "solutions",
                     cache_dir, workloads=every)
     times = baseline_times(row)
-    name = (torch.cuda.get_device_name() if torch.device(timing.device).type == "cuda"
-            else "cpu")
-    out: dict = {"device": name, "problem": problem.key, "modes": list(modes), "splits": {}}
+    out: dict = {"device": device_name(timing.device), "problem": problem.key,
+                 "modes": list(modes), "splits": {}}
     for split, ws in splits.items():
         entries = {}
         for w in ws:

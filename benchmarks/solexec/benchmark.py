@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from benchmarks.nanochat.benchmark import GPU_ENV, GPU_HOST_READ
 from benchmarks.protocol import (
     AuditCheck,
     Budget,
@@ -56,9 +57,6 @@ DATA_ENV = "AUTOLAB_SOLEXEC_DIR"  # where the problems are (the public layout)
 BASELINE = "baseline.json"
 EXIT_GRACE_S = 30.0  # the forkserver's time to exit once the evaluation is done
 HIDDEN_PER_SPLIT = 4  # new workloads drawn for the audit split and for the test split
-GPU_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "TRITON_LIBCUDA_PATH", "TRITON_PTXAS_PATH")
-GPU_HOST_READ = ("/sys", "/usr", "/proc/driver/nvidia", "/proc/sys/kernel/random/boot_id",
-                 "/proc/sys/vm/overcommit_memory")
 STDLIB_IMPORTS = frozenset({
     "__future__", "abc", "collections", "contextlib", "dataclasses", "enum", "functools",
     "itertools", "math", "operator", "typing", "warnings",
@@ -173,7 +171,9 @@ class SolExecProblem:
 
         prepared_dir = Path(prepared_dir)
         out = prepared_dir / BASELINE
-        here = _device_name(self.timing.device)
+        from benchmarks.solexec.baseline import device_name
+
+        here = device_name(self.timing.device)
         if out.exists() and json.loads(out.read_text()).get("device") != here:
             out.unlink()  # measured on another machine: T_b is this machine's
         if not out.exists():
@@ -341,12 +341,6 @@ def score_trial(key: str, s: dict, split: str) -> Score:
                  evidence={"workloads": len(scores), "build_s": float(build.get("wall_s", 0.0)),
                            "median_time_us": sorted(times)[len(times) // 2] / 1e3,
                            "min_workload_score": min(scores), "max_workload_score": max(scores)})
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
 
 
 def runnable(problem: Problem) -> bool:
