@@ -254,3 +254,15 @@ def test_a_failure_on_a_hidden_split_does_not_describe_its_workloads():
     with pytest.raises(TrialFailure) as err:
         score_trial("L1/x", secrets, "val")
     assert "hidden-0-M4096" in err.value.reason  # on val the proposer may know its shapes
+
+
+def test_a_baseline_from_another_device_is_measured_again(member, tmp_path):
+    import json
+
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    table["device"] = "NVIDIA H100 80GB HBM3"
+    (folder / "baseline.json").write_text(json.dumps(table))
+    member.prepare(None, folder)
+    assert json.loads((folder / "baseline.json").read_text())["device"] == "cpu"
