@@ -169,7 +169,21 @@ def history(lab: Lab, state: SearchState, memory: Memory) -> list[HistoryItem]:
     if recall is None:
         recall = _RECALLS.setdefault(lab.archive, Recall())
     with recall.lock:
-        return recall.update(lab, state, memory)
+        return recall.update(lab, state, memory) + pending(memory, state.seed_id)
+
+
+def pending(memory: Memory, seed_id: str) -> list[HistoryItem]:
+    """The proposals not yet decided (iterations in flight when the proposer runs ahead):
+    shown so that the proposer does not propose the same change twice at once."""
+    decided = {d.proposal_id for d in memory.decisions}
+    return [
+        HistoryItem(candidate_id=None, parent_id=p.parents[0] if p.parents else seed_id,
+                    operator=p.operator, steps=p.steps, outcome="pending",
+                    reason="in flight: its trials are queued or running",
+                    proposal_id=p.id, thread=p.thread, rationale=p.rationale)
+        for p in sorted(list(memory.proposals.values()), key=lambda p: (p.created_at, p.id))
+        if p.id not in decided and p.edits
+    ]  # fmt: skip
 
 
 class Recall:

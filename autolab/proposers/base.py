@@ -32,7 +32,7 @@ class HistoryItem(BaseModel):
     parent_id: str
     operator: Operator
     steps: list[EditStep]
-    outcome: str = Field(description="accepted | rejected | failed | refused")
+    outcome: str = Field(description="accepted | rejected | failed | refused | pending")
     reason: str = ""
     mean: float | None = None
     parent_mean: float | None = None

@@ -1,0 +1,65 @@
+"""A proposer that runs ahead of the trials sees the proposals still in flight, and the
+same code proposed twice at once is evaluated once: the second proposal is refused at
+its patch step, before any trial."""
+
+from __future__ import annotations
+
+from autolab.config import parse_params
+from autolab.lab import Lab, open_lab
+from autolab.proposing import Memory, history, next_proposal, search_state
+from autolab.records import Candidate, Decision, Proposal, content_key
+from tasks import Halt
+from tasks.patch import patch
+from tasks.prepare import register_seed
+
+
+def lab_for(tmp_path) -> Lab:
+    params = parse_params({
+        "campaign": {"name": "ahead", "benchmark": "noop", "threads": 1, "random_seed": 3},
+        "proposer": {"kind": "offline", "operators": {"improve": 1.0}},
+        "paths": {"workdir": str(tmp_path / "runs"), "prepared_dir": str(tmp_path / "data"),
+                  "mlruns": str(tmp_path / "mlruns"), "reports": str(tmp_path / "reports"),
+                  "data_dir": str(tmp_path / "no-data")},
+        "tracking": {"mlflow": False},
+    }, "test")
+    lab = open_lab(params)
+    register_seed.fn(lab)
+    return lab
+
+
+def steps(p: Proposal) -> list[tuple[str, dict]]:
+    return [(s.name, s.params) for s in p.steps]
+
+
+def test_the_proposal_ahead_differs_from_the_one_in_flight(tmp_path):
+    lab = lab_for(tmp_path)
+    first = next_proposal(lab, 0)
+    assert first.edits
+    state = search_state(lab.archive, lab.campaign.seed_candidate, lab.bench.metric,
+                         lab.setup.key())
+    shown = history(lab, state, Memory.load(lab.archive))
+    assert [(h.proposal_id, h.outcome) for h in shown] == [(first.id, "pending")]
+    second = next_proposal(lab, 1)  # iteration 0 undecided: its trials still run
+    assert second.edits and steps(second) != steps(first)
+
+
+def test_the_same_code_twice_at_once_is_evaluated_once(tmp_path):
+    lab = lab_for(tmp_path)
+    first = next_proposal(lab, 0)
+    twin = first.model_copy(update={"id": content_key("proposal", "twin")})
+    lab.archive.put(twin)
+    made = patch.fn(lab, first)
+    assert isinstance(made, Candidate)
+    halt = patch.fn(lab, twin)  # the first is in flight, undecided
+    assert isinstance(halt, Halt) and halt.outcome == "refused"
+    assert f"being evaluated for proposal {first.id}" in halt.reason
+    assert halt.candidate_id is None  # the candidate's record is the first proposal's
+    # a resume of the first proposal's iteration finds its own candidate again
+    again = patch.fn(lab, first)
+    assert isinstance(again, Candidate) and again.id == made.id
+    # once decided, the same code is refused as evaluated before, naming the outcome
+    lab.archive.put(Decision(id=content_key("decision", first.id), campaign=lab.name,
+                             thread=0, proposal_id=first.id, candidate_id=made.id,
+                             outcome="rejected", reason="no gain"))
+    late = patch.fn(lab, twin)
+    assert isinstance(late, Halt) and "evaluated before (rejected)" in late.reason
