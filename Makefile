@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params.yaml
 BENCHMARK ?= tinylm
+# test processes side by side (pytest-xdist); most of the suite waits on subprocesses
+TEST_WORKERS ?= 2
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -83,7 +85,7 @@ run: setup
 	$(VENV)/bin/autolab report --params $(PARAMS)
 
 test: setup
-	$(VENV)/bin/pytest -q --durations=30
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 lint: setup
 	$(VENV)/bin/ruff check autolab flows tasks benchmarks tests perf scripts
