@@ -461,6 +461,25 @@ def _failure_rows(view: View) -> list[dict[str, Any]]:
     return rows
 
 
+def _profile_rows(view: View) -> list[dict[str, Any]]:
+    """Per candidate, the profiler's summary its benchmark kept with a val trial (a hint
+    for the reader, never part of the score), or why there is none."""
+    rows = []
+    for cid, trials in view.trials.items():
+        found = next((t.evidence for t in trials if t.split == "val"
+                      and "ncu_status" in t.evidence), None)
+        if found is None:
+            continue
+        rows.append({"cand": f"`{cid[:8]}`", "outcome": view.outcome(cid),
+                     "status": _cell(str(found["ncu_status"]), 80),
+                     "kernels": found.get("ncu_kernels", "-"),
+                     "time": _fmt(found.get("ncu_gpu_time_us")),
+                     "dram": _fmt(found.get("ncu_dram_pct")), "sm": _fmt(found.get("ncu_sm_pct")),
+                     "limiter": found.get("ncu_limiter", "-"),
+                     "longest": _cell(str(found.get("ncu_longest_kernel", "-")), 60)})
+    return rows
+
+
 def champion_diff(archive: Archive, seed: str, champion: str) -> str:
     """Unified diff of every editable file, seed -> champion (empty when they are the same)."""
     old, new = archive.read_files(seed), archive.read_files(champion)
@@ -569,6 +588,7 @@ def build_report(archive: Archive, params: Params, metric: MetricSpec, out_dir: 
         proposals=_proposal_rows(view, export_transcripts(archive, view, out_dir)),
         cost=_cost_text(status),
         failures=_failure_rows(view),
+        profiles=_profile_rows(view),
         diff=champion_diff(archive, view.campaign.seed_candidate, champion),
         f=_fmt,
         gpu=_is_gpu(view.campaign.benchmark),

@@ -40,7 +40,9 @@ from autolab.sandbox import (
     Limits,
     SandboxResult,
     View,
+    drop_private_shm,
     kill_marked,
+    private_shm_dir,
     run_sandboxed,
 )
 from benchmarks.protocol import (
@@ -250,6 +252,9 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         inputs.mkdir(parents=True, exist_ok=True)
         trusted.staged(inputs)
         ctx.outputs(step.name).mkdir(parents=True, exist_ok=True)
+        shm = private_shm_dir(marker, step.name) if step.private_shm else None
+        if shm is not None:
+            shm.mkdir(mode=0o700)
         view = View(
             cwd=ctx.workspace,
             read=(harness, *elsewhere, inputs, *(ctx.outputs(s) for s in step.reads),
@@ -260,6 +265,7 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
             pythonpath=(harness,),
             allow_subprocess=step.allow_subprocess,
             devices=step.devices,
+            shm=shm,
         )
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
@@ -282,7 +288,7 @@ def _run_step(bench: Benchmark, ctx: TrialContext, step: SandboxStep, view: View
     if serve is None:
         return run_sandboxed(step.argv, view, limits, step.env, mode=mode, marker=marker), None
     ours, theirs = socket.socketpair()
-    link = StepLink(ours, kill=lambda: kill_marked(marker))
+    link = StepLink(ours, kill=lambda: kill_marked(marker), shm=view.shm)
     errors: list[BaseException] = []
 
     def companion() -> None:
@@ -381,6 +387,7 @@ def run_trial(
     trial_id = Trial.key(candidate_id, seed, split, setup.key())
     trial_dir = work_root / trial_id
     kill_marked(trial_id)
+    drop_private_shm(trial_id)
     for leftover in ("ws", "in", "out", "home", "harness", "log.txt"):
         _rmtree(trial_dir / leftover)
     ws = trial_dir / "ws"
@@ -409,6 +416,7 @@ def run_trial(
         finished = True
     finally:
         kill_marked(trial_id)
+        drop_private_shm(trial_id)
         log = "".join(prog.log)
         outcome = prog.failure or ("ok" if finished else "infrastructure fault")
         status_line = f"== trial {trial_id}: {outcome} {prog.reason}".rstrip()

@@ -109,6 +109,8 @@ class View(BaseModel):
     pythonpath: tuple[Path, ...] = ()
     home: Path | None = Field(None, description="writable HOME/TMPDIR outside bwrap's private /tmp")
     allow_subprocess: bool = False
+    shm: Path | None = Field(None, description="a host folder shown as /dev/shm under bwrap "
+                             "(private_shm_dir); without it bwrap's /dev/shm is empty")
 
 
 class SandboxResult(BaseModel):
@@ -362,9 +364,28 @@ def _bwrap_argv(view: View, python: str, masks: Sequence[Path]) -> list[str]:
             argv += ["--tmpfs", str(path)]
         else:
             argv += ["--ro-bind-try" if kind == "ro" else "--bind", str(path), str(path)]
+    if view.shm is not None:
+        argv += ["--bind", str(view.shm), "/dev/shm"]
     for dev in view.devices:
         argv += ["--dev-bind", dev, dev]
     return argv + ["--chdir", str(view.cwd)]
+
+
+SHM_ROOT = Path("/dev/shm")
+
+
+def private_shm_dir(trial_id: str, step: str) -> Path:
+    """The host folder a step with a private /dev/shm sees as its /dev/shm: on the host's
+    /dev/shm, so the trusted side can hard-link a shared-memory file of its own into it
+    (CUDA IPC's reference counts). Removed with the trial (drop_private_shm)."""
+    return SHM_ROOT / f"autolab-{trial_id}-{step}"
+
+
+def drop_private_shm(trial_id: str) -> None:
+    """Remove what a trial's steps left in their private /dev/shm folders."""
+    if SHM_ROOT.is_dir():
+        for d in SHM_ROOT.glob(f"autolab-{trial_id}-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _masks(python: str) -> list[Path]:

@@ -138,6 +138,9 @@ class SandboxStep(BaseModel):
                                        "(e.g. /sys for a GPU driver)")
     host_write: tuple[str, ...] = Field(default=(), description="further writable host paths "
                                         "(e.g. the candidate's own kernel cache)")
+    private_shm: bool = Field(False, description="a /dev/shm of its own, emptied with the "
+                              "trial, into which the companion may place shared-memory files "
+                              "(StepLink.shm); without it the step's /dev/shm is empty")
 
 
 class TrialContext(BaseModel):
@@ -210,11 +213,13 @@ class StepLink:
     It talks to the step over `conn` (the step's end is inherited as the file descriptor
     named by AUTOLAB_CHANNEL_FD) and may `halt` the step: its processes are killed and the
     trial fails with that kind and reason. `finished` is set once the step's processes are
-    gone; `started` is when the step was launched (time.monotonic).
+    gone; `started` is when the step was launched (time.monotonic). `shm` is the host
+    folder the step sees as /dev/shm when it asked for a private one.
     """
 
-    def __init__(self, conn: socket.socket, kill: Callable[[], None]):
+    def __init__(self, conn: socket.socket, kill: Callable[[], None], shm: Path | None = None):
         self.conn = conn
+        self.shm = shm
         self.started = 0.0
         self.ended = 0.0
         self.finished = threading.Event()

@@ -528,3 +528,71 @@ def test_steps_import_the_harness_from_a_copy_not_the_project(tmp_path, monkeypa
     files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
     assert files == sorted(Path(f).resolve().relative_to(PROJECT).as_posix()
                            for f in noop.sandbox_files())
+
+
+class ShmBench(FakeBench):
+    """One step with a private /dev/shm and a channel: the companion links a file of the
+    host's /dev/shm into the step's, then tells the step to look."""
+
+    def __init__(self, root: Path, probe: str, private: bool = True):
+        super().__init__(root, guarded=False)
+        self.probe, self.private, self.seen_shm = probe, private, []
+
+    def steps(self, ctx: TrialContext) -> list[SandboxStep]:
+        (step,) = super().steps(ctx)
+        return [step.model_copy(update={"channel": True, "private_shm": self.private})]
+
+    def companion(self, ctx: TrialContext, step: str):
+        from benchmarks.solexec.transport import share_ref_counter
+
+        def serve(link) -> None:
+            self.seen_shm.append(link.shm)
+            if link.shm is not None:
+                share_ref_counter(f"/{self.probe}", link.shm)
+            link.conn.sendall(b"go")
+            link.finished.wait()
+
+        return serve
+
+
+SHM_PROBE = """
+import os, socket
+def run(x, seed, paths):
+    s = socket.socket(fileno=int(os.environ["AUTOLAB_CHANNEL_FD"]))
+    s.recv(2)
+    seen = sorted(os.listdir("/dev/shm"))
+    linked = open("/dev/shm/{probe}").read() if "{probe}" in seen else ""
+    open("/dev/shm/left-{probe}", "w").write("state for the next trial")
+    return len(linked) * 1000 + len(seen)
+"""
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_a_private_dev_shm_holds_only_what_the_trusted_side_links(
+        tmp_path: Path, force_isolation, private: bool) -> None:
+    """Under bwrap a step sees none of the host's /dev/shm: with private_shm, only the file
+    its companion hard-linked there (as CUDA IPC's reference counts are), and what it
+    writes there goes with the trial."""
+    import uuid
+
+    from autolab.sandbox import private_shm_dir
+
+    force_isolation("bwrap")
+    probe = f"autolab-probe-{uuid.uuid4().hex[:12]}"
+    host_file, canary = Path("/dev/shm") / probe, Path("/dev/shm") / f"{probe}-canary"
+    host_file.write_text("12345")
+    canary.write_text("the host's own")
+    try:
+        bench = ShmBench(tmp_path / "bench", probe, private)
+        t = trial(bench, tmp_path, SHM_PROBE.replace("{probe}", probe))
+        assert t.status == "ok", t.reason + t.log_tail
+        # private: the linked probe (5 bytes) and nothing of the host's but it
+        # (the probe and the file the step wrote); otherwise an empty /dev/shm
+        assert t.metrics == {"score": 5 * 1000 + 1} if private else {"score": 0}
+        (shm,) = bench.seen_shm
+        assert (shm == private_shm_dir(t.id, "run")) if private else shm is None
+        assert not (shm or private_shm_dir(t.id, "run")).exists()  # gone with the trial
+        assert not (Path("/dev/shm") / f"left-{probe}").exists()  # never reached the host
+    finally:
+        host_file.unlink(missing_ok=True)
+        canary.unlink()

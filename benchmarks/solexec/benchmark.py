@@ -23,6 +23,7 @@ failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ PROJECT = HERE.parents[1]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "sol-execbench" / "benchmark"
 DATA_ENV = "AUTOLAB_SOLEXEC_DIR"  # where the problems are (the public layout)
 BASELINE = "baseline.json"
+PROFILE = "profile.json"  # in a candidate's trusted store: its Nsight Compute summary
 EXIT_GRACE_S = 30.0  # the forkserver's time to exit once the evaluation is done
 HIDDEN_PER_SPLIT = 4  # new workloads drawn for the audit split and for the test split
 STDLIB_IMPORTS = frozenset({
@@ -205,6 +207,32 @@ class SolExecProblem:
 
     def stage(self, ctx: TrialContext, step: str) -> None:
         ctx.inputs(step).mkdir(parents=True, exist_ok=True)
+        if step == "profile":  # the first val workload's inputs, drawn here
+            import torch
+
+            from benchmarks.solexec.problems import make_inputs
+
+            w = next(w for w in split_workloads(self.problem, "val")
+                     if skip_reason(self.problem, w) is None)
+            made = make_inputs(self.problem, w, seed=ctx.seed, device="cpu")
+            scalars = {n: s.value for n, s in w.inputs.items() if s.kind == "scalar"}
+            args = [scalars.get(n, made[n]) for n in self.problem.inputs]
+            torch.save({"device": self.timing.device, "args": args},
+                       ctx.inputs(step) / "inputs.pt")
+
+    def profiled(self, ctx: TrialContext) -> Path | None:
+        """ncu where it profiles this trial: a val trial of a candidate not profiled yet
+        (its summary is kept in the candidate's trusted store), on the GPU preset or with
+        AUTOLAB_NCU set, where ncu exists."""
+        from benchmarks.solexec.profile import NCU_ENV, ncu_binary
+
+        if ctx.split != "val" or ctx.cache_dir is None:
+            return None
+        if (ctx.cache_dir / PROFILE).exists():
+            return None
+        if self.preset != "gpu" and not os.environ.get(NCU_ENV):
+            return None
+        return ncu_binary()
 
     def steps(self, ctx: TrialContext) -> list[SandboxStep]:
         gpu: dict = {}
@@ -215,13 +243,30 @@ class SolExecProblem:
                 raise RuntimeError("solexec trials run on GPU 0 only (engine.slots: one)")
             env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
             env["CUDA_VISIBLE_DEVICES"] = cuda_visible([index])
-            # CUDA IPC: torch keeps a shared arena's reference count in /dev/shm
+            # CUDA IPC: torch keeps a shared arena's reference count in a /dev/shm file,
+            # which the companion links into the step's own /dev/shm
             gpu = dict(devices=gpu_device_nodes(index), host_read=GPU_HOST_READ,
-                       host_write=("/dev/shm",))
-        return [SandboxStep(name="kernel", channel=True, allow_subprocess=True, env=env,
-                            timeout_s=ctx.budget.wall_clock_s or self.budget.wall_clock_s,
-                            argv=(ctx.python, "-m", "benchmarks.solexec.worker",
-                                  "--forkserver"), **gpu)]
+                       private_shm=True)
+        steps = [SandboxStep(name="kernel", channel=True, allow_subprocess=True, env=env,
+                             timeout_s=ctx.budget.wall_clock_s or self.budget.wall_clock_s,
+                             argv=(ctx.python, "-m", "benchmarks.solexec.worker",
+                                   "--forkserver"), **gpu)]
+        if (ncu := self.profiled(ctx)) is not None:
+            from benchmarks.solexec.profile import CALL_TIMEOUT_S, ncu_root
+
+            build = ctx.outputs("profile") / "build"
+            caches = {"TORCH_EXTENSIONS_DIR": str(build / "torch_extensions"),
+                      "TRITON_CACHE_DIR": str(build / "triton"),
+                      "TORCHINDUCTOR_CACHE_DIR": str(build / "inductor")}
+            profile_gpu = {k: v for k, v in gpu.items() if k != "private_shm"}
+            profile_gpu["host_read"] = (*gpu.get("host_read", ()), str(ncu_root(ncu)))
+            steps.append(SandboxStep(
+                name="profile", allow_subprocess=True, env={**env, **caches},
+                timeout_s=CALL_TIMEOUT_S + 60,
+                argv=(ctx.python, "-m", "benchmarks.solexec.profile",
+                      str(ctx.inputs("profile")), str(ctx.workspace),
+                      str(ctx.outputs("profile")), str(ncu)), **profile_gpu))
+        return steps
 
     def companion(self, ctx: TrialContext, step: str):
         from benchmarks.solexec.build import build_solution
@@ -239,12 +284,14 @@ class SolExecProblem:
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
+            # the worker's own /dev/shm: the arenas' CUDA IPC reference counts go there
+            run_timing = dataclasses.replace(timing, ipc_dir=link.shm) if link.shm else timing
             try:
-                built = build_solution(problem, ctx.workspace, build_dir, timing,
+                built = build_solution(problem, ctx.workspace, build_dir, run_timing,
                                        launch=server.launch)
                 s["build"] = built.model_dump(mode="json")
                 if built.ok and workloads:
-                    result = evaluate_problem(problem, ctx.workspace, timing,
+                    result = evaluate_problem(problem, ctx.workspace, run_timing,
                                               workloads=workloads, launch=server.launch,
                                               build_dir=build_dir, seed=ctx.seed)
                     s["eval"] = result.model_dump(mode="json")
@@ -260,7 +307,17 @@ class SolExecProblem:
         return drive
 
     def score(self, ctx: TrialContext) -> Score:
-        return score_trial(self.problem.key, ctx.secrets, str(ctx.split))
+        score = score_trial(self.problem.key, ctx.secrets, str(ctx.split))
+        if (ctx.outputs("profile") / "status.json").exists():
+            # a hint for the proposer and the report, never part of the score
+            from benchmarks.solexec.profile import read_profile
+
+            found = read_profile(ctx.outputs("profile"))
+            score = score.model_copy(update={"evidence": {**score.evidence, **found}})
+            if ctx.cache_dir is not None:
+                ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+                (ctx.cache_dir / PROFILE).write_text(json.dumps(found))
+        return score
 
     def audit_checks(self) -> list[AuditCheck]:
         def every_workload_scored(ctx: TrialContext, score: Score) -> CheckResult:

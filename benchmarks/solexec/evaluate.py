@@ -136,6 +136,9 @@ class Timing:
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
+    # the host folder the worker sees as /dev/shm (a private one, StepLink.shm): CUDA IPC's
+    # reference-count files are linked into it; None: the worker shares this /dev/shm
+    ipc_dir: Path | None = None
 
 
 # ---------------------------------------------------------------------------- one call
@@ -246,14 +249,14 @@ def groups(pending: list[WorkloadRun], budget_bytes: float) -> list[list[Workloa
     return out
 
 
-def _open(link: WorkerLink, p: WorkloadRun) -> None:
+def _open(link: WorkerLink, p: WorkloadRun, ipc_dir: Path | None) -> None:
     """The workload's arena made here and mapped by the worker."""
     try:
         p.materialise()
     except Exception as e:  # the reference's fault, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return
-    handle, fds = p.arena.handle()
+    handle, fds = p.arena.handle(ipc_dir)
     answer = link.request({"op": "open", "key": p.key, "arena": handle, "inputs": p.inputs,
                            "outputs": p.outputs, "names": list(p.problem.outputs)},
                           link.call_timeout_s, fds)
@@ -333,7 +336,7 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
         if not answer["ok"]:
             raise RuntimeError(f"the worker did not start: {answer.get('error', '')}")
         for p in group:
-            _open(link, p)
+            _open(link, p, timing.ipc_dir)
         _calibrate(link, group, timing, rng, flush)
     except WorkerLost as lost:
         raise RuntimeError(f"the worker failed before any candidate code: {lost.reason}"

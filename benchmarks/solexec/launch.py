@@ -45,7 +45,7 @@ from benchmarks.solexec import wire
 PROJECT = Path(__file__).resolve().parents[2]
 HARNESS = ("benchmarks/__init__.py", "benchmarks/guard.py", "benchmarks/solexec/__init__.py",
            "benchmarks/solexec/worker.py", "benchmarks/solexec/wire.py",
-           "benchmarks/solexec/transport.py")
+           "benchmarks/solexec/transport.py", "benchmarks/solexec/profile.py")
 PASSED_ENV = ("CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
               "TORCH_CUDA_ARCH_LIST", "TRITON_INTERPRET", "TRITON_PTXAS_PATH",
               "TRITON_LIBCUDA_PATH", "CC", "CXX")

@@ -18,7 +18,8 @@ Two transports, chosen by the device:
   torch.multiprocessing.reductions; the handle is pickled to the worker, which rebuilds a
   tensor over the same device memory in its own context. The trusted side keeps the
   allocation alive until the worker is gone. torch keeps the IPC reference count in a
-  shared-memory file, so a sandboxed worker needs the trusted side's /dev/shm.
+  shared-memory file that the worker opens by name in /dev/shm: that one file is
+  hard-linked into the worker's private /dev/shm (`ipc_dir`), never the host's whole one.
 
 `digest` is computed on both sides over the output slots: the worker puts it in its
 answer, the trusted side recomputes it from what it reads (see evaluate.py for why).
@@ -33,6 +34,7 @@ import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -96,7 +98,7 @@ class HostArena:
         os.ftruncate(self.fd, size)
         self.tensor = torch.frombuffer(mmap.mmap(self.fd, size), dtype=torch.uint8)
 
-    def handle(self) -> tuple[dict, tuple[int, ...]]:
+    def handle(self, ipc_dir: Path | None = None) -> tuple[dict, tuple[int, ...]]:
         """What the worker needs to attach: a message part and descriptors to send with it."""
         return {"kind": "host", "size": self.size}, (self.fd,)
 
@@ -114,14 +116,34 @@ class DeviceArena:
         self.size = size
         self.tensor = torch.empty(size, dtype=torch.uint8, device=device)
 
-    def handle(self) -> tuple[dict, tuple[int, ...]]:
+    def handle(self, ipc_dir: Path | None = None) -> tuple[dict, tuple[int, ...]]:
         from torch.multiprocessing.reductions import reduce_tensor
 
         _rebuild, args = reduce_tensor(self.tensor)
+        if ipc_dir is not None:
+            share_ref_counter(args[REF_COUNTER_ARG], ipc_dir)
         return {"kind": "cuda", "args": args}, ()
 
     def close(self) -> None:
         pass  # the allocation lives as long as the tensor, kept until the worker is gone
+
+
+REF_COUNTER_ARG = 11  # reduce_tensor's args for a CUDA tensor: the ref counter's shm name
+SHM = Path("/dev/shm")
+
+
+def share_ref_counter(name: bytes | str, ipc_dir: Path) -> Path:
+    """Hard-link the shared-memory file `name` (as shm_open names it: '/torch_...') from this
+    process's /dev/shm into ipc_dir, where a worker whose /dev/shm is ipc_dir opens it by
+    the same name. The same inode: counts written on either side are seen on the other."""
+    name = name.decode() if isinstance(name, bytes) else name
+    base = name.lstrip("/")
+    if not base or "/" in base:
+        raise ValueError(f"not a shared-memory name: {name!r}")
+    src, dst = SHM / base, Path(ipc_dir) / base
+    if not dst.exists():
+        os.link(src, dst)
+    return dst
 
 
 def new_arena(size: int, device: str) -> HostArena | DeviceArena:

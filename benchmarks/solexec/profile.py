@@ -1,0 +1,200 @@
+"""Nsight Compute's view of a candidate's kernels: a short summary for the proposer and the
+report (achieved DRAM bandwidth and compute throughput as shares of peak, the limiting
+unit). It never enters the score: the profiled process runs the candidate's code, so what
+it leaves behind is a hint, not a measurement the campaign relies on.
+
+Two sides:
+
+- trusted: `ncu_binary` finds `ncu`; `parse_ncu_csv` reads what `ncu --csv --page raw`
+  wrote and `summarise` reduces it to a few numbers (time-weighted over the kernels).
+- the sandboxed step (`python -m benchmarks.solexec.profile INPUTS WORKSPACE OUT NCU`):
+  runs `ncu` over `--call`, which loads solution.py, calls `run` once to warm up and once
+  between cudaProfilerStart/Stop on the inputs the trusted side staged. It exits 0 when
+  ncu or the call fails (a profile is optional), with ncu's exit status and the end of
+  its output in OUT/status.json; only the runtime guard's exit status (113) is passed on.
+
+Imported by the step inside the sandbox: stdlib, and torch in `--call` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# time per kernel; DRAM and SM throughput as a share of their sustained peak (the
+# "GPU Speed Of Light" section's two headline rows)
+TIME = "gpu__time_duration.sum"
+DRAM = "dram__throughput.avg.pct_of_peak_sustained_elapsed"
+SM = "sm__throughput.avg.pct_of_peak_sustained_elapsed"
+METRICS = (TIME, DRAM, SM)
+BOUND_PCT = 60.0  # a unit this busy bounds the kernel; below it on both, latency does
+CALL_TIMEOUT_S = 240.0
+GUARD_EXIT = 113  # benchmarks.guard's exit status: a violation, passed on to the runner
+NCU_ENV = "AUTOLAB_NCU"  # an ncu binary to use instead of the one on PATH
+TAIL_CHARS = 2000
+
+
+# -- trusted side -----------------------------------------------------------------------
+
+
+def ncu_binary() -> Path | None:
+    """The ncu executable (AUTOLAB_NCU, else PATH), resolved; None where there is none."""
+    found = os.environ.get(NCU_ENV) or shutil.which("ncu")
+    if not found:
+        return None
+    path = Path(found).resolve()
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def ncu_root(ncu: Path) -> Path:
+    """The folder the step must see for ncu to run: its installation (ncu is a launcher
+    script beside its target/ and sections/ folders, e.g. /opt/nvidia/nsight-compute/V)."""
+    return ncu.parent.parent if ncu.parent.name == "bin" else ncu.parent
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def parse_ncu_csv(text: str) -> list[dict[str, float | str]]:
+    """One row per profiled kernel from `ncu --csv --page raw`: its name and each metric's
+    value. Lines before the header (ncu's own messages) and the units row are skipped;
+    a kernel whose value for a metric does not parse lacks that key."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if '"Kernel Name"' in line), None)
+    if start is None:
+        return []
+    rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
+    header, out = rows[0], []
+    for row in rows[1:]:
+        if len(row) != len(header):
+            continue
+        record = dict(zip(header, row, strict=True))
+        if not record.get("ID", "").strip():  # the units row
+            continue
+        kernel: dict[str, float | str] = {"kernel": record.get("Kernel Name", "")}
+        for metric in METRICS:
+            if metric in record and (value := _number(record[metric])) is not None:
+                kernel[metric] = value
+        out.append(kernel)
+    return out
+
+
+def summarise(kernels: list[dict[str, float | str]], time_unit: str = "ns") -> dict | None:
+    """kernels, GPU time (µs), DRAM and SM throughput (% of peak, weighted by each
+    kernel's time) and the limiting unit: memory or compute where that unit is at least
+    BOUND_PCT busy and the busier one, latency otherwise. None without timed kernels."""
+    timed = [k for k in kernels if all(m in k for m in METRICS)]
+    total = sum(float(k[TIME]) for k in timed)
+    if not timed or total <= 0:
+        return None
+    dram = sum(float(k[DRAM]) * float(k[TIME]) for k in timed) / total
+    sm = sum(float(k[SM]) * float(k[TIME]) for k in timed) / total
+    limiter = "latency"
+    if max(dram, sm) >= BOUND_PCT:
+        limiter = "memory" if dram >= sm else "compute"
+    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
+             "second": 1e6, "s": 1e6}.get(time_unit, 1e-3)
+    longest = max(timed, key=lambda k: float(k[TIME]))
+    return {"ncu_kernels": len(timed), "ncu_gpu_time_us": round(total * scale, 3),
+            "ncu_dram_pct": round(dram, 2), "ncu_sm_pct": round(sm, 2),
+            "ncu_limiter": limiter, "ncu_longest_kernel": str(longest["kernel"])[:120]}
+
+
+def time_unit(text: str) -> str:
+    """The unit of gpu__time_duration in ncu's units row (ns unless it says otherwise)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if '"Kernel Name"' in line), None)
+    if start is None or start + 1 >= len(lines):
+        return "ns"
+    header, units = list(csv.reader(io.StringIO("\n".join(lines[start:start + 2]))))[:2]
+    return dict(zip(header, units, strict=False)).get(TIME, "ns") or "ns"
+
+
+def read_profile(out: Path) -> dict[str, float | int | str]:
+    """What the profile step left in `out`, as trial evidence: the summary, or why there
+    is none (ncu_status)."""
+    csv_file, status_file = out / "ncu.csv", out / "status.json"
+    status = {}
+    if status_file.is_file():
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            status = {}
+    text = csv_file.read_text(errors="replace") if csv_file.is_file() else ""
+    summary = summarise(parse_ncu_csv(text), time_unit(text)) if text else None
+    if summary is not None:
+        return {**summary, "ncu_status": "ok"}
+    why = str(status.get("reason") or "no kernels profiled")
+    return {"ncu_status": f"unavailable: {why}"[:300]}
+
+
+# -- the sandboxed step -----------------------------------------------------------------
+
+
+def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) -> list[str]:
+    return [ncu, "--csv", "--page", "raw", "--metrics", ",".join(METRICS),
+            "--profile-from-start", "off", "--target-processes", "all",
+            "--log-file", log_file, python, "-m", "benchmarks.solexec.profile", "--call",
+            inputs, workspace]
+
+
+def wrap(inputs: str, workspace: str, out: str, ncu: str) -> int:
+    """Run ncu over the call; a failure is recorded, not raised (the guard's is passed on)."""
+    argv = ncu_argv(ncu, sys.executable, inputs, workspace, str(Path(out) / "ncu.csv"))
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)
+        rc, tail = done.returncode, (done.stdout + done.stderr)[-TAIL_CHARS:]
+    except subprocess.TimeoutExpired:
+        rc, tail = None, f"ncu did not finish within {CALL_TIMEOUT_S:g} s"
+    except OSError as e:
+        rc, tail = None, f"ncu did not start: {e}"
+    reason = "" if rc == 0 else (tail.strip().splitlines() or [f"exit {rc}"])[-1]
+    Path(out, "status.json").write_text(json.dumps({"rc": rc, "reason": reason[:300],
+                                                    "tail": tail}))
+    return GUARD_EXIT if rc == GUARD_EXIT else 0
+
+
+def call(inputs: str, workspace: str) -> None:
+    """Under ncu: the staged inputs, solution.py's `run` once to warm up (compiling, first
+    launches), then once profiled."""
+    import torch
+
+    from benchmarks.solexec import worker
+
+    staged = torch.load(Path(inputs) / "inputs.pt", weights_only=True)
+    device = str(staged["device"])
+    args = [v.to(device) if isinstance(v, torch.Tensor) else v for v in staged["args"]]
+    sync = worker._prepare(device, 1)
+    worker.guard.install()
+    run = worker._load(Path(workspace))
+    cuda = torch.device(device).type == "cuda"
+    with torch.no_grad():
+        run(*args)
+        sync()
+        if cuda:
+            torch.cuda.profiler.start()
+        run(*args)
+        sync()
+        if cuda:
+            torch.cuda.profiler.stop()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--call"]:
+        call(*argv[1:3])
+        return 0
+    return wrap(*argv[:4])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

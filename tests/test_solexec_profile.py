@@ -1,0 +1,159 @@
+"""The Nsight Compute summary kept with a SOL-ExecBench trial: parsed from ncu's raw CSV,
+reduced to the shares of peak and the limiting unit, taken once per candidate on a val
+trial, shown in the report, and never able to fail or change a trial's score."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from autolab.records import content_key
+from autolab.runner import run_trial, trial_setup
+from autolab.sandbox import isolation_mode
+from benchmarks import get_family
+from benchmarks.solexec.profile import BOUND_PCT, parse_ncu_csv, read_profile, summarise, time_unit
+
+FIXTURES = Path(__file__).parent / "fixtures" / "solexec" / "benchmark"
+MEMBER = "L1-001_small_matmul"
+COLUMNS = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream",'
+           '"Block Size","Grid Size","Device","CC","dram__throughput.avg.pct_of_peak_sustained_'
+           'elapsed","gpu__time_duration.sum","sm__throughput.avg.pct_of_peak_sustained_'
+           'elapsed"')
+CTX = '"4242","python3","host"'
+ROW0 = (f'"0",{CTX},"gemm_kernel","1","7","(128, 1, 1)","(64, 1, 1)","0","9.0",'
+        '"20.5","3,000","82.0"')
+ROW1 = (f'"1",{CTX},"elementwise_kernel","1","7","(256, 1, 1)","(8, 1, 1)","0","9.0",'
+        '"70.0","1,000","10.0"')
+RAW = f"""==PROF== Connected to process 4242 (/usr/bin/python3)
+==PROF== Profiling "gemm_kernel": 0%....50%....100% - 9 passes
+{COLUMNS}
+"","","","","","","","","","","","%","nsecond","%"
+{ROW0}
+{ROW1}
+"""
+
+
+def test_the_raw_csv_becomes_one_row_per_kernel_and_a_time_weighted_summary():
+    kernels = parse_ncu_csv(RAW)
+    assert [k["kernel"] for k in kernels] == ["gemm_kernel", "elementwise_kernel"]
+    assert kernels[0]["gpu__time_duration.sum"] == 3000.0  # thousands separators read
+    assert time_unit(RAW) == "nsecond"
+    s = summarise(kernels, time_unit(RAW))
+    assert s["ncu_kernels"] == 2 and s["ncu_gpu_time_us"] == pytest.approx(4.0)
+    # weighted by time: (20.5*3 + 70*1)/4 and (82*3 + 10*1)/4
+    assert s["ncu_dram_pct"] == pytest.approx(32.88, abs=0.01)
+    assert s["ncu_sm_pct"] == pytest.approx(64.0)
+    assert s["ncu_limiter"] == "compute" and s["ncu_longest_kernel"] == "gemm_kernel"
+
+
+@pytest.mark.parametrize("dram,sm,limiter", [(85.0, 40.0, "memory"), (30.0, 75.0, "compute"),
+                                             (BOUND_PCT - 1, BOUND_PCT - 2, "latency")])
+def test_the_limiting_unit_is_the_busier_one_when_it_is_busy_enough(dram, sm, limiter):
+    k = {"kernel": "k", "gpu__time_duration.sum": 5.0,
+         "dram__throughput.avg.pct_of_peak_sustained_elapsed": dram,
+         "sm__throughput.avg.pct_of_peak_sustained_elapsed": sm}
+    assert summarise([k])["ncu_limiter"] == limiter
+
+
+def test_no_kernels_or_no_csv_is_a_reason_not_a_summary(tmp_path):
+    assert parse_ncu_csv("==ERROR== no kernels were profiled\n") == []
+    assert summarise([]) is None
+    (tmp_path / "status.json").write_text('{"rc": 1, "reason": "==ERROR== ERR_NVGPUCTRPERM"}')
+    assert read_profile(tmp_path) == {"ncu_status": "unavailable: ==ERROR== ERR_NVGPUCTRPERM"}
+
+
+FAKE_NCU = """\
+#!{python}
+# ncu as far as the step sees it: runs the profiled command, then writes its CSV
+import subprocess, sys
+args = sys.argv[1:]
+log = args[args.index("--log-file") + 1]
+app = args[args.index("--log-file") + 2:]
+{body}
+"""
+WRITES = """\
+rc = subprocess.call(app)
+if rc:
+    sys.exit(rc)
+open(log, "w").write({raw!r}.replace("gemm_kernel", "ran_the_candidate"))
+"""
+REFUSES = """\
+print("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+def fake_ncu(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "ncu"
+    path.write_text(FAKE_NCU.format(python=sys.executable, body=body))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def member(request):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOLAB_SOLEXEC_DIR", str(FIXTURES))
+    request.addfinalizer(mp.undo)
+    return get_family("solexec-cpu").member(MEMBER)
+
+
+@pytest.fixture(scope="module")
+def prepared(member, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("solexec-profile") / "data"
+    member.prepare(None, folder)
+    return folder
+
+
+def _trial(member, prepared, root: Path, files, seed: int, split: str = "val"):
+    setup = trial_setup(member, prepared, member.budget, threads=1,
+                        isolation=isolation_mode("auto"))
+    cid = content_key("files", files)[:16]
+    return run_trial(member, cid, files, seed, split, setup, work_root=root / "trials",
+                     prepared_dir=prepared, cache_root=root / "cache")
+
+
+def test_a_candidate_is_profiled_once_on_a_val_trial(member, prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu", WRITES.format(raw=RAW))))
+    files = member.seed_files()
+    first = _trial(member, prepared, tmp_path, files, 1000)
+    assert first.status == "ok", (first.reason, first.log_tail[-2000:])
+    assert first.evidence["ncu_status"] == "ok"
+    assert first.evidence["ncu_longest_kernel"] == "ran_the_candidate"  # under "ncu"
+    assert first.evidence["ncu_limiter"] == "compute"
+    plain = _trial(member, prepared, tmp_path / "none", files, 1000)  # no AUTOLAB_NCU run
+    assert plain.metrics.keys() == first.metrics.keys()
+    second = _trial(member, prepared, tmp_path, files, 1001)  # kept from the first
+    audit = _trial(member, prepared, tmp_path / "audit", files, 1000, split="audit")
+    assert second.status == audit.status == "ok"
+    assert "ncu_status" not in second.evidence and "ncu_status" not in audit.evidence
+
+
+def test_a_profiler_that_cannot_run_leaves_the_trial_as_it_was(member, prepared, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu", REFUSES)))
+    t = _trial(member, prepared, tmp_path, member.seed_files(), 1000)
+    assert t.status == "ok", (t.reason, t.log_tail[-2000:])
+    assert t.evidence["ncu_status"].startswith("unavailable: ==ERROR== ERR_NVGPUCTRPERM")
+    assert 0.0 < t.metrics["sol_score"] <= 1.0
+
+
+def test_the_report_shows_each_candidate_s_profile():
+    from autolab.records import Trial
+    from autolab.report import _profile_rows
+
+    def trial(cid, evidence, split="val"):
+        return Trial(id=f"{cid}-{split}", candidate_id=cid, seed=1, split=split, setup_key="s",
+                     status="ok", metrics={"sol_score": 0.6}, evidence=evidence)
+
+    found = summarise(parse_ncu_csv(RAW), "nsecond") | {"ncu_status": "ok"}
+    view = type("V", (), {})()
+    view.trials = {"aaaaaaaaaaaa": [trial("aaaaaaaaaaaa", {}), trial("aaaaaaaaaaaa", found)],
+                   "bbbbbbbbbbbb": [trial("bbbbbbbbbbbb", found, split="audit")]}
+    view.outcome = lambda cid: "accepted"
+    (row,) = _profile_rows(view)
+    assert row["cand"] == "`aaaaaaaa`" and row["limiter"] == "compute" and row["kernels"] == 2
+    assert row["sm"] == "64" and row["longest"] == "gemm_kernel"
