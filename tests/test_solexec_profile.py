@@ -157,3 +157,23 @@ def test_the_report_shows_each_candidate_s_profile():
     (row,) = _profile_rows(view)
     assert row["cand"] == "`aaaaaaaa`" and row["limiter"] == "compute" and row["kernels"] == 2
     assert row["sm"] == "64" and row["longest"] == "gemm_kernel"
+
+
+def test_the_host_check_script_runs_a_member_s_trial_with_its_profile(tmp_path, monkeypatch):
+    """perf/solexec_trial.py, the check of a GPU host before a campaign, on the CPU preset."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "solexec_trial", Path(__file__).parents[1] / "perf" / "solexec_trial.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu", WRITES.format(raw=RAW))))
+    monkeypatch.setenv("AUTOLAB_SOLEXEC_DIR", "")  # the script sets it: undone after the test
+    out = tmp_path / "out.json"
+    rc = script.main(["--member", MEMBER, "--preset", "cpu", "--data-dir", str(FIXTURES),
+                      "--work", str(tmp_path / "work"), "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert rc == 0 and [t["status"] for t in got["trials"]] == ["ok"], got
+    assert got["trials"][0]["evidence"]["ncu_status"] == "ok"
+    assert got["prepare"]["problem"] == "L1/001_small_matmul"

@@ -1,0 +1,85 @@
+"""One SOL-ExecBench member's trials through the real runner and sandbox, as a campaign runs
+them: prepare (T_b and T_SOL of its splits), then the reference (or a technique of the
+offline search) on val, printed and written as JSON. A check of a GPU host before a
+campaign: CUDA IPC through the step's own /dev/shm, and the Nsight Compute profile.
+
+    python perf/solexec_trial.py --member L1-001_... [--preset gpu] [--technique NAME]
+        [--seeds 1000 1001] [--work DIR] [--out FILE]
+
+Problems come from AUTOLAB_SOLEXEC_DIR or --data-dir (the public layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def candidate_files(member, technique: str | None) -> dict[str, str]:
+    files = member.seed_files()
+    if technique is None:
+        return files
+    edits = {e.name: e for e in member.search_space().edits}
+    if technique not in edits:
+        raise SystemExit(f"{technique!r} does not apply here; applicable: {sorted(edits)}")
+    edit = edits[technique]
+    return {**files, edit.file: edit.apply(files[edit.file])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--member", required=True, help="e.g. L1-001_small_matmul")
+    ap.add_argument("--preset", choices=("gpu", "cpu"), default="gpu")
+    ap.add_argument("--technique", default=None, help="a technique's name (default: none)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1000])
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=Path("runs/solexec-trial"))
+    ap.add_argument("--isolation", default="auto")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.data_dir is not None:
+        os.environ["AUTOLAB_SOLEXEC_DIR"] = str(args.data_dir.resolve())
+
+    from autolab.records import content_key
+    from autolab.runner import run_trial, trial_setup
+    from autolab.sandbox import isolation_mode
+    from benchmarks import get_family
+
+    family = get_family("solexec" if args.preset == "gpu" else "solexec-cpu")
+    member = family.member(args.member)
+    work = args.work.absolute()
+    prepared = work / "prepared" / args.member
+    t0 = time.monotonic()
+    facts = member.prepare(None, prepared)
+    prepare_s = time.monotonic() - t0
+    files = candidate_files(member, args.technique)
+    cid = content_key("files", files)[:16]
+    setup = trial_setup(member, prepared, member.budget, threads=1,
+                        isolation=isolation_mode(args.isolation))
+    trials = []
+    for seed in args.seeds:
+        t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
+                      prepared_dir=prepared, cache_root=work / "cache",
+                      gpu=0 if args.preset == "gpu" else None)
+        trials.append({"seed": seed, "status": t.status, "failure": t.failure,
+                       "reason": t.reason, "metrics": t.metrics, "evidence": t.evidence,
+                       "wall_s": t.wall_s, "isolation": t.isolation,
+                       "log_tail": t.log_tail[-1500:] if t.status != "ok" else ""})
+        print(json.dumps(trials[-1], indent=1), flush=True)
+    out = {"member": args.member, "preset": args.preset, "technique": args.technique,
+           "device": setup.device, "prepare": facts, "prepare_s": round(prepare_s, 1),
+           "trials": trials}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0 if all(t["status"] == "ok" for t in trials) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
