@@ -47,6 +47,8 @@ class Lab:
     baseline: Any = field(default=None, repr=False)
     # a would-be champion's challenge and the decision on it, one iteration at a time
     decide_lock: Any = field(default_factory=threading.Lock, repr=False)
+    # a candidate's record made by one proposal only (two patching the same code at once)
+    patch_lock: Any = field(default_factory=threading.Lock, repr=False)
     # what earlier campaigns on this benchmark judged (campaign.learn_from), read at the start
     learned: list = field(default_factory=list, repr=False)
     _blocks: list[int] = field(default_factory=list, repr=False)  # replication blocks issued

@@ -19,6 +19,7 @@ import importlib.metadata as metadata
 import math
 import os
 import platform
+import secrets
 import shutil
 import socket
 import stat
@@ -234,6 +235,21 @@ class _Trusted:
             return f"unreadable ({e.strerror})"
 
 
+MARKER_FILE = "marker"  # in a trial's folder: the marker its last attempt ran under
+
+
+def clear_leftovers(trial_dir: Path) -> None:
+    """What the last attempt at this trial left running (its orchestrator killed): its
+    processes, found by the marker it recorded, and its private /dev/shm folders."""
+    try:
+        marker = (trial_dir / MARKER_FILE).read_text().strip()
+    except OSError:
+        return
+    if marker:
+        kill_marked(marker)
+        drop_private_shm(marker)
+
+
 def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Isolation,
                marker: str, prog: _Progress) -> None:
     """Stage and run each step with what is left of the trial's wall-clock budget (at most
@@ -244,6 +260,9 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
     for step in bench.steps(ctx):
         left = ctx.budget.wall_clock_s - prog.workload_s
         if left <= 0:
+            if step.optional:
+                prog.log.append(f"== {step.name}: not run, no wall-clock budget left ==\n")
+                continue
             prog.fail("timeout", f"{step.name}: {ctx.budget.wall_clock_s:g} s wall-clock "
                       "budget spent")
             return
@@ -274,6 +293,9 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         if link is not None and link.halted is not None:
             prog.fail(link.halted[0], f"{step.name}: {link.halted[1]}")
             return
+        if res.status != "ok" and step.optional and res.status != "integrity":
+            prog.log.append(f"== {step.name}: optional, so the trial goes on ==\n")
+            continue
         if res.status != "ok":
             prog.fail(res.status, f"{step.name}: {res.reason}")
             return
@@ -386,10 +408,14 @@ def run_trial(
     work_root, prepared_dir = Path(work_root).absolute(), Path(prepared_dir).absolute()
     trial_id = Trial.key(candidate_id, seed, split, setup.key())
     trial_dir = work_root / trial_id
-    kill_marked(trial_id)
-    drop_private_shm(trial_id)
+    clear_leftovers(trial_dir)
     for leftover in ("ws", "in", "out", "home", "harness", "log.txt"):
         _rmtree(trial_dir / leftover)
+    # this attempt's own marker: another run of the same trial (another campaign's folder,
+    # another process) has another, so neither kills the other's processes
+    marker = f"{trial_id}-{secrets.token_hex(6)}"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / MARKER_FILE).write_text(marker)
     ws = trial_dir / "ws"
     ws.mkdir(parents=True)
     started_at, t0 = now(), time.monotonic()
@@ -407,7 +433,7 @@ def run_trial(
         if _write_files(ws, candidate_files, prog):
             files = integrity.file_digests([ws])
             try:
-                _run_steps(bench, ctx, trusted, setup.isolation, trial_id, prog)
+                _run_steps(bench, ctx, trusted, setup.isolation, marker, prog)
                 if prog.failure is None:
                     _score_and_check(bench, ctx, prog)
             except TrialFailure as e:
@@ -415,8 +441,9 @@ def run_trial(
             after = trusted.verify(files, prog)
         finished = True
     finally:
-        kill_marked(trial_id)
-        drop_private_shm(trial_id)
+        kill_marked(marker)
+        drop_private_shm(marker)
+        (trial_dir / MARKER_FILE).unlink(missing_ok=True)  # nothing left to clear
         log = "".join(prog.log)
         outcome = prog.failure or ("ok" if finished else "infrastructure fault")
         status_line = f"== trial {trial_id}: {outcome} {prog.reason}".rstrip()

@@ -374,18 +374,37 @@ def _bwrap_argv(view: View, python: str, masks: Sequence[Path]) -> list[str]:
 SHM_ROOT = Path("/dev/shm")
 
 
-def private_shm_dir(trial_id: str, step: str) -> Path:
-    """The host folder a step with a private /dev/shm sees as its /dev/shm: on the host's
-    /dev/shm, so the trusted side can hard-link a shared-memory file of its own into it
-    (CUDA IPC's reference counts). Removed with the trial (drop_private_shm)."""
-    return SHM_ROOT / f"autolab-{trial_id}-{step}"
+def private_shm_dir(marker: str, step: str) -> Path:
+    """The host folder a step with a private /dev/shm sees as its /dev/shm (named by the
+    trial attempt's marker): on the host's /dev/shm, where the trusted side can place
+    shared-memory files for it. Removed with the trial (drop_private_shm)."""
+    return SHM_ROOT / f"autolab-{marker}-{step}"
 
 
-def drop_private_shm(trial_id: str) -> None:
-    """Remove what a trial's steps left in their private /dev/shm folders."""
+def drop_private_shm(marker: str) -> None:
+    """Remove what a trial attempt's steps left in their private /dev/shm folders, also
+    folders a step made unreadable or unwritable (its permissions are put back first)."""
+    def writable_again(func, path, _exc) -> None:
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
     if SHM_ROOT.is_dir():
-        for d in SHM_ROOT.glob(f"autolab-{trial_id}-*"):
-            shutil.rmtree(d, ignore_errors=True)
+        for d in SHM_ROOT.glob(f"autolab-{marker}-*"):
+            if d.is_symlink():
+                d.unlink(missing_ok=True)
+                continue
+            os.chmod(d, 0o700)
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(d, onexc=writable_again)
+            else:
+                shutil.rmtree(d, onerror=writable_again)
 
 
 def _masks(python: str) -> list[Path]:
@@ -441,18 +460,46 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
+def folder_bytes(root: Path, most: int = 10_000) -> int:
+    """The memory a folder's files hold (their allocated blocks: a tmpfs's pages); past
+    `most` entries each further one counts a page, so a flood of files costs the watcher
+    no more than `most` stats a look."""
+    total, todo, seen = 0, [root], 0
+    while todo:
+        try:
+            entries = os.scandir(todo.pop())
+        except OSError:
+            continue
+        with entries:
+            for e in entries:
+                seen += 1
+                if seen > most:
+                    total += 4096
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                    else:
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    pass
+    return total
+
+
 class _Watch:
     """State of one running command: its tree, peak memory, and why we killed it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]):
+    def __init__(self, proc: subprocess.Popen[bytes], shm: Path | None = None):
         self.proc = proc
+        self.shm = shm  # its private /dev/shm: memory it holds beyond its processes
         self.root = psutil.Process(proc.pid)
         self.seen: dict[int, psutil.Process] = {proc.pid: self.root}
         self.peak_mb = 0.0
         self.killed: tuple[Status, str] | None = None
 
     def tree_rss_mb(self) -> float:
-        """Summed RSS of the tree; shared pages of forked workers count more than once."""
+        """Summed RSS of the tree, and what its private /dev/shm holds (memory too); shared
+        pages of forked workers count more than once."""
         procs = [self.root] + [p for pid in _descendants(self.root.pid)
                                if (p := self.seen.get(pid) or _process(pid)) is not None]
         total = 0
@@ -462,6 +509,8 @@ class _Watch:
                 total += p.memory_info().rss
             except psutil.Error:
                 pass
+        if self.shm is not None:
+            total += folder_bytes(self.shm)
         mb = total / 2**20
         self.peak_mb = max(self.peak_mb, mb)
         return mb
@@ -784,7 +833,7 @@ def run_sandboxed(
         finally:
             os.close(status_w)
             os.close(guard_w)
-        w = _Watch(proc)
+        w = _Watch(proc, shm=view.shm)
         try:
             _watch_loop(w, limits, (out, err), started)
         finally:

@@ -138,6 +138,10 @@ class SandboxStep(BaseModel):
                                        "(e.g. /sys for a GPU driver)")
     host_write: tuple[str, ...] = Field(default=(), description="further writable host paths "
                                         "(e.g. the candidate's own kernel cache)")
+    optional: bool = Field(False, description="a step whose failure (a crash, a timeout, "
+                           "memory) is noted in the trial's log, not the trial's: it runs "
+                           "only while wall-clock budget is left; a guard or integrity "
+                           "fault still fails the trial")
     private_shm: bool = Field(False, description="a /dev/shm of its own, emptied with the "
                               "trial, into which the companion may place shared-memory files "
                               "(StepLink.shm); without it the step's /dev/shm is empty")

@@ -24,17 +24,22 @@ def patch(lab: Lab, proposal: Proposal) -> Candidate | Halt:
     )
     if candidate.id in proposal.parents:
         return Halt("refused", "edit reproduces a parent", proposal)
-    if (existing := lab.archive.get(Candidate, candidate.id)) is not None:
-        if existing.proposal_id == proposal.id:
-            return candidate  # written by this proposal before an interruption
-        # evaluating it again would be another look at the same test
-        earlier = next((d for d in lab.archive.all(Decision) if d.candidate_id == candidate.id
-                        and d.proposal_id != proposal.id), None)
-        if earlier is not None:
-            return Halt("refused", f"the same code was evaluated before ({earlier.outcome})",
-                        proposal, candidate.id)
-        # another iteration in flight made it: its trials are the candidate's
-        return Halt("refused", f"the same code is being evaluated for proposal "
-                    f"{existing.proposal_id}", proposal)
-    lab.archive.put_candidate(candidate, files)
-    return candidate
+    with lab.patch_lock:  # the check and the write as one: two at once cannot both win
+        existing = lab.archive.get(Candidate, candidate.id)
+        if existing is None:
+            lab.archive.put_candidate(candidate, files)
+            return candidate
+    if existing.proposal_id == proposal.id:
+        return candidate  # written by this proposal before an interruption
+    # evaluating it again would be another look at the same test
+    earlier = next((d for d in lab.archive.all(Decision) if d.candidate_id == candidate.id
+                    and d.proposal_id != proposal.id), None)
+    if earlier is not None:
+        return Halt("refused", f"the same code was evaluated before ({earlier.outcome})",
+                    proposal, candidate.id)
+    if existing.proposal_id is None:
+        return Halt("refused", f"the same code as candidate {candidate.id}, which no "
+                    "proposal made (the seed)", proposal, candidate.id)
+    # another iteration in flight made it: its trials are the candidate's
+    return Halt("refused", f"the same code is being evaluated for proposal "
+                f"{existing.proposal_id}", proposal)

@@ -13,7 +13,8 @@ from autolab.prior import LearnFromError, earlier_results, summary
 from autolab.proposers import KEY_ENV
 from autolab.proposing import operator_weights
 from autolab.records import CampaignRecord, Candidate, Trial
-from autolab.sandbox import ISOLATED, drop_private_shm, isolation_advice, kill_marked
+from autolab.runner import clear_leftovers
+from autolab.sandbox import ISOLATED, isolation_advice
 from autolab.workspace import make_candidate
 from tasks import INFRA_RETRIES
 from tasks.run import forget_trial, run_trials
@@ -118,8 +119,7 @@ def register_seed(lab: Lab) -> CampaignRecord:
             seed_candidate=seed.id, isolation=lab.isolation, unisolated=lab.unisolated,
         )  # fmt: skip
     for stale in (lab.trials_dir.iterdir() if lab.trials_dir.exists() else ()):
-        kill_marked(stale.name)  # processes left by a run killed with its orchestrator
-        drop_private_shm(stale.name)  # and their private /dev/shm folders
+        clear_leftovers(stale)  # what a run killed with its orchestrator left running
     record = record.model_copy(update={"status": "running", "finished_at": None,
                                        "params_hash": lab.params.key()})
     lab.archive.put_campaign(record)

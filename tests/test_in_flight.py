@@ -63,3 +63,33 @@ def test_the_same_code_twice_at_once_is_evaluated_once(tmp_path):
                              outcome="rejected", reason="no gain"))
     late = patch.fn(lab, twin)
     assert isinstance(late, Halt) and "evaluated before (rejected)" in late.reason
+
+
+def test_two_patches_of_the_same_code_at_once_make_one_candidate(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    lab = lab_for(tmp_path)
+    first = next_proposal(lab, 0)
+    twin = first.model_copy(update={"id": content_key("proposal", "twin")})
+    lab.archive.put(twin)
+    get = lab.archive.get
+
+    def slow_get(kind, key):  # both would read "no candidate yet" without the lock
+        found = get(kind, key)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(lab.archive, "get", slow_get)
+    results: dict[str, object] = {}
+    threads = [threading.Thread(target=lambda p=p: results.__setitem__(p.id, patch.fn(lab, p)))
+               for p in (first, twin)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [r for r in results.values() if isinstance(r, Candidate)]
+    halted = [r for r in results.values() if isinstance(r, Halt)]
+    assert len(made) == 1 and len(halted) == 1, results
+    owner = lab.archive.get(Candidate, made[0].id).proposal_id
+    assert halted[0].proposal.id != owner and owner in halted[0].reason

@@ -432,14 +432,19 @@ def test_kill_marked_before_a_rerun(
     bench: FakeBench, tmp_path: Path, live_processes, wait_until
 ) -> None:
     """A process left by an earlier attempt at the same trial (its orchestrator was killed)
-    carries the trial's id as marker; the next attempt kills it before it starts."""
+    carries the marker that attempt recorded in the trial's folder; the next attempt kills
+    it before it starts. Another run of the same trial id (another folder: another
+    campaign, another process) has a marker of its own and is left alone."""
     setup = setup_for(bench, tmp_path)
     trial_id = Trial.key("cand", 7, "val", setup.key())
+    (tmp_path / "work" / trial_id).mkdir(parents=True)
+    (tmp_path / "work" / trial_id / "marker").write_text(f"{trial_id}-earlier")
     tag = f"leftover-{trial_id}-{os.getpid()}"
     left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", tag],
-                            env={**os.environ, MARKER_ENV: trial_id}, start_new_session=True)
+                            env={**os.environ, MARKER_ENV: f"{trial_id}-earlier"},
+                            start_new_session=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", tag],
-                             env={**os.environ, MARKER_ENV: "another-trial"},
+                             env={**os.environ, MARKER_ENV: f"{trial_id}-elsewhere"},
                              start_new_session=True)
     alive_at_staging: list[bool] = []
     stage = bench.stage
@@ -455,6 +460,7 @@ def test_kill_marked_before_a_rerun(
         t = trial(bench, tmp_path, "def run(x, seed, paths):\n    return 1.0\n", setup=setup)
         assert t.id == trial_id and t.status == "ok", t.reason
         assert alive_at_staging == [False]  # gone before the first step was staged
+        assert not (tmp_path / "work" / trial_id / "marker").exists()  # done: nothing left
         assert left.wait(timeout=5) is not None
         assert other.poll() is None
     finally:
@@ -543,12 +549,10 @@ class ShmBench(FakeBench):
         return [step.model_copy(update={"channel": True, "private_shm": self.private})]
 
     def companion(self, ctx: TrialContext, step: str):
-        from benchmarks.solexec.transport import share_ref_counter
-
         def serve(link) -> None:
             self.seen_shm.append(link.shm)
             if link.shm is not None:
-                share_ref_counter(f"/{self.probe}", link.shm)
+                os.link(f"/dev/shm/{self.probe}", link.shm / self.probe)
             link.conn.sendall(b"go")
             link.finished.wait()
 
@@ -575,8 +579,6 @@ def test_a_private_dev_shm_holds_only_what_the_trusted_side_links(
     writes there goes with the trial."""
     import uuid
 
-    from autolab.sandbox import private_shm_dir
-
     force_isolation("bwrap")
     probe = f"autolab-probe-{uuid.uuid4().hex[:12]}"
     host_file, canary = Path("/dev/shm") / probe, Path("/dev/shm") / f"{probe}-canary"
@@ -590,9 +592,65 @@ def test_a_private_dev_shm_holds_only_what_the_trusted_side_links(
         # (the probe and the file the step wrote); otherwise an empty /dev/shm
         assert t.metrics == {"score": 5 * 1000 + 1} if private else {"score": 0}
         (shm,) = bench.seen_shm
-        assert (shm == private_shm_dir(t.id, "run")) if private else shm is None
-        assert not (shm or private_shm_dir(t.id, "run")).exists()  # gone with the trial
+        if private:
+            assert shm.name.startswith(f"autolab-{t.id}-") and shm.name.endswith("-run")
+            assert not shm.exists()  # gone with the trial
+        else:
+            assert shm is None
+        assert not list(Path("/dev/shm").glob(f"autolab-{t.id}-*"))
         assert not (Path("/dev/shm") / f"left-{probe}").exists()  # never reached the host
     finally:
         host_file.unlink(missing_ok=True)
         canary.unlink()
+
+
+class OptionalBench(FakeBench):
+    """`run` scores; `extra` after it is optional (a profile, say)."""
+
+    def __init__(self, root: Path, **kw):
+        super().__init__(root, steps=("run", "extra"), step_timeout_s=3, **kw)
+
+    def steps(self, ctx: TrialContext) -> list[SandboxStep]:
+        run, extra = super().steps(ctx)
+        return [run, extra.model_copy(update={"optional": True})]
+
+    def score(self, ctx: TrialContext) -> Score:
+        data = json.loads((ctx.outputs("run") / "out.json").read_text())
+        return Score(metrics={"score": float(data["value"])}, budget_used=data["calls"])
+
+
+@pytest.mark.parametrize("extra,outcome", [
+    ("raise RuntimeError('boom')", "ok"),
+    ("import time; time.sleep(60)", "ok"),
+    ("open('/etc/hostname').read()", "integrity"),  # the guard's stop still counts
+])
+def test_an_optional_step_fails_only_itself_unless_the_guard_stops_it(
+        tmp_path: Path, extra: str, outcome: str) -> None:
+    bench = OptionalBench(tmp_path / "bench")
+    code = f"def run(x, seed, paths):\n    return 5\n\ndef extra(x, seed, paths):\n    {extra}\n"
+    t = trial(bench, tmp_path, code)
+    if outcome == "ok":
+        assert t.status == "ok" and t.metrics == {"score": 5.0}, t.reason + t.log_tail
+        assert "== extra: optional, so the trial goes on" in t.log_tail
+    else:
+        assert t.failure == "integrity" and t.reason.startswith("extra: "), t.reason
+
+
+def test_what_a_step_keeps_in_its_private_dev_shm_counts_as_its_memory(
+        tmp_path: Path, force_isolation) -> None:
+    import uuid
+
+    force_isolation("bwrap")
+    probe = f"autolab-probe-{uuid.uuid4().hex[:12]}"
+    (Path("/dev/shm") / probe).write_text("12345")
+    try:
+        bench = ShmBench(tmp_path / "bench", probe)  # 300 MB of memory
+        code = SHM_PROBE.replace("{probe}", probe).replace(
+            "    return len(linked)",
+            "    f = open('/dev/shm/big', 'wb')\n"
+            "    for _ in range(400):\n        f.write(b'x' * (1 << 20))\n"  # 1 MB at a time
+            "    import time; time.sleep(2)\n    return len(linked)")
+        t = trial(bench, tmp_path, code)
+        assert t.failure == "oom" and "resident memory" in t.reason, t.reason + t.log_tail
+    finally:
+        (Path("/dev/shm") / probe).unlink(missing_ok=True)

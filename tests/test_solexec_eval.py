@@ -513,3 +513,30 @@ def test_the_log_keeps_a_bounded_tail_of_what_is_written_to_it():
     tail = log.tail(settle_s=5.0)
     assert len(tail) == LOG_TAIL_BYTES and tail.endswith("last words")
     assert len(log._buf) == LOG_TAIL_BYTES  # what is kept, not only what is shown
+
+
+def test_a_worker_gets_a_reference_counter_of_its_own(tmp_path, monkeypatch):
+    """CUDA IPC's counter file is the trusted process's, shared by every trial it serves:
+    the worker is handed a new zeroed one in its private /dev/shm instead, and the real
+    count is released by the trusted side once the worker is gone."""
+    import torch
+
+    from benchmarks.solexec import transport
+
+    args = tuple(range(11)) + (b"/torch_123_456_0", 17, b"event", False)
+    new, real = transport.private_counter(args, tmp_path)
+    assert real == (b"/torch_123_456_0", 17)
+    name = new[transport.REF_COUNTER_ARG]
+    assert isinstance(name, bytes) and name.startswith(b"/autolab_rc_")
+    assert new[transport.REF_COUNTER_OFFSET_ARG] == 0
+    assert new[:11] == args[:11] and new[13:] == args[13:]
+    made = tmp_path / name.decode()[1:]
+    assert made.stat().st_size == transport.COUNTER_FILE_BYTES
+    assert made.read_bytes().count(0) == transport.COUNTER_FILE_BYTES  # zeroed
+    again, _ = transport.private_counter(args, tmp_path)
+    assert again[transport.REF_COUNTER_ARG] != name  # one file per handle
+    released = []
+    monkeypatch.setattr(torch.UntypedStorage, "_release_ipc_counter_cuda",
+                        lambda n, o: released.append((n, o)), raising=False)
+    transport.release_counters([real])
+    assert released == [real]

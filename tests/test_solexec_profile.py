@@ -177,3 +177,19 @@ def test_the_host_check_script_runs_a_member_s_trial_with_its_profile(tmp_path, 
     assert rc == 0 and [t["status"] for t in got["trials"]] == ["ok"], got
     assert got["trials"][0]["evidence"]["ncu_status"] == "ok"
     assert got["prepare"]["problem"] == "L1/001_small_matmul"
+
+
+def test_a_candidate_that_did_not_pass_is_not_profiled(member, prepared, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu", WRITES.format(raw=RAW))))
+    files = {"solution.py": "def run(A, B):\n    return (A @ B.T) * 1.5\n"}  # incorrect
+    setup = trial_setup(member, prepared, member.budget, threads=1,
+                        isolation=isolation_mode("auto"))
+    t = run_trial(member, "wrong", files, 1000, "val", setup, work_root=tmp_path / "trials",
+                  prepared_dir=prepared, cache_root=tmp_path / "cache", keep_outputs=True)
+    assert t.status == "failed" and "incorrect" in t.reason, t.reason
+    status = json.loads((tmp_path / "trials" / t.id / "out" / "profile" / "status.json")
+                        .read_text())
+    assert status["reason"].startswith("not profiled: the kernel step did not pass")
+    assert not (tmp_path / "trials" / t.id / "out" / "profile" / "ncu.csv").exists()

@@ -210,6 +210,10 @@ class SolExecProblem:
         if step == "profile":  # the first val workload's inputs, drawn here
             import torch
 
+            if not _passed(ctx.secrets):  # nothing worth profiling: the step only says so
+                (ctx.inputs(step) / "skip").write_text("the kernel step did not pass")
+                return
+
             from benchmarks.solexec.problems import make_inputs
 
             w = next(w for w in split_workloads(self.problem, "val")
@@ -261,7 +265,7 @@ class SolExecProblem:
             profile_gpu = {k: v for k, v in gpu.items() if k != "private_shm"}
             profile_gpu["host_read"] = (*gpu.get("host_read", ()), str(ncu_root(ncu)))
             steps.append(SandboxStep(
-                name="profile", allow_subprocess=True, env={**env, **caches},
+                name="profile", optional=True, allow_subprocess=True, env={**env, **caches},
                 timeout_s=CALL_TIMEOUT_S + 60,
                 argv=(ctx.python, "-m", "benchmarks.solexec.profile",
                       str(ctx.inputs("profile")), str(ctx.workspace),
@@ -335,6 +339,13 @@ class SolExecProblem:
 
     def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
         return {**files, "solution.py": f"# variant {index}\n{files['solution.py']}"}
+
+
+def _passed(secrets: dict) -> bool:
+    """Whether the kernel step built the solution and every workload passed."""
+    workloads = (secrets.get("eval") or {}).get("workloads") or []
+    return (bool((secrets.get("build") or {}).get("ok")) and "error" not in secrets
+            and bool(workloads) and all(w.get("status") == "ok" for w in workloads))
 
 
 INTEGRITY = ("answered before", "changed after it answered", "wrote into its input",

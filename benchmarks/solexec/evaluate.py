@@ -373,9 +373,13 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
                 for p in work:
                     p.finish("failed", f"not run: the worker was lost {restarts} times")
         finally:
+            counters = [c for p in group if p.arena is not None
+                        for c in getattr(p.arena, "counters", ())]
             for p in group:
                 p.release()
             logs.append(link.close())
+            if link.worker.exit_code(0.0) is not None:  # seen gone, its mappings with it
+                transport.release_counters(counters)  # else kept: leaked, never reused
     return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
 
 

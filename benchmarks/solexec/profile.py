@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ CALL_TIMEOUT_S = 240.0
 GUARD_EXIT = 113  # benchmarks.guard's exit status: a violation, passed on to the runner
 NCU_ENV = "AUTOLAB_NCU"  # an ncu binary to use instead of the one on PATH
 TAIL_CHARS = 2000
+MAX_BYTES = 4 << 20  # the most of a profile's files the trusted side reads
 
 
 # -- trusted side -----------------------------------------------------------------------
@@ -116,22 +118,36 @@ def time_unit(text: str) -> str:
     start = next((i for i, line in enumerate(lines) if '"Kernel Name"' in line), None)
     if start is None or start + 1 >= len(lines):
         return "ns"
-    header, units = list(csv.reader(io.StringIO("\n".join(lines[start:start + 2]))))[:2]
-    return dict(zip(header, units, strict=False)).get(TIME, "ns") or "ns"
+    rows = list(csv.reader(io.StringIO("\n".join(lines[start:start + 2]))))
+    if len(rows) < 2:
+        return "ns"
+    return dict(zip(rows[0], rows[1], strict=False)).get(TIME, "ns") or "ns"
+
+
+def _read_regular(path: Path) -> str | None:
+    """A plain file's text (not through a link, at most MAX_BYTES), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BYTES:
+            return None
+        return f.read(MAX_BYTES).decode(errors="replace")
 
 
 def read_profile(out: Path) -> dict[str, float | int | str]:
     """What the profile step left in `out`, as trial evidence: the summary, or why there
-    is none (ncu_status)."""
-    csv_file, status_file = out / "ncu.csv", out / "status.json"
-    status = {}
-    if status_file.is_file():
-        try:
-            status = json.loads(status_file.read_text())
-        except (OSError, ValueError):
-            status = {}
-    text = csv_file.read_text(errors="replace") if csv_file.is_file() else ""
-    summary = summarise(parse_ncu_csv(text), time_unit(text)) if text else None
+    is none (ncu_status). The step ran the candidate's code, so anything may be there:
+    whatever does not read as a profile is a reason, never an error of the trusted side."""
+    try:
+        status = json.loads(_read_regular(out / "status.json") or "{}")
+        status = status if isinstance(status, dict) else {}
+        text = _read_regular(out / "ncu.csv") or ""
+        summary = summarise(parse_ncu_csv(text), time_unit(text)) if text else None
+    except (ValueError, TypeError, KeyError, RecursionError, csv.Error) as e:
+        return {"ncu_status": f"unavailable: unreadable profile ({type(e).__name__})"}
     if summary is not None:
         return {**summary, "ncu_status": "ok"}
     why = str(status.get("reason") or "no kernels profiled")
@@ -142,14 +158,21 @@ def read_profile(out: Path) -> dict[str, float | int | str]:
 
 
 def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) -> list[str]:
+    # clocks left as they are: a profile killed at its time limit must not leave them locked
     return [ncu, "--csv", "--page", "raw", "--metrics", ",".join(METRICS),
             "--profile-from-start", "off", "--target-processes", "all",
+            "--clock-control", "none",
             "--log-file", log_file, python, "-m", "benchmarks.solexec.profile", "--call",
             inputs, workspace]
 
 
 def wrap(inputs: str, workspace: str, out: str, ncu: str) -> int:
-    """Run ncu over the call; a failure is recorded, not raised (the guard's is passed on)."""
+    """Run ncu over the call; a failure is recorded, not raised (the guard's is passed on).
+    Inputs with a `skip` file: nothing is run, the reason is recorded."""
+    if (skip := Path(inputs) / "skip").is_file():
+        Path(out, "status.json").write_text(json.dumps({"rc": None, "reason": "not profiled: "
+                                                        + skip.read_text()[:200]}))
+        return 0
     argv = ncu_argv(ncu, sys.executable, inputs, workspace, str(Path(out) / "ncu.csv"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)

@@ -17,9 +17,13 @@ Two transports, chosen by the device:
 - CUDA (`DeviceArena`): one device allocation exported by CUDA IPC through
   torch.multiprocessing.reductions; the handle is pickled to the worker, which rebuilds a
   tensor over the same device memory in its own context. The trusted side keeps the
-  allocation alive until the worker is gone. torch keeps the IPC reference count in a
-  shared-memory file that the worker opens by name in /dev/shm: that one file is
-  hard-linked into the worker's private /dev/shm (`ipc_dir`), never the host's whole one.
+  allocation alive until the worker is gone. torch keeps the IPC reference counts in a
+  shared-memory file of the trusted process, which the worker opens by name in its
+  /dev/shm to count its use of the allocation. That file lives as long as the trusted
+  process and serves many trials, so the worker never sees it: it is handed a counter
+  file of its own, made in its private /dev/shm (`ipc_dir`) and gone with the trial, and
+  the trusted side releases its real count itself once the worker is gone
+  (`release_counters`), so the allocation is freed then.
 
 `digest` is computed on both sides over the output slots: the worker puts it in its
 answer, the trusted side recomputes it from what it reads (see evaluate.py for why).
@@ -32,6 +36,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,35 +120,46 @@ class DeviceArena:
     def __init__(self, size: int, device: str):
         self.size = size
         self.tensor = torch.empty(size, dtype=torch.uint8, device=device)
+        self.counters: list[tuple[bytes, int]] = []  # real counts the worker does not hold
 
     def handle(self, ipc_dir: Path | None = None) -> tuple[dict, tuple[int, ...]]:
         from torch.multiprocessing.reductions import reduce_tensor
 
         _rebuild, args = reduce_tensor(self.tensor)
         if ipc_dir is not None:
-            share_ref_counter(args[REF_COUNTER_ARG], ipc_dir)
+            args, real = private_counter(args, ipc_dir)
+            self.counters.append(real)
         return {"kind": "cuda", "args": args}, ()
 
     def close(self) -> None:
         pass  # the allocation lives as long as the tensor, kept until the worker is gone
 
 
-REF_COUNTER_ARG = 11  # reduce_tensor's args for a CUDA tensor: the ref counter's shm name
-SHM = Path("/dev/shm")
+REF_COUNTER_ARG = 11  # reduce_tensor's args for a CUDA tensor: the counter file's name,
+REF_COUNTER_OFFSET_ARG = 12  # ... and the slot in it
+COUNTER_FILE_BYTES = 1 << 20  # more than torch maps of a counter file (10,000 slots + header)
 
 
-def share_ref_counter(name: bytes | str, ipc_dir: Path) -> Path:
-    """Hard-link the shared-memory file `name` (as shm_open names it: '/torch_...') from this
-    process's /dev/shm into ipc_dir, where a worker whose /dev/shm is ipc_dir opens it by
-    the same name. The same inode: counts written on either side are seen on the other."""
-    name = name.decode() if isinstance(name, bytes) else name
-    base = name.lstrip("/")
-    if not base or "/" in base:
-        raise ValueError(f"not a shared-memory name: {name!r}")
-    src, dst = SHM / base, Path(ipc_dir) / base
-    if not dst.exists():
-        os.link(src, dst)
-    return dst
+def private_counter(args: tuple, ipc_dir: Path) -> tuple[tuple, tuple[bytes, int]]:
+    """CUDA IPC arguments whose reference counter is a new, zeroed file of the worker's own
+    (in ipc_dir, its /dev/shm), and the real counter's (name, slot) that the worker will
+    not touch: the trusted side releases it (release_counters) once the worker is gone."""
+    real = (args[REF_COUNTER_ARG], int(args[REF_COUNTER_OFFSET_ARG]))
+    name = f"autolab_rc_{secrets.token_hex(8)}"
+    with open(Path(ipc_dir) / name, "xb") as f:
+        f.truncate(COUNTER_FILE_BYTES)
+    out = list(args)
+    out[REF_COUNTER_ARG] = f"/{name}".encode() if isinstance(real[0], bytes) else f"/{name}"
+    out[REF_COUNTER_OFFSET_ARG] = 0
+    return tuple(out), real
+
+
+def release_counters(counters: Sequence[tuple[bytes, int]]) -> None:
+    """Give back the counts that private_counter kept from the worker: what the worker's
+    storages would have released when it ended. Call only once it is gone (the
+    allocation may be freed and reused right after)."""
+    for name, offset in counters:
+        torch.UntypedStorage._release_ipc_counter_cuda(name, offset)
 
 
 def new_arena(size: int, device: str) -> HostArena | DeviceArena:
