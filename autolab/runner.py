@@ -14,11 +14,13 @@ keeps only a small log.txt with the tails of its steps' output.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.metadata as metadata
 import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -241,11 +243,14 @@ MARKER_FILE = "marker"  # in a trial's folder: the marker its last attempt ran u
 def clear_leftovers(trial_dir: Path) -> None:
     """What the last attempt at this trial left running (its orchestrator killed): its
     processes, found by the marker it recorded, and its private /dev/shm folders."""
+    kill_marked(trial_dir.name)  # an attempt from before markers had their own part
     try:
         marker = (trial_dir / MARKER_FILE).read_text().strip()
     except OSError:
         return
-    if marker:
+    # only a marker this code writes: the file is in the trial's folder, and a step without
+    # bwrap could have written anything there (a pattern, another trial's marker)
+    if re.fullmatch(re.escape(trial_dir.name) + r"-[0-9a-f]{12}", marker):
         kill_marked(marker)
         drop_private_shm(marker)
 
@@ -271,7 +276,9 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         inputs.mkdir(parents=True, exist_ok=True)
         trusted.staged(inputs)
         ctx.outputs(step.name).mkdir(parents=True, exist_ok=True)
-        shm = private_shm_dir(marker, step.name) if step.private_shm else None
+        # under bwrap only: elsewhere the step sees the host's /dev/shm as it is
+        shm = private_shm_dir(marker, step.name) if step.private_shm and mode == "bwrap" \
+            else None
         if shm is not None:
             shm.mkdir(mode=0o700)
         view = View(
@@ -360,7 +367,9 @@ def _score_and_check(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> No
     score: Score = bench.score(ctx)
     prog.metrics = {k: v for k, v in score.metrics.items() if math.isfinite(v)}
     prog.budget_used = score.budget_used
-    prog.evidence = dict(score.evidence)
+    # a record must read back: no NaN or infinity (JSON has neither) in what is kept
+    prog.evidence = {k: v for k, v in score.evidence.items()
+                     if not (isinstance(v, float) and not math.isfinite(v))}
     bad = sorted(k for k in score.metrics if k not in prog.metrics)
     if bad or not math.isfinite(score.budget_used):
         prog.fail("nan", f"non-finite metric: {', '.join(bad) or 'budget_used'}")
@@ -408,6 +417,23 @@ def run_trial(
     work_root, prepared_dir = Path(work_root).absolute(), Path(prepared_dir).absolute()
     trial_id = Trial.key(candidate_id, seed, split, setup.key())
     trial_dir = work_root / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    # one attempt at a time in a folder (another, e.g. one the engine gave up waiting for,
+    # still running, is waited for); the lock goes with a killed process
+    held = os.open(trial_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _attempt(bench, candidate_id, candidate_files, seed, split, setup, trial_dir,
+                        prepared_dir, python, keep_outputs, gpu, cache_root)
+    finally:
+        os.close(held)
+
+
+def _attempt(bench: Benchmark, candidate_id: str, candidate_files: dict[str, str], seed: int,
+             split: Split, setup: TrialSetup, trial_dir: Path, prepared_dir: Path,
+             python: str, keep_outputs: bool, gpu: int | None,
+             cache_root: Path | None) -> Trial:
+    trial_id = trial_dir.name
     clear_leftovers(trial_dir)
     for leftover in ("ws", "in", "out", "home", "harness", "log.txt"):
         _rmtree(trial_dir / leftover)

@@ -383,28 +383,24 @@ def private_shm_dir(marker: str, step: str) -> Path:
 
 def drop_private_shm(marker: str) -> None:
     """Remove what a trial attempt's steps left in their private /dev/shm folders, also
-    folders a step made unreadable or unwritable (its permissions are put back first)."""
-    def writable_again(func, path, _exc) -> None:
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-        except OSError:
-            pass
-
-    if SHM_ROOT.is_dir():
-        for d in SHM_ROOT.glob(f"autolab-{marker}-*"):
-            if d.is_symlink():
-                d.unlink(missing_ok=True)
-                continue
-            os.chmod(d, 0o700)
-            if sys.version_info >= (3, 12):
-                shutil.rmtree(d, onexc=writable_again)
-            else:
-                shutil.rmtree(d, onerror=writable_again)
+    folders a step made unreadable or unwritable (their permissions are put back first,
+    all the way down, never through a link)."""
+    if not SHM_ROOT.is_dir():
+        return
+    for d in SHM_ROOT.glob(f"autolab-{marker}-*"):
+        if d.is_symlink() or not d.is_dir():
+            d.unlink(missing_ok=True)
+            continue
+        todo = [str(d)]
+        while todo:
+            folder = todo.pop()
+            try:
+                os.chmod(folder, 0o700)
+                with os.scandir(folder) as entries:
+                    todo += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _masks(python: str) -> list[Path]:
@@ -460,29 +456,35 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
+UNCOUNTABLE = 1 << 50  # bytes: what a folder the watcher cannot read through counts as
+
+
 def folder_bytes(root: Path, most: int = 10_000) -> int:
-    """The memory a folder's files hold (their allocated blocks: a tmpfs's pages); past
-    `most` entries each further one counts a page, so a flood of files costs the watcher
-    no more than `most` stats a look."""
+    """The memory a folder's files hold (their allocated blocks: a tmpfs's pages). A folder
+    in it that cannot be read, or more than `most` entries, count as UNCOUNTABLE: over any
+    limit, so hiding memory there, or flooding the watcher, ends the step."""
     total, todo, seen = 0, [root], 0
     while todo:
         try:
             entries = os.scandir(todo.pop())
-        except OSError:
+        except FileNotFoundError:
             continue
+        except OSError:
+            return UNCOUNTABLE
         with entries:
             for e in entries:
                 seen += 1
                 if seen > most:
-                    total += 4096
-                    continue
+                    return UNCOUNTABLE
                 try:
                     if e.is_dir(follow_symlinks=False):
                         todo.append(e.path)
                     else:
                         total += e.stat(follow_symlinks=False).st_blocks * 512
-                except OSError:
+                except FileNotFoundError:
                     pass
+                except OSError:
+                    return UNCOUNTABLE
     return total
 
 

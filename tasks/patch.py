@@ -32,14 +32,15 @@ def patch(lab: Lab, proposal: Proposal) -> Candidate | Halt:
     if existing.proposal_id == proposal.id:
         return candidate  # written by this proposal before an interruption
     # evaluating it again would be another look at the same test
-    earlier = next((d for d in lab.archive.all(Decision) if d.candidate_id == candidate.id
-                    and d.proposal_id != proposal.id), None)
-    if earlier is not None:
-        return Halt("refused", f"the same code was evaluated before ({earlier.outcome})",
-                    proposal, candidate.id)
     if existing.proposal_id is None:
         return Halt("refused", f"the same code as candidate {candidate.id}, which no "
                     "proposal made (the seed)", proposal, candidate.id)
+    # a refusal is no evaluation: only a decision that evaluated it counts here
+    earlier = next((d for d in lab.archive.all(Decision) if d.candidate_id == candidate.id
+                    and d.proposal_id != proposal.id and d.outcome != "refused"), None)
+    if earlier is not None:
+        return Halt("refused", f"the same code was evaluated before ({earlier.outcome})",
+                    proposal, candidate.id)
     # another iteration in flight made it: its trials are the candidate's
     return Halt("refused", f"the same code is being evaluated for proposal "
                 f"{existing.proposal_id}", proposal)

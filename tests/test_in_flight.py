@@ -7,7 +7,7 @@ from __future__ import annotations
 from autolab.config import parse_params
 from autolab.lab import Lab, open_lab
 from autolab.proposing import Memory, history, next_proposal, search_state
-from autolab.records import Candidate, Decision, Proposal, content_key
+from autolab.records import Candidate, Decision, FileEdit, Proposal, content_key
 from tasks import Halt
 from tasks.patch import patch
 from tasks.prepare import register_seed
@@ -93,3 +93,20 @@ def test_two_patches_of_the_same_code_at_once_make_one_candidate(tmp_path, monke
     assert len(made) == 1 and len(halted) == 1, results
     owner = lab.archive.get(Candidate, made[0].id).proposal_id
     assert halted[0].proposal.id != owner and owner in halted[0].reason
+
+
+def test_reproducing_the_seed_says_so_every_time(tmp_path):
+    from tasks.select import record_halt
+
+    lab = lab_for(tmp_path)
+    first = next_proposal(lab, 0)
+    made = patch.fn(lab, first)
+    seed_files = lab.archive.read_files(lab.campaign.seed_candidate)
+    for name in ("back-1", "back-2"):  # from the new candidate back to the seed's code
+        back = first.model_copy(update={
+            "id": content_key("proposal", name), "parents": [made.id],
+            "edits": [FileEdit(path=p, replace=t) for p, t in seed_files.items()]})
+        lab.archive.put(back)
+        halt = patch.fn(lab, back)
+        assert isinstance(halt, Halt) and "which no proposal made (the seed)" in halt.reason
+        record_halt.fn(lab, halt)

@@ -438,10 +438,10 @@ def test_kill_marked_before_a_rerun(
     setup = setup_for(bench, tmp_path)
     trial_id = Trial.key("cand", 7, "val", setup.key())
     (tmp_path / "work" / trial_id).mkdir(parents=True)
-    (tmp_path / "work" / trial_id / "marker").write_text(f"{trial_id}-earlier")
+    (tmp_path / "work" / trial_id / "marker").write_text(f"{trial_id}-0123456789ab")
     tag = f"leftover-{trial_id}-{os.getpid()}"
     left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", tag],
-                            env={**os.environ, MARKER_ENV: f"{trial_id}-earlier"},
+                            env={**os.environ, MARKER_ENV: f"{trial_id}-0123456789ab"},
                             start_new_session=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", tag],
                              env={**os.environ, MARKER_ENV: f"{trial_id}-elsewhere"},
@@ -654,3 +654,37 @@ def test_what_a_step_keeps_in_its_private_dev_shm_counts_as_its_memory(
         assert t.failure == "oom" and "resident memory" in t.reason, t.reason + t.log_tail
     finally:
         (Path("/dev/shm") / probe).unlink(missing_ok=True)
+
+
+def test_a_flood_of_files_in_a_private_dev_shm_is_over_any_limit(tmp_path: Path) -> None:
+    from autolab.sandbox import UNCOUNTABLE, folder_bytes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_bytes(b"x" * 8192)
+    assert 8192 <= folder_bytes(tmp_path) < UNCOUNTABLE
+    for i in range(6):
+        (tmp_path / f"f{i}").write_text("")
+    assert folder_bytes(tmp_path, most=5) == UNCOUNTABLE
+
+
+def test_a_marker_file_that_is_not_ours_is_not_obeyed(tmp_path: Path, live_processes,
+                                                      wait_until) -> None:
+    """A step without bwrap could write its trial's marker file: a pattern or another
+    trial's marker there must not make the next attempt kill or delete anything else."""
+    from autolab.runner import clear_leftovers
+
+    trial_dir = tmp_path / "abcdef0123456789"
+    trial_dir.mkdir()
+    tag = f"other-trial-{os.getpid()}-{tmp_path.name}"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", tag],
+                             env={**os.environ, MARKER_ENV: "fedcba9876543210-0123456789ab"},
+                             start_new_session=True)
+    try:
+        assert wait_until(lambda: len(live_processes(tag)) == 1)
+        for planted in ("fedcba9876543210-0123456789ab", "*"):
+            (trial_dir / "marker").write_text(planted)
+            clear_leftovers(trial_dir)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

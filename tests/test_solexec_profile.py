@@ -193,3 +193,9 @@ def test_a_candidate_that_did_not_pass_is_not_profiled(member, prepared, tmp_pat
                         .read_text())
     assert status["reason"].startswith("not profiled: the kernel step did not pass")
     assert not (tmp_path / "trials" / t.id / "out" / "profile" / "ncu.csv").exists()
+
+
+def test_a_profile_with_nan_or_infinity_is_no_profile(tmp_path):
+    (tmp_path / "ncu.csv").write_text(RAW.replace('"3,000"', '"nan"').replace('"1,000"', '"inf"'))
+    (tmp_path / "status.json").write_text("{}")
+    assert read_profile(tmp_path) == {"ncu_status": "unavailable: no kernels profiled"}

@@ -288,8 +288,10 @@ class SolExecProblem:
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
-            # the worker's own /dev/shm: the arenas' CUDA IPC reference counts go there
-            run_timing = dataclasses.replace(timing, ipc_dir=link.shm) if link.shm else timing
+            # the worker's own /dev/shm: the arenas' CUDA IPC reference counters go there
+            counters: list = []
+            run_timing = dataclasses.replace(timing, ipc_dir=link.shm, ipc_counters=counters) \
+                if link.shm else timing
             try:
                 built = build_solution(problem, ctx.workspace, build_dir, run_timing,
                                        launch=server.launch)
@@ -307,6 +309,10 @@ class SolExecProblem:
                 link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
                           "of being told to")
             link.finished.wait()
+            if counters:  # every process of the step is gone: nothing maps the arenas now
+                from benchmarks.solexec.transport import release_counters
+
+                release_counters(counters)
 
         return drive
 
@@ -318,7 +324,8 @@ class SolExecProblem:
 
             found = read_profile(ctx.outputs("profile"))
             score = score.model_copy(update={"evidence": {**score.evidence, **found}})
-            if ctx.cache_dir is not None:
+            skipped = str(found.get("ncu_status", "")).startswith("unavailable: not profiled")
+            if ctx.cache_dir is not None and not skipped:  # profiled, or ncu could not
                 ctx.cache_dir.mkdir(parents=True, exist_ok=True)
                 (ctx.cache_dir / PROFILE).write_text(json.dumps(found))
         return score
@@ -344,8 +351,9 @@ class SolExecProblem:
 def _passed(secrets: dict) -> bool:
     """Whether the kernel step built the solution and every workload passed."""
     workloads = (secrets.get("eval") or {}).get("workloads") or []
+    done = [w for w in workloads if w.get("status") != "skipped"]  # as the score counts
     return (bool((secrets.get("build") or {}).get("ok")) and "error" not in secrets
-            and bool(workloads) and all(w.get("status") == "ok" for w in workloads))
+            and bool(done) and all(w.get("status") == "ok" for w in done))
 
 
 INTEGRITY = ("answered before", "changed after it answered", "wrote into its input",

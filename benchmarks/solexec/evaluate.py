@@ -139,6 +139,9 @@ class Timing:
     # the host folder the worker sees as /dev/shm (a private one, StepLink.shm): CUDA IPC's
     # reference-count files are linked into it; None: the worker shares this /dev/shm
     ipc_dir: Path | None = None
+    # with ipc_dir: where the real counts the workers did not hold are put, to be released
+    # (transport.release_counters) once nothing of the step is left that could map them
+    ipc_counters: list | None = None
 
 
 # ---------------------------------------------------------------------------- one call
@@ -378,8 +381,8 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
             for p in group:
                 p.release()
             logs.append(link.close())
-            if link.worker.exit_code(0.0) is not None:  # seen gone, its mappings with it
-                transport.release_counters(counters)  # else kept: leaked, never reused
+            if timing.ipc_counters is not None:  # released by whoever sees the step gone
+                timing.ipc_counters.extend(counters)
     return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
 
 

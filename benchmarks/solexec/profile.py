@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import stat
@@ -61,10 +62,12 @@ def ncu_root(ncu: Path) -> Path:
 
 
 def _number(text: str) -> float | None:
+    """A finite number, or None (ncu's "n/a", a NaN or infinity written by anyone)."""
     try:
-        return float(text.replace(",", ""))
+        value = float(text.replace(",", ""))
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def parse_ncu_csv(text: str) -> list[dict[str, float | str]]:

@@ -146,6 +146,7 @@ def private_counter(args: tuple, ipc_dir: Path) -> tuple[tuple, tuple[bytes, int
     not touch: the trusted side releases it (release_counters) once the worker is gone."""
     real = (args[REF_COUNTER_ARG], int(args[REF_COUNTER_OFFSET_ARG]))
     name = f"autolab_rc_{secrets.token_hex(8)}"
+    os.chmod(ipc_dir, 0o700)  # the folder is the trusted side's; a step may have changed it
     with open(Path(ipc_dir) / name, "xb") as f:
         f.truncate(COUNTER_FILE_BYTES)
     out = list(args)
