@@ -1,7 +1,8 @@
 """One SOL-ExecBench member's trials through the real runner and sandbox, as a campaign runs
 them: prepare (T_b and T_SOL of its splits), then the reference (or a technique of the
 offline search) on val, printed and written as JSON. A check of a GPU host before a
-campaign: CUDA IPC through the step's own /dev/shm, and the Nsight Compute profile.
+campaign: the workloads' device memory shared with the sandboxed worker, and the Nsight
+Compute profile.
 
     python perf/solexec_trial.py --member L1-001_... [--preset gpu] [--technique NAME]
         [--seeds 1000 1001] [--work DIR] [--out FILE]

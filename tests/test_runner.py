@@ -575,8 +575,7 @@ def run(x, seed, paths):
 def test_a_private_dev_shm_holds_only_what_the_trusted_side_links(
         tmp_path: Path, force_isolation, private: bool) -> None:
     """Under bwrap a step sees none of the host's /dev/shm: with private_shm, only the file
-    its companion hard-linked there (as CUDA IPC's reference counts are), and what it
-    writes there goes with the trial."""
+    its companion hard-linked there, and what it writes there goes with the trial."""
     import uuid
 
     force_isolation("bwrap")

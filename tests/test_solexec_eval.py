@@ -137,12 +137,12 @@ wire.recv_frame(sock, 16)
 @pytest.mark.parametrize("device", [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="CUDA IPC needs a GPU")),
+                                                  reason="a device arena needs a GPU")),
 ])
 def test_an_arena_is_the_same_memory_in_another_process(device):
     """The transport on its own: the trusted side writes, another process attaches by the
-    handle (memfd over SCM_RIGHTS on CPU, CUDA IPC on GPU), adds one, the trusted side
-    reads the result in its own memory."""
+    handle (a memfd on CPU, a CUDA virtual memory allocation's descriptor on GPU, both
+    over SCM_RIGHTS), adds one, the trusted side reads the result in its own memory."""
     arena = transport.new_arena(4096, device)
     arena.tensor[:16].view(torch.float32).copy_(torch.arange(4.0))
     ours, theirs = wire.socket_pair()
@@ -515,28 +515,93 @@ def test_the_log_keeps_a_bounded_tail_of_what_is_written_to_it():
     assert len(log._buf) == LOG_TAIL_BYTES  # what is kept, not only what is shown
 
 
-def test_a_worker_gets_a_reference_counter_of_its_own(tmp_path, monkeypatch):
-    """CUDA IPC's counter file is the trusted process's, shared by every trial it serves:
-    the worker is handed a new zeroed one in its private /dev/shm instead, and the real
-    count is released by the trusted side once the worker is gone."""
-    import torch
+class FakeDriver:
+    """libcuda's virtual memory calls as the transport makes them, recorded; `fail` names
+    one that returns an error."""
 
-    from benchmarks.solexec import transport
+    def __init__(self, fail: str = ""):
+        self.calls, self.fail = [], fail
 
-    args = tuple(range(11)) + (b"/torch_123_456_0", 17, b"event", False)
-    new, real = transport.private_counter(args, tmp_path)
-    assert real == (b"/torch_123_456_0", 17)
-    name = new[transport.REF_COUNTER_ARG]
-    assert isinstance(name, bytes) and name.startswith(b"/autolab_rc_")
-    assert new[transport.REF_COUNTER_OFFSET_ARG] == 0
-    assert new[:11] == args[:11] and new[13:] == args[13:]
-    made = tmp_path / name.decode()[1:]
-    assert made.stat().st_size == transport.COUNTER_FILE_BYTES
-    assert made.read_bytes().count(0) == transport.COUNTER_FILE_BYTES  # zeroed
-    again, _ = transport.private_counter(args, tmp_path)
-    assert again[transport.REF_COUNTER_ARG] != name  # one file per handle
-    released = []
-    monkeypatch.setattr(torch.UntypedStorage, "_release_ipc_counter_cuda",
-                        lambda n, o: released.append((n, o)), raising=False)
-    transport.release_counters([real])
-    assert released == [real]
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append(name)
+            if name == self.fail:
+                return 2  # CUDA_ERROR_OUT_OF_MEMORY
+            if name == "cuGetErrorName":
+                args[1]._obj.value = b"CUDA_ERROR_OUT_OF_MEMORY"
+            elif name == "cuMemGetAllocationGranularity":
+                args[0]._obj.value = 2 << 20
+            elif name in ("cuMemCreate", "cuMemAddressReserve"):
+                args[0]._obj.value = 0x7F0000000000
+            elif name == "cuMemExportToShareableHandle":
+                args[0]._obj.value = os.open(os.devnull, os.O_RDONLY)
+            return 0
+        return call
+
+
+def test_the_driver_structures_have_the_c_layout():
+    """CUmemAllocationProp and CUmemAccessDesc as cuda.h lays them out on x86-64: a field
+    out of place would ask the driver for another memory type or location."""
+    import ctypes
+
+    assert ctypes.sizeof(transport._AllocationProp) == 32
+    assert transport._AllocationProp.location.offset == 8
+    assert transport._AllocationProp.allocFlags.offset == 24
+    assert ctypes.sizeof(transport._AccessDesc) == 12
+    prop = transport._prop(3)
+    assert (prop.type, prop.requestedHandleTypes, prop.location.type, prop.location.id) == \
+        (1, 1, 1, 3)  # pinned, a POSIX descriptor, on device 3
+
+
+def test_a_device_arena_is_rounded_up_and_shared_by_one_descriptor(monkeypatch):
+    fake = FakeDriver()
+    monkeypatch.setattr(transport, "_DRIVER", [fake])
+    monkeypatch.setattr(transport, "_device_index", lambda device: 0)
+    monkeypatch.setattr(transport, "_vmm_tensor", lambda handle, size, index: ("mapped", size))
+    arena = transport.DeviceArena(5000, "cuda:0")
+    handle, fds = arena.handle()
+    assert handle == {"kind": "cuda", "size": 2 << 20, "device": 0} and fds == (arena.fd,)
+    assert arena.tensor == ("mapped", 2 << 20)
+    # the creating reference is dropped at once: the mapping and the descriptor hold it
+    assert fake.calls == ["cuMemGetAllocationGranularity", "cuMemCreate",
+                          "cuMemExportToShareableHandle", "cuMemRelease"]
+    fd = arena.fd
+    arena.close()
+    assert arena.fd == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_device_arena_that_cannot_be_exported_leaks_nothing(monkeypatch):
+    fake = FakeDriver(fail="cuMemExportToShareableHandle")
+    monkeypatch.setattr(transport, "_DRIVER", [fake])
+    monkeypatch.setattr(transport, "_device_index", lambda device: 0)
+    with pytest.raises(RuntimeError, match=r"cuMemExportToShareableHandle failed: CUDA "
+                       r"driver error 2 \(CUDA_ERROR_OUT_OF_MEMORY\)"):
+        transport.DeviceArena(4096, "cuda:0")
+    assert fake.calls[-1] == "cuMemRelease"
+
+
+def test_a_mapping_that_fails_half_way_is_undone_and_a_whole_one_at_its_end(monkeypatch):
+    """cuMemSetAccess refused: the range is unmapped and its address given back before the
+    error surfaces; a mapping that worked is unmapped when torch drops the last view."""
+    fake = FakeDriver(fail="cuMemSetAccess")
+    monkeypatch.setattr(transport, "_DRIVER", [fake])
+    with pytest.raises(RuntimeError, match="cuMemSetAccess failed"):
+        transport._Mapping(handle=7, size=2 << 20, index=0)
+    assert fake.calls == ["cuMemAddressReserve", "cuMemMap", "cuMemSetAccess",
+                          "cuGetErrorName", "cuMemUnmap", "cuMemAddressFree"]
+    fake = FakeDriver()
+    monkeypatch.setattr(transport, "_DRIVER", [fake])
+    mapping = transport._Mapping(handle=7, size=2 << 20, index=0)
+    assert mapping.__cuda_array_interface__["data"] == (0x7F0000000000, False)
+    assert mapping.__cuda_array_interface__["shape"] == (2 << 20,)
+    del mapping
+    assert fake.calls[-2:] == ["cuMemUnmap", "cuMemAddressFree"]
+
+
+def test_a_device_handle_comes_with_exactly_one_descriptor():
+    with pytest.raises(ValueError, match="one descriptor, not 0"):
+        transport.attach({"kind": "cuda", "size": 2 << 20, "device": 0}, ())
+
+

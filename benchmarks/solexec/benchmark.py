@@ -23,7 +23,6 @@ failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -247,8 +246,8 @@ class SolExecProblem:
                 raise RuntimeError("solexec trials run on GPU 0 only (engine.slots: one)")
             env = {k: os.environ[k] for k in GPU_ENV if k in os.environ}
             env["CUDA_VISIBLE_DEVICES"] = cuda_visible([index])
-            # CUDA IPC: torch keeps a shared arena's reference count in a /dev/shm file,
-            # which the companion links into the step's own /dev/shm
+            # a /dev/shm of the step's own, counted as its memory and emptied with the
+            # trial (bwrap's own would be neither); the arenas need none (transport.py)
             gpu = dict(devices=gpu_device_nodes(index), host_read=GPU_HOST_READ,
                        private_shm=True)
         steps = [SandboxStep(name="kernel", channel=True, allow_subprocess=True, env=env,
@@ -288,16 +287,12 @@ class SolExecProblem:
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
-            # the worker's own /dev/shm: the arenas' CUDA IPC reference counters go there
-            counters: list = []
-            run_timing = dataclasses.replace(timing, ipc_dir=link.shm, ipc_counters=counters) \
-                if link.shm else timing
             try:
-                built = build_solution(problem, ctx.workspace, build_dir, run_timing,
+                built = build_solution(problem, ctx.workspace, build_dir, timing,
                                        launch=server.launch)
                 s["build"] = built.model_dump(mode="json")
                 if built.ok and workloads:
-                    result = evaluate_problem(problem, ctx.workspace, run_timing,
+                    result = evaluate_problem(problem, ctx.workspace, timing,
                                               workloads=workloads, launch=server.launch,
                                               build_dir=build_dir, seed=ctx.seed)
                     s["eval"] = result.model_dump(mode="json")
@@ -308,11 +303,6 @@ class SolExecProblem:
             if not link.finished.wait(EXIT_GRACE_S):  # told to exit, it did not
                 link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
                           "of being told to")
-            link.finished.wait()
-            if counters:  # every process of the step is gone: nothing maps the arenas now
-                from benchmarks.solexec.transport import release_counters
-
-                release_counters(counters)
 
         return drive
 

@@ -136,12 +136,6 @@ class Timing:
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
-    # the host folder the worker sees as /dev/shm (a private one, StepLink.shm): CUDA IPC's
-    # reference-count files are linked into it; None: the worker shares this /dev/shm
-    ipc_dir: Path | None = None
-    # with ipc_dir: where the real counts the workers did not hold are put, to be released
-    # (transport.release_counters) once nothing of the step is left that could map them
-    ipc_counters: list | None = None
 
 
 # ---------------------------------------------------------------------------- one call
@@ -252,14 +246,14 @@ def groups(pending: list[WorkloadRun], budget_bytes: float) -> list[list[Workloa
     return out
 
 
-def _open(link: WorkerLink, p: WorkloadRun, ipc_dir: Path | None) -> None:
+def _open(link: WorkerLink, p: WorkloadRun) -> None:
     """The workload's arena made here and mapped by the worker."""
     try:
         p.materialise()
     except Exception as e:  # the reference's fault, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return
-    handle, fds = p.arena.handle(ipc_dir)
+    handle, fds = p.arena.handle()
     answer = link.request({"op": "open", "key": p.key, "arena": handle, "inputs": p.inputs,
                            "outputs": p.outputs, "names": list(p.problem.outputs)},
                           link.call_timeout_s, fds)
@@ -339,7 +333,7 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
         if not answer["ok"]:
             raise RuntimeError(f"the worker did not start: {answer.get('error', '')}")
         for p in group:
-            _open(link, p, timing.ipc_dir)
+            _open(link, p)
         _calibrate(link, group, timing, rng, flush)
     except WorkerLost as lost:
         raise RuntimeError(f"the worker failed before any candidate code: {lost.reason}"
@@ -376,13 +370,9 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
                 for p in work:
                     p.finish("failed", f"not run: the worker was lost {restarts} times")
         finally:
-            counters = [c for p in group if p.arena is not None
-                        for c in getattr(p.arena, "counters", ())]
             for p in group:
                 p.release()
             logs.append(link.close())
-            if timing.ipc_counters is not None:  # released by whoever sees the step gone
-                timing.ipc_counters.extend(counters)
     return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
 
 

@@ -14,16 +14,15 @@ Two transports, chosen by the device:
   torch hands a shared storage on through multiprocessing's resource sharer, a socket
   server that the sandbox's network namespace and the runtime guard rule out, or through
   named files in /dev/shm that the sandbox hides. A descriptor on the channel needs neither.
-- CUDA (`DeviceArena`): one device allocation exported by CUDA IPC through
-  torch.multiprocessing.reductions; the handle is pickled to the worker, which rebuilds a
-  tensor over the same device memory in its own context. The trusted side keeps the
-  allocation alive until the worker is gone. torch keeps the IPC reference counts in a
-  shared-memory file of the trusted process, which the worker opens by name in its
-  /dev/shm to count its use of the allocation. That file lives as long as the trusted
-  process and serves many trials, so the worker never sees it: it is handed a counter
-  file of its own, made in its private /dev/shm (`ipc_dir`) and gone with the trial, and
-  the trusted side releases its real count itself once the worker is gone
-  (`release_counters`), so the allocation is freed then.
+- CUDA (`DeviceArena`): one allocation made through the driver's virtual memory API
+  (cuMemCreate) with a POSIX file descriptor as its shareable handle; the descriptor
+  travels with the open message like a host arena's, and the worker imports it and maps
+  the same physical memory into its own address space (cuMemImportFromShareableHandle,
+  cuMemMap). Not CUDA IPC (cudaIpcGetMemHandle, torch's reduce_tensor): that path opens
+  files of the exporting process in /dev/shm, which a step with a /dev/shm of its own does
+  not see (the worker then fails with "mapping of buffer object failed"), and keeps
+  reference counts in a file the trusted process shares between trials. A descriptor
+  needs neither, and the allocation lives as long as one side still maps it.
 
 `digest` is computed on both sides over the output slots: the worker puts it in its
 answer, the trusted side recomputes it from what it reads (see evaluate.py for why).
@@ -33,13 +32,12 @@ Imported by the worker inside the sandbox: stdlib and torch only.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -103,7 +101,7 @@ class HostArena:
         os.ftruncate(self.fd, size)
         self.tensor = torch.frombuffer(mmap.mmap(self.fd, size), dtype=torch.uint8)
 
-    def handle(self, ipc_dir: Path | None = None) -> tuple[dict, tuple[int, ...]]:
+    def handle(self) -> tuple[dict, tuple[int, ...]]:
         """What the worker needs to attach: a message part and descriptors to send with it."""
         return {"kind": "host", "size": self.size}, (self.fd,)
 
@@ -115,52 +113,177 @@ class HostArena:
 
 
 class DeviceArena:
-    """Device memory for one workload, exported by CUDA IPC, owned by the trusted side."""
+    """Device memory for one workload, owned by the trusted side, shared by a descriptor."""
 
     def __init__(self, size: int, device: str):
-        self.size = size
-        self.tensor = torch.empty(size, dtype=torch.uint8, device=device)
-        self.counters: list[tuple[bytes, int]] = []  # real counts the worker does not hold
+        self.index = _device_index(device)
+        self.size, self.fd = _vmm_size(size, self.index), -1
+        handle = _vmm_create(self.size, self.index)
+        try:
+            self.fd = _vmm_export(handle)
+            self.tensor = _vmm_tensor(handle, self.size, self.index)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            _drv().cuMemRelease(handle)  # the mapping and the descriptor hold it now
 
-    def handle(self, ipc_dir: Path | None = None) -> tuple[dict, tuple[int, ...]]:
-        from torch.multiprocessing.reductions import reduce_tensor
-
-        _rebuild, args = reduce_tensor(self.tensor)
-        if ipc_dir is not None:
-            args, real = private_counter(args, ipc_dir)
-            self.counters.append(real)
-        return {"kind": "cuda", "args": args}, ()
+    def handle(self) -> tuple[dict, tuple[int, ...]]:
+        return {"kind": "cuda", "size": self.size, "device": self.index}, (self.fd,)
 
     def close(self) -> None:
-        pass  # the allocation lives as long as the tensor, kept until the worker is gone
+        """The mapping goes with the last view of it; the descriptor goes now."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-REF_COUNTER_ARG = 11  # reduce_tensor's args for a CUDA tensor: the counter file's name,
-REF_COUNTER_OFFSET_ARG = 12  # ... and the slot in it
-COUNTER_FILE_BYTES = 1 << 20  # more than torch maps of a counter file (10,000 slots + header)
+# -- the CUDA driver's virtual memory API, through ctypes (no extra package in the sandbox)
+
+_POSIX_FD = 1  # CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+_PINNED = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
+_ON_DEVICE = 1  # CU_MEM_LOCATION_TYPE_DEVICE
+_READ_WRITE = 3  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+_u64, _size = ctypes.c_ulonglong, ctypes.c_size_t
 
 
-def private_counter(args: tuple, ipc_dir: Path) -> tuple[tuple, tuple[bytes, int]]:
-    """CUDA IPC arguments whose reference counter is a new, zeroed file of the worker's own
-    (in ipc_dir, its /dev/shm), and the real counter's (name, slot) that the worker will
-    not touch: the trusted side releases it (release_counters) once the worker is gone."""
-    real = (args[REF_COUNTER_ARG], int(args[REF_COUNTER_OFFSET_ARG]))
-    name = f"autolab_rc_{secrets.token_hex(8)}"
-    os.chmod(ipc_dir, 0o700)  # the folder is the trusted side's; a step may have changed it
-    with open(Path(ipc_dir) / name, "xb") as f:
-        f.truncate(COUNTER_FILE_BYTES)
-    out = list(args)
-    out[REF_COUNTER_ARG] = f"/{name}".encode() if isinstance(real[0], bytes) else f"/{name}"
-    out[REF_COUNTER_OFFSET_ARG] = 0
-    return tuple(out), real
+class _Location(ctypes.Structure):  # CUmemLocation
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
 
 
-def release_counters(counters: Sequence[tuple[bytes, int]]) -> None:
-    """Give back the counts that private_counter kept from the worker: what the worker's
-    storages would have released when it ended. Call only once it is gone (the
-    allocation may be freed and reused right after)."""
-    for name, offset in counters:
-        torch.UntypedStorage._release_ipc_counter_cuda(name, offset)
+class _AllocFlags(ctypes.Structure):
+    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
+                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+
+
+class _AllocationProp(ctypes.Structure):  # CUmemAllocationProp
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int),
+                ("location", _Location), ("win32HandleMetaData", ctypes.c_void_p),
+                ("allocFlags", _AllocFlags)]
+
+
+class _AccessDesc(ctypes.Structure):  # CUmemAccessDesc
+    _fields_ = [("location", _Location), ("flags", ctypes.c_int)]
+
+
+_DRIVER: list = []
+
+
+def _drv() -> ctypes.CDLL:
+    """libcuda, every function used here with its C signature (64-bit handles and
+    addresses must not pass as C ints)."""
+    if not _DRIVER:
+        lib, ptr = ctypes.CDLL("libcuda.so.1"), ctypes.POINTER
+        for name, args in {
+            "cuGetErrorName": (ctypes.c_int, ptr(ctypes.c_char_p)),
+            "cuMemGetAllocationGranularity": (ptr(_size), ptr(_AllocationProp), ctypes.c_int),
+            "cuMemCreate": (ptr(_u64), _size, ptr(_AllocationProp), _u64),
+            "cuMemExportToShareableHandle": (ptr(ctypes.c_int), _u64, ctypes.c_int, _u64),
+            "cuMemImportFromShareableHandle": (ptr(_u64), ctypes.c_void_p, ctypes.c_int),
+            "cuMemAddressReserve": (ptr(_u64), _size, _size, _u64, _u64),
+            "cuMemMap": (_u64, _size, _size, _u64, _u64),
+            "cuMemSetAccess": (_u64, _size, ptr(_AccessDesc), _size),
+            "cuMemUnmap": (_u64, _size),
+            "cuMemAddressFree": (_u64, _size),
+            "cuMemRelease": (_u64,),
+        }.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, ctypes.c_int
+        _DRIVER.append(lib)
+    return _DRIVER[0]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        name = ctypes.c_char_p()
+        _drv().cuGetErrorName(result, ctypes.byref(name))
+        raise RuntimeError(f"{what} failed: CUDA driver error {result} "
+                           f"({(name.value or b'?').decode()})")
+
+
+def _device_index(device: str) -> int:
+    """The device's ordinal, with this thread's current context made its primary one (the
+    driver calls below act on the current context)."""
+    d = torch.device(device)
+    index = d.index if d.index is not None else torch.cuda.current_device()
+    torch.cuda.synchronize(index)
+    return index
+
+
+def _prop(index: int) -> _AllocationProp:
+    prop = _AllocationProp()
+    prop.type, prop.requestedHandleTypes = _PINNED, _POSIX_FD
+    prop.location = _Location(_ON_DEVICE, index)
+    return prop
+
+
+def _vmm_size(size: int, index: int) -> int:
+    """size rounded up to the allocation granularity (2 MiB on current GPUs)."""
+    granularity = _size()
+    _check(_drv().cuMemGetAllocationGranularity(ctypes.byref(granularity),
+                                                ctypes.byref(_prop(index)), 0),
+           "cuMemGetAllocationGranularity")
+    return -(-max(size, 1) // granularity.value) * granularity.value
+
+
+def _vmm_create(size: int, index: int) -> int:
+    handle = _u64()
+    _check(_drv().cuMemCreate(ctypes.byref(handle), size, ctypes.byref(_prop(index)), 0),
+           "cuMemCreate")
+    return handle.value
+
+
+def _vmm_export(handle: int) -> int:
+    fd = ctypes.c_int(-1)
+    _check(_drv().cuMemExportToShareableHandle(ctypes.byref(fd), handle, _POSIX_FD, 0),
+           "cuMemExportToShareableHandle")
+    os.set_inheritable(fd.value, False)
+    return fd.value
+
+
+def _vmm_import(fd: int) -> int:
+    handle = _u64()
+    _check(_drv().cuMemImportFromShareableHandle(ctypes.byref(handle), ctypes.c_void_p(fd),
+                                                 _POSIX_FD), "cuMemImportFromShareableHandle")
+    return handle.value
+
+
+class _Mapping:
+    """An allocation mapped read-write for one device at an address of this process's own,
+    offered to torch as a CUDA array. torch keeps this object alive as long as a tensor
+    over it lives; the address is unmapped and given back when the last one goes."""
+
+    def __init__(self, handle: int, size: int, index: int):
+        drv, ptr = _drv(), _u64()
+        _check(drv.cuMemAddressReserve(ctypes.byref(ptr), size, 0, 0, 0), "cuMemAddressReserve")
+        self.ptr, self.size, self.index, self.mapped = ptr.value, size, index, False
+        try:
+            _check(drv.cuMemMap(self.ptr, size, 0, handle, 0), "cuMemMap")
+            self.mapped = True
+            access = _AccessDesc(_Location(_ON_DEVICE, index), _READ_WRITE)
+            _check(drv.cuMemSetAccess(self.ptr, size, ctypes.byref(access), 1), "cuMemSetAccess")
+        except BaseException:
+            self.__del__()
+            raise
+        self.__cuda_array_interface__ = {"shape": (size,), "typestr": "|u1", "strides": None,
+                                         "data": (self.ptr, False), "version": 3}
+
+    def __del__(self) -> None:
+        if not getattr(self, "ptr", 0):
+            return
+        drv, ptr, self.ptr = _drv(), self.ptr, 0
+        try:
+            torch.cuda.synchronize(self.index)  # no kernel still reading or writing it
+        except Exception:  # noqa: BLE001 - at interpreter exit: the process unmaps it anyway
+            pass
+        if self.mapped:
+            drv.cuMemUnmap(ptr, self.size)
+        drv.cuMemAddressFree(ptr, self.size)
+
+
+def _vmm_tensor(handle: int, size: int, index: int) -> torch.Tensor:
+    """A flat uint8 tensor over the allocation, mapped here."""
+    return torch.as_tensor(_Mapping(handle, size, index), device=f"cuda:{index}")
 
 
 def new_arena(size: int, device: str) -> HostArena | DeviceArena:
@@ -178,7 +301,15 @@ def attach(handle: dict, fds: Sequence[int]) -> torch.Tensor:
             os.close(fds[0])
         return torch.frombuffer(mapping, dtype=torch.uint8)
     if handle["kind"] == "cuda":
-        from torch.multiprocessing.reductions import rebuild_cuda_tensor
-
-        return rebuild_cuda_tensor(*handle["args"])
+        if len(fds) != 1:
+            raise ValueError(f"a device arena comes with one descriptor, not {len(fds)}")
+        try:
+            index = _device_index(f"cuda:{int(handle['device'])}")
+            imported = _vmm_import(fds[0])
+        finally:
+            os.close(fds[0])
+        try:
+            return _vmm_tensor(imported, int(handle["size"]), index)
+        finally:
+            _drv().cuMemRelease(imported)  # the mapping holds it now
     raise ValueError(f"unknown arena kind {handle['kind']!r}")
