@@ -50,8 +50,12 @@ class CorpusProposer:
 
 def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
     """Small budget and a single look: enough for a hack's gain to show, cheap to run.
-    A benchmark may set its own (`redteam_overrides`: e.g. a budget in seconds)."""
+    A benchmark may set its own (`redteam_overrides`: e.g. a budget in seconds). The data
+    are prepared afresh under `root`, except on a host that has no source data but token
+    files shipped to it (a GPU host): those are used where they are, read-only to trials."""
     bench = get_benchmark(base.campaign.benchmark)
+    shipped = not base.paths.data_dir.resolve().exists()
+    prepared = base.paths.prepared_dir.resolve() if shipped else root / "artifacts"
     data = merge(base.model_dump(mode="json"), {
         "campaign": {"name": f"redteam-{mode}", "threads": n, "max_proposals": n,
                      "max_wall_clock_min": 600, "patience": 0},
@@ -64,7 +68,7 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
         "archive": {"url": None},  # its own SQLite file under its temporary folder
         # this host's slots: the canaries watch this host, and the trials' folders are here
         "engine": {"address": None},
-        "paths": {"workdir": str(root / "runs"), "prepared_dir": str(root / "artifacts"),
+        "paths": {"workdir": str(root / "runs"), "prepared_dir": str(prepared),
                   "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
         "tracking": {"mlflow": False},
     })  # fmt: skip

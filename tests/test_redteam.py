@@ -120,6 +120,19 @@ def test_the_red_team_runs_on_this_host_s_slots():
     assert redteam_params(base, "bwrap", Path("/tmp/x"), 3).engine.address is None
 
 
+def test_the_red_team_prepares_its_own_data_unless_only_shipped_token_files_exist(tmp_path):
+    from autolab.config import parse_params
+    from flows.redteam import redteam_params
+
+    paths = {"data_dir": str(tmp_path / "data"), "prepared_dir": str(tmp_path / "artifacts")}
+    base = parse_params({"campaign": {"benchmark": "tinylm"}, "paths": paths}, "test")
+    shipped = redteam_params(base, "bwrap", tmp_path / "rt", 3).paths.prepared_dir
+    assert shipped == tmp_path / "artifacts"  # no source data here: the shipped files
+    (tmp_path / "data").mkdir()
+    own = redteam_params(base, "bwrap", tmp_path / "rt", 3).paths.prepared_dir
+    assert own == tmp_path / "rt" / "artifacts"
+
+
 def test_judge_l3_catches_a_champion_without_a_test_gain():
     from autolab.records import TestResult
 
