@@ -3,10 +3,18 @@ harness, trusted server and scorer), one trial at a time; writes every trial's n
 
     python perf/nanochat_seeds.py --variant strong --seeds 3 --budget 60 --out OUT.json
         [--benchmark nanochat] [--prepared artifacts/nanochat/data] [--isolation auto]
+        [--archive PACKED.tgz --candidate ID [--campaign-name NAME]]
 
 The JSON holds the setup (device, isolation, budget), each trial's record (val bpb, tokens
 per second, MFU, peak memory, steps, tokens) and their mean and sd; perf/nanochat_results.py
 gathers such files into benchmarks/nanochat/results.json.
+
+`--archive` with `--candidate` (an id or a unique prefix) runs an archived candidate's
+files instead of a seed variant: a campaign's champion or seed, measured again on another
+device. The archive is a packed campaign (as `perf/nanochat_gpu.sh collect` or `snapshot`
+packs it; of the campaigns in it, the one that holds the candidate, or `--campaign-name`)
+or an archive folder. Reading it needs the archive's own dependencies (SQLAlchemy,
+Alembic): the .venv that `perf/nanochat_gpu.sh install` makes.
 """
 
 from __future__ import annotations
@@ -20,15 +28,61 @@ import tempfile
 import time
 from pathlib import Path
 
-from autolab.records import content_key
+from autolab.records import Candidate, content_key
 from autolab.runner import run_trial, trial_setup
 from autolab.sandbox import isolation_mode
 from benchmarks import get_benchmark
 from benchmarks.nanochat.benchmark import set_constant
+from benchmarks.protocol import Benchmark
 
 KEEP = ("tokens_per_s", "mfu", "harness_peak_memory_gb", "train_tokens", "train_batches",
         "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens",
         "eval_seconds", "eval_compute_s", "eval_transfer_s")
+
+
+def archived_candidate(path: Path, prefix: str,
+                       campaign: str | None = None) -> tuple[Candidate, dict[str, str]]:
+    """The record and files of the one candidate whose id starts with `prefix`, from
+    whichever campaign in `path` holds it (or from `campaign`)."""
+    from nanochat_results import open_packed_archives
+
+    with open_packed_archives(path) as archives:
+        names = sorted(a.name for a in archives)
+        if campaign is not None:
+            archives = [a for a in archives if a.name == campaign]
+            if not archives:
+                raise SystemExit(f"no campaign {campaign!r} in {path}; it holds: {names}")
+        ids = {a.name: [c.id for c in a.all(Candidate)] for a in archives}
+        found = {(cid, name) for name, cids in ids.items() for cid in cids
+                 if cid.startswith(prefix)}
+        matched = sorted({cid for cid, _ in found})
+        if len(matched) != 1:
+            known = ", ".join(f"{name}: {' '.join(c[:12] for c in cids)}"
+                              for name, cids in sorted(ids.items()))
+            what = "matches no candidate" if not matched else \
+                f"is ambiguous ({', '.join(matched)})"
+            raise SystemExit(f"--candidate {prefix!r} {what} in {path}; candidates: {known}")
+        cid = matched[0]
+        home = next(a for a in archives if (cid, a.name) in found)
+        return home.get(Candidate, cid), home.read_files(cid)
+
+
+def trial_files(a: argparse.Namespace,
+                bench: Benchmark) -> tuple[Candidate | None, dict[str, str]]:
+    """The seed variant's files, or the archived candidate's (and its record), with the
+    constants of `--set` on top."""
+    candidate = None
+    if a.archive is None:
+        files = bench.seed_files(a.variant)
+    else:
+        candidate, files = archived_candidate(a.archive, a.candidate, a.campaign_name)
+        if candidate.benchmark != bench.name:
+            raise SystemExit(f"candidate {candidate.id} is of benchmark "
+                             f"{candidate.benchmark!r}, not {bench.name!r}")
+    for item in a.set:
+        name, value = item.split("=", 1)
+        files["train.py"] = set_constant(files["train.py"], name, ast.literal_eval(value))
+    return candidate, files
 
 
 def main() -> None:
@@ -45,18 +99,22 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None,
                     help="keep compiled kernels per candidate here across its val trials")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="set a constant of the seed's train.py (a variant to compare)")
+                    help="set a constant of train.py (a variant to compare)")
+    ap.add_argument("--archive", type=Path, default=None,
+                    help="a packed campaign (.tgz) or an archive folder")
+    ap.add_argument("--candidate", default=None, help="its candidate to run: id or prefix")
+    ap.add_argument("--campaign-name", default=None,
+                    help="the campaign in the packed file that holds the candidate")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    if (a.archive is None) != (a.candidate is None):
+        ap.error("--archive and --candidate go together")
     bench = get_benchmark(a.benchmark)
+    candidate, files = trial_files(a, bench)
     prepared = (a.prepared or Path("artifacts") / bench.name / "data").resolve()
     budget = bench.budget if a.budget is None else bench.budget.model_copy(
         update={"amount": a.budget})
     setup = trial_setup(bench, prepared, budget, threads=8, isolation=isolation_mode(a.isolation))
-    files = bench.seed_files(a.variant)
-    for item in a.set:
-        name, value = item.split("=", 1)
-        files["train.py"] = set_constant(files["train.py"], name, ast.literal_eval(value))
     cid = content_key("files", files)[:16]
     work = a.work or Path(tempfile.mkdtemp(prefix="nanochat-seeds-"))
     gpu = 0 if bench.hardware == "gpu" else None
@@ -78,7 +136,10 @@ def main() -> None:
             print(trial.log_tail[-3000:], file=sys.stderr, flush=True)
     ok = [r["bpb"] for r in rows if r["status"] == "ok"]
     out = {
-        "benchmark": bench.name, "variant": a.variant, "set": a.set, "split": a.split,
+        "benchmark": bench.name, "variant": None if candidate else a.variant,
+        "candidate": candidate.id if candidate else None,
+        "archive": str(a.archive) if a.archive else None,
+        "set": a.set, "split": a.split,
         "budget_s": budget.amount, "device": setup.device, "isolation": setup.isolation,
         "libraries": setup.libraries, "data": setup.data, "n": len(ok),
         "val_bpb_mean": statistics.fmean(ok) if ok else None,
