@@ -50,12 +50,8 @@ class CorpusProposer:
 
 def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
     """Small budget and a single look: enough for a hack's gain to show, cheap to run.
-    A benchmark may set its own (`redteam_overrides`: e.g. a budget in seconds). The data
-    are prepared afresh under `root`, except on a host that has no source data but token
-    files shipped to it (a GPU host): those are used where they are, read-only to trials."""
+    A benchmark may set its own (`redteam_overrides`: e.g. a budget in seconds)."""
     bench = get_benchmark(base.campaign.benchmark)
-    shipped = not base.paths.data_dir.resolve().exists()
-    prepared = base.paths.prepared_dir.resolve() if shipped else root / "artifacts"
     data = merge(base.model_dump(mode="json"), {
         "campaign": {"name": f"redteam-{mode}", "threads": n, "max_proposals": n,
                      "max_wall_clock_min": 600, "patience": 0},
@@ -68,7 +64,7 @@ def redteam_params(base: Params, mode: str, root: Path, n: int) -> Params:
         "archive": {"url": None},  # its own SQLite file under its temporary folder
         # this host's slots: the canaries watch this host, and the trials' folders are here
         "engine": {"address": None},
-        "paths": {"workdir": str(root / "runs"), "prepared_dir": str(prepared),
+        "paths": {"workdir": str(root / "runs"), "prepared_dir": str(root / "artifacts"),
                   "mlruns": str(root / "mlruns"), "reports": str(root / "reports")},
         "tracking": {"mlflow": False},
     })  # fmt: skip
@@ -87,6 +83,18 @@ def redteam(params: Params, hacks: list[Hack], mode: str, keep: Path | None = No
             shutil.rmtree(root, ignore_errors=True)
 
 
+def copy_shipped_data(base: Params, target: Path) -> bool:
+    """On a host without the source data but with prepared files shipped to it (a GPU host
+    given token files), a copy of them where the red team prepares its data: its hacks may
+    write wherever a weaker sandbox lets them, and the campaigns' own files must not be
+    among those places. Returns whether a copy was made."""
+    shipped = base.paths.prepared_dir.resolve() / base.campaign.benchmark / "data"
+    if base.paths.data_dir.resolve().exists() or not shipped.is_dir() or target.exists():
+        return False
+    shutil.copytree(shipped, target, symlinks=False)
+    return True
+
+
 def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list[Row]:
     p = redteam_params(params, mode, root, len(hacks))
     lab = open_lab(p)
@@ -97,6 +105,7 @@ def run_corpus(params: Params, hacks: list[Hack], mode: str, root: Path) -> list
                                    params.paths.data_dir.resolve())
         seed = bench.seed_files(p.campaign.seed_variant)
         lab.proposer = CorpusProposer([h.source(bench, seed, values) for h in hacks], hacks)
+        copy_shipped_data(params, lab.prepared_dir)
         prepare_data(lab)
         register_seed(lab)
         lab.engine = open_engine(lab)  # the campaign's slots: no more trials at once than it

@@ -120,17 +120,27 @@ def test_the_red_team_runs_on_this_host_s_slots():
     assert redteam_params(base, "bwrap", Path("/tmp/x"), 3).engine.address is None
 
 
-def test_the_red_team_prepares_its_own_data_unless_only_shipped_token_files_exist(tmp_path):
+def test_the_red_team_works_on_its_own_copy_of_shipped_data(tmp_path):
+    """A host with prepared token files but no source shards: the red team's trials get a
+    copy (a hack under a weaker sandbox may write into it), never the campaigns' files."""
     from autolab.config import parse_params
-    from flows.redteam import redteam_params
+    from flows.redteam import copy_shipped_data, redteam_params
 
     paths = {"data_dir": str(tmp_path / "data"), "prepared_dir": str(tmp_path / "artifacts")}
-    base = parse_params({"campaign": {"benchmark": "tinylm"}, "paths": paths}, "test")
-    shipped = redteam_params(base, "bwrap", tmp_path / "rt", 3).paths.prepared_dir
-    assert shipped == tmp_path / "artifacts"  # no source data here: the shipped files
-    (tmp_path / "data").mkdir()
-    own = redteam_params(base, "bwrap", tmp_path / "rt", 3).paths.prepared_dir
-    assert own == tmp_path / "rt" / "artifacts"
+    base = parse_params({"campaign": {"benchmark": "nanochat"}, "paths": paths}, "test")
+    rt = redteam_params(base, "bwrap", tmp_path / "rt", 3)
+    assert rt.paths.prepared_dir == tmp_path / "rt" / "artifacts"
+    target = rt.paths.prepared_dir / "nanochat" / "data"
+    assert not copy_shipped_data(base, target)  # nothing shipped: prepared from source
+    shipped = tmp_path / "artifacts" / "nanochat" / "data"
+    shipped.mkdir(parents=True)
+    (shipped / "val.bin").write_bytes(b"tokens")
+    assert copy_shipped_data(base, target)
+    (target / "val.bin").write_bytes(b"overwritten by a hack")
+    assert (shipped / "val.bin").read_bytes() == b"tokens"
+    assert not copy_shipped_data(base, target)  # a second mode reuses its copy
+    (tmp_path / "data").mkdir()  # source data here: the red team prepares its own
+    assert not copy_shipped_data(base, tmp_path / "rt2" / "nanochat" / "data")
 
 
 def test_judge_l3_catches_a_champion_without_a_test_gain():

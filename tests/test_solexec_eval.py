@@ -553,15 +553,29 @@ def test_the_driver_structures_have_the_c_layout():
         (1, 1, 1, 3)  # pinned, a POSIX descriptor, on device 3
 
 
-def test_a_device_arena_is_rounded_up_and_shared_by_one_descriptor(monkeypatch):
-    fake = FakeDriver()
-    monkeypatch.setattr(transport, "_DRIVER", [fake])
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """The transport's CUDA side with a stand-in driver and a host tensor for the mapping
+    (filled with what an earlier user of the memory might have left)."""
+    def driver(fail: str = "") -> FakeDriver:
+        fake = FakeDriver(fail)
+        monkeypatch.setattr(transport, "_DRIVER", [fake])
+        return fake
+
     monkeypatch.setattr(transport, "_device_index", lambda device: 0)
-    monkeypatch.setattr(transport, "_vmm_tensor", lambda handle, size, index: ("mapped", size))
+    monkeypatch.setattr(transport, "_device_uuid", lambda index: f"GPU-{index}")
+    monkeypatch.setattr(transport, "_vmm_tensor",
+                        lambda handle, size, index: torch.full((size,), 0xAB, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    return driver
+
+
+def test_a_device_arena_is_rounded_up_zeroed_and_shared_by_one_descriptor(fake_gpu):
+    fake = fake_gpu()
     arena = transport.DeviceArena(5000, "cuda:0")
     handle, fds = arena.handle()
-    assert handle == {"kind": "cuda", "size": 2 << 20, "device": 0} and fds == (arena.fd,)
-    assert arena.tensor == ("mapped", 2 << 20)
+    assert handle == {"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"} and fds == (arena.fd,)
+    assert arena.tensor.numel() == 2 << 20 and not arena.tensor.any()  # nothing left over
     # the creating reference is dropped at once: the mapping and the descriptor hold it
     assert fake.calls == ["cuMemGetAllocationGranularity", "cuMemCreate",
                           "cuMemExportToShareableHandle", "cuMemRelease"]
@@ -572,14 +586,19 @@ def test_a_device_arena_is_rounded_up_and_shared_by_one_descriptor(monkeypatch):
         os.fstat(fd)
 
 
-def test_a_device_arena_that_cannot_be_exported_leaks_nothing(monkeypatch):
-    fake = FakeDriver(fail="cuMemExportToShareableHandle")
-    monkeypatch.setattr(transport, "_DRIVER", [fake])
-    monkeypatch.setattr(transport, "_device_index", lambda device: 0)
-    with pytest.raises(RuntimeError, match=r"cuMemExportToShareableHandle failed: CUDA "
-                       r"driver error 2 \(CUDA_ERROR_OUT_OF_MEMORY\)"):
+def test_a_device_arena_that_cannot_be_made_leaks_nothing_and_says_why(fake_gpu):
+    """An arena the driver refuses is the evaluator's fault (ArenaError, which the
+    evaluation does not take for the reference's), and leaves no handle or descriptor."""
+    fake = fake_gpu(fail="cuMemExportToShareableHandle")
+    with pytest.raises(transport.ArenaError, match=r"cuMemExportToShareableHandle failed: "
+                       r"CUDA driver error 2 \(CUDA_ERROR_OUT_OF_MEMORY\)"):
         transport.DeviceArena(4096, "cuda:0")
     assert fake.calls[-1] == "cuMemRelease"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    fake_gpu(fail="cuMemCreate")
+    with pytest.raises(transport.ArenaError, match="cuMemCreate failed"):
+        transport.DeviceArena(4096, "cuda:0")
+    assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
 def test_a_mapping_that_fails_half_way_is_undone_and_a_whole_one_at_its_end(monkeypatch):
@@ -593,15 +612,42 @@ def test_a_mapping_that_fails_half_way_is_undone_and_a_whole_one_at_its_end(monk
                           "cuGetErrorName", "cuMemUnmap", "cuMemAddressFree"]
     fake = FakeDriver()
     monkeypatch.setattr(transport, "_DRIVER", [fake])
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda index: synced.append(index))
     mapping = transport._Mapping(handle=7, size=2 << 20, index=0)
     assert mapping.__cuda_array_interface__["data"] == (0x7F0000000000, False)
     assert mapping.__cuda_array_interface__["shape"] == (2 << 20,)
     del mapping
-    assert fake.calls[-2:] == ["cuMemUnmap", "cuMemAddressFree"]
+    assert synced == [0] and fake.calls[-2:] == ["cuMemUnmap", "cuMemAddressFree"]
+    # the device cannot say its work is done (a broken context): left mapped, not freed
+    fake.calls.clear()
+
+    def broken(index):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", broken)
+    mapping = transport._Mapping(handle=7, size=2 << 20, index=0)
+    del mapping
+    assert "cuMemUnmap" not in fake.calls and "cuMemAddressFree" not in fake.calls
 
 
-def test_a_device_handle_comes_with_exactly_one_descriptor():
+def test_the_worker_closes_every_descriptor_it_was_sent_even_on_a_bad_handle():
     with pytest.raises(ValueError, match="one descriptor, not 0"):
-        transport.attach({"kind": "cuda", "size": 2 << 20, "device": 0}, ())
+        transport.attach({"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"}, ())
+    for handle, n in (({"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"}, 2),
+                      ({"kind": "elsewhere"}, 1)):
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(n)]
+        with pytest.raises(ValueError):
+            transport.attach(handle, fds)
+        for fd in fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+
+
+def test_the_worker_maps_an_arena_only_on_the_gpu_it_was_made_on(fake_gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert transport._visible_index("GPU-1") == 0  # _device_index stands in: ordinal 0
+    with pytest.raises(ValueError, match="GPU-7 is not among the 2 this process sees"):
+        transport._visible_index("GPU-7")
 
 

@@ -250,6 +250,8 @@ def _open(link: WorkerLink, p: WorkloadRun) -> None:
     """The workload's arena made here and mapped by the worker."""
     try:
         p.materialise()
+    except transport.ArenaError:
+        raise  # the evaluator's own fault
     except Exception as e:  # the reference's fault, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return

@@ -112,24 +112,36 @@ class HostArena:
             self.fd = -1
 
 
+class ArenaError(RuntimeError):
+    """The trusted side could not make a workload's shared memory: the evaluator's fault
+    (or the machine's), never the reference's or the candidate's."""
+
+
 class DeviceArena:
-    """Device memory for one workload, owned by the trusted side, shared by a descriptor."""
+    """Device memory for one workload, owned by the trusted side, shared by a descriptor.
+    Zeroed when made: freshly mapped pages may hold what an earlier trial left on the GPU,
+    and the worker sees the whole allocation, padding and rounding included."""
 
     def __init__(self, size: int, device: str):
-        self.index = _device_index(device)
-        self.size, self.fd = _vmm_size(size, self.index), -1
-        handle = _vmm_create(self.size, self.index)
+        self.fd = -1
         try:
-            self.fd = _vmm_export(handle)
-            self.tensor = _vmm_tensor(handle, self.size, self.index)
-        except BaseException:
+            self.index = _device_index(device)
+            self.uuid = _device_uuid(self.index)
+            self.size = _vmm_size(size, self.index)
+            handle = _vmm_create(self.size, self.index)
+            try:
+                self.fd = _vmm_export(handle)
+                self.tensor = _vmm_tensor(handle, self.size, self.index)
+            finally:
+                _drv().cuMemRelease(handle)  # the mapping and the descriptor hold it now
+            self.tensor.zero_()
+            torch.cuda.synchronize(self.index)
+        except Exception as e:
             self.close()
-            raise
-        finally:
-            _drv().cuMemRelease(handle)  # the mapping and the descriptor hold it now
+            raise ArenaError(f"no device arena of {size} bytes on {device}: {e}") from e
 
     def handle(self) -> tuple[dict, tuple[int, ...]]:
-        return {"kind": "cuda", "size": self.size, "device": self.index}, (self.fd,)
+        return {"kind": "cuda", "size": self.size, "uuid": self.uuid}, (self.fd,)
 
     def close(self) -> None:
         """The mapping goes with the last view of it; the descriptor goes now."""
@@ -202,12 +214,26 @@ def _check(result: int, what: str) -> None:
 
 
 def _device_index(device: str) -> int:
-    """The device's ordinal, with this thread's current context made its primary one (the
-    driver calls below act on the current context)."""
+    """The device's ordinal, with CUDA initialised for it (the driver calls below need the
+    driver initialised, not a current context)."""
     d = torch.device(device)
     index = d.index if d.index is not None else torch.cuda.current_device()
     torch.cuda.synchronize(index)
     return index
+
+
+def _device_uuid(index: int) -> str:
+    """The GPU's identity, the same in every process whatever its CUDA_VISIBLE_DEVICES."""
+    return str(torch.cuda.get_device_properties(index).uuid)
+
+
+def _visible_index(uuid: str) -> int:
+    """This process's ordinal of the GPU with that identity."""
+    for index in range(torch.cuda.device_count()):
+        if _device_uuid(index) == uuid:
+            return _device_index(f"cuda:{index}")
+    raise ValueError(f"the arena's GPU {uuid} is not among the {torch.cuda.device_count()} "
+                     "this process sees")
 
 
 def _prop(index: int) -> _AllocationProp:
@@ -263,19 +289,23 @@ class _Mapping:
             access = _AccessDesc(_Location(_ON_DEVICE, index), _READ_WRITE)
             _check(drv.cuMemSetAccess(self.ptr, size, ctypes.byref(access), 1), "cuMemSetAccess")
         except BaseException:
-            self.__del__()
+            self._release(in_use=False)  # nothing has run on it yet
             raise
         self.__cuda_array_interface__ = {"shape": (size,), "typestr": "|u1", "strides": None,
                                          "data": (self.ptr, False), "version": 3}
 
     def __del__(self) -> None:
+        self._release(in_use=True)
+
+    def _release(self, in_use: bool) -> None:
         if not getattr(self, "ptr", 0):
             return
+        if in_use:
+            try:
+                torch.cuda.synchronize(self.index)  # no kernel still reading or writing it
+            except Exception:  # noqa: BLE001 - a broken context or interpreter exit: leave
+                return  # it mapped (the process's end unmaps it), not pulled from work
         drv, ptr, self.ptr = _drv(), self.ptr, 0
-        try:
-            torch.cuda.synchronize(self.index)  # no kernel still reading or writing it
-        except Exception:  # noqa: BLE001 - at interpreter exit: the process unmaps it anyway
-            pass
         if self.mapped:
             drv.cuMemUnmap(ptr, self.size)
         drv.cuMemAddressFree(ptr, self.size)
@@ -291,25 +321,22 @@ def new_arena(size: int, device: str) -> HostArena | DeviceArena:
 
 
 def attach(handle: dict, fds: Sequence[int]) -> torch.Tensor:
-    """The worker's side: the arena as a flat uint8 tensor over the shared memory."""
-    if handle["kind"] == "host":
+    """The worker's side: the arena as a flat uint8 tensor over the shared memory. The
+    descriptors received are closed whatever happens."""
+    try:
+        kind = handle["kind"]
+        if kind not in ("host", "cuda"):
+            raise ValueError(f"unknown arena kind {kind!r}")
         if len(fds) != 1:
-            raise ValueError(f"a host arena comes with one descriptor, not {len(fds)}")
-        try:
-            mapping = mmap.mmap(fds[0], handle["size"])
-        finally:
-            os.close(fds[0])
-        return torch.frombuffer(mapping, dtype=torch.uint8)
-    if handle["kind"] == "cuda":
-        if len(fds) != 1:
-            raise ValueError(f"a device arena comes with one descriptor, not {len(fds)}")
-        try:
-            index = _device_index(f"cuda:{int(handle['device'])}")
-            imported = _vmm_import(fds[0])
-        finally:
-            os.close(fds[0])
-        try:
-            return _vmm_tensor(imported, int(handle["size"]), index)
-        finally:
-            _drv().cuMemRelease(imported)  # the mapping holds it now
-    raise ValueError(f"unknown arena kind {handle['kind']!r}")
+            raise ValueError(f"a {kind} arena comes with one descriptor, not {len(fds)}")
+        if kind == "host":
+            return torch.frombuffer(mmap.mmap(fds[0], handle["size"]), dtype=torch.uint8)
+        index = _visible_index(handle["uuid"])
+        imported = _vmm_import(fds[0])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        return _vmm_tensor(imported, int(handle["size"]), index)
+    finally:
+        _drv().cuMemRelease(imported)  # the mapping holds it now

@@ -87,6 +87,9 @@ def worker_main(sock: socket.socket) -> None:
 
 def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
     op, call_id = msg["op"], msg.get("id")
+    if op != "open":  # only an arena comes with descriptors; stray ones are not kept
+        for fd in fds:
+            os.close(fd)
     try:
         if op == "call":
             return _call(state, state.work[msg["key"]], call_id)
