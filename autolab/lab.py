@@ -165,6 +165,12 @@ def effective_budget(bench: Benchmark, params: Params) -> Budget:
     return bench.budget.model_copy(update=over)
 
 
+def prepared_data_dir(params: Params) -> Path:
+    """Where the campaign's benchmark keeps its prepared data."""
+    return params.paths.prepared_dir.resolve() / get_benchmark(params.campaign.benchmark).name \
+        / "data"
+
+
 def open_lab(params: Params, create: bool = True) -> Lab:
     """`create=False` opens a campaign without making its folders (to look, not to run)."""
     bench = get_benchmark(params.campaign.benchmark)
@@ -176,7 +182,7 @@ def open_lab(params: Params, create: bool = True) -> Lab:
         tracker=Tracker(params.paths.mlruns.resolve(), enabled=params.tracking.mlflow),
         proposer=make_proposer(params.proposer),
         root=root,
-        prepared_dir=params.paths.prepared_dir.resolve() / bench.name / "data",
+        prepared_dir=prepared_data_dir(params),
         budget=effective_budget(bench, params),
         harness_version=harness_version(bench),
         isolation=isolation_mode(params.sandbox.isolation),

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow
 
 from autolab.config import Params, merge, parse_params
-from autolab.lab import Lab, open_engine, open_lab
+from autolab.lab import Lab, open_engine, open_lab, prepared_data_dir
 from autolab.proposers.base import Draft, ProposalRequest
 from autolab.records import (
     AuditVerdict,
@@ -88,7 +88,7 @@ def copy_shipped_data(base: Params, target: Path) -> bool:
     given token files), a copy of them where the red team prepares its data: its hacks may
     write wherever a weaker sandbox lets them, and the campaigns' own files must not be
     among those places. Returns whether a copy was made."""
-    shipped = base.paths.prepared_dir.resolve() / base.campaign.benchmark / "data"
+    shipped = prepared_data_dir(base)
     if base.paths.data_dir.resolve().exists() or not shipped.is_dir() or target.exists():
         return False
     shutil.copytree(shipped, target, symlinks=False)

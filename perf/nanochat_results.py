@@ -138,9 +138,11 @@ def _from_database(path: Path) -> tuple[dict, list[dict]]:
 
 
 def pooled(paths: list[Path]) -> dict | None:
-    if not paths:
-        return None
-    files = [read_measurement(p) for p in paths]
+    return _pool([read_measurement(p) for p in paths], paths) if paths else None
+
+
+def _pool(files: list[dict], paths: list[Path]) -> dict:
+    """The ok trials of measurements read from `paths`, pooled."""
     devices = {f["device"] for f in files}
     if len(devices) != 1:
         raise SystemExit(f"files from different devices: {sorted(devices)}")
@@ -236,11 +238,11 @@ def _judged(e: Evaluation | None,
 # -- transfer to another device -------------------------------------------------------------
 
 
-def _ok_by_seed(paths: list[Path]) -> dict[int, float]:
+def _ok_by_seed(files: list[dict], paths: list[Path]) -> dict[int, float]:
     """bpb of every ok trial of the files, by seed; a seed measured twice is refused."""
     out: dict[int, float] = {}
-    for path in paths:
-        for t in read_measurement(path)["trials"]:
+    for path, f in zip(paths, files, strict=True):
+        for t in f["trials"]:
             if t["status"] != "ok":
                 continue
             if t["seed"] in out:
@@ -249,8 +251,8 @@ def _ok_by_seed(paths: list[Path]) -> dict[int, float]:
     return out
 
 
-def _recorded_candidate(paths: list[Path]) -> str | None:
-    found = {json.loads(p.read_text()).get("candidate") for p in paths
+def _recorded_candidate(files: list[dict], paths: list[Path]) -> str | None:
+    found = {f.get("candidate") for p, f in zip(paths, files, strict=True)
              if not p.name.endswith(".tgz")}
     if len(found) > 1:
         raise SystemExit(f"champion files of different candidates: {sorted(map(str, found))}")
@@ -266,12 +268,14 @@ def transfer_result(seed_files: list[Path], champion_files: list[Path]) -> dict 
         return None
     if not seed_files or not champion_files:
         raise SystemExit("a transfer needs both --transfer-seed and --transfer-champion files")
-    seed, champ = pooled(seed_files), pooled(champion_files)
+    seed_read = [read_measurement(p) for p in seed_files]
+    champ_read = [read_measurement(p) for p in champion_files]
+    seed, champ = _pool(seed_read, seed_files), _pool(champ_read, champion_files)
     if seed["device"] != champ["device"]:
         devices = sorted({seed["device"], champ["device"]})
         raise SystemExit(f"seed and champion files from different devices: {devices}")
     metric = get_benchmark("nanochat").metric
-    a, b = _ok_by_seed(champion_files), _ok_by_seed(seed_files)
+    a, b = _ok_by_seed(champ_read, champion_files), _ok_by_seed(seed_read, seed_files)
     shared = sorted(a.keys() & b.keys())
     p = paired_p([a[s] for s in shared], [b[s] for s in shared], metric)
     delta = statistics.fmean(a.values()) - statistics.fmean(b.values())
@@ -284,7 +288,7 @@ def transfer_result(seed_files: list[Path], champion_files: list[Path]) -> dict 
         "gain": _sig(_gain(delta, metric)),
         "p_value": _sig(p),
         "paired_n": len(shared),
-        "champion": _recorded_candidate(champion_files),
+        "champion": _recorded_candidate(champ_read, champion_files),
         "sources": seed["sources"] + champ["sources"],
     }
 

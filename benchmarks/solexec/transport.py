@@ -92,8 +92,20 @@ def digest(tensors: Sequence[torch.Tensor]) -> int:
     return total
 
 
-class HostArena:
-    """Shared host memory for one workload, owned by the trusted side."""
+class _Arena:
+    """Memory for one workload, owned by the trusted side, shared by one descriptor."""
+
+    fd: int = -1
+
+    def close(self) -> None:
+        """The mapping goes with the last view of it; the descriptor goes now."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class HostArena(_Arena):
+    """Shared host memory for one workload."""
 
     def __init__(self, size: int):
         self.size = size
@@ -105,25 +117,18 @@ class HostArena:
         """What the worker needs to attach: a message part and descriptors to send with it."""
         return {"kind": "host", "size": self.size}, (self.fd,)
 
-    def close(self) -> None:
-        """The mapping goes with the last view of it; the descriptor goes now."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 class ArenaError(RuntimeError):
     """The trusted side could not make a workload's shared memory: the evaluator's fault
     (or the machine's), never the reference's or the candidate's."""
 
 
-class DeviceArena:
-    """Device memory for one workload, owned by the trusted side, shared by a descriptor.
-    Zeroed when made: freshly mapped pages may hold what an earlier trial left on the GPU,
-    and the worker sees the whole allocation, padding and rounding included."""
+class DeviceArena(_Arena):
+    """Device memory for one workload (a CUDA virtual memory allocation). Zeroed when
+    made: freshly mapped pages may hold what an earlier trial left on the GPU, and the
+    worker sees the whole allocation, padding and rounding included."""
 
     def __init__(self, size: int, device: str):
-        self.fd = -1
         try:
             self.index = _device_index(device)
             self.uuid = _device_uuid(self.index)
@@ -142,12 +147,6 @@ class DeviceArena:
 
     def handle(self) -> tuple[dict, tuple[int, ...]]:
         return {"kind": "cuda", "size": self.size, "uuid": self.uuid}, (self.fd,)
-
-    def close(self) -> None:
-        """The mapping goes with the last view of it; the descriptor goes now."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # -- the CUDA driver's virtual memory API, through ctypes (no extra package in the sandbox)
