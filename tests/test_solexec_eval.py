@@ -651,3 +651,18 @@ def test_the_worker_maps_an_arena_only_on_the_gpu_it_was_made_on(fake_gpu, monke
         transport._visible_index("GPU-7")
 
 
+
+
+def test_an_arena_the_machine_cannot_make_is_the_evaluator_s_fault_not_a_skip(
+        problems, forks, tmp_path, monkeypatch):
+    """A reference that cannot run a workload skips it; memory the trusted side cannot
+    allocate is no verdict on any workload: the evaluation stops with the error."""
+    problem = next(iter(problems.values()))
+    folder = reference_solution(problem, tmp_path / "ref")
+
+    def refused(size, device):
+        raise transport.ArenaError(f"no device arena of {size} bytes on {device}: refused")
+
+    monkeypatch.setattr(transport, "new_arena", refused)
+    with pytest.raises(transport.ArenaError, match="refused"):
+        evaluate(problem, folder, forks)
