@@ -212,6 +212,9 @@ def _campaign_numbers(record: CampaignRecord, status: dict[str, Any],
         "candidates": status["evaluated"],
         "trials": status["trials"],
         "champion": champion if crowned else None,
+        # how often the test half was consulted (once per champion confirmed): each
+        # look is another chance at a lucky test result, so the p-value is read with it
+        "test_looks": status["test_looks"],
     }
     gain, p, n = _judged(val, metric)
     out |= {"val_gain": gain, "p_value": p, "val_n": n}

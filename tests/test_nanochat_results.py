@@ -24,7 +24,7 @@ from autolab.records import TestResult as Confirmation
 from autolab.workspace import file_hashes, make_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
-LEARNED = ROOT / "benchmarks" / "nanochat" / "measurements" / "2026-11-23-h200-learned"
+LEARNED = ROOT / "benchmarks" / "nanochat" / "measurements" / "2026-11-24-h200-learned"
 SETUP = {"device": "Test GPU / Test CPU", "budget": {"amount": 60}}
 SEED_FILES = {"train.py": "DEPTH = 2\nWIDTH = 8\n"}
 CHAMP_FILES = {"train.py": "DEPTH = 4\nWIDTH = 8\n"}
@@ -164,6 +164,8 @@ def test_committed_campaign_agrees_with_its_report(results):
                      report).groups()
     assert (got["test_gain"], got["test_p_value"], got["test_n"]) == (
         float(test[0]), float(test[1]), int(test[2]))
+    looks = re.search(r"test split has been looked at (\d+) time", report)[1]
+    assert got["test_looks"] == int(looks)
     run_s = [float(s) for s in re.findall(r"Run \d+: .* over (\d+) s", report)]
     assert got["minutes"] == pytest.approx(sum(run_s) / 60, abs=0.1)
     assert got["device"] == results.read_measurement(
