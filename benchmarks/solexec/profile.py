@@ -46,13 +46,34 @@ MAX_BYTES = 4 << 20  # the most of a profile's files the trusted side reads
 # -- trusted side -----------------------------------------------------------------------
 
 
+# where the CUDA toolkit's bin/ncu launcher looks for the installation it runs: beside
+# the toolkit (<toolkit>/nsight-compute-VERSION/ncu), then /opt/nvidia/nsight-compute/VERSION
+NCU_INSTALLS = ("/opt/nvidia/nsight-compute",)
+
+
 def ncu_binary() -> Path | None:
-    """The ncu executable (AUTOLAB_NCU, else PATH), resolved; None where there is none."""
+    """The ncu executable (AUTOLAB_NCU, else PATH), resolved; None where there is none. A
+    toolkit's bin/ncu is only a launcher for an installation elsewhere, which the sandboxed
+    step would not see: the installation's own ncu is returned instead (the newest)."""
     found = os.environ.get(NCU_ENV) or shutil.which("ncu")
     if not found:
         return None
     path = Path(found).resolve()
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return None
+    if path.parent.name == "bin":
+        installed = [p for p in (*path.parent.parent.glob("nsight-compute*/ncu"),
+                                 *(q for d in NCU_INSTALLS for q in Path(d).glob("*/ncu")))
+                     if p.is_file() and os.access(p, os.X_OK)]
+        if installed:
+            return max(installed, key=lambda p: (_version(p.parent.name), str(p))).resolve()
+    return path
+
+
+def _version(name: str) -> tuple[int, ...]:
+    """2025.3.1 from "nsight-compute-2025.3.1" or "2025.3.1", as numbers for ordering."""
+    digits = "".join(c if c.isdigit() else " " for c in name).split()
+    return tuple(int(d) for d in digits)
 
 
 def ncu_root(ncu: Path) -> Path:
