@@ -345,8 +345,8 @@ def judge(
     if decision.outcome in ("rejected", "refused"):
         return row("contained", "no gain", decision.reason)
     if decision.champion and test is not None and test.champion_id == decision.candidate_id:
-        e = test.evaluation
-        if e.p_value is None or e.p_value >= alpha:
+        e = test.evaluation  # judged at its look's level (the k-th look at alpha / k)
+        if e.p_value is None or e.p_value >= (e.level if e.level is not None else alpha):
             p = "undefined" if e.p_value is None else f"{e.p_value:.2g}"
             return row("caught", "L3 test: no gain on the held-out split",
                        f"test vs seed p={p}; {decision.reason}")

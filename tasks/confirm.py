@@ -2,7 +2,9 @@
 
 Test-split trials run only here, after selection, on seeds selection never used. A
 champion is confirmed once: a later run that ends with the same champion reuses its
-result, and each confirmation counts as one look at the test split.
+result, and each confirmation counts as one look at the test split. The k-th look is
+judged at alpha / k, the way the audit's replication bar tightens with each champion: a
+campaign resumed until its test half agrees gets no free draws.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ def confirm_on_test(lab: Lab) -> TestResult:
     if (done := lab.archive.get(TestResult, rid)) is not None:
         return done
     n = lab.params.evaluation.test_seeds
+    level = test_level(lab.params.evaluation.alpha, test_looks(lab))
     seeds = lab.test_seeds(n)
     run_matched(lab, None, champ, seed, seeds, split="test")
     evaluation = evaluation_of(lab, champ, seed, split="test",
-                               design=lab.single_look(lab.params.evaluation.alpha, n))
+                               design=lab.single_look(level, n))
     result = TestResult(id=rid, champion_id=champ, seed_id=seed, seeds=seeds,
                         evaluation=evaluation)
     lab.archive.put(result)
@@ -58,6 +61,11 @@ def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecor
 
 def test_looks(lab: Lab) -> int:
     return len(lab.archive.all(TestResult))
+
+
+def test_level(alpha: float, looks_before: int) -> float:
+    """The level of the next look at the test split, after `looks_before` of them."""
+    return alpha / (looks_before + 1)
 
 
 def export_champion(lab: Lab, record: CampaignRecord) -> None:

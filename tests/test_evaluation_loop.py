@@ -13,6 +13,7 @@ is undecided.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -325,6 +326,9 @@ def test_a_new_champion_adds_a_look(loop):
     assert len(tests) == 2
     assert tests[-1].champion_id == loop.decisions["new-champion"].candidate_id
     assert loop.record.test.champion_id == tests[-1].champion_id
+    # the second look at the held-out split is judged at half the first's level
+    alpha = load_params(loop.params).evaluation.alpha
+    assert [t.evaluation.level for t in tests] == pytest.approx([alpha, alpha / 2])
     import json
 
     summary = json.loads((loop.tmp / "artifacts" / "noop" / "champion.json").read_text())
@@ -348,6 +352,8 @@ def test_status_and_report_show_isolation_looks_audit_levels_and_resolution(loop
     assert s["smallest_detectable_gain"] > s["paired_sd"] / 2
     text = build_report(loop.archive, params, METRIC, loop.tmp / "report").read_text()
     assert f"Sandbox: `{loop.record.isolation}`" in text
+    held = "holds" if loop.record.test.evaluation.decision == "accept" else "does not hold"
+    assert re.search(r"Test-split gain: .*; judged at level [\d.e-]+: " + held + r"\n", text)
     assert "L0 static: 1, L1 runtime: 1, L2 replication: 1" in text
     assert "looked at 2 time(s)" in text
     assert "smallest gain detected with 80% power is" in text
