@@ -237,6 +237,10 @@ class FamilyParams(_Strict):
     members: list[str] | None = Field(None, description="null: every member")
     rounds: int = Field(3, ge=1)
     proposals_per_round: int = Field(2, ge=1, description="per member and round")
+    prewarm_jobs: int = Field(0, ge=0, le=64, description="members whose untimed preparation "
+                              "(the benchmark's `prewarm`, e.g. compiling a reference) runs "
+                              "side by side, in processes of their own, before the first "
+                              "round; 0: none")
 
 
 class EngineParams(_Strict):

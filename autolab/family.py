@@ -14,8 +14,10 @@ the same of their seeds.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -62,6 +64,39 @@ def member_params(params: Params, family: str, member: str) -> Params:
                                            "name": member_campaign(params.campaign.name,
                                                                    member)})
     return params.model_copy(update={"campaign": c})
+
+
+def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
+                    jobs: int) -> dict[str, str]:
+    """Each member's untimed preparation (its benchmark's optional `prewarm(prepared_dir)`,
+    e.g. compiling a reference whose time prepare then measures), `jobs` members at a time,
+    each in a process of its own, so that the timed preparations that follow, one member
+    at a time, find the work done. What one reports or raises is its line here; a member
+    without `prewarm` is left out."""
+    from autolab.lab import prepared_data_dir
+
+    todo = {m: str(prepared_data_dir(member_params(params, family.name, m)))
+            for m in members if callable(getattr(family.member(m), "prewarm", None))}
+    if not todo or jobs < 1:
+        return {}
+    out: dict[str, str] = {}
+    spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads or CUDA
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) as pool:
+        running = {m: pool.submit(_prewarm, family.name, m, d) for m, d in todo.items()}
+        for m, future in running.items():
+            try:
+                out[m] = str(future.result())
+            except Exception as err:  # noqa: BLE001 - prepare does the work itself then
+                out[m] = f"failed: {type(err).__name__}: {err}"[:300]
+    return out
+
+
+def _prewarm(family: str, member: str, prepared_dir: str) -> str:
+    from benchmarks import get_family
+
+    folder = Path(prepared_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return get_family(family).member(member).prewarm(folder)
 
 
 def chosen_members(family: BenchmarkFamily, wanted: list[str] | None) -> list[str]:

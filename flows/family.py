@@ -1,5 +1,6 @@
 """A campaign over a family of problems: each member's own campaign, in rounds.
 
+    prewarm: every member's untimed preparation, side by side (family.prewarm_jobs)
     for each round:
         for each member:  write what its related members found  ->  campaign(member)
     family summary: the aggregate of the champions against that of the seeds
@@ -19,6 +20,7 @@ from autolab.family import (
     judged,
     member_overrides,
     member_params,
+    prewarm_members,
     related_members,
     results_of,
     write_related,
@@ -43,6 +45,10 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
     rounds, per = params.family.rounds, params.family.proposals_per_round
     print(f"{family.name}: {len(members)} problems, {rounds} rounds of {per} proposals each",
           flush=True)
+    if params.family.prewarm_jobs:  # untimed work first, side by side; then one at a time
+        warmed = prewarm_members(params, family, members, params.family.prewarm_jobs)
+        for m, what in warmed.items():
+            print(f"{family.name}/{m}: prewarm: {what}", flush=True)
     errors: dict[str, str] = {}  # a member whose campaign cannot go on; the others do
     for r in range(rounds):
         for m in members:

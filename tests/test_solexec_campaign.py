@@ -266,3 +266,48 @@ def test_a_baseline_from_another_device_is_measured_again(member, tmp_path):
     (folder / "baseline.json").write_text(json.dumps(table))
     member.prepare(None, folder)
     assert json.loads((folder / "baseline.json").read_text())["device"] == "cpu"
+
+
+def test_prewarming_fills_the_compile_cache_that_prepare_then_reads(family, tmp_path,
+                                                                   monkeypatch):
+    """The family's prewarm step compiles a member's reference untimed; the timed prepare
+    that follows compiles nothing more (every graph and kernel comes from the cache)."""
+    import benchmarks.solexec.benchmark as bench
+
+    monkeypatch.setitem(bench.BASELINE_MODES, "cpu", ("eager", "compile"))
+    member, folder = family.member(MEMBER), tmp_path / "data"
+    cache = folder / "compile-cache"
+
+    def compiled() -> set[str]:
+        return {str(p.relative_to(cache)) for part in ("inductor", "triton")
+                for p in (cache / part).rglob("*") if p.is_file()}
+
+    assert member.prewarm(folder) == "compiled"
+    warmed = compiled()
+    assert any(f.startswith("inductor/") for f in warmed)
+    assert not (folder / "baseline.json").exists()  # nothing was measured
+    info = member.prepare(None, folder)
+    assert int(info["workloads with T_b"]) > 0
+    assert compiled() == warmed  # the timed run found everything it compiled there
+    assert member.prewarm(folder) == "T_b already measured here"
+
+
+def test_the_family_prewarms_members_in_processes_of_their_own(family, tmp_path):
+    """The flow's prewarm step: each member's `prewarm` in a spawned process (which finds
+    the problems through the environment); on the CPU preset T_b does not compile."""
+    from helpers import write_params
+
+    from autolab.config import load_params
+    from autolab.family import prewarm_members
+    from benchmarks import get_family as family_named
+
+    members = [MEMBER, "L1-002_rmsnorm_custom_inputs"]
+    params = load_params(write_params(tmp_path, benchmark="solexec-cpu",
+                                      family={"members": members, "prewarm_jobs": 2}))
+    assert prewarm_members(params, family, members, 2) == {m: "nothing to compile"
+                                                           for m in members}
+    assert prewarm_members(params, family, members, 0) == {}
+    (tmp_path / "n").mkdir()
+    noop = load_params(write_params(tmp_path / "n", benchmark="noop-family"))
+    nf = family_named("noop-family")
+    assert prewarm_members(noop, nf, list(nf.members())[:2], 2) == {}  # no prewarm: none

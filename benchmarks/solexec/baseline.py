@@ -133,6 +133,21 @@ def t_sol_ns(problem: Problem, workload: Workload, device: str) -> float | None:
     return price(counts, spec).t_sol_s * 1e9
 
 
+def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
+                    cache_dir: Path) -> dict:
+    """The compiled reference run once on every workload measure_baseline will time, with
+    nothing measured (one warm-up call, one call whose time nobody reads), so that the
+    graphs and kernels its compile mode asks for are already in `cache_dir`'s inductor and
+    Triton caches. Safe to run beside other problems': compiling is CPU work, and nothing
+    here is a measurement. Same solution folder as measure_baseline (a path may reach a
+    compiled graph's cache key). What fails here is compiled again when it is timed."""
+    every = [w for ws in splits.values() for w in ws]
+    quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False)
+    row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,
+                    workloads=every)
+    return {"problem": problem.key, "error": row.get("compile_error")}
+
+
 def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
                      cache_dir: Path, modes: tuple[str, ...] = ("eager", "compile")) -> dict:
     """{"device", "modes", "splits": {split: {uuid: {t_b_ns, mode, t_sol_ns} or {status,
