@@ -279,6 +279,12 @@ class TestResult(BaseModel):
     evaluation: Evaluation
     created_at: datetime = Field(default_factory=now)
 
+    @property
+    def is_look(self) -> bool:
+        """A champion against the seed: a look that could confirm a gain. The seed against
+        itself (a run that crowned nothing) can confirm nothing and spends nothing."""
+        return self.champion_id != self.seed_id
+
 
 class CampaignRecord(BaseModel):
     name: str

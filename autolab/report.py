@@ -205,7 +205,7 @@ def _status(view: View, params: Params) -> dict[str, Any]:
         "isolation": camp.isolation or "-",
         "unisolated": camp.unisolated,
         "caught_by_level": _caught_by_level(view),
-        "test_looks": len(view.tests),
+        "test_looks": sum(t.is_look for t in view.tests),
         "trials": sum(len(ts) for ts in view.trials.values()),
         # the trials' own wall-clock (on a GPU benchmark: GPU-minutes), all splits
         "trial_minutes": (tm := sum(t.wall_s for ts in view.trials.values() for t in ts) / 60),

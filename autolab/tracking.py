@@ -458,7 +458,8 @@ class Tracker:
             ran = trials.get(d.candidate_id, [])
             self.log_candidate(campaign, cand, prop, ran, ev, audit, d, metric, text)
         if campaign.status == "finished":
-            self.finish_campaign(campaign, metric, test_looks=len(archive.all(TestResult)))
+            looks = sum(t.is_look for t in archive.all(TestResult))
+            self.finish_campaign(campaign, metric, test_looks=looks)
         return run_id
 
 

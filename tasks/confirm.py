@@ -60,7 +60,7 @@ def finish(lab: Lab, test: TestResult | None, stop_reason: str) -> CampaignRecor
 
 
 def test_looks(lab: Lab) -> int:
-    return len(lab.archive.all(TestResult))
+    return sum(t.is_look for t in lab.archive.all(TestResult))
 
 
 def test_level(alpha: float, looks_before: int) -> float:

@@ -353,7 +353,7 @@ def test_status_and_report_show_isolation_looks_audit_levels_and_resolution(loop
     text = build_report(loop.archive, params, METRIC, loop.tmp / "report").read_text()
     assert f"Sandbox: `{loop.record.isolation}`" in text
     held = "holds" if loop.record.test.evaluation.decision == "accept" else "does not hold"
-    assert re.search(r"Test-split gain: .*; judged at level [\d.e-]+: " + held + r"\n", text)
+    assert re.search(r"Test-split gain: .*; judged at level [\d.e-]+: " + held + r" \(", text)
     assert "L0 static: 1, L1 runtime: 1, L2 replication: 1" in text
     assert "looked at 2 time(s)" in text
     assert "smallest gain detected with 80% power is" in text

@@ -209,25 +209,27 @@ def _executable(path: Path) -> Path:
 
 
 def test_a_toolkit_launcher_gives_way_to_the_installation_it_would_run(tmp_path, monkeypatch):
-    """The CUDA toolkit's bin/ncu runs an installation found beside the toolkit or under
-    /opt/nvidia; the sandboxed step sees only what ncu_root names, so the installation's own
-    ncu (the newest) is the one used, and its folder is what the step is shown."""
+    """PATH's ncu in a toolkit's bin/ runs an installation found beside the toolkit, else
+    under /opt/nvidia; the sandboxed step sees only what ncu_root names, so the installation
+    the launcher would pick is the one used, and its folder is what the step is shown. An
+    ncu named by AUTOLAB_NCU is used as given."""
     from benchmarks.solexec import profile
 
     toolkit = tmp_path / "cuda-13.0"
     launcher = _executable(toolkit / "bin" / "ncu")
     opt = tmp_path / "opt-nsight-compute"
     monkeypatch.setattr(profile, "NCU_INSTALLS", (str(opt),))
-    monkeypatch.setenv(profile.NCU_ENV, str(launcher))
+    monkeypatch.delenv(profile.NCU_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(launcher.parent))
     assert profile.ncu_binary() == launcher.resolve()  # nothing installed: the launcher
     assert profile.ncu_root(launcher) == toolkit
     _executable(opt / "2025.2.1" / "ncu")
     newest = _executable(opt / "2025.10.0" / "ncu")
-    _executable(toolkit / "nsight-compute-2025.3.1" / "ncu")
     (opt / "2026.1.0").mkdir()  # a folder without an ncu is no installation
     found = profile.ncu_binary()
     assert found == newest.resolve()  # 2025.10 is newer than 2025.3, numbers not text
     assert profile.ncu_root(found) == opt / "2025.10.0"
-    plain = _executable(tmp_path / "nsight-compute" / "2024.1.0" / "ncu")
-    monkeypatch.setenv(profile.NCU_ENV, str(plain))  # an installation's own ncu: kept
-    assert profile.ncu_binary() == plain.resolve()
+    beside = _executable(toolkit / "nsight-compute-2025.3.1" / "ncu")
+    assert profile.ncu_binary() == beside.resolve()  # the toolkit's own comes first
+    monkeypatch.setenv(profile.NCU_ENV, str(launcher))  # named by the user: as given
+    assert profile.ncu_binary() == launcher.resolve()

@@ -47,23 +47,27 @@ MAX_BYTES = 4 << 20  # the most of a profile's files the trusted side reads
 
 
 # where the CUDA toolkit's bin/ncu launcher looks for the installation it runs: beside
-# the toolkit (<toolkit>/nsight-compute-VERSION/ncu), then /opt/nvidia/nsight-compute/VERSION
+# the toolkit (<toolkit>/nsight-compute-VERSION/ncu) first, else /opt/nvidia/nsight-compute/VERSION
 NCU_INSTALLS = ("/opt/nvidia/nsight-compute",)
 
 
 def ncu_binary() -> Path | None:
-    """The ncu executable (AUTOLAB_NCU, else PATH), resolved; None where there is none. A
-    toolkit's bin/ncu is only a launcher for an installation elsewhere, which the sandboxed
-    step would not see: the installation's own ncu is returned instead (the newest)."""
-    found = os.environ.get(NCU_ENV) or shutil.which("ncu")
+    """The ncu executable (AUTOLAB_NCU as given, else PATH's), resolved; None where there is
+    none. PATH's ncu in a toolkit's bin/ is only a launcher for an installation elsewhere,
+    which the sandboxed step would not see: the installation the launcher would pick is
+    returned instead (the newest beside the toolkit, else the newest under /opt/nvidia)."""
+    chosen = os.environ.get(NCU_ENV)
+    found = chosen or shutil.which("ncu")
     if not found:
         return None
     path = Path(found).resolve()
     if not (path.is_file() and os.access(path, os.X_OK)):
         return None
-    if path.parent.name == "bin":
-        installed = [p for p in (*path.parent.parent.glob("nsight-compute*/ncu"),
-                                 *(q for d in NCU_INSTALLS for q in Path(d).glob("*/ncu")))
+    if chosen or path.parent.name != "bin":
+        return path
+    for places in ([path.parent.parent.glob("nsight-compute*/ncu")],
+                   [Path(d).glob("*/ncu") for d in NCU_INSTALLS]):
+        installed = [p for found in places for p in found
                      if p.is_file() and os.access(p, os.X_OK)]
         if installed:
             return max(installed, key=lambda p: (_version(p.parent.name), str(p))).resolve()
