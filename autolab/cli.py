@@ -63,13 +63,16 @@ def _run_campaign(params: Path, overrides: dict, confirm: bool = True) -> None:
     from autolab.sandbox import SandboxError
     from benchmarks import FAMILY_NAMES, get_family
     from flows.campaign import campaign
+    from flows.family import prewarm
     from tasks.prepare import CampaignRefused, preflight
 
     try:
         p = load_params(params, overrides)
         if p.campaign.benchmark in FAMILY_NAMES:  # each member's campaign is checked
             family = get_family(p.campaign.benchmark)
-            for m in chosen_members(family, p.family.members):
+            members = chosen_members(family, p.family.members)
+            prewarm(p, family, members)  # before preflight prepares a resumed member's data
+            for m in members:
                 preflight(open_lab(member_params(p, family.name, m)))
         else:
             preflight(open_lab(p))

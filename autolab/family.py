@@ -14,12 +14,17 @@ the same of their seeds.
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
 import re
+import subprocess
+import sys
+import tempfile
+import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, Field
 
 from autolab.archive import Archive, atomic_write, campaign_archive
@@ -71,24 +76,52 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     """Each member's untimed preparation (its benchmark's optional `prewarm(prepared_dir)`,
     e.g. compiling a reference whose time prepare then measures), `jobs` members at a time,
     each in a process of its own, so that the timed preparations that follow, one member
-    at a time, find the work done. What one reports or raises is its line here; a member
-    without `prewarm` is left out."""
+    at a time, find the work done. What one reports, or how its process ended, is its line
+    here; a member without `prewarm` is left out."""
     from autolab.lab import prepared_data_dir
 
     todo = {m: str(prepared_data_dir(member_params(params, family.name, m)))
             for m in members if callable(getattr(family.member(m), "prewarm", None))}
     if not todo or jobs < 1:
         return {}
-    out: dict[str, str] = {}
-    spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads or CUDA
-    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=spawn) as pool:
-        running = {m: pool.submit(_prewarm, family.name, m, d) for m, d in todo.items()}
-        for m, future in running.items():
+    with ThreadPoolExecutor(min(jobs, len(todo)), thread_name_prefix="prewarm") as pool:
+        done = pool.map(lambda m: _prewarm_process(family.name, m, todo[m]), todo)
+        return dict(zip(todo, done, strict=True))
+
+
+PREWARM = ("import sys\nfrom autolab.family import _prewarm\n"
+           "print('prewarm:', _prewarm(*sys.argv[1:]))")
+
+
+def _prewarm_process(family: str, member: str, prepared_dir: str) -> str:
+    """One member's prewarm in a fresh interpreter (a crash or an out-of-memory kill ends
+    it alone). Whatever it started and left running (a compile worker in a session of its
+    own outlives its parent) is killed when it ends: nothing may go on compiling beside the
+    timed preparations that follow."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-c", PREWARM, family, member, prepared_dir],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        seen: dict[int, psutil.Process] = {}
+        while proc.poll() is None:
             try:
-                out[m] = str(future.result())
-            except Exception as err:  # noqa: BLE001 - prepare does the work itself then
-                out[m] = f"failed: {type(err).__name__}: {err}"[:300]
-    return out
+                seen |= {c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)}
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+        for child in seen.values():
+            try:
+                child.kill()  # psutil checks it is still the process seen, not a reused pid
+            except psutil.Error:
+                pass
+        log.seek(0)
+        lines = log.read().splitlines()
+    said = [line.removeprefix("prewarm: ") for line in lines if line.startswith("prewarm: ")]
+    if proc.returncode == 0 and said:
+        return said[-1]
+    tail = " | ".join(lines[-3:])[-200:]
+    return f"failed: exit status {proc.returncode}: {tail}"
 
 
 def _prewarm(family: str, member: str, prepared_dir: str) -> str:

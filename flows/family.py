@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from autolab.config import load_params
+from autolab.config import Params, load_params
 from autolab.family import (
     chosen_members,
     judged,
@@ -28,8 +28,19 @@ from autolab.family import (
 )
 from autolab.tracking import Tracker
 from benchmarks import get_family
+from benchmarks.protocol import BenchmarkFamily
 from flows import FLOW_RESULTS
 from tasks.prepare import SettingsRefused
+
+
+def prewarm(params: Params, family: BenchmarkFamily, members: list[str]) -> None:
+    """Untimed work first, side by side (family.prewarm_jobs); then, one member at a time,
+    the timed preparations find it done. Also run before `autolab run`'s preflight, which
+    prepares the members of a resumed campaign; a member prewarmed already skips it."""
+    if params.family.prewarm_jobs:
+        warmed = prewarm_members(params, family, members, params.family.prewarm_jobs)
+        for m, what in warmed.items():
+            print(f"{family.name}/{m}: prewarm: {what}", flush=True)
 
 
 @flow(name="family-campaign", validate_parameters=False, persist_result=False,
@@ -45,10 +56,7 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
     rounds, per = params.family.rounds, params.family.proposals_per_round
     print(f"{family.name}: {len(members)} problems, {rounds} rounds of {per} proposals each",
           flush=True)
-    if params.family.prewarm_jobs:  # untimed work first, side by side; then one at a time
-        warmed = prewarm_members(params, family, members, params.family.prewarm_jobs)
-        for m, what in warmed.items():
-            print(f"{family.name}/{m}: prewarm: {what}", flush=True)
+    prewarm(params, family, members)
     errors: dict[str, str] = {}  # a member whose campaign cannot go on; the others do
     for r in range(rounds):
         for m in members:

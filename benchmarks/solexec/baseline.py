@@ -138,9 +138,11 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
     """The compiled reference run once on every workload measure_baseline will time, with
     nothing measured (one warm-up call, one call whose time nobody reads), so that the
     graphs and kernels its compile mode asks for are already in `cache_dir`'s inductor and
-    Triton caches. Safe to run beside other problems': compiling is CPU work, and nothing
-    here is a measurement. Same solution folder as measure_baseline (a path may reach a
-    compiled graph's cache key). What fails here is compiled again when it is timed."""
+    Triton caches. Nothing here is a measurement. Same solution folder as
+    measure_baseline (a path may reach a compiled graph's cache key). What fails here is
+    compiled again when it is timed.
+    Not only CPU work: the reference runs on the device too, so beside other problems'
+    prewarming it may run short of memory (then the timed run compiles what is missing)."""
     every = [w for ws in splits.values() for w in ws]
     quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False)
     row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,

@@ -73,6 +73,7 @@ TIMINGS = {
 # take minutes there; on a GPU the faster of eager and torch.compile, as the public
 # benchmark's baseline
 BASELINE_MODES = {"gpu": ("eager", "compile"), "cpu": ("eager",)}
+PREWARMED = "prewarmed"  # in the compile cache: the device its prewarm compiled for
 
 
 def problems_root(data_dir: Path | None = None) -> Path:
@@ -173,16 +174,20 @@ class SolExecProblem:
         compile."""
         from benchmarks.solexec.baseline import device_name, prewarm_compile
 
-        out = Path(prepared_dir) / BASELINE
+        out, here = Path(prepared_dir) / BASELINE, device_name(self.timing.device)
+        cache = Path(prepared_dir) / "compile-cache"
         if "compile" not in BASELINE_MODES[self.preset]:
             return "nothing to compile"
-        if out.exists() and json.loads(out.read_text()).get("device") == \
-                device_name(self.timing.device):
+        if out.exists() and json.loads(out.read_text()).get("device") == here:
             return "T_b already measured here"
+        if (cache / PREWARMED).exists() and (cache / PREWARMED).read_text() == here:
+            return "already prewarmed here"
         splits = {s: split_workloads(self.problem, s) for s in ("val", "audit", "test")}
-        done = prewarm_compile(self.problem, splits, self.timing,
-                               Path(prepared_dir) / "compile-cache")
-        return "compiled" if done["error"] is None else f"failed: {done['error'][:200]}"
+        done = prewarm_compile(self.problem, splits, self.timing, cache)
+        if done["error"] is not None:
+            return f"failed: {done['error'][:200]}"
+        (cache / PREWARMED).write_text(here)
+        return "compiled"
 
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
         """T_b and T_SOL of every workload of the three splits, measured here once."""
