@@ -162,10 +162,14 @@ class _Progress:
             self.failure = kind if kind in _KINDS else "output"
             self.reason = reason
 
-    def add_step(self, name: str, res: SandboxResult) -> None:
+    def add_step(self, name: str, res: SandboxResult,
+                 halted: tuple[str, str] | None = None) -> None:
+        """A step's log; `halted`: the companion ended it (how its processes died is then
+        no clue to why)."""
         self.workload_s += res.wall_s
         self.peak_rss_mb = max(self.peak_rss_mb, res.peak_rss_mb)
-        head = f"== {name}: {res.status} {res.reason}".rstrip()
+        head = f"== {name}: {res.status} {res.reason}".rstrip() if halted is None else \
+            f"== {name}: {halted[0]}: halted by the harness: {halted[1]}"
         self.log.append(
             f"{head} ({res.wall_s:.2f} s, {res.peak_rss_mb:.0f} MB, {res.isolation}) ==\n"
             f"-- stdout --\n{res.stdout_tail}\n-- stderr --\n{res.stderr_tail}\n"
@@ -296,7 +300,7 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
         res, link = _run_step(bench, ctx, step, view, limits, mode, marker)
-        prog.add_step(step.name, res)
+        prog.add_step(step.name, res, link.halted if link is not None else None)
         if link is not None and link.halted is not None:
             prog.fail(link.halted[0], f"{step.name}: {link.halted[1]}")
             return

@@ -107,6 +107,7 @@ def make_hook(
     read_events, write_events = dict(_PATH_READ_EVENTS), dict(_PATH_WRITE_EVENTS)
     dir_fd_args = dict(_DIR_FD_ARGS)
     isabs, fspath = os.path.isabs, os.fspath
+    getframe, own_file, basename = sys._getframe, __file__, os.path.basename
 
     def relative(raw: object) -> bool:
         try:
@@ -121,6 +122,21 @@ def make_hook(
                  "ctypes.call_function", "ctypes.cdata"} if allow_subprocess else set()
     denied = denied - toolchain
 
+    def where() -> str:
+        """The innermost calls outside this module that led here: which line of the
+        candidate, or of a library it called, tried what the policy forbids."""
+        calls = []
+        try:
+            frame = getframe(1)
+            while frame is not None and len(calls) < 6:
+                code = frame.f_code
+                if code.co_filename != own_file and not code.co_filename.startswith("<frozen"):
+                    calls.append(f"{basename(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+                frame = frame.f_back
+        except Exception:  # noqa: BLE001 - the stop must happen whatever this finds
+            pass
+        return " < ".join(calls)
+
     def end(event: str, detail: str) -> None:
         line = dumps({"event": event, "detail": detail[:300]}) + "\n"
         if fd >= 0:
@@ -129,7 +145,8 @@ def make_hook(
             except OSError:
                 pass
         try:
-            write_fd(2, f"autolab guard: stopped {event}: {detail[:300]}\n".encode())
+            write_fd(2, f"autolab guard: stopped {event}: {detail[:300]} (at {where()})\n"
+                     .encode())
         finally:
             exit_now(GUARD_EXIT)
 
@@ -171,6 +188,11 @@ def make_hook(
                     # (see "open" above): only a climb out of it is a way around
                     if escapes(args[i]):
                         stop(event, f"relative path {args[i]!r} that climbs out of its folder")
+                    continue
+                if event == "os.mkdir" and (resolved := norm(args[i])) is not None \
+                        and isdir(resolved):
+                    # making a folder that exists changes nothing (the call fails with
+                    # EEXIST): libraries do it for the working directory, read-only or not
                     continue
                 path(event, args[i], True)
         elif event == "os.link" and event in toolchain:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def test_guarded_step_is_stopped(
     assert "armed" in r.stdout_tail and "caught" not in r.stdout_tail
     assert "after" not in r.stdout_tail
     assert f"autolab guard: stopped {event}" in r.stderr_tail
+    assert re.search(r"\(at .*<string>:\d+ <module>\)", r.stderr_tail)  # the line that tried it
     # what it tried did not happen
     assert victim.poll() is None
     assert sorted(p.name for p in outside.iterdir()) == ["answers.txt"]
@@ -138,6 +140,10 @@ def test_what_the_view_allows_runs_under_the_guard(tmp_path: Path, isolation: st
         open('{out}/result.txt', 'w').write('written')
         os.makedirs('{out}/sub', exist_ok=True)
         print(sorted(os.listdir('{out}')))
+        from pathlib import Path
+        Path.cwd().mkdir(parents=True, exist_ok=True)  # exists: read-only, but no change
+        Path('').mkdir(parents=True, exist_ok=True)  # as Inductor's C++ builder does
+        Path('{tmp_path}/in').mkdir(exist_ok=True)
         os.kill(os.getpid(), 0)
         print(numpy.arange(3).sum())
     """

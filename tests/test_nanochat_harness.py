@@ -74,6 +74,9 @@ def test_training_past_the_budget_is_stopped_and_fails(bench, prepared, tmp_path
     trial = _trial(bench, prepared, tmp_path, _with(bench, "01_train_after_done.py"))
     assert trial.status == "failed" and trial.failure == "budget", trial.reason
     assert "after its 7 s training budget" in trial.reason
+    # the step's log says why it ended, not how its processes died (SIGKILL: "oom")
+    assert "== train: budget: halted by the harness: still running" in trial.log_tail
+    assert "oom" not in trial.log_tail
 
 
 def test_the_val_and_test_halves_cannot_be_read_while_training(bench, prepared, tmp_path):

@@ -9,6 +9,7 @@ def train(ctx):
     while (b := ctx.next_batch(4, 32)) is not None:
         batches.append(b)
     model = nn.Sequential(nn.Embedding(ctx.vocab_size, 64), nn.Linear(64, ctx.vocab_size))
+    model = model.to(ctx.device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     stop = time.monotonic() + 2 * ctx.budget_s
     while time.monotonic() < stop:
