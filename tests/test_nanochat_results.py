@@ -175,6 +175,21 @@ def test_committed_campaign_agrees_with_its_report(results):
 # -- transfer -------------------------------------------------------------------------------
 
 
+def test_committed_transfer_agrees_with_its_measurements(results):
+    """results.json's transfer is what the committed H100 files give, and it is the
+    campaign's champion that was re-measured."""
+    folder = ROOT / "benchmarks" / "nanochat" / "measurements" / "2026-11-24-h100-transfer"
+    got = results.transfer_result([folder / "transfer-seed-h100.json"],
+                                  [folder / "transfer-champion-h100.json"])
+    committed = json.loads((ROOT / "benchmarks" / "nanochat" / "results.json").read_text())
+    sources = got.pop("sources")
+    assert {k: v for k, v in committed["transfer"].items() if k != "sources"} == got
+    assert committed["transfer"]["sources"] == [str(Path(p).relative_to(ROOT)) for p in sources]
+    assert got["champion"] == committed["campaign"]["champion"]
+    assert "H100" in got["device"] and "H100" not in committed["campaign"]["device"]
+
+
+
 def write_seeds(path: Path, device: str, bpb: dict[int, float | None],
                 candidate: str | None = None) -> Path:
     """A perf/nanochat_seeds.py output: one trial per seed (None: a failed one)."""
