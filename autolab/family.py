@@ -16,19 +16,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 from pydantic import BaseModel, Field
 
 from autolab.archive import Archive, atomic_write, campaign_archive
 from autolab.config import Params
+from autolab.procs import run_reaped
 from autolab.proposers.base import RelatedResult
 from autolab.records import Decision, Evaluation, Proposal
 from benchmarks.protocol import BenchmarkFamily
@@ -100,28 +98,16 @@ def _prewarm_process(family: str, member: str, prepared_dir: str) -> str:
     timed preparations that follow."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "-c", PREWARM, family, member, prepared_dir],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-        seen: dict[int, psutil.Process] = {}
-        while proc.poll() is None:
-            try:
-                seen |= {c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)}
-            except psutil.Error:
-                pass
-            time.sleep(0.5)
-        for child in seen.values():
-            try:
-                child.kill()  # psutil checks it is still the process seen, not a reused pid
-            except psutil.Error:
-                pass
+    with tempfile.TemporaryFile("w+b") as log:
+        code = run_reaped([sys.executable, "-c", PREWARM, family, member, prepared_dir],
+                          env=env, log=log)
         log.seek(0)
-        lines = log.read().splitlines()
+        lines = log.read().decode(errors="replace").splitlines()
     said = [line.removeprefix("prewarm: ") for line in lines if line.startswith("prewarm: ")]
-    if proc.returncode == 0 and said:
+    if code == 0 and said:
         return said[-1]
     tail = " | ".join(lines[-3:])[-200:]
-    return f"failed: exit status {proc.returncode}: {tail}"
+    return f"failed: exit status {code}: {tail}"
 
 
 def _prewarm(family: str, member: str, prepared_dir: str) -> str:

@@ -29,18 +29,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autolab.procs import run_reaped  # noqa: E402
 from benchmarks.solexec.baseline import baseline_times, run_modes  # noqa: E402
 from benchmarks.solexec.evaluate import Timing  # noqa: E402
 from benchmarks.solexec.problems import Problem, category, load_problems  # noqa: E402
@@ -85,12 +84,16 @@ def prewarm(problems: list[Problem], args: argparse.Namespace, timeout_s: float)
     """The compiled references of `problems` run once each, untimed, one process per
     problem side by side, so that their compiled graphs and kernels are in the cache
     before the timed workers ask for them. What fails here (a shape out of memory while
-    the others hold theirs) is compiled again, alone, when it is timed."""
+    the others hold theirs) is compiled again, alone, when it is timed. Whatever a
+    process started (compile workers in sessions of their own) is killed when it ends:
+    nothing goes on compiling beside the timed run. Exit codes: None for a process
+    stopped at the timeout."""
     started = time.monotonic()
-    procs = []
     folder = Path(args.cache_dir).absolute() / "prewarm"
     folder.mkdir(parents=True, exist_ok=True)
-    for problem in problems:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def one(problem: Problem) -> int | None:
         name = problem.key.replace("/", "__")
         out = folder / f"{name}.json"
         out.unlink(missing_ok=True)
@@ -100,33 +103,12 @@ def prewarm(problems: list[Problem], args: argparse.Namespace, timeout_s: float)
                "--warmup", "1", "--reps", "1", "--cache-dir", str(args.cache_dir), "--quiet"]
         if args.max_elements:
             cmd += ["--max-elements", str(args.max_elements)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with open(folder / f"{name}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
-        except subprocess.TimeoutExpired:
-            _kill_tree(proc)
+        return run_reaped(cmd, env=env, log=folder / f"{name}.log", timeout_s=timeout_s)
+
+    with ThreadPoolExecutor(max(1, len(problems))) as pool:
+        codes = list(pool.map(one, problems))
     return {"problems": [p.key for p in problems], "wall_s": round(time.monotonic() - started, 2),
-            "exit_codes": [p.returncode for p in procs]}
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """The process and every process under it (its workers run in sessions of their own,
-    so they would outlive it and go on compiling beside the timed run)."""
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.kill()
-    proc.wait()
-    psutil.wait_procs(tree, timeout=10)
+            "exit_codes": codes}
 
 
 def summary(rows: list[dict]) -> dict:
