@@ -68,6 +68,11 @@ def test_each_seed_trains_and_is_scored_by_the_trusted_side(bench, prepared, tmp
     assert ev["train_tokens"] > 0 and ev["tokens_per_s"] > 0 and ev["eval_windows"] == 48
     assert 3 < trial.budget_used <= 8  # batches for 7 - 4 s, then saving, within the budget
     assert all(c.passed for c in trial.checks), trial.checks
+    # where the start-up went, in the step (the seeds warm up on one step before the clock)
+    parts = [ev[f"harness_startup_{k}_s"] for k in ("device", "import", "build", "warmup")]
+    assert all(x >= 0 for x in parts) and ev["harness_startup_warmup_s"] > 0
+    assert sum(parts) == pytest.approx(ev["harness_startup_in_step_s"], abs=0.01)
+    assert ev["harness_startup_in_step_s"] <= ev["startup_s"]  # the server's: from launch
 
 
 def test_training_past_the_budget_is_stopped_and_fails(bench, prepared, tmp_path):

@@ -60,6 +60,7 @@ class TrainContext:
         self.tokens_used = 0
         self.batches = 0
         self._t0: float | None = None
+        self._first_warmup: float | None = None
         self._done = False
 
     def elapsed(self) -> float:
@@ -71,6 +72,8 @@ class TrainContext:
 
     def warmup_batch(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Random tokens for compiling before the clock starts: not training data."""
+        if self._first_warmup is None:
+            self._first_warmup = _clock()
         x = torch.randint(0, self.vocab_size, (int(batch_size), int(seq_len) + 1),
                           device=self.device)
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
@@ -148,13 +151,16 @@ def _memory(device: torch.device) -> dict:
 
 
 def run_train(a: argparse.Namespace) -> None:
+    entered = _clock()
     preset = PRESETS[a.preset]
     conn = _channel()
     _seed_all(a.seed, a.threads)
     device = _device(preset)
+    device_ready = _clock()
     ctx = TrainContext(conn, preset, device, a.seed, a.budget_s, a.bos_id)
     guard.install()
     train = _load_candidate(a.workspace)
+    imported = _clock()
     model = train.train(ctx)
     seconds = ctx.elapsed()
     model = getattr(model, "_orig_mod", model)  # a compiled wrapper: save the module inside
@@ -165,9 +171,24 @@ def run_train(a: argparse.Namespace) -> None:
     log = {  # evidence only: this process runs candidate code, so nothing here is trusted
         "tokens_handed_out": ctx.tokens_used, "batches": ctx.batches,
         "seconds": round(seconds, 3), "n_params": sum(p.numel() for p in model.parameters()),
-        **_memory(device),
+        **_memory(device), **_startup(entered, device_ready, imported, ctx),
     }  # fmt: skip
     (a.out / TRAIN_LOG).write_text(json.dumps(log, indent=2))
+
+
+def _startup(entered: float, device_ready: float, imported: float, ctx: TrainContext) -> dict:
+    """Where the time before the first batch went, from this process's entry into the
+    step: the device's initialisation, importing the candidate, then its own set-up until
+    it asked for a warm-up batch (building the model) and the warm-up itself (compiling)
+    until the first training batch. What came before (the sandbox, Python and torch
+    starting) is the rest of the server's startup_s."""
+    first = ctx._t0 if ctx._t0 is not None else _clock()
+    warm = ctx._first_warmup if ctx._first_warmup is not None else first
+    return {"startup_device_s": round(device_ready - entered, 3),
+            "startup_import_s": round(imported - device_ready, 3),
+            "startup_build_s": round(max(0.0, warm - imported), 3),
+            "startup_warmup_s": round(max(0.0, first - warm), 3),
+            "startup_in_step_s": round(first - entered, 3)}
 
 
 def run_predict(a: argparse.Namespace) -> None:
