@@ -300,9 +300,11 @@ def _run_steps(bench: Benchmark, ctx: TrialContext, trusted: _Trusted, mode: Iso
         limits = Limits(timeout_s=min(step.timeout_s, left), memory_mb=ctx.budget.memory_mb,
                         threads=ctx.threads)
         res, link = _run_step(bench, ctx, step, view, limits, mode, marker)
-        prog.add_step(step.name, res, link.halted if link is not None else None)
-        if link is not None and link.halted is not None:
-            prog.fail(link.halted[0], f"{step.name}: {link.halted[1]}")
+        # a stop by the runtime guard outweighs the harness halting the step
+        halted = link.halted if link is not None and res.status != "integrity" else None
+        prog.add_step(step.name, res, halted)
+        if halted is not None:
+            prog.fail(halted[0], f"{step.name}: {halted[1]}")
             return
         if res.status != "ok" and step.optional and res.status != "integrity":
             prog.log.append(f"== {step.name}: optional, so the trial goes on ==\n")

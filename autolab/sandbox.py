@@ -686,11 +686,13 @@ def classify(
     rc: int | None, killed: tuple[Status, str] | None, stderr: str, isolation: Isolation,
     guard: str = "",
 ) -> tuple[Status, str]:
-    """Status and one human line from how the command ended."""
-    if killed is not None:
-        return killed
+    """Status and one human line from how the command ended. A stop by the runtime guard
+    comes first: a step that then hung or exited 0 (a hook of its own ran after the stop)
+    was still stopped."""
     if guard or rc == GUARD_EXIT:
         return "integrity", "runtime guard stopped the step: " + (guard or "exit code 113")
+    if killed is not None:
+        return killed
     if rc == 0:
         return "ok", ""
     if rc is None:

@@ -108,6 +108,7 @@ def make_hook(
     dir_fd_args = dict(_DIR_FD_ARGS)
     isabs, fspath = os.path.isabs, os.fspath
     getframe, own_file, basename = sys._getframe, __file__, os.path.basename
+    readlink, join = os.readlink, os.path.join
 
     def relative(raw: object) -> bool:
         try:
@@ -145,12 +146,29 @@ def make_hook(
             except OSError:
                 pass
         try:
-            write_fd(2, f"autolab guard: stopped {event}: {detail[:300]} (at {where()})\n"
-                     .encode())
+            write_fd(2, f"autolab guard: stopped {event}: {detail[:300]}\n".encode())
+            # last: finding the calls raises an audit event of its own, which a hook the
+            # candidate added may see (the stop is on record by then)
+            write_fd(2, f"autolab guard: called from {where()}\n".encode())
         finally:
             exit_now(GUARD_EXIT)
 
     stop = on_stop or end
+
+    def at_fd(event: str, raw: object, fd: int) -> None:
+        """A write to a relative path under a directory descriptor: where the descriptor
+        points is read back (a folder listed by os.scandir keeps one open, at a number
+        easy to guess) and the path resolved there must be under the write roots."""
+        if escapes(raw):
+            stop(event, f"relative path {raw!r} that climbs out of its folder")
+        try:
+            base = readlink(f"/proc/self/fd/{fd}")
+        except (OSError, ValueError):
+            stop(event, f"write relative to descriptor {fd}, which cannot be resolved")
+            return
+        resolved = norm(join(base, fspath(raw)))  # type: ignore[arg-type]
+        if resolved is None or not under(resolved, write):
+            stop(event, f"write {resolved} outside the allowed paths (descriptor {fd})")
 
     def path(event: str, raw: object, writing: bool) -> None:
         if escapes(raw):
@@ -167,6 +185,10 @@ def make_hook(
                 writing = bool(flags & write_flags)
             else:
                 writing = isinstance(mode, str) and any(m in mode for m in write_modes)
+            if mode is None and writing and relative(raw):
+                # os.open: its audit event does not say which directory descriptor a
+                # relative path is relative to, so the path cannot be placed
+                stop(event, f"os.open of the relative path {raw!r} for writing")
             path(event, raw, writing)
             if mode is None and (resolved := norm(raw)) is not None and isdir(resolved) \
                     and not under(resolved, write):
@@ -184,22 +206,18 @@ def make_hook(
                 relative_to_fd = fd_index is not None and fd_index < len(args) and isinstance(
                     args[fd_index], int) and args[fd_index] >= 0
                 if relative_to_fd and relative(args[i]):
-                    # relative to a directory descriptor, which only a writable root gives
-                    # (see "open" above): only a climb out of it is a way around
-                    if escapes(args[i]):
-                        stop(event, f"relative path {args[i]!r} that climbs out of its folder")
+                    at_fd(event, args[i], args[fd_index])
                     continue
                 if event == "os.mkdir" and (resolved := norm(args[i])) is not None \
-                        and isdir(resolved):
-                    # making a folder that exists changes nothing (the call fails with
-                    # EEXIST): libraries do it for the working directory, read-only or not
+                        and under(resolved, read) and isdir(resolved):
+                    # making a readable folder that exists changes nothing (the call fails
+                    # with EEXIST): libraries do it for the working directory
                     continue
                 path(event, args[i], True)
         elif event == "os.link" and event in toolchain:
             for raw, fd in zip(args[:2], args[2:4], strict=False):
                 if isinstance(fd, int) and fd >= 0 and relative(raw):
-                    if escapes(raw):
-                        stop(event, f"relative path {raw!r} that climbs out of its folder")
+                    at_fd(event, raw, fd)
                 else:
                     path(event, raw, True)
         elif event == "ctypes.dlopen" and event in toolchain:

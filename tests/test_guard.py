@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_guarded_step_is_stopped(
     assert "armed" in r.stdout_tail and "caught" not in r.stdout_tail
     assert "after" not in r.stdout_tail
     assert f"autolab guard: stopped {event}" in r.stderr_tail
-    assert re.search(r"\(at .*<string>:\d+ <module>\)", r.stderr_tail)  # the line that tried it
+    assert re.search(r"called from .*<string>:\d+ <module>", r.stderr_tail)  # what tried it
     # what it tried did not happen
     assert victim.poll() is None
     assert sorted(p.name for p in outside.iterdir()) == ["answers.txt"]
@@ -303,8 +304,8 @@ def test_guard_line_is_written_even_when_the_channel_is_gone(tmp_path: Path) -> 
 def test_toolchain_steps_may_link_and_load_libraries_within_their_roots(tmp_path: Path) -> None:
     """A step that runs compilers (allow_subprocess) may hard-link inside its write roots,
     load libraries from its read roots and add audit hooks; links elsewhere, symlinks and
-    libraries from outside still stop it. Paths relative to a directory descriptor (which
-    only a writable root gives) are judged by whether they climb."""
+    libraries from outside still stop it. Paths relative to a directory descriptor are
+    judged where the descriptor points: a folder of the write roots, not one only read."""
     for d in ("in", "out", "outer"):
         (tmp_path / d).mkdir()
 
@@ -316,16 +317,23 @@ def test_toolchain_steps_may_link_and_load_libraries_within_their_roots(tmp_path
     read = roots(tmp_path / "in") + write
     hook = guard_mod.make_hook(read, write, -1, True, on_stop=stop)
     out, inside, outer = tmp_path / "out", tmp_path / "in", tmp_path / "outer"
+    out_fd, in_fd = os.open(out, os.O_RDONLY), os.open(inside, os.O_RDONLY)
     hook("os.link", (str(out / "a"), str(out / "b"), -1, -1, True))
-    hook("os.link", ("probe-source", "probe-link", 5, 5, True))
-    hook("os.remove", ("probe-link", 5))
+    hook("os.link", ("probe-source", "probe-link", out_fd, out_fd, True))
+    hook("os.remove", ("probe-link", out_fd))
+    hook("os.mkdir", ("sub", 0o777, out_fd))
     hook("ctypes.dlopen", (str(inside / "lib.so"),))
     hook("ctypes.dlopen", ("libcuda.so.1",))  # found by the loader's own search path
     hook("sys.addaudithook", ())
     for event, args in [
         ("os.link", (str(out / "a"), str(outer / "b"), -1, -1, True)),
-        ("os.link", ("../../outer/x", "b", 5, 5, True)),
-        ("os.remove", ("../outer/x", 5)),
+        ("os.link", ("../../outer/x", "b", out_fd, out_fd, True)),
+        ("os.remove", ("../outer/x", out_fd)),
+        # a descriptor of a folder only read (os.scandir keeps one open): not a write root
+        ("os.mkdir", ("made", 0o777, in_fd)),
+        ("os.remove", ("data.txt", in_fd)),
+        ("os.link", ("probe-source", "probe-link", out_fd, in_fd, True)),
+        ("os.remove", ("x", 987654)),  # a descriptor that is not open
         ("os.remove", ("x", -1)),  # no descriptor: relative to the cwd, which is not writable
         ("os.symlink", (str(out / "l"), str(out / "m"), -1)),
         ("ctypes.dlopen", (str(outer / "evil.so"),)),
@@ -338,6 +346,38 @@ def test_toolchain_steps_may_link_and_load_libraries_within_their_roots(tmp_path
                         ("sys.addaudithook", ())]:
         with pytest.raises(Stopped):
             strict(event, args)
+    os.close(out_fd), os.close(in_fd)
+
+
+def test_a_read_root_listed_by_scandir_cannot_be_written_through_its_descriptor(
+    tmp_path: Path, isolation: str
+) -> None:
+    """os.scandir of a read root keeps a directory descriptor open; a write relative to it
+    (os.mkdir with dir_fd, or os.open, whose audit event does not name the descriptor)
+    stops the step in every mode (under bwrap the folder is read-only as well)."""
+    (tmp_path / "out").mkdir(exist_ok=True)
+    for body in (
+        """
+        import os
+        it = os.scandir('{tmp}/in')
+        fd = max(int(n) for n in os.listdir('/dev/fd'))
+        os.mkdir('made_by_candidate', dir_fd=fd)
+        """,
+        """
+        import os
+        it = os.scandir('{tmp}/in')
+        os.chdir('{tmp}/out')
+        for fd in range(3, 64):
+            try:
+                os.open('planted.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+            except OSError:
+                pass
+        """,
+    ):
+        r = run_step(tmp_path, body.format(tmp=tmp_path), read=(tmp_path / "out",))
+        assert r.status == "integrity", r
+        assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["data.txt"]
+        assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_installed_distributions_are_those_among_the_read_roots(tmp_path: Path) -> None:
@@ -358,3 +398,32 @@ def test_installed_distributions_are_those_among_the_read_roots(tmp_path: Path) 
                           text=True, cwd=str(Path(__file__).resolve().parents[1]), timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "['numpy']" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("then", ["os._exit(0)", "time.sleep(300)"])
+def test_a_hook_of_the_candidate_cannot_undo_a_stop(tmp_path: Path, then: str) -> None:
+    """Where a step may add audit hooks (compilers do), the candidate's own hook may run
+    after the guard decided to stop it (the guard looks up the calls that led there): it
+    exits 0 or hangs, and the step is still stopped by the guard."""
+    body = f"""
+        import os, sys, time
+        def mine(event, args):
+            if event == "sys._getframe":
+                {then}
+        sys.addaudithook(mine)
+        open('{tmp_path}/in/data.txt', 'a')
+    """
+    started = time.monotonic()
+    view_timeout = 8
+    ws = tmp_path / "ws"
+    ws.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in" / "data.txt").write_text("input")
+    view = View(cwd=ws, read=(*GUARD_FILES, tmp_path / "in"), write=(tmp_path / "out",),
+                home=tmp_path / "home", pythonpath=(PROJECT,), allow_subprocess=True)
+    code = PROLOGUE + textwrap.dedent(body)
+    r = run_sandboxed([PY, "-c", code], view, Limits(timeout_s=view_timeout, memory_mb=1000))
+    assert r.status == "integrity", r
+    assert r.guard.startswith("open: ") and "data.txt" in r.guard, r.guard
+    assert time.monotonic() - started < view_timeout + 20
+    assert (tmp_path / "in" / "data.txt").read_text() == "input"
