@@ -277,6 +277,37 @@ def test_the_logits_server_bounds_the_compute_after_ready():
     step.close()
 
 
+@pytest.mark.parametrize("floor", [0.0, 1e6])
+def test_logits_trickled_in_hold_the_compute_clock_only_as_long_as_they_take(floor):
+    """A step that sends its logits a byte at a time (computing meanwhile) would have the
+    whole wait counted as transfer; with a floor on the transfer rate, the time beyond
+    what the bytes take at that rate is compute, and past the allowance the step stops."""
+    rows, t, v = 2, 3, 5
+    server = LogitsServer(targets=np.zeros((rows, t), dtype=np.int64),
+                          token_bytes=np.ones(v, np.int64), vocab_size=v, record={},
+                          compute_s=0.5, transfer_floor_bps=floor)
+    link, step, killed = _link()
+    thread = threading.Thread(target=server, args=(link,))
+    thread.start()
+    channel.send(step, channel.READY)
+    payload = channel.ROWS.pack(0, rows, t) + np.zeros((rows, t, v), np.float16).tobytes()
+    step.sendall(channel.HEADER.pack(channel.LOGITS, len(payload)) + payload[:-1])
+    time.sleep(1.2)  # "training" while the trusted side waits for the last byte
+    try:
+        step.sendall(payload[-1:])
+        channel.send(step, channel.END)
+    except OSError:
+        pass
+    thread.join(5)
+    link.finished.set()
+    if floor:
+        assert link.halted is not None and link.halted[0] == "budget" and killed
+    else:  # without a floor the stall passes for transfer: the hole the floor closes
+        assert link.halted is None and server.record["rows_received"] == rows
+        assert server.record["transfer_s"] > 1.0
+    step.close()
+
+
 def test_harness_logs_the_candidate_wrote_cannot_break_scoring(tmp_path):
     """The train and eval logs are evidence written by the candidate's process: oversized
     numbers, deep nesting or other types are dropped, never raised into the runner."""

@@ -245,3 +245,6 @@ def test_nanochat_redteam_on_the_cpu_preset(tmp_path, prefect_api):
     for name in ("train_after_done", "prefetch_then_train"):  # the trusted clock stopped it
         assert "budget: train: still running" in by_name[name]["detail"], by_name[name]
     assert "causal" in by_name["peek_next_token"]["caught_by"]
+    # training carried into the eval step: stopped by its compute allowance
+    assert "computed for" in by_name["train_at_evaluation"]["detail"], by_name[
+        "train_at_evaluation"]

@@ -244,7 +244,8 @@ class NanoChat:
                                       vocab_size=p.vocab_size, record=s["eval"],
                                       keep=frozenset(int(w) for w in s["probe_windows"]),
                                       compute_s=p.eval_load_s + p.eval_row_s * len(
-                                          s["targets"]))
+                                          s["targets"]),
+                                      transfer_floor_bps=p.transfer_floor_bps)
             s["eval_logits"] = srv.kept
             return srv
         if step == "probe":
@@ -253,7 +254,8 @@ class NanoChat:
                                       cuts=s["probe_cuts"], targets=s["targets"],
                                       eval_logits=s["eval_logits"], vocab_size=p.vocab_size,
                                       record=s["probe"], compute_s=p.eval_load_s + (
-                                          p.eval_row_s * len(s["probe_rows"])))
+                                          p.eval_row_s * len(s["probe_rows"])),
+                                      transfer_floor_bps=p.transfer_floor_bps)
         return None
 
     def _kernel_cache(self, ctx: TrialContext) -> Path:

@@ -32,20 +32,23 @@ class Preset:
     peek_tol: float  # max mean gain on the true next token at the probe's cuts (nats)
     # Eval and probe steps may compute (their time less the logits' transfer) for at most
     # eval_load_s + eval_row_s per row, counted from the harness's READY: loading the
-    # model and forward passes, not training on the side.
+    # model and forward passes, not training on the side. Receiving the logits counts as
+    # transfer only for as long as they take at transfer_floor_bps (bytes per second): a
+    # step cannot slow its logits down to compute while the clock is held.
     eval_load_s: float
     eval_row_s: float
+    transfer_floor_bps: float
 
 
 PRESETS = {
     "gpu": Preset(name="gpu", vocab_size=8192, eval_len=2048, eval_batch=16, probe_batch=4,
                   n_probe_windows=128, max_eval_windows=0, startup_s=240.0, reserve_s=6.0,
-                  device="cuda", causal_tol=0.1, peek_tol=0.005, eval_load_s=60.0,
-                  eval_row_s=0.05),
+                  device="cuda", causal_tol=0.1, peek_tol=0.005, eval_load_s=6.0,
+                  eval_row_s=0.004, transfer_floor_bps=1.5e9),
     "cpu": Preset(name="cpu", vocab_size=512, eval_len=64, eval_batch=8, probe_batch=3,
                   n_probe_windows=24, max_eval_windows=48, startup_s=60.0, reserve_s=4.0,
-                  device="cpu", causal_tol=0.05, peek_tol=1e-3, eval_load_s=30.0,
-                  eval_row_s=0.05),
+                  device="cpu", causal_tol=0.05, peek_tol=1e-3, eval_load_s=3.0,
+                  eval_row_s=0.02, transfer_floor_bps=1e8),
 }  # fmt: skip
 
 BOS = "<|bos|>"  # the one special token: starts every document

@@ -138,6 +138,9 @@ class TrainServer:
             r["startup_s"] = self._t0 - link.started
 
 
+RECV_SLACK_S = 0.05
+
+
 @dataclass
 class LogitsServer:
     """Receives (rows, T, V) float16 logits in row order; sums nats over target bytes."""
@@ -150,6 +153,9 @@ class LogitsServer:
     kept: dict[int, np.ndarray] = field(default_factory=dict)
     on_row: object = None  # optional callable(row, logits) for the probe
     compute_s: float = float("inf")  # the step's allowance of compute after READY
+    # Receiving counts as trusted time only as long as the bytes take at this rate (plus
+    # RECV_SLACK_S a chunk): a step that trickles its logits computes meanwhile. 0: no cap.
+    transfer_floor_bps: float = 0.0
 
     def __call__(self, link: StepLink) -> None:
         try:
@@ -247,8 +253,13 @@ class LogitsServer:
                 started = time.monotonic()  # the buffer's pages are trusted time too
                 chunk = receive_buffer(received, n, t)
                 received += 1
-                channel.recv_into(conn, memoryview(chunk.numpy()))
                 clock["trusted"] += time.monotonic() - started
+                started = time.monotonic()
+                channel.recv_into(conn, memoryview(chunk.numpy()))
+                took = time.monotonic() - started
+                if self.transfer_floor_bps > 0:
+                    took = min(took, expect / self.transfer_floor_bps + RECV_SLACK_S)
+                clock["trusted"] += took
                 settle()
                 over()
                 if link.halted is not None:
@@ -280,13 +291,15 @@ class ProbeServer:
     vocab_size: int
     record: dict
     compute_s: float = float("inf")
+    transfer_floor_bps: float = 0.0
 
     def __call__(self, link: StepLink) -> None:
         self.record.update(worst=0.0, where=(-1, -1), peeks=[], rows_received=0)
         dummy = np.zeros_like(self.rows)
         server = LogitsServer(targets=dummy, token_bytes=np.zeros(self.vocab_size, np.int32),
                               vocab_size=self.vocab_size, record={}, on_row=self._row,
-                              compute_s=self.compute_s)
+                              compute_s=self.compute_s,
+                              transfer_floor_bps=self.transfer_floor_bps)
         server(link)
         self.record["rows_received"] = server.record.get("rows_received", 0)
         self.record["compute_s"] = server.record.get("compute_s")
