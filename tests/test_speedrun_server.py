@@ -49,26 +49,36 @@ class Step:
         assert (got, what) == (address, tag), (got, what)
         return payload
 
-    def validate(self, address: int, model, delay: float = 0.0) -> np.ndarray:
-        """Answer one validation request with `model`'s logits; returns the rows."""
+    def validate(self, address: int, model, delay: float = 0.0,
+                 trickle: float = 0.0) -> np.ndarray:
+        """Answer one validation request with `model`'s logits; returns the rows.
+        trickle: hold the first chunk's last byte back this long (computing meanwhile)."""
         payload = self.expect(address, c.VALIDATE)
         _, rows, seq = c.ROWS.unpack(payload[: c.ROWS.size])
         x = np.frombuffer(payload[c.ROWS.size :], dtype=np.uint16).reshape(rows, seq)
         time.sleep(delay)
         for i in range(0, rows, 2):
             logits = np.ascontiguousarray(model(x[i : i + 2]))
-            self.send(address, c.LOGITS, c.ROWS.pack(i, len(logits), seq), logits.tobytes())
+            parts = c.ADDRESS.pack(address) + c.ROWS.pack(i, len(logits), seq) + logits.tobytes()
+            if trickle and i == 0:
+                self.sock.sendall(channel.HEADER.pack(c.LOGITS, len(parts)) + parts[:-1])
+                time.sleep(trickle)
+                self.sock.sendall(parts[-1:])
+            else:
+                self.send(address, c.LOGITS, c.ROWS.pack(i, len(logits), seq),
+                          logits.tobytes())
         self.send(address, c.END)
         return x
 
-    def pause(self, model, delay: float = 0.0, nproc: int = 2) -> np.ndarray:
+    def pause(self, model, delay: float = 0.0, nproc: int = 2,
+              trickle: float = 0.0) -> np.ndarray:
         """A whole validation pause: the stops, the snapshot, main and probe, go on."""
         if nproc > 1:
             self.expect(c.LAUNCHER, c.STOP)
         self.expect(0, c.SNAPSHOT)
         self.send(0, c.SAVED)
         self.expect(c.LAUNCHER, c.STOP)
-        rows = self.validate(c.VALIDATOR, model, delay)
+        rows = self.validate(c.VALIDATOR, model, delay, trickle)
         self.validate(c.PROBE, model)
         self.expect(c.LAUNCHER, c.CONT)
         return rows
@@ -155,6 +165,38 @@ def test_the_clock_runs_from_the_first_batch_and_leaves_out_only_the_validations
     assert first["loss"] == pytest.approx(expected_loss(windows, causal), rel=1e-3)
     assert first["worst"] == 0.0 and first["peek"] == 0.0
     assert record["train_tokens"] == 3 * 2 * 4 and record["steps"] == 3
+
+
+@pytest.mark.parametrize("floor", [0.0, 1e6])
+def test_a_validator_that_trickles_its_logits_has_the_wait_clocked(floor):
+    """Receiving counts as the trusted side's time only as long as the bytes take at the
+    floor rate: a validator that holds its logits back (training meanwhile) is clocked
+    for the wait. Without a floor (0) the wait would be left out: the hole it closes."""
+    step, link, record, windows, thread, _ = start(transfer_floor_bps=floor)
+    step.send(c.VALIDATOR, c.READY)
+    step.send(c.PROBE, c.READY)
+    for _ in range(2):
+        for rank in (0, 1):
+            step.batch(rank)
+            step.expect(rank, c.DATA)
+    step.batch(1)
+    step.batch(0)
+    step.pause(causal, trickle=1.0)
+    for rank in (0, 1):
+        step.expect(rank, c.DATA)
+    step.send(1, c.FINISH)
+    step.send(0, c.FINISH)
+    step.pause(causal)
+    for rank in (0, 1):
+        step.expect(rank, c.BYE)
+    end(link, thread)
+    first = record["validations"][0]
+    assert first["pause_s"] > 1.0
+    if floor:
+        # the wait is on the clock, less the pause's allowance (0.2 s here)
+        assert first["pause_s"] - first["excluded_s"] > 0.6
+    else:
+        assert first["pause_s"] - first["excluded_s"] < 0.3
 
 
 def test_a_model_that_looks_ahead_is_caught_by_the_probe():

@@ -40,6 +40,10 @@ class Preset:
     peek_tol: float  # max mean gain on the true next token at the probe's cuts (nats)
     max_batch_tokens: int  # one rank's request may ask for at most this many tokens
     max_epochs: float = 2.0  # passes over the train split served at most: no memorising
+    # receiving logits counts as the trusted side's time only for as long as the bytes
+    # take at this rate (bytes per second): a validator that sends them slowly, computing
+    # meanwhile, has the difference clocked
+    transfer_floor_bps: float = 1.5e9
 
 
 PRESETS = {
@@ -59,7 +63,7 @@ PRESETS = {
                   backend="gloo", nproc=2, target=2.6, val_every=10,
                   val_len=64, val_rows=16, val_batch=8, n_probe=3, startup_s=60.0,
                   val_allowance_s=0.6, val_timeout_s=30.0, finish_s=6.0, causal_tol=0.05,
-                  peek_tol=1e-3, max_batch_tokens=1 << 16),
+                  peek_tol=1e-3, max_batch_tokens=1 << 16, transfer_floor_bps=1e8),
 }  # fmt: skip
 
 TRAIN_TOKENS = "train.bin"  # uint16 token stream, read by the trusted data server only

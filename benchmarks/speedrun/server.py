@@ -10,8 +10,10 @@ the step's single channel, on which the launcher relays every process of the ste
   stream, from a seed-chosen offset.
 - The clock starts at the first batch request and runs continuously. The only time it
   leaves out is the harness's own validation pauses, each up to the logits' transfer and
-  scoring plus `val_allowance_s`; whatever a candidate does anywhere else (before its
-  steps, between them, in its own hooks) is clocked.
+  scoring plus `val_allowance_s` (the transfer counted only as long as the bytes take at
+  `transfer_floor_bps`: a validator that holds its logits back is clocked for the wait);
+  whatever a candidate does anywhere else (before its steps, between them, in its own
+  hooks) is clocked.
 - Validations, every `val_every` steps and once all ranks have returned from train():
   when every rank has asked for step s, the other ranks are stopped, rank 0 saves its
   model, and rank 0 is stopped too; the main validator then streams the logits of the
@@ -34,7 +36,7 @@ import torch
 
 from benchmarks.nanochat import channel
 from benchmarks.nanochat.score import probe_plan, probe_rows
-from benchmarks.nanochat.server import POLL_S, _wait_readable
+from benchmarks.nanochat.server import POLL_S, RECV_SLACK_S, _wait_readable
 from benchmarks.protocol import StepLink
 from benchmarks.speedrun import contract as c
 
@@ -335,7 +337,12 @@ class SpeedrunServer:
                     f"logits for rows {row0}..{row0 + n} of length {t} ({size} bytes) do not "
                     f"follow row {next_row} of {n_rows} x {seq} x {self.preset.vocab_size}")
             buf = np.empty((n, t, self.preset.vocab_size), dtype=np.float16)
+            receiving = time.monotonic()
             channel.recv_into(link.conn, memoryview(buf))
+            took = time.monotonic() - receiving  # at most what the bytes take at the floor
+            floor = self.preset.transfer_floor_bps
+            if floor > 0:  # beyond the cap: the validator's time, clocked
+                started += max(0.0, took - (buf.nbytes / floor + RECV_SLACK_S))
             on_chunk(row0, buf)
             next_row = row0 + n
             v.trusted_s += time.monotonic() - started
