@@ -32,6 +32,7 @@ class Step:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.hold = "payload"  # what a trickling validator holds back (validate)
 
     def send(self, address: int, tag: bytes, *parts: bytes) -> None:
         channel.send(self.sock, tag, c.ADDRESS.pack(address), *parts)
@@ -60,10 +61,11 @@ class Step:
         for i in range(0, rows, 2):
             logits = np.ascontiguousarray(model(x[i : i + 2]))
             parts = c.ADDRESS.pack(address) + c.ROWS.pack(i, len(logits), seq) + logits.tobytes()
-            if trickle and i == 0:
-                self.sock.sendall(channel.HEADER.pack(c.LOGITS, len(parts)) + parts[:-1])
+            if trickle and i == 0:  # held back: the last byte, or (held) the rows' header
+                cut = len(parts) - 1 if self.hold == "payload" else c.ADDRESS.size
+                self.sock.sendall(channel.HEADER.pack(c.LOGITS, len(parts)) + parts[:cut])
                 time.sleep(trickle)
-                self.sock.sendall(parts[-1:])
+                self.sock.sendall(parts[cut:])
             else:
                 self.send(address, c.LOGITS, c.ROWS.pack(i, len(logits), seq),
                           logits.tobytes())
@@ -167,12 +169,14 @@ def test_the_clock_runs_from_the_first_batch_and_leaves_out_only_the_validations
     assert record["train_tokens"] == 3 * 2 * 4 and record["steps"] == 3
 
 
-@pytest.mark.parametrize("floor", [0.0, 1e6])
-def test_a_validator_that_trickles_its_logits_has_the_wait_clocked(floor):
+@pytest.mark.parametrize(("floor", "hold"), [(0.0, "payload"), (1e6, "payload"),
+                                             (1e6, "rows")])
+def test_a_validator_that_trickles_its_logits_has_the_wait_clocked(floor, hold):
     """Receiving counts as the trusted side's time only as long as the bytes take at the
     floor rate: a validator that holds its logits back (training meanwhile) is clocked
     for the wait. Without a floor (0) the wait would be left out: the hole it closes."""
     step, link, record, windows, thread, _ = start(transfer_floor_bps=floor)
+    step.hold = hold
     step.send(c.VALIDATOR, c.READY)
     step.send(c.PROBE, c.READY)
     for _ in range(2):

@@ -154,7 +154,8 @@ class LogitsServer:
     on_row: object = None  # optional callable(row, logits) for the probe
     compute_s: float = float("inf")  # the step's allowance of compute after READY
     # Receiving counts as trusted time only as long as the bytes take at this rate (plus
-    # RECV_SLACK_S a chunk): a step that trickles its logits computes meanwhile. 0: no cap.
+    # RECV_SLACK_S once a step): a step that trickles its logits computes meanwhile, and
+    # headers come at its own pace. 0: no cap.
     transfer_floor_bps: float = 0.0
 
     def __call__(self, link: StepLink) -> None:
@@ -175,7 +176,7 @@ class LogitsServer:
         targets = torch.from_numpy(self.targets.astype(np.int64)).to(device)
         nbytes = torch.from_numpy(self.token_bytes.astype(np.int64)).to(device)
         total = {"nats": 0.0, "bytes": 0}
-        clock = {"ready": None, "trusted": 0.0}
+        clock = {"ready": None, "trusted": 0.0, "slack": RECV_SLACK_S}  # one slack a step
         next_row, scoring, received = 0, None, 0
 
         def over() -> None:
@@ -257,8 +258,11 @@ class LogitsServer:
                 started = time.monotonic()
                 channel.recv_into(conn, memoryview(chunk.numpy()))
                 took = time.monotonic() - started
-                if self.transfer_floor_bps > 0:
-                    took = min(took, expect / self.transfer_floor_bps + RECV_SLACK_S)
+                if self.transfer_floor_bps > 0:  # beyond the bytes' time at the floor: compute
+                    late = max(0.0, took - expect / self.transfer_floor_bps)
+                    used = min(clock["slack"], late)
+                    clock["slack"] -= used
+                    took -= late - used
                 clock["trusted"] += took
                 settle()
                 over()
