@@ -124,6 +124,16 @@ def end(link: StepLink, thread: threading.Thread) -> None:
     assert not thread.is_alive()
 
 
+def finish(step: Step, link: StepLink, thread: threading.Thread) -> None:
+    """Both ranks return from train(): the final validation, then goodbye."""
+    step.send(1, c.FINISH)
+    step.send(0, c.FINISH)
+    step.pause(causal)
+    for rank in (0, 1):
+        step.expect(rank, c.BYE)
+    end(link, thread)
+
+
 def expected_loss(windows: np.ndarray, model) -> float:
     z = model(windows[:, :-1]).astype(np.float64)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
@@ -149,12 +159,7 @@ def test_the_clock_runs_from_the_first_batch_and_leaves_out_only_the_validations
     for rank in (0, 1):
         assert len(step.expect(rank, c.DATA)) == 10
     time.sleep(0.2)
-    step.send(1, c.FINISH)
-    step.send(0, c.FINISH)
-    step.pause(causal)
-    for rank in (0, 1):
-        step.expect(rank, c.BYE)
-    end(link, thread)
+    finish(step, link, thread)
     first, final = record["validations"]
     assert link.halted is None and record["complete"]
     assert (first["step"], final["step"]) == (2, 3) and final["final"]
@@ -188,12 +193,7 @@ def test_a_validator_that_trickles_its_logits_has_the_wait_clocked(floor, hold):
     step.pause(causal, trickle=1.0)
     for rank in (0, 1):
         step.expect(rank, c.DATA)
-    step.send(1, c.FINISH)
-    step.send(0, c.FINISH)
-    step.pause(causal)
-    for rank in (0, 1):
-        step.expect(rank, c.BYE)
-    end(link, thread)
+    finish(step, link, thread)
     first = record["validations"][0]
     assert first["pause_s"] > 1.0
     if floor:
