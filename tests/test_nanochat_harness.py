@@ -73,6 +73,10 @@ def test_each_seed_trains_and_is_scored_by_the_trusted_side(bench, prepared, tmp
     assert all(x >= 0 for x in parts) and ev["harness_startup_warmup_s"] > 0
     assert sum(parts) == pytest.approx(ev["harness_startup_in_step_s"], abs=0.01)
     assert ev["harness_startup_in_step_s"] <= ev["startup_s"]  # the server's: from launch
+    # the eval and probe steps' compute, as the trusted side clocked it, within allowance
+    p = bench.preset
+    assert 0 < ev["eval_compute_s"] <= p.eval_load_s + p.eval_row_s * ev["eval_windows"]
+    assert 0 < ev["probe_compute_s"] <= p.eval_load_s + p.eval_row_s * ev["eval_windows"]
 
 
 def test_training_past_the_budget_is_stopped_and_fails(bench, prepared, tmp_path):

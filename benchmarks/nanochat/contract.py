@@ -43,7 +43,7 @@ class Preset:
 PRESETS = {
     "gpu": Preset(name="gpu", vocab_size=8192, eval_len=2048, eval_batch=16, probe_batch=4,
                   n_probe_windows=128, max_eval_windows=0, startup_s=240.0, reserve_s=6.0,
-                  device="cuda", causal_tol=0.1, peek_tol=0.005, eval_load_s=6.0,
+                  device="cuda", causal_tol=0.1, peek_tol=0.005, eval_load_s=2.0,
                   eval_row_s=0.004, transfer_floor_bps=1.5e9),
     "cpu": Preset(name="cpu", vocab_size=512, eval_len=64, eval_batch=8, probe_batch=3,
                   n_probe_windows=24, max_eval_windows=48, startup_s=60.0, reserve_s=4.0,

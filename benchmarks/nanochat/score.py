@@ -101,6 +101,7 @@ def score(ctx: TrialContext, preset: Preset) -> Score:
         "eval_windows": rows, "eval_tokens": int(s["targets"].size),
         "eval_compute_s": round(float(ev.get("compute_s", -1.0)), 2),
         "eval_transfer_s": round(float(ev.get("transfer_s", -1.0)), 2),
+        "probe_compute_s": round(float(s.get("probe", {}).get("compute_s") or -1.0), 2),
         "eval_target_bytes": int(ev["target_bytes"]), "preset": preset.name,
     }  # fmt: skip
     evidence |= tlog | elog
