@@ -241,6 +241,10 @@ class FamilyParams(_Strict):
                               "(the benchmark's `prewarm`, e.g. compiling a reference) runs "
                               "side by side, in processes of their own, before the first "
                               "round; 0: none")
+    prewarm_memory_gb: float | None = Field(None, gt=0, description="accelerator memory the "
+                                            "side-by-side prewarms may declare together (a "
+                                            "benchmark's `prewarm_memory`); about 80 % of "
+                                            "one GPU's; null: no bound")
 
 
 class EngineParams(_Strict):

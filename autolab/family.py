@@ -13,11 +13,13 @@ the same of their seeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import tempfile
+import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,16 +77,77 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     e.g. compiling a reference whose time prepare then measures), `jobs` members at a time,
     each in a process of its own, so that the timed preparations that follow, one member
     at a time, find the work done. What one reports, or how its process ended, is its line
-    here; a member without `prewarm` is left out."""
+    here; a member without `prewarm` is left out.
+
+    Prewarms may need the accelerator's memory: a member whose benchmark says how much
+    (`prewarm_memory(prepared_dir)`, bytes) starts only while what the running ones said
+    fits family.prewarm_memory_gb beside it (one that needs more runs alone), and one
+    that ran out of memory beside others is tried again at the end, alone."""
     from autolab.lab import prepared_data_dir
 
     todo = {m: str(prepared_data_dir(member_params(params, family.name, m)))
             for m in members if callable(getattr(family.member(m), "prewarm", None))}
     if not todo or jobs < 1:
         return {}
+    budget = params.family.prewarm_memory_gb
+    need = {m: _prewarm_need(family.member(m), todo[m]) for m in todo} if budget else {}
+    gate = MemoryGate(budget * 2**30 if budget else None)
+
+    def one(m: str) -> tuple[str, bool]:
+        with gate.hold(need.get(m, 0)) as alone:
+            said = _prewarm_process(family.name, m, todo[m])
+            return said, alone()
+
     with ThreadPoolExecutor(min(jobs, len(todo)), thread_name_prefix="prewarm") as pool:
-        done = pool.map(lambda m: _prewarm_process(family.name, m, todo[m]), todo)
-        return dict(zip(todo, done, strict=True))
+        done = dict(zip(todo, pool.map(one, todo), strict=True))
+    out = {}
+    for m, (said, alone) in done.items():
+        if not alone and said.startswith("failed") and OUT_OF_MEMORY.search(said):
+            again = _prewarm_process(family.name, m, todo[m])  # beside others: now alone
+            said = f"{again} (alone, after beside others: {said[:120]})"
+        out[m] = said
+    return out
+
+
+OUT_OF_MEMORY = re.compile(r"out of memory|OUT_OF_MEMORY|OutOfMemory", re.IGNORECASE)
+
+
+def _prewarm_need(member, prepared_dir: str) -> int:
+    estimate = getattr(member, "prewarm_memory", None)
+    return int(estimate(Path(prepared_dir))) if callable(estimate) else 0
+
+
+class MemoryGate:
+    """Admission by declared memory: `hold(n)` waits until n bytes fit beside what the
+    holders declared (an n larger than the whole budget waits until nothing is held) and
+    yields a callable that says whether the holder has run alone so far. No budget:
+    everyone goes in at once."""
+
+    def __init__(self, budget: float | None):
+        self.budget, self.used = budget, 0.0
+        self._cond = threading.Condition()
+        self._held: dict[int, list[bool]] = {}  # holder -> [alone so far]
+
+    @contextlib.contextmanager
+    def hold(self, n: float):
+        n = min(float(n), self.budget) if self.budget is not None else 0.0
+        me = [True]
+        with self._cond:
+            self._cond.wait_for(lambda: not self._held or self.budget is None
+                                or self.used + n <= self.budget)
+            if self._held:
+                me[0] = False
+                for other in self._held.values():
+                    other[0] = False
+            self.used += n
+            self._held[id(me)] = me
+        try:
+            yield lambda: me[0]
+        finally:
+            with self._cond:
+                self.used -= n
+                del self._held[id(me)]
+                self._cond.notify_all()
 
 
 PREWARM = ("import sys\nfrom autolab.family import _prewarm\n"

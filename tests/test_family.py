@@ -184,3 +184,74 @@ def test_a_member_that_cannot_run_is_recorded_and_the_others_go_on(tmp_path, pre
     assert result["after"] is None  # no suite figure while a member has none
     report = (tmp_path / "reports" / "suite" / "report.md").read_text()
     assert "| broken | group:a | failed:" in report
+
+
+def test_the_memory_gate_admits_what_fits_and_says_who_ran_alone():
+    import threading
+    import time
+
+    from autolab.family import MemoryGate
+
+    gate, peak, lock, now, alone = MemoryGate(10.0), [0.0], threading.Lock(), [0.0], {}
+
+    def work(name: str, need: float, hold_s: float) -> None:
+        with gate.hold(need) as ran_alone:
+            with lock:
+                now[0] += min(need, 10.0)
+                peak[0] = max(peak[0], now[0])
+            time.sleep(hold_s)
+            with lock:
+                now[0] -= min(need, 10.0)
+        alone[name] = ran_alone()
+
+    threads = [threading.Thread(target=work, args=a) for a in
+               (("a", 6, 0.3), ("b", 6, 0.1), ("c", 3, 0.1), ("big", 40, 0.1))]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    assert peak[0] <= 10.0  # never more declared at once than the budget
+    assert alone["big"] is True and alone["a"] is False and alone["c"] is False
+    unbounded = MemoryGate(None)
+    with unbounded.hold(1e18) as first, unbounded.hold(1e18) as second:  # no budget: all in
+        assert not first() and not second()
+
+
+def test_a_prewarm_out_of_memory_beside_others_is_tried_again_alone(tmp_path, monkeypatch):
+    """Side by side, prewarms on one GPU can run out of its memory; the ones that did are
+    run again at the end, one at a time, and their line says so."""
+    import threading
+    import time
+
+    import autolab.family as fam
+    from autolab.config import load_params
+
+    running, calls = [0], []
+    lock = threading.Lock()
+
+    def fake(family: str, member: str, prepared_dir: str) -> str:
+        with lock:
+            running[0] += 1
+            crowded = running[0] > 1
+            calls.append((member, crowded))
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return "failed: CUDA error: out of memory" if crowded else "compiled"
+
+    family = get_family("noop-family")
+    members = list(family.members())[:3]
+    from benchmarks.noop.benchmark import Noop
+
+    monkeypatch.setattr(Noop, "prewarm", lambda self, d: "", raising=False)
+    monkeypatch.setattr(fam, "_prewarm_process", fake)
+    params = load_params(write_params(tmp_path, benchmark="noop-family",
+                                      family={"members": members, "prewarm_jobs": 3}))
+    out = fam.prewarm_members(params, family, members, 3)
+    assert set(out) == set(members)
+    lines = sorted(out.values())  # the first to start had the GPU to itself until others came
+    assert lines[0] == "compiled", out
+    assert all(line.startswith("compiled (alone, after beside others: failed: CUDA error: out "
+                               "of memory") for line in lines[1:]), out
+    assert [c for _, c in calls[3:]] == [False, False]  # the retries: one at a time

@@ -312,3 +312,18 @@ def test_the_family_prewarms_members_in_processes_of_their_own(family, tmp_path)
     noop = load_params(write_params(tmp_path / "n", benchmark="noop-family"))
     nf = family_named("noop-family")
     assert prewarm_members(noop, nf, list(nf.members())[:2], 2) == {}  # no prewarm: none
+
+
+def test_a_members_prewarm_says_how_much_device_memory_it_needs(family):
+    """What the family's prewarm admits members by: nothing on a CPU; on a GPU at least the
+    largest workload's arena, three times over, and two CUDA contexts."""
+    from benchmarks.solexec.benchmark import SolExecProblem, split_workloads
+    from benchmarks.solexec.material import estimate_bytes
+
+    cpu = family.member(MEMBER)
+    assert cpu.prewarm_memory(None) == 0
+    gpu = SolExecProblem(cpu.problem, "solexec", preset="gpu")
+    sizes = [estimate_bytes(gpu.problem, w) for s in ("val", "audit", "test")
+             for w in split_workloads(gpu.problem, s)]
+    need = gpu.prewarm_memory(None)
+    assert 4 * max(sizes) + (2 << 30) <= need <= sum(sizes) + 3 * max(sizes) + (2 << 30)

@@ -32,7 +32,7 @@ from benchmarks.solexec.evaluate import (
 from benchmarks.solexec.hidden import held_out_workloads, hidden_workloads
 from benchmarks.solexec.launch import Forkserver, describe_exit, launch_subprocess
 from benchmarks.solexec.link import net_time
-from benchmarks.solexec.material import WorkloadRun
+from benchmarks.solexec.material import WorkloadRun, estimate_bytes
 from benchmarks.solexec.problems import load_problems, skip_reason
 from benchmarks.solexec.results import ProblemEval, WorkloadEval, workload_results
 from benchmarks.solexec.scoring import sol_score, workload_score
@@ -410,6 +410,21 @@ def test_hidden_workloads_are_new_valid_and_follow_the_listed_ones(problems):
     pool = problems["Quant/001_fp8_patch_mean_pool"]
     assert all(w.axes["seq_len"] % 4 == 0 for w in hidden_workloads(pool, 4, seed=1))
     assert hidden_workloads(attn, 3, seed=9) == hidden_workloads(attn, 3, seed=9)
+
+
+def test_hidden_workloads_need_no_more_memory_than_the_largest_listed_one(problems):
+    """Axes drawn independently multiply: without a bound, a problem with several var axes
+    draws workloads far larger than any it lists (terabytes, on the real suite)."""
+    drawn_any = False
+    for problem in problems.values():
+        listed = [w for w in problem.workloads if skip_reason(problem, w) is None]
+        if not listed:
+            continue
+        largest = max(estimate_bytes(problem, w) for w in listed)
+        for w in hidden_workloads(problem, 8, seed=5):
+            drawn_any = True
+            assert estimate_bytes(problem, w) <= largest, (problem.key, w.axes)
+    assert drawn_any
 
 
 def test_held_out_workloads_split_the_listed_ones(problems):

@@ -167,6 +167,29 @@ class SolExecProblem:
 
     # -- data -----------------------------------------------------------------------------
 
+    def prewarm_memory(self, prepared_dir: Path) -> int:
+        """Device bytes the prewarm may hold at its peak: a worker's group of arenas, and
+        for the largest workload its inputs drawn, copied, the reference's outputs and its
+        own working memory (taken as its arena three times over), and two CUDA contexts.
+        0 on a CPU."""
+        from benchmarks.solexec.evaluate import groups
+        from benchmarks.solexec.material import estimate_bytes
+
+        if self.timing.device == "cpu":
+            return 0
+        sizes = [estimate_bytes(self.problem, w) for s in ("val", "audit", "test")
+                 for w in split_workloads(self.problem, s) if skip_reason(self.problem, w) is None]
+        if not sizes:
+            return 0
+
+        class _Sized:  # what groups() reads
+            def __init__(self, size: int):
+                self.size = size
+
+        arenas = max(sum(g.size for g in grp)
+                     for grp in groups([_Sized(n) for n in sizes], self.timing.group_mb * 2**20))
+        return int(arenas + 3 * max(sizes) + (2 << 30))
+
     def prewarm(self, prepared_dir: Path) -> str:
         """Before prepare, and beside other members' prewarming: the compiled reference's
         graphs and kernels into the compile cache that prepare's timed run then reads.

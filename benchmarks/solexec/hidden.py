@@ -11,7 +11,9 @@ that it was never shown; one that hard-codes the visible shapes fails there. Two
   its granule (the gcd of its listed values; for a single value, half the largest power of
   two dividing it, so that not only its own multiples come up); any order two axes keep
   in every listed workload is kept (kv_len >= q_len); every expr axis stays at least 1;
-  and no listed combination is drawn again. A drawn workload takes its input kinds and
+  no drawn workload's inputs and outputs take more bytes than the largest listed one's
+  (axes drawn independently multiply: unbounded, a draw could need terabytes); and no
+  listed combination is drawn again. A drawn workload takes its input kinds and
   tolerance from a listed one; a scalar input that restates an axis follows its new value.
   Values a definition only accepts for reasons it does not state (a var axis that must be
   a multiple of another) can still be drawn: the reference then fails on them and the
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from benchmarks.solexec.evaluate import Launch, Timing, evaluate_problem
 from benchmarks.solexec.launch import launch_subprocess
+from benchmarks.solexec.material import estimate_bytes
 from benchmarks.solexec.problems import (
     Problem,
     ProblemFormatError,
@@ -57,6 +60,7 @@ def hidden_workloads(problem: Problem, count: int, *, seed: int) -> list[Workloa
     ranges = {n: _range([w.axes[n] for w in listed]) for n in var}
     order = [(a, b) for a in var for b in var
              if a != b and all(w.axes[a] >= w.axes[b] for w in listed)]
+    largest = max(estimate_bytes(problem, w) for w in listed)
     rng, out = random.Random(seed), []
     for _ in range(50 * count):
         if len(out) == count:
@@ -67,7 +71,7 @@ def hidden_workloads(problem: Problem, count: int, *, seed: int) -> list[Workloa
         if combo in seen or not all(axes[a] >= axes[b] for a, b in order):
             continue
         workload = _from_template(problem, rng.choice(listed), axes, len(out))
-        if workload is not None:
+        if workload is not None and estimate_bytes(problem, workload) <= largest:
             seen.add(combo)
             out.append(workload)
     return out
