@@ -37,9 +37,9 @@ from benchmarks.protocol import Benchmark
 
 KEEP = ("tokens_per_s", "mfu", "harness_peak_memory_gb", "train_tokens", "train_batches",
         "train_s", "startup_s", "epochs", "harness_gpu", "eval_windows", "eval_tokens",
-        "eval_seconds", "eval_compute_s", "eval_transfer_s", "harness_startup_device_s",
-        "harness_startup_import_s", "harness_startup_build_s", "harness_startup_warmup_s",
-        "harness_startup_in_step_s")
+        "eval_seconds", "eval_compute_s", "eval_transfer_s", "probe_compute_s",
+        "harness_startup_device_s", "harness_startup_import_s", "harness_startup_build_s",
+        "harness_startup_warmup_s", "harness_startup_in_step_s")
 
 
 def archived_candidate(path: Path, prefix: str,

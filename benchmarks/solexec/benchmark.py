@@ -23,6 +23,7 @@ failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -463,5 +464,12 @@ def runnable(problem: Problem) -> bool:
 
 
 def load_members(root: Path) -> dict[str, Problem]:
-    """The problems under root that can run at all, by member name."""
-    return {member_name(p): p for p in load_problems(root) if runnable(p)}
+    """The problems under root that can run at all, by member name. Read once per folder
+    and process: every lookup of a member (`get_benchmark("solexec/...")`) comes here, and
+    drawing every problem's hidden workloads takes seconds."""
+    return dict(_members_under(str(Path(root).resolve())))
+
+
+@functools.lru_cache(maxsize=8)
+def _members_under(root: str) -> dict[str, Problem]:
+    return {member_name(p): p for p in load_problems(Path(root)) if runnable(p)}

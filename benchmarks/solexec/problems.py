@@ -15,6 +15,7 @@ docstring says so.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -324,7 +325,13 @@ def evaluate_expression(expression: str, values: Mapping[str, int]) -> int:
             return _BINARY[type(node.op)](left, right)
         raise ProblemFormatError(f"{expression!r}: {type(node).__name__} is not allowed")
 
-    return walk(ast.parse(expression, mode="eval").body)
+    return walk(_parsed(expression))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(expression: str) -> ast.expr:
+    """An expression's tree, parsed once (only read afterwards)."""
+    return ast.parse(expression, mode="eval").body
 
 
 def resolve_axes(problem: Problem, workload: Workload) -> dict[str, int]:
@@ -347,8 +354,9 @@ def resolve_axes(problem: Problem, workload: Workload) -> dict[str, int]:
     return values
 
 
-def _names(expression: str) -> set[str]:
-    return {n.id for n in ast.walk(ast.parse(expression, mode="eval")) if isinstance(n, ast.Name)}
+@functools.lru_cache(maxsize=4096)
+def _names(expression: str) -> frozenset[str]:
+    return frozenset(n.id for n in ast.walk(_parsed(expression)) if isinstance(n, ast.Name))
 
 
 def tensor_shape(spec: TensorSpec, axes: Mapping[str, int]) -> tuple[int, ...] | None:
