@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -90,8 +91,9 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     if not todo or jobs < 1:
         return {}
     budget = params.family.prewarm_memory_gb
-    need = {m: _prewarm_need(family.member(m), todo[m]) for m in todo} if budget else {}
-    gate = MemoryGate(budget * 2**30 if budget else None)
+    limit = budget * 2**30 if budget else None
+    need = {m: _prewarm_need(family.member(m), todo[m], limit) for m in todo} if limit else {}
+    gate = MemoryGate(limit)
 
     def one(m: str) -> tuple[str, bool]:
         with gate.hold(need.get(m, 0)) as alone:
@@ -104,7 +106,7 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     for m, (said, alone) in done.items():
         if not alone and said.startswith("failed") and OUT_OF_MEMORY.search(said):
             again = _prewarm_process(family.name, m, todo[m])  # beside others: now alone
-            said = f"{again} (alone, after beside others: {said[:120]})"
+            said = f"{again} (alone, after beside others: {said[:240]})"
         out[m] = said
     return out
 
@@ -112,33 +114,47 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
 OUT_OF_MEMORY = re.compile(r"out of memory|OUT_OF_MEMORY|OutOfMemory", re.IGNORECASE)
 
 
-def _prewarm_need(member, prepared_dir: str) -> int:
+def _prewarm_need(member, prepared_dir: str, budget: float) -> float:
+    """What the member's benchmark says its prewarm holds on the device; where it cannot
+    say (an error, not a number), the whole budget: it runs alone."""
     estimate = getattr(member, "prewarm_memory", None)
-    return int(estimate(Path(prepared_dir))) if callable(estimate) else 0
+    if not callable(estimate):
+        return 0.0
+    try:
+        need = float(estimate(Path(prepared_dir)))
+    except Exception:  # noqa: BLE001 - one member's estimate must not stop the others
+        return budget
+    return max(0.0, need) if math.isfinite(need) else budget
 
 
 class MemoryGate:
     """Admission by declared memory: `hold(n)` waits until n bytes fit beside what the
-    holders declared (an n larger than the whole budget waits until nothing is held) and
-    yields a callable that says whether the holder has run alone so far. No budget:
-    everyone goes in at once."""
+    holders declared; an n as large as the whole budget waits until nothing is held and
+    holds the gate alone. It yields a callable that says whether the holder has run
+    alone so far. No budget: everyone goes in at once."""
 
     def __init__(self, budget: float | None):
-        self.budget, self.used = budget, 0.0
+        self.budget, self.used, self.exclusive = budget, 0.0, False
         self._cond = threading.Condition()
         self._held: dict[int, list[bool]] = {}  # holder -> [alone so far]
 
+    def _admits(self, n: float) -> bool:
+        if self.budget is None or not self._held:
+            return True
+        return not self.exclusive and n < self.budget and self.used + n <= self.budget
+
     @contextlib.contextmanager
     def hold(self, n: float):
-        n = min(float(n), self.budget) if self.budget is not None else 0.0
+        n = max(0.0, float(n))
         me = [True]
         with self._cond:
-            self._cond.wait_for(lambda: not self._held or self.budget is None
-                                or self.used + n <= self.budget)
+            self._cond.wait_for(lambda: self._admits(n))
             if self._held:
                 me[0] = False
                 for other in self._held.values():
                     other[0] = False
+            alone_only = self.budget is not None and n >= self.budget
+            self.exclusive = self.exclusive or alone_only
             self.used += n
             self._held[id(me)] = me
         try:
@@ -147,6 +163,8 @@ class MemoryGate:
             with self._cond:
                 self.used -= n
                 del self._held[id(me)]
+                if alone_only:
+                    self.exclusive = False
                 self._cond.notify_all()
 
 

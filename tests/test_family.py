@@ -192,30 +192,65 @@ def test_the_memory_gate_admits_what_fits_and_says_who_ran_alone():
 
     from autolab.family import MemoryGate
 
-    gate, peak, lock, now, alone = MemoryGate(10.0), [0.0], threading.Lock(), [0.0], {}
+    def run(budget, jobs):
+        gate, spans, alone, lock = MemoryGate(budget), {}, {}, threading.Lock()
 
-    def work(name: str, need: float, hold_s: float) -> None:
-        with gate.hold(need) as ran_alone:
+        def work(name: str, need: float, hold_s: float) -> None:
+            with gate.hold(need) as ran_alone:
+                start = time.monotonic()
+                time.sleep(hold_s)
+                end = time.monotonic()
             with lock:
-                now[0] += min(need, 10.0)
-                peak[0] = max(peak[0], now[0])
-            time.sleep(hold_s)
-            with lock:
-                now[0] -= min(need, 10.0)
-        alone[name] = ran_alone()
+                spans[name], alone[name] = (need, start, end), ran_alone()
 
-    threads = [threading.Thread(target=work, args=a) for a in
-               (("a", 6, 0.3), ("b", 6, 0.1), ("c", 3, 0.1), ("big", 40, 0.1))]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join(10)
-    assert peak[0] <= 10.0  # never more declared at once than the budget
-    assert alone["big"] is True and alone["a"] is False and alone["c"] is False
-    unbounded = MemoryGate(None)
-    with unbounded.hold(1e18) as first, unbounded.hold(1e18) as second:  # no budget: all in
-        assert not first() and not second()
+        threads = [threading.Thread(target=work, args=j) for j in jobs]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        for t in threads:
+            t.join(10)
+        return spans, alone
+
+    def beside(spans, name):
+        _, s0, e0 = spans[name]
+        return {o for o, (_, s1, e1) in spans.items() if o != name and s1 < e0 and s0 < e1}
+
+    spans, alone = run(10.0, [("a", 6, 0.3), ("b", 6, 0.1), ("c", 3, 0.1), ("big", 40, 0.1),
+                              ("zero", 0, 0.1), ("d", -5, 0.1)])
+    for name, (need, *_) in spans.items():  # never more declared at once than the budget
+        share = [min(max(0, n), 10.0) for n in [need, *(spans[o][0] for o in beside(spans, name))]]
+        assert sum(share) <= 10.0, (name, beside(spans, name))
+    assert beside(spans, "big") == set() and alone["big"] is True  # over the budget: alone
+    assert alone["a"] is False and alone["c"] is False
+    assert "c" in beside(spans, "a") and "b" not in beside(spans, "a")  # 6 + 3 fit, 6 + 6 not
+    spans, alone = run(None, [("x", 1e18, 0.2), ("y", 1e18, 0.2)])  # no budget: all go in
+    assert beside(spans, "x") == {"y"} and not alone["x"] and not alone["y"]
+
+
+def test_a_member_whose_memory_estimate_fails_runs_alone_and_the_others_go_on(tmp_path,
+                                                                               monkeypatch):
+    import autolab.family as fam
+    from autolab.config import load_params
+    from benchmarks.noop.benchmark import Noop
+
+    def estimate(self, folder):
+        if self.name.endswith("a2"):
+            raise ValueError("cannot say")
+        return float("nan") if self.name.endswith("b1") else 1.0
+
+    monkeypatch.setattr(Noop, "prewarm", lambda self, d: "", raising=False)
+    monkeypatch.setattr(Noop, "prewarm_memory", estimate, raising=False)
+    monkeypatch.setattr(fam, "_prewarm_process", lambda f, m, d: "compiled")
+    family = get_family("noop-family")
+    members = list(family.members())[:3]
+    params = load_params(write_params(tmp_path, benchmark="noop-family",
+                                      family={"members": members, "prewarm_jobs": 3,
+                                              "prewarm_memory_gb": 1}))
+    assert fam.prewarm_members(params, family, members, 3) == {m: "compiled" for m in members}
+    budget = 2.0**30
+    assert fam._prewarm_need(family.member(members[1]), str(tmp_path), budget) == budget
+    assert fam._prewarm_need(family.member(members[2]), str(tmp_path), budget) == budget
+    assert fam._prewarm_need(family.member(members[0]), str(tmp_path), budget) == 1.0
 
 
 def test_a_prewarm_out_of_memory_beside_others_is_tried_again_alone(tmp_path, monkeypatch):

@@ -268,6 +268,49 @@ def test_a_baseline_from_another_device_is_measured_again(member, tmp_path):
     assert json.loads((folder / "baseline.json").read_text())["device"] == "cpu"
 
 
+def test_a_baseline_of_other_hidden_workloads_is_measured_again(member, tmp_path):
+    """A table measured before the hidden draws changed times workloads the splits no
+    longer hold: kept, every audit trial would fail on workloads not evaluated."""
+    import json
+
+    from benchmarks.solexec.benchmark import split_workloads
+
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    old = next(iter(table["splits"]["audit"]))
+    table["splits"]["audit"]["hidden-9-M1"] = table["splits"]["audit"].pop(old)
+    (folder / "baseline.json").write_text(json.dumps(table))
+    assert member.prewarm(folder) != "T_b already measured here"
+    member.prepare(None, folder)
+    again = json.loads((folder / "baseline.json").read_text())
+    assert set(again["splits"]["audit"]) == {w.uuid for w in split_workloads(member.problem,
+                                                                             "audit")}
+
+
+def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,
+                                                                         monkeypatch):
+    """Out of memory inside the worker or while drawing inputs is a workload's status,
+    not an exception: the prewarm still says it failed (so the family retries it alone)
+    and leaves no marker that would skip it next time."""
+    import benchmarks.solexec.baseline as baseline
+    import benchmarks.solexec.benchmark as bench
+
+    monkeypatch.setitem(bench.BASELINE_MODES, "cpu", ("eager", "compile"))
+    row = {"compile": {"workloads": [
+        {"uuid": "w0", "status": "ok", "reason": ""},
+        {"uuid": "w1", "status": "skipped",
+         "reason": "the reference cannot run it: OutOfMemoryError: CUDA out of memory."}]}}
+    monkeypatch.setattr(baseline, "run_modes", lambda *a, **k: row)
+    member, folder = family.member(MEMBER), tmp_path / "data"
+    (folder / "compile-cache").mkdir(parents=True)  # what run_modes makes
+    said = member.prewarm(folder)
+    assert said.startswith("failed: 1 workloads ran out of memory"), said
+    assert not (folder / "compile-cache" / bench.PREWARMED).exists()
+    row["compile"]["workloads"].pop()
+    assert member.prewarm(folder) == "compiled"
+
+
 def test_prewarming_fills_the_compile_cache_that_prepare_then_reads(family, tmp_path,
                                                                    monkeypatch):
     """The family's prewarm step compiles a member's reference untimed; the timed prepare

@@ -412,6 +412,20 @@ def test_hidden_workloads_are_new_valid_and_follow_the_listed_ones(problems):
     assert hidden_workloads(attn, 3, seed=9) == hidden_workloads(attn, 3, seed=9)
 
 
+def test_axes_equal_in_every_listed_workload_are_drawn_as_one(problems):
+    """Square shapes stay square, and the draw still finds new workloads (drawn apart,
+    two axes almost never meet an order kept both ways)."""
+    attn = problems["L2/002_causal_attention"]
+    w = attn.workloads[0]
+    square = tuple(replace(w, uuid=f"sq{n}", axes={**w.axes, "q_len": n, "kv_len": n})
+                   for n in (32, 64, 256))
+    problem = replace(attn, workloads=square)
+    drawn = hidden_workloads(problem, 4, seed=3)
+    assert len(drawn) == 4  # of 96, 128, 160, 192, 224: new, and no larger than 256
+    assert all(w.axes["kv_len"] == w.axes["q_len"] for w in drawn)
+    assert {w.axes["q_len"] for w in drawn} <= {96, 128, 160, 192, 224}
+
+
 def test_hidden_workloads_need_no_more_memory_than_the_largest_listed_one(problems):
     """Axes drawn independently multiply: without a bound, a problem with several var axes
     draws workloads far larger than any it lists (terabytes, on the real suite)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 import torch
@@ -142,12 +143,22 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
     measure_baseline (a path may reach a compiled graph's cache key). What fails here is
     compiled again when it is timed.
     Not only CPU work: the reference runs on the device too, so beside other problems'
-    prewarming it may run short of memory (then the timed run compiles what is missing)."""
+    prewarming it may run short of memory (then the timed run compiles what is missing):
+    a workload that did, in the evaluator, the reference or the worker, is this prewarm's
+    error, so that it is not taken as done."""
     every = [w for ws in splits.values() for w in ws]
     quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False)
     row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,
                     workloads=every)
-    return {"problem": problem.key, "error": row.get("compile_error")}
+    short = [w.get("reason") or "" for w in (row.get("compile") or {}).get("workloads", [])
+             if OUT_OF_MEMORY.search(w.get("reason") or "")]
+    error = row.get("compile_error") or (
+        f"{len(short)} workloads ran out of memory: {short[0][:200]}" if short else None)
+    return {"problem": problem.key, "error": error}
+
+
+# an evaluator, reference or worker that ran short of device memory says one of these
+OUT_OF_MEMORY = re.compile(r"out of memory|OUT_OF_MEMORY|OutOfMemory", re.IGNORECASE)
 
 
 def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,

@@ -10,7 +10,8 @@ that it was never shown; one that hard-codes the visible shapes fails there. Two
   each var axis between half its smallest and twice its largest listed value, in steps of
   its granule (the gcd of its listed values; for a single value, half the largest power of
   two dividing it, so that not only its own multiples come up); any order two axes keep
-  in every listed workload is kept (kv_len >= q_len); every expr axis stays at least 1;
+  in every listed workload is kept (kv_len >= q_len; axes equal in every one are drawn
+  as one); every expr axis stays at least 1;
   no drawn workload's inputs and outputs take more bytes than the largest listed one's
   (axes drawn independently multiply: unbounded, a draw could need terabytes); and no
   listed combination is drawn again. A drawn workload takes its input kinds and
@@ -60,13 +61,23 @@ def hidden_workloads(problem: Problem, count: int, *, seed: int) -> list[Workloa
     ranges = {n: _range([w.axes[n] for w in listed]) for n in var}
     order = [(a, b) for a in var for b in var
              if a != b and all(w.axes[a] >= w.axes[b] for w in listed)]
+    # axes equal in every listed workload (height and width of square images) are drawn
+    # as one: drawn apart, they would almost never meet the order kept both ways
+    tied = {b: a for a, b in order if (b, a) in order and var.index(a) < var.index(b)}
+
+    def leader(n: str) -> str:
+        while n in tied:
+            n = tied[n]
+        return n
+
     largest = max(estimate_bytes(problem, w) for w in listed)
     rng, out = random.Random(seed), []
     for _ in range(50 * count):
         if len(out) == count:
             break
-        axes = {n: lo + step * rng.randrange((hi - lo) // step + 1)
-                for n, (lo, hi, step) in ranges.items()}
+        free = {n: lo + step * rng.randrange((hi - lo) // step + 1)
+                for n, (lo, hi, step) in ranges.items() if n not in tied}
+        axes = {n: free[leader(n)] for n in var}
         combo = tuple(axes[n] for n in var)
         if combo in seen or not all(axes[a] >= axes[b] for a, b in order):
             continue
