@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import types
 from pathlib import Path
 from typing import Literal
 
@@ -168,36 +169,43 @@ class SolExecProblem:
 
     # -- data -----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _splits(self) -> dict[str, list[Workload]]:
+        """The three splits' workloads, drawn once per member object."""
+        return {s: split_workloads(self.problem, s) for s in ("val", "audit", "test")}
+
     def prewarm_memory(self, prepared_dir: Path) -> int:
         """Device bytes the prewarm may hold at its peak: a worker's group of arenas, and
         for the largest workload its inputs drawn, copied, the reference's outputs and its
         own working memory (taken as its arena three times over), and two CUDA contexts.
         0 on a CPU, and where the prewarm has nothing to do here."""
-        from benchmarks.solexec.baseline import device_name
         from benchmarks.solexec.evaluate import groups
         from benchmarks.solexec.material import estimate_bytes
 
-        if self.timing.device == "cpu":
+        if self.timing.device == "cpu" or (
+                prepared_dir is not None and self._prewarm_done(Path(prepared_dir))):
             return 0
-        if prepared_dir is not None:
-            marker = Path(prepared_dir) / "compile-cache" / PREWARMED
-            if (Path(prepared_dir) / BASELINE).exists() and self._measured_here(
-                    Path(prepared_dir) / BASELINE):
-                return 0
-            if marker.exists() and marker.read_text() == device_name(self.timing.device):
-                return 0
-        sizes = [estimate_bytes(self.problem, w) for s in ("val", "audit", "test")
-                 for w in split_workloads(self.problem, s) if skip_reason(self.problem, w) is None]
+        sizes = [estimate_bytes(self.problem, w) for ws in self._splits.values() for w in ws
+                 if skip_reason(self.problem, w) is None]
         if not sizes:
             return 0
-
-        class _Sized:  # what groups() reads
-            def __init__(self, size: int):
-                self.size = size
-
+        sized = [types.SimpleNamespace(size=n) for n in sizes]  # what groups() reads
         arenas = max(sum(g.size for g in grp)
-                     for grp in groups([_Sized(n) for n in sizes], self.timing.group_mb * 2**20))
+                     for grp in groups(sized, self.timing.group_mb * 2**20))
         return int(arenas + 3 * max(sizes) + (2 << 30))
+
+    def _prewarm_done(self, prepared_dir: Path) -> str | None:
+        """Why the prewarm has nothing to do in prepared_dir, or None."""
+        from benchmarks.solexec.baseline import device_name
+
+        marker = prepared_dir / "compile-cache" / PREWARMED
+        if "compile" not in BASELINE_MODES[self.preset]:
+            return "nothing to compile"
+        if self._measured_here(prepared_dir / BASELINE):
+            return "T_b already measured here"
+        if marker.exists() and marker.read_text() == device_name(self.timing.device):
+            return "already prewarmed here"
+        return None
 
     def prewarm(self, prepared_dir: Path) -> str:
         """Before prepare, and beside other members' prewarming: the compiled reference's
@@ -206,19 +214,13 @@ class SolExecProblem:
         compile."""
         from benchmarks.solexec.baseline import device_name, prewarm_compile
 
-        out, here = Path(prepared_dir) / BASELINE, device_name(self.timing.device)
         cache = Path(prepared_dir) / "compile-cache"
-        if "compile" not in BASELINE_MODES[self.preset]:
-            return "nothing to compile"
-        if out.exists() and self._measured_here(out):
-            return "T_b already measured here"
-        if (cache / PREWARMED).exists() and (cache / PREWARMED).read_text() == here:
-            return "already prewarmed here"
-        splits = {s: split_workloads(self.problem, s) for s in ("val", "audit", "test")}
-        done = prewarm_compile(self.problem, splits, self.timing, cache)
-        if done["error"] is not None:
-            return f"failed: {done['error'][:200]}"
-        (cache / PREWARMED).write_text(here)
+        if (done := self._prewarm_done(Path(prepared_dir))) is not None:
+            return done
+        result = prewarm_compile(self.problem, self._splits, self.timing, cache)
+        if result["error"] is not None:
+            return f"failed: {result['error'][:200]}"
+        (cache / PREWARMED).write_text(device_name(self.timing.device))
         return "compiled"
 
     def _measured_here(self, table_file: Path) -> bool:
@@ -233,8 +235,8 @@ class SolExecProblem:
         if table.get("device") != device_name(self.timing.device):
             return False
         splits = table.get("splits") or {}
-        return all(set(splits.get(s) or {}) == {w.uuid for w in split_workloads(self.problem, s)}
-                   for s in ("val", "audit", "test"))
+        return all(set(splits.get(s) or {}) == {w.uuid for w in ws}
+                   for s, ws in self._splits.items())
 
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
         """T_b and T_SOL of every workload of the three splits, measured here once."""
@@ -246,8 +248,7 @@ class SolExecProblem:
             out.unlink()  # another machine's T_b, or other workloads: measured again here
         if not out.exists():
             prepared_dir.mkdir(parents=True, exist_ok=True)
-            splits = {s: split_workloads(self.problem, s) for s in ("val", "audit", "test")}
-            table = measure_baseline(self.problem, splits, self.timing,
+            table = measure_baseline(self.problem, self._splits, self.timing,
                                      prepared_dir / "compile-cache", BASELINE_MODES[self.preset])
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
