@@ -71,9 +71,12 @@ def _run_campaign(params: Path, overrides: dict, confirm: bool = True) -> None:
         if p.campaign.benchmark in FAMILY_NAMES:  # each member's campaign is checked
             family = get_family(p.campaign.benchmark)
             members = chosen_members(family, p.family.members)
-            prewarm(p, family, members)  # before preflight prepares a resumed member's data
-            for m in members:
-                preflight(open_lab(member_params(p, family.name, m)))
+            labs = [open_lab(member_params(p, family.name, m)) for m in members]
+            # preflight prepares a resumed member's data; the others wait for their turn
+            prewarm(p, family, [m for m, lab in zip(members, labs, strict=True)
+                                if lab.archive.campaign() is not None])
+            for lab in labs:
+                preflight(lab)
         else:
             preflight(open_lab(p))
         campaign(params_path=str(params), overrides=overrides, confirm=confirm)

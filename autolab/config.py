@@ -239,8 +239,8 @@ class FamilyParams(_Strict):
     proposals_per_round: int = Field(2, ge=1, description="per member and round")
     prewarm_jobs: int = Field(0, ge=0, le=64, description="members whose untimed preparation "
                               "(the benchmark's `prewarm`, e.g. compiling a reference) runs "
-                              "side by side, in processes of their own, before the first "
-                              "round; 0: none")
+                              "side by side, in processes of their own, a window of this "
+                              "many just before their first round; 0: none")
     prewarm_memory_gb: float | None = Field(None, gt=0, description="accelerator memory the "
                                             "side-by-side prewarms may declare together (a "
                                             "benchmark's `prewarm_memory`); about 80 % of "

@@ -1,8 +1,10 @@
 """A campaign over a family of problems: each member's own campaign, in rounds.
 
-    prewarm: every member's untimed preparation, side by side (family.prewarm_jobs)
     for each round:
-        for each member:  write what its related members found  ->  campaign(member)
+        for each member:
+            (first round) prewarm: the untimed preparation of this member and the next
+                ones, family.prewarm_jobs of them side by side, when none of them has it
+            write what its related members found  ->  campaign(member)
     family summary: the aggregate of the champions against that of the seeds
 
 Each member's campaign is the ordinary campaign flow (its own archive, lineage, champion,
@@ -37,7 +39,7 @@ def prewarm(params: Params, family: BenchmarkFamily, members: list[str]) -> None
     """Untimed work first, side by side (family.prewarm_jobs); then, one member at a time,
     the timed preparations find it done. Also run before `autolab run`'s preflight, which
     prepares the members of a resumed campaign; a member prewarmed already skips it."""
-    if params.family.prewarm_jobs:
+    if params.family.prewarm_jobs and members:
         warmed = prewarm_members(params, family, members, params.family.prewarm_jobs)
         for m, what in warmed.items():
             print(f"{family.name}/{m}: prewarm: {what}", flush=True)
@@ -56,12 +58,24 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
     rounds, per = params.family.rounds, params.family.proposals_per_round
     print(f"{family.name}: {len(members)} problems, {rounds} rounds of {per} proposals each",
           flush=True)
-    prewarm(params, family, members)
     errors: dict[str, str] = {}  # a member whose campaign cannot go on; the others do
+
+    def done(r: int, m: str) -> bool:  # a resumed family campaign: this round of m is done
+        return m in errors or (r < rounds - 1 and judged(params, family.name, m) >= (r + 1) * per)
+
+    # Prewarmed a window at a time, just before its members' turns: a campaign stopped
+    # part-way (a machine's time is up) has compiled nothing it did not reach, and one
+    # resumed on a fresh machine compiles only what it is about to time.
+    window = max(1, params.family.prewarm_jobs)
+    warmed: set[str] = set()
     for r in range(rounds):
-        for m in members:
-            if m in errors or (r < rounds - 1 and judged(params, family.name, m) >= (r + 1) * per):
-                continue  # a resumed family campaign: this round of this member is done
+        for i, m in enumerate(members):
+            if done(r, m):
+                continue
+            if r == 0 and m not in warmed:
+                ahead = [x for x in members[i:] if not done(r, x)][:window]
+                prewarm(params, family, ahead)
+                warmed.update(ahead)
             found = [x for o in related[m] for x in results_of(params, family.name, o)]
             root = params.paths.workdir.resolve() / member_params(params, family.name,
                                                                   m).campaign.name

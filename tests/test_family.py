@@ -290,3 +290,28 @@ def test_a_prewarm_out_of_memory_beside_others_is_tried_again_alone(tmp_path, mo
     assert all(line.startswith("compiled (alone, after beside others: failed: CUDA error: out "
                                "of memory") for line in lines[1:]), out
     assert [c for _, c in calls[3:]] == [False, False]  # the retries: one at a time
+
+
+def test_prewarming_goes_a_window_at_a_time_just_before_the_members_turns(tmp_path,
+                                                                          monkeypatch):
+    """With family.prewarm_jobs: N, the untimed preparation of the next N members runs just
+    before the first of them starts, once, in the first round only: a campaign stopped
+    part-way has prewarmed nothing it did not reach."""
+    import flows.campaign
+    import flows.family
+
+    events: list = []
+    monkeypatch.setattr(flows.family, "prewarm_members",
+                        lambda p, fam, members, jobs: events.append(("prewarm", list(members)))
+                        or {m: "compiled" for m in members})
+    monkeypatch.setattr(flows.campaign, "campaign",
+                        lambda params_path, overrides, confirm: events.append(
+                            ("run", overrides["campaign"]["name"].rsplit("-", 1)[-1])))
+    members = ["a1", "a2", "b1"]
+    params_path = write_params(
+        tmp_path, benchmark="noop-family", campaign={"name": "suite"},
+        family={"members": members, "rounds": 2, "proposals_per_round": 1, "prewarm_jobs": 2})
+    flows.family.family_campaign.fn(params_path=str(params_path))
+    assert events == [("prewarm", ["a1", "a2"]), ("run", "a1"), ("run", "a2"),
+                      ("prewarm", ["b1"]), ("run", "b1"),
+                      ("run", "a1"), ("run", "a2"), ("run", "b1")]
