@@ -147,7 +147,7 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
     a workload that did, in the evaluator, the reference or the worker, is this prewarm's
     error, so that it is not taken as done."""
     every = [w for ws in splits.values() for w in ws]
-    quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False)
+    quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False, batch=1)
     row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,
                     workloads=every)
     short = [w.get("reason") or "" for w in (row.get("compile") or {}).get("workloads", [])
@@ -170,7 +170,7 @@ def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing
                     cache_dir, workloads=every)
     times = baseline_times(row)
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
-                 "modes": list(modes), "splits": {}}
+                 "modes": list(modes), "calls_per_trip": timing.batch, "splits": {}}
     for split, ws in splits.items():
         entries = {}
         for w in ws:

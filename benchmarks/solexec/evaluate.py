@@ -37,6 +37,18 @@ writes them; a kernel still running after the answer that writes elsewhere, whic
 by the next call it delays rather than by its own. Persisting-L2 windows the worker's
 context sets are not reset by the flush (they cannot hold a fresh call's inputs).
 
+Round trips. One round trip may carry several calls of a workload (`Timing.batch`, fewer
+where their arenas together would pass `batch_mb`): each call has its own arena and its
+own fresh draw, all staged before the flush; the worker runs them one after the other,
+synchronising after each before copying its outputs, and answers once with a digest per
+call; every call is judged as above. The round trip's time less the overhead of one empty
+round trip is shared by its calls, so the host's round trip, hundreds of microseconds
+with a spread of the same order, weighs 1/batch of what it would on each call: without
+it, a kernel of tens of microseconds is measured as the messaging around it. The caches
+are flushed once per round trip, not between its calls; each call's inputs are still
+untouched since the flush (its own arena, written before it), and T_b is measured the
+same way, so the reference and the candidate are timed alike.
+
 A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
 problems are one group). Before the solution is loaded into it, each workload's empty
 calls are timed (see Overhead). Then warm-up calls, checked but not timed, and timed calls
@@ -102,7 +114,13 @@ import torch
 from benchmarks.solexec import transport
 from benchmarks.solexec.launch import Worker, launch_subprocess
 from benchmarks.solexec.link import CacheFlush, WorkerLink, WorkerLost, cache_bytes, sync_device
-from benchmarks.solexec.material import Draw, WorkloadRun, estimate_bytes, same_bytes
+from benchmarks.solexec.material import (
+    Draw,
+    WorkloadRun,
+    batch_copies,
+    estimate_bytes,
+    same_bytes,
+)
 from benchmarks.solexec.problems import (
     Problem,
     Workload,
@@ -133,6 +151,8 @@ class Timing:
     threads: int = 1
     max_elements: int | None = None  # shrink workloads for CPU runs (problems.shrink)
     group_mb: float = 4096.0  # workloads interleaved together hold at most this in arenas
+    batch: int = 1  # calls of a workload one timed round trip carries, at most
+    batch_mb: float = 1024.0  # ... while their arenas together stay within this
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
@@ -141,22 +161,24 @@ class Timing:
 # ---------------------------------------------------------------------------- one call
 
 
-def _call(link: WorkerLink, p: WorkloadRun, index: int, timed: bool, flush: CacheFlush) -> None:
-    """One call of workload p with the draw of seed `index`; a failed check finishes p."""
+def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: CacheFlush) -> None:
+    """Round trip `trip` of workload p: its calls (one per copy), each on its own draw; a
+    failed check finishes p."""
     if _changed_since_answer(p):
         return
     try:
-        d = p.draw(index)
+        draws = p.draws(trip)
     except Exception as e:  # the reference's fault on these values, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return
-    p.stage(d)
+    p.stage(draws)
     flush()
-    ns, answer = link.timed("call", p.key, watch_idle=timed)
-    snapshot = [v.clone() for v in p.out_views]
+    ns, answer = link.timed("call", p.keys, watch_idle=timed)
+    snapshots = [[v.clone() for v in c.out_views] for c in p.slots]
     sync_device(flush.device)
-    p.snapshot = snapshot
-    verdict = _judge(link, p, d, answer, snapshot, timed)
+    for c, snapshot in zip(p.slots, snapshots, strict=True):
+        c.snapshot = snapshot
+    verdict = _judge(link, p, draws, answer, snapshots, timed)
     if verdict is not None:
         p.finish(*verdict)
     elif timed:
@@ -170,7 +192,7 @@ def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
     calls, so work moved into the empty call is measured like work done between calls.
     A candidate that breaks it fails p: the empty path is part of the protocol."""
     flush()
-    ns, answer = link.timed("empty", p.key, watch_idle=False)
+    ns, answer = link.timed("empty", p.keys, watch_idle=False)
     if not answer["ok"]:
         p.finish("failed", f"an empty call failed: {str(answer.get('error', ''))[:300]}")
     else:
@@ -179,30 +201,34 @@ def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
 
 def _changed_since_answer(p: WorkloadRun) -> bool:
     """Finishes p when its output slots no longer hold what they held at its last answer."""
-    if p.snapshot is None or all(
-            same_bytes(v, c) for v, c in zip(p.out_views, p.snapshot, strict=True)):
+    if all(c.snapshot is None or all(same_bytes(v, s) for v, s in zip(c.out_views, c.snapshot,
+                                                                      strict=True))
+           for c in p.slots):
         return False
     p.finish("failed", "its outputs changed after it answered (work left running in the "
              "background)")
     return True
 
 
-def _judge(link: WorkerLink, p: WorkloadRun, d: Draw, answer: dict,
-           snapshot: list[torch.Tensor], timed: bool) -> tuple[Status, str] | None:
+def _judge(link: WorkerLink, p: WorkloadRun, draws: list[Draw], answer: dict,
+           snapshots: list[list[torch.Tensor]], timed: bool) -> tuple[Status, str] | None:
     if not answer["ok"]:
         return "failed", f"run failed: {str(answer.get('error', ''))[:500]}"
-    if answer.get("digest") != transport.digest(snapshot):
+    digests = answer.get("digests")
+    if not isinstance(digests, list) or len(digests) != len(snapshots) or any(
+            d != transport.digest(s) for d, s in zip(digests, snapshots, strict=True)):
         return "failed", ("it answered before its outputs were in place (the digest in its "
                           "answer does not match the outputs read at the answer)")
-    check = check_outputs(snapshot, d.want, p.workload.tolerance, list(p.problem.outputs))
-    p.calls += 1
-    p.worst_abs = _worse(p.worst_abs, check.max_abs_error)
-    p.worst_rel = _worse(p.worst_rel, check.max_rel_error)
-    if not check.passed:
-        return "incorrect", f"call {p.calls}: {check.detail}"
-    for name, view, value in zip(p.problem.inputs, p.in_views, d.values, strict=True):
-        if view is not None and name not in p.writable and not same_bytes(view, value):
-            return "failed", f"run wrote into its input {name!r}"
+    for c, d, snapshot in zip(p.slots, draws, snapshots, strict=True):
+        check = check_outputs(snapshot, d.want, p.workload.tolerance, list(p.problem.outputs))
+        p.calls += 1
+        p.worst_abs = _worse(p.worst_abs, check.max_abs_error)
+        p.worst_rel = _worse(p.worst_rel, check.max_rel_error)
+        if not check.passed:
+            return "incorrect", f"call {p.calls}: {check.detail}"
+        for name, view, value in zip(p.problem.inputs, c.in_views, d.values, strict=True):
+            if view is not None and name not in p.writable and not same_bytes(view, value):
+                return "failed", f"run wrote into its input {name!r}"
     if (children := link.children()) > 0:
         return "failed", f"it left {children} child process(es) running after the call"
     base = link.baseline_threads
@@ -237,17 +263,18 @@ def groups(pending: list[WorkloadRun], budget_bytes: float) -> list[list[Workloa
     out: list[list[WorkloadRun]] = []
     used = 0.0
     for p in pending:
-        if out and used + p.size <= budget_bytes:
+        size = p.size * getattr(p, "copies", 1)
+        if out and used + size <= budget_bytes:
             out[-1].append(p)
-            used += p.size
+            used += size
         else:
             out.append([p])
-            used = p.size
+            used = size
     return out
 
 
 def _open(link: WorkerLink, p: WorkloadRun) -> None:
-    """The workload's arena made here and mapped by the worker."""
+    """The workload's arenas (one per copy) made here and mapped by the worker."""
     try:
         p.materialise()
     except transport.ArenaError:
@@ -255,12 +282,15 @@ def _open(link: WorkerLink, p: WorkloadRun) -> None:
     except Exception as e:  # the reference's fault, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return
-    handle, fds = p.arena.handle()
-    answer = link.request({"op": "open", "key": p.key, "arena": handle, "inputs": p.inputs,
-                           "outputs": p.outputs, "names": list(p.problem.outputs)},
-                          link.call_timeout_s, fds)
-    if not answer["ok"]:
-        p.finish("failed", f"the worker could not map the workload: {answer.get('error', '')}")
+    for c in p.slots:
+        handle, fds = c.arena.handle()
+        answer = link.request({"op": "open", "key": c.key, "arena": handle, "inputs": c.inputs,
+                               "outputs": c.outputs, "names": list(p.problem.outputs)},
+                              link.call_timeout_s, fds)
+        if not answer["ok"]:
+            p.finish("failed", "the worker could not map the workload: "
+                     f"{answer.get('error', '')}")
+            return
 
 
 def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
@@ -274,7 +304,7 @@ def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
     for _ in range(timing.reps):
         for p in round_order([p for p in group if p.result is None], rng, last):
             flush()
-            ns, answer = link.timed("empty", p.key, watch_idle=False)
+            ns, answer = link.timed("empty", p.keys, watch_idle=False)
             if not answer["ok"]:
                 raise RuntimeError(f"an empty call failed: {answer.get('error', '')}")
             p.empties.append(ns)
@@ -404,10 +434,12 @@ def evaluate_problem(
                                         reason=reason)
             continue
         w = shrink(problem, w, timing.max_elements) if timing.max_elements else w
-        seeds = [rng.getrandbits(63) for _ in range(timing.warmup + timing.reps)]
+        size = estimate_bytes(problem, w)
+        copies = batch_copies(size, timing.batch, timing.batch_mb * 2**20)
+        seeds = [rng.getrandbits(63) for _ in range((timing.warmup + timing.reps) * copies)]
         work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
                                 device=timing.device, threads=timing.threads, seeds=seeds,
-                                size=estimate_bytes(problem, w)))
+                                size=size, copies=copies))
     own_build = build_dir is None
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
     try:

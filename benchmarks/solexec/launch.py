@@ -46,9 +46,11 @@ PROJECT = Path(__file__).resolve().parents[2]
 HARNESS = ("benchmarks/__init__.py", "benchmarks/guard.py", "benchmarks/solexec/__init__.py",
            "benchmarks/solexec/worker.py", "benchmarks/solexec/wire.py",
            "benchmarks/solexec/transport.py", "benchmarks/solexec/profile.py")
+# Not CC or CXX: a host's may name a compiler outside what the sandbox shows (e.g.
+# /opt/gcc/bin/gcc); Triton and Inductor then take the system's from PATH.
 PASSED_ENV = ("CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
               "TORCH_CUDA_ARCH_LIST", "TRITON_INTERPRET", "TRITON_PTXAS_PATH",
-              "TRITON_LIBCUDA_PATH", "CC", "CXX")
+              "TRITON_LIBCUDA_PATH")
 LOG_TAIL_BYTES = 4000
 SPAWN_TIMEOUT_S = 60.0
 

@@ -63,11 +63,11 @@ class WorkerLink:
             raise self._lost(e, timeout_s) from None
         return self._decode(frame, call_id)
 
-    def timed(self, op: str, key: int, watch_idle: bool) -> tuple[int, dict]:
+    def timed(self, op: str, keys: list[str], watch_idle: bool) -> tuple[int, dict]:
         """(ns from sending the call to its whole answer, the answer). With watch_idle, the
         worker's CPU time since the previous watched answer counts as idle work."""
         call_id = next(self.ids)
-        payload = pickle.dumps({"op": op, "key": key, "id": call_id})
+        payload = pickle.dumps({"op": op, "keys": keys, "id": call_id})
         frame = wire.HEADER.pack(len(payload)) + payload
         sock, timeout_s = self.worker.sock, self.call_timeout_s
         sock.settimeout(timeout_s)

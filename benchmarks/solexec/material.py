@@ -4,9 +4,11 @@ Each call has a `Draw`: inputs made from the call's own seed (secret, fresh for 
 call), the reference's outputs on a copy of them, and the inputs the reference itself wrote
 into (a KV cache updated in place: a candidate may write there too, and its outputs are
 what is judged). A draw is made just before its call, outside the clock, and only the
-current one is kept. The workload's arena (transport.py) holds one call's inputs and
-outputs; it exists while the workload's group is evaluated (evaluate.py), so the trusted
-side holds, per workload of the group, one arena and one draw.
+current ones are kept. One round trip to the worker may carry several calls of a
+workload (`copies`, see evaluate.py): each has its own arena (transport.py), holding that
+call's inputs and outputs, and its own draw. The arenas exist while the workload's group
+is evaluated (evaluate.py), so the trusted side holds, per workload of the group, `copies`
+arenas and draws.
 """
 
 from __future__ import annotations
@@ -81,9 +83,36 @@ def estimate_bytes(problem: Problem, workload: Workload) -> int:
     return total
 
 
+def batch_copies(size: int, most: int, batch_bytes: float) -> int:
+    """How many calls of a workload one round trip carries: `most`, fewer where their arenas
+    together would pass batch_bytes, never fewer than one."""
+    return max(1, min(int(most), int(batch_bytes // max(1, size))))
+
+
+@dataclass(eq=False)
+class Copy:
+    """One call's place in a round trip: its own arena, the views on it, and what its
+    output slots held at the last answer."""
+
+    key: str  # the worker's name for it
+    arena: transport.HostArena | transport.DeviceArena | None = None
+    inputs: list[tuple[str, object]] = field(default_factory=list)  # for `open`
+    outputs: list[transport.Slot] = field(default_factory=list)
+    in_views: list[torch.Tensor | None] = field(default_factory=list)
+    out_views: list[torch.Tensor] = field(default_factory=list)
+    snapshot: list[torch.Tensor] | None = None
+
+    def release(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+        self.arena, self.snapshot, self.in_views, self.out_views = None, None, [], []
+
+
 @dataclass(eq=False)
 class WorkloadRun:
-    """One workload's material and progress through an evaluation."""
+    """One workload's material and progress through an evaluation. Its calls go `copies`
+    to a round trip: call c of the run is the round trip's copy c % copies, and the seeds
+    are one per call (warm-up round trips first, then the timed ones)."""
 
     problem: Problem
     workload: Workload
@@ -91,16 +120,13 @@ class WorkloadRun:
     entry: Callable
     device: str
     threads: int
-    seeds: list[int]  # one per call: warm-up, then timed
-    size: int  # estimated arena bytes
+    seeds: list[int]  # one per call: (warm-up + timed round trips) x copies
+    size: int  # estimated arena bytes of one call
+    copies: int = 1  # calls per round trip
     scalars: dict[str, object] = field(default_factory=dict)
     out_shapes: list[tuple[torch.dtype, tuple[int, ...]]] | None = None
-    current: tuple[int, Draw] | None = None
-    arena: transport.HostArena | transport.DeviceArena | None = None
-    inputs: list[tuple[str, object]] = field(default_factory=list)  # for `open`
-    outputs: list[transport.Slot] = field(default_factory=list)
-    in_views: list[torch.Tensor | None] = field(default_factory=list)
-    out_views: list[torch.Tensor] = field(default_factory=list)
+    current: tuple[int, list[Draw]] | None = None  # a round trip's draws
+    slots: list[Copy] = field(default_factory=list)
     writable: set[str] = field(default_factory=set)
     times: list[int] = field(default_factory=list)
     empties: list[int] = field(default_factory=list)
@@ -109,74 +135,98 @@ class WorkloadRun:
     calls: int = 0
     worst_abs: float = 0.0
     worst_rel: float = 0.0
-    snapshot: list[torch.Tensor] | None = None
     result: WorkloadEval | None = None
 
-    def draw(self, index: int) -> Draw:
-        if self.current is None or self.current[0] != index:
-            d = draw(self.problem, self.workload, self.seeds[index], self.scalars, self.entry,
-                     self.device, self.threads)
-            shapes = [(t.dtype, tuple(t.shape)) for t in d.want]
-            if self.out_shapes is not None and shapes != self.out_shapes:
-                raise ValueError("the reference's output shapes change with the input values")
-            self.current, self.out_shapes = (index, d), shapes
-            if not self.scalars:
-                self.scalars = {n: v for n, v in zip(self.problem.inputs, d.values, strict=True)
-                                if not isinstance(v, torch.Tensor)}
-        self.writable |= self.current[1].written
+    @property
+    def keys(self) -> list[str]:
+        """The worker's names for this workload's copies, in the order a round trip runs
+        them."""
+        return [c.key for c in self.slots]
+
+    def _draw_one(self, index: int) -> Draw:
+        d = draw(self.problem, self.workload, self.seeds[index], self.scalars, self.entry,
+                 self.device, self.threads)
+        shapes = [(t.dtype, tuple(t.shape)) for t in d.want]
+        if self.out_shapes is not None and shapes != self.out_shapes:
+            raise ValueError("the reference's output shapes change with the input values")
+        self.out_shapes = shapes
+        if not self.scalars:
+            self.scalars = {n: v for n, v in zip(self.problem.inputs, d.values, strict=True)
+                            if not isinstance(v, torch.Tensor)}
+        return d
+
+    def draws(self, trip: int) -> list[Draw]:
+        """Round trip `trip`'s draws, one per copy (only the current trip's are kept)."""
+        if self.current is None or self.current[0] != trip:
+            self.current = None  # the previous trip's go before the next ones are made
+            made = [self._draw_one(trip * self.copies + j) for j in range(self.copies)]
+            self.current = (trip, made)
+        for d in self.current[1]:
+            self.writable |= d.written
         return self.current[1]
 
     def materialise(self) -> None:
-        """The arena laid out from the first call's draw, and the views on it. Raises when
-        the reference cannot run the workload."""
-        first = self.draw(0)
+        """The arenas laid out from the first round trip's draws, one per copy, and the
+        views on them. Raises when the reference cannot run the workload."""
+        first = self.draws(0)[0]
         tensors = [(i, v) for i, v in enumerate(first.values) if isinstance(v, torch.Tensor)]
-        slots, size = transport.plan([(v.dtype, tuple(v.shape)) for _, v in tensors]
-                                     + list(self.out_shapes or []))
-        self.arena = transport.new_arena(size, self.device)
-        by_index = dict(zip([i for i, _ in tensors], slots, strict=False))
-        self.inputs = [("tensor", by_index[i]) if i in by_index else ("scalar", v)
-                       for i, v in enumerate(first.values)]
-        self.outputs = slots[len(tensors):]
-        self.in_views = [transport.view(self.arena.tensor, by_index[i]) if i in by_index
-                         else None for i in range(len(first.values))]
-        self.out_views = [transport.view(self.arena.tensor, s) for s in self.outputs]
+        plan, size = transport.plan([(v.dtype, tuple(v.shape)) for _, v in tensors]
+                                    + list(self.out_shapes or []))
+        by_index = dict(zip([i for i, _ in tensors], plan, strict=False))
+        self.slots = []
+        for j in range(self.copies):
+            c = Copy(key=f"{self.key}.{j}")
+            self.slots.append(c)
+            c.arena = transport.new_arena(size, self.device)
+            c.inputs = [("tensor", by_index[i]) if i in by_index else ("scalar", v)
+                        for i, v in enumerate(first.values)]
+            c.outputs = plan[len(tensors):]
+            c.in_views = [transport.view(c.arena.tensor, by_index[i]) if i in by_index
+                          else None for i in range(len(first.values))]
+            c.out_views = [transport.view(c.arena.tensor, s) for s in c.outputs]
 
     def restart(self, seeds: list[int]) -> None:
         """Start the calls over, on new seeds (a new worker replaces a lost one: nothing it
         may have kept, on disk or elsewhere, from the old one's inputs can answer these)."""
         if self.result is None:
-            self.seeds, self.current, self.snapshot = seeds, None, None
+            self.seeds, self.current = seeds, None
+            for c in self.slots:
+                c.snapshot = None
             self.times, self.empties, self.late_empties, self.timed_done = [], [], [], 0
 
     def release(self) -> None:
-        """Drop the arena, its views and the current draw (the group is done)."""
-        if self.arena is not None:
-            self.arena.close()
-        self.arena, self.current, self.snapshot = None, None, None
-        self.in_views, self.out_views = [], []
+        """Drop the arenas, their views and the current draws (the group is done)."""
+        for c in self.slots:
+            c.release()
+        self.slots, self.current = [], None
 
-    def stage(self, d: Draw) -> None:
-        """The call's inputs into their slots; poison into the output slots (NaN for the
-        floating dtypes that have one, a byte pattern changing with each call otherwise)."""
-        for view, value in zip(self.in_views, d.values, strict=True):
-            if view is not None:
-                transport.as_bytes(view).copy_(transport.as_bytes(value))
-        for view in self.out_views:
-            if view.dtype in _NAN_DTYPES:
-                fill = 0xFF  # NaN in every one of these formats
-            elif view.dtype == torch.bool:
-                fill = self.calls % 2
-            else:
-                fill = 0xA5 ^ (self.calls % 256)
-            transport.as_bytes(view).fill_(fill)
+    def stage(self, draws: list[Draw]) -> None:
+        """Each call's inputs into its copy's slots; poison into the output slots (NaN for
+        the floating dtypes that have one, a byte pattern changing with each call
+        otherwise)."""
+        for j, (c, d) in enumerate(zip(self.slots, draws, strict=True)):
+            for view, value in zip(c.in_views, d.values, strict=True):
+                if view is not None:
+                    transport.as_bytes(view).copy_(transport.as_bytes(value))
+            for view in c.out_views:
+                if view.dtype in _NAN_DTYPES:
+                    fill = 0xFF  # NaN in every one of these formats
+                elif view.dtype == torch.bool:
+                    fill = (self.calls + j) % 2
+                else:
+                    fill = 0xA5 ^ ((self.calls + j) % 256)
+                transport.as_bytes(view).fill_(fill)
 
     def finish(self, status: Status, reason: str = "") -> None:
+        """The result. A round trip's time less the overhead of one is shared by its
+        calls: time_ns is per call, the medians and raw lists are per round trip."""
         if self.result is not None:
             return
         ok = status == "ok"
         time_ns, median, overhead = (net_time(self.times, self.empties, self.late_empties)
                                      if ok else (None,) * 3)
+        if time_ns is not None:
+            time_ns /= self.copies
         self.result = WorkloadEval(
             uuid=self.workload.uuid, axes=dict(self.workload.axes), status=status,
             reason=reason, time_ns=time_ns, median_ns=median, times_ns=list(self.times),
@@ -184,4 +234,5 @@ class WorkloadRun:
             late_overhead_times_ns=list(self.late_empties),
             max_abs_error=self.worst_abs if self.calls else None,
             max_rel_error=self.worst_rel if self.calls else None, calls_checked=self.calls,
+            calls_per_trip=self.copies,
         )  # fmt: skip

@@ -28,9 +28,11 @@ class WorkloadEval(BaseModel):
     status: Status
     reason: str = ""
     hidden: bool = Field(False, description="a workload the candidate was not shown")
-    time_ns: float | None = Field(None, description="median call minus the overhead, "
-                                  "floored at the empty calls' spread: what scores")
-    median_ns: float | None = Field(None, description="median of the timed calls, raw")
+    time_ns: float | None = Field(None, description="median round trip minus the overhead, "
+                                  "floored at the empty calls' spread, per call of the "
+                                  "trip: what scores")
+    median_ns: float | None = Field(None, description="median of the timed round trips, raw")
+    calls_per_trip: int = Field(1, description="calls each timed round trip carried")
     times_ns: list[int] = Field(default_factory=list)
     overhead_ns: float | None = Field(None, description="median empty-call round trip: of "
                                       "the early empties, or of the late ones if lower")

@@ -92,11 +92,11 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
             os.close(fd)
     try:
         if op == "call":
-            return _call(state, state.work[msg["key"]], call_id)
+            return _call(state, [state.work[k] for k in msg["keys"]], call_id)
         if op == "empty":
             state.sync()
-            return {"ok": True, "id": call_id, "digest": transport.digest(
-                state.work[msg["key"]].outs)}
+            return {"ok": True, "id": call_id, "digests": [
+                transport.digest(state.work[k].outs) for k in msg["keys"]]}
         if op == "open":
             arena = transport.attach(msg["arena"], fds)
             args = [transport.view(arena, value) if kind == "tensor" else value
@@ -149,15 +149,19 @@ def _load(folder: Path) -> Callable:
     return run
 
 
-def _call(state: _State, work: _Work, call_id: int) -> dict:
+def _call(state: _State, works: list[_Work], call_id: int) -> dict:
+    """One round trip's calls, one after the other, each synchronised before its outputs
+    are copied into its slots."""
     with torch.no_grad():
-        result = state.run(*work.args)
+        for work in works:
+            result = state.run(*work.args)
+            state.sync()
+            for name, value, out in zip(work.names, _unpack(result, work.names), work.outs,
+                                        strict=True):
+                _publish(name, value, out)
         state.sync()
-        for name, value, out in zip(work.names, _unpack(result, work.names), work.outs,
-                                    strict=True):
-            _publish(name, value, out)
-        state.sync()
-        return {"ok": True, "id": call_id, "digest": transport.digest(work.outs)}
+        return {"ok": True, "id": call_id,
+                "digests": [transport.digest(work.outs) for work in works]}
 
 
 def _unpack(result: object, names: list[str]) -> list:
