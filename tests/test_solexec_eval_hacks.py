@@ -464,3 +464,42 @@ def test_a_process_that_outlives_its_parent_is_still_seen(matmul, forks, tmp_pat
     """)
     assert statuses(result) == {"failed"}
     assert all("child process" in w.reason for w in result.workloads), result.workloads
+
+
+def test_working_on_the_other_calls_of_a_round_trip_needs_what_the_scan_refuses(matmul):
+    """A round trip's calls are all staged before its first: a solution that reached the
+    other calls' arenas could compute them all at once and answer later calls from what it
+    kept. The only way to them is the worker's own objects, through the interpreter's
+    internals, which the static scan refuses before any trial runs."""
+    from autolab.static_scan import static_findings
+    from benchmarks.solexec.benchmark import SolExecProblem
+
+    bench = SolExecProblem(matmul, "solexec", preset="gpu")
+    for source in ("""
+import gc
+
+_kept = {}
+
+def run(A, B):
+    if A.data_ptr() in _kept:
+        return _kept.pop(A.data_ptr())
+    works = [o for o in gc.get_objects() if type(o).__name__ == "_Work"]
+    for w in works:
+        _kept[w.args[0].data_ptr()] = w.args[0] @ w.args[1].T
+    return _kept.pop(A.data_ptr())
+""", """
+import torch
+
+def run(A, B):
+    worker = torch.sys.modules["benchmarks.solexec.worker"]
+    return A @ B.T
+""", """
+import functools
+
+def run(A, B):
+    frame = functools.sys._getframe(1)
+    return A @ B.T
+"""):
+        found = static_findings("solution.py", source, bench.allowed_imports,
+                                bench.allowed_attrs)
+        assert found, source
