@@ -2,8 +2,8 @@
 
     for each round:
         for each member:
-            (first round) prewarm: the untimed preparation of this member and the next
-                ones, family.prewarm_jobs of them side by side, when none of them has it
+            (its first round to run) prewarm: the untimed preparation of this member and
+                the next ones, family.prewarm_jobs of them side by side
             write what its related members found  ->  campaign(member)
     family summary: the aggregate of the champions against that of the seeds
 
@@ -72,8 +72,8 @@ def family_campaign(params_path: str = "params.yaml", overrides: dict | None = N
         for i, m in enumerate(members):
             if done(r, m):
                 continue
-            if r == 0 and m not in warmed:
-                ahead = [x for x in members[i:] if not done(r, x)][:window]
+            if m not in warmed:  # not prewarmed by this run yet
+                ahead = [x for x in members[i:] if not done(r, x) and x not in warmed][:window]
                 prewarm(params, family, ahead)
                 warmed.update(ahead)
             found = [x for o in related[m] for x in results_of(params, family.name, o)]

@@ -315,3 +315,9 @@ def test_prewarming_goes_a_window_at_a_time_just_before_the_members_turns(tmp_pa
     assert events == [("prewarm", ["a1", "a2"]), ("run", "a1"), ("run", "a2"),
                       ("prewarm", ["b1"]), ("run", "b1"),
                       ("run", "a1"), ("run", "a2"), ("run", "b1")]
+    # resumed with a1's first round done: a1 is prewarmed before its next round
+    events.clear()
+    monkeypatch.setattr(flows.family, "judged", lambda p, fam, m: 1 if m == "a1" else 0)
+    flows.family.family_campaign.fn(params_path=str(params_path))
+    assert events == [("prewarm", ["a2", "b1"]), ("run", "a2"), ("run", "b1"),
+                      ("prewarm", ["a1"]), ("run", "a1"), ("run", "a2"), ("run", "b1")]

@@ -466,40 +466,50 @@ def test_a_process_that_outlives_its_parent_is_still_seen(matmul, forks, tmp_pat
     assert all("child process" in w.reason for w in result.workloads), result.workloads
 
 
-def test_working_on_the_other_calls_of_a_round_trip_needs_what_the_scan_refuses(matmul):
-    """A round trip's calls are all staged before its first: a solution that reached the
-    other calls' arenas could compute them all at once and answer later calls from what it
-    kept. The only way to them is the worker's own objects, through the interpreter's
-    internals, which the static scan refuses before any trial runs."""
+
+# Plain Python, nothing the static scan refuses: `run` keeps the views it is given. Were a
+# round trip to carry several calls, their fresh inputs would all be in views it holds at
+# the trip's first call: it would compute them all then (on a GPU, one batched launch;
+# here 20 ms of latency paid once) and answer the others from what it kept.
+LOOKAHEAD = """
+    import time
+
+    _copies = {}  # a workload's shapes -> each copy's input views, in the order called
+    _ready = {}
+
+
+    def run(A, B):
+        copies = _copies.setdefault((tuple(A.shape), tuple(B.shape)), [])
+        if all(a.data_ptr() != A.data_ptr() for a, _ in copies):
+            copies.append((A, B))
+            time.sleep(0.02)
+            return A @ B.T
+        if A.data_ptr() in _ready:
+            return _ready.pop(A.data_ptr())
+        time.sleep(0.02)
+        for a, b in copies:
+            if a.data_ptr() != A.data_ptr():
+                _ready[a.data_ptr()] = a @ b.T
+        return A @ B.T
+"""
+
+
+def test_computing_other_calls_ahead_gains_nothing_one_call_a_round_trip(matmul, forks,
+                                                                         tmp_path):
+    """The presets carry one call a round trip: the inputs of a call are not in memory the
+    solution can see before the previous call has answered, so a solution that keeps
+    every view it was given and works ahead on them still pays each call's 20 ms."""
     from autolab.static_scan import static_findings
-    from benchmarks.solexec.benchmark import SolExecProblem
+    from benchmarks.solexec.benchmark import TIMINGS, SolExecProblem
 
+    assert TIMINGS["gpu"].batch == TIMINGS["cpu"].batch == 1
     bench = SolExecProblem(matmul, "solexec", preset="gpu")
-    for source in ("""
-import gc
-
-_kept = {}
-
-def run(A, B):
-    if A.data_ptr() in _kept:
-        return _kept.pop(A.data_ptr())
-    works = [o for o in gc.get_objects() if type(o).__name__ == "_Work"]
-    for w in works:
-        _kept[w.args[0].data_ptr()] = w.args[0] @ w.args[1].T
-    return _kept.pop(A.data_ptr())
-""", """
-import torch
-
-def run(A, B):
-    worker = torch.sys.modules["benchmarks.solexec.worker"]
-    return A @ B.T
-""", """
-import functools
-
-def run(A, B):
-    frame = functools.sys._getframe(1)
-    return A @ B.T
-"""):
-        found = static_findings("solution.py", source, bench.allowed_imports,
-                                bench.allowed_attrs)
-        assert found, source
+    # the scan does not stop it (the sleep, standing for a kernel's latency, aside)
+    clean = textwrap.dedent(LOOKAHEAD).replace("import time\n", "").replace(
+        "time.sleep(0.02)", "pass")
+    assert static_findings("solution.py", clean, bench.allowed_imports,
+                           bench.allowed_attrs) == []
+    result = evaluate(matmul, forks, tmp_path / "ahead", LOOKAHEAD, replace(FAST, batch=1))
+    assert statuses(result) == {"ok"}
+    assert all(w.time_ns >= 18e6 for w in result.workloads), [w.time_ns for w in
+                                                              result.workloads]

@@ -47,14 +47,16 @@ with a spread of the same order, weighs 1/batch of what it would on each call: w
 it, a kernel of tens of microseconds is measured as the messaging around it. The caches
 are flushed once per round trip, not between its calls; each call's inputs are still
 untouched since the flush (its own arena, written before it), and T_b is measured the
-same way, so the reference and the candidate are timed alike. What batching does not
-guard against: every call's inputs of a trip are staged before its first call, so a
-solution that found the other calls' arenas in its process (the worker's own objects,
-reached through the interpreter's internals) could work on all of them at once in the
-first call and answer the others from what it kept. Its answers would be correct and the
-trip faster than its calls one by one. Only the static scan stops this: candidate code
-may not import or reach `gc`, `sys`, frames or other modules' internals, which is the
-only way to those objects (`run` is given its own call's inputs and nothing else).
+same way, so the reference and the candidate are timed alike. **Not safe for untrusted
+code yet, so the presets carry one call a trip:** every call's inputs of a trip are
+staged before its first call, and a worker maps each copy's arena once and passes the
+same views on every trip, so a solution that keeps the views it was given (plain Python,
+nothing the static scan refuses) finds the other calls' fresh inputs in them at a trip's
+first call, can compute them all at once and answer the others from what it kept: correct
+answers, and a trip faster than its calls one by one (up to `batch` times). Closing it
+needs a call's arena unreachable until its call: mapped afresh for each trip at an
+address the solution cannot predict, and the old mapping gone whatever the solution
+holds.
 
 A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
 problems are one group). Before the solution is loaded into it, each workload's empty
