@@ -405,12 +405,8 @@ class SolExecProblem:
     def search_space(self) -> SearchSpace:
         from benchmarks.solexec.search.techniques import applicable
 
-        # T_b is already the faster of eager and torch.compile's default mode on each
-        # workload: that mode as a candidate can at best tie it, so it is not proposed
-        given = {"compile_default"} if "compile" in BASELINE_MODES[self.preset] else set()
         return SearchSpace(edits=tuple(_technique_edit(self.problem, t)
-                                       for t in applicable(self.problem)
-                                       if t.name not in given))
+                                       for t in applicable(self.problem)))
 
     def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
         return {**files, "solution.py": f"# variant {index}\n{files['solution.py']}"}
