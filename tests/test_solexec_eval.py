@@ -38,8 +38,8 @@ from benchmarks.solexec.results import ProblemEval, WorkloadEval, workload_resul
 from benchmarks.solexec.scoring import sol_score, workload_score
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
-FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, load_timeout_s=30.0, flush_bytes=1 << 16,
-              max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0)
+FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, warmup_timeout_s=5.0, load_timeout_s=30.0,
+              flush_bytes=1 << 16, max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -257,10 +257,41 @@ def test_a_hung_worker_is_killed_and_recorded_as_a_timeout(problems, forks, tmp_
             time.sleep(3600)
     """)
     started = time.monotonic()
-    result = evaluate(problem, folder, forks, replace(FAST, call_timeout_s=0.5),
+    result = evaluate(problem, folder, forks,
+                      replace(FAST, call_timeout_s=0.5, warmup_timeout_s=0.5),
                       workloads=problem.workloads[:1])
     assert time.monotonic() - started < 10
     (w,) = result.workloads
+    assert w.status == "timeout" and "no answer within 0.5 s" in w.reason
+
+
+def test_a_first_call_may_compile_for_longer_than_a_timed_call_may_take(problems, forks,
+                                                                        tmp_path):
+    """The first call of a shape compiles (torch.compile, Triton): a warm-up call is
+    allowed warmup_timeout_s; a timed call that slow is a timeout."""
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "compiles", """
+        import time
+        _seen = set()
+        def run(A, B):
+            if tuple(A.shape) not in _seen:
+                _seen.add(tuple(A.shape))
+                time.sleep(1.0)
+            return A @ B.T
+    """)
+    timing = replace(FAST, call_timeout_s=0.5, warmup_timeout_s=5.0)
+    result = evaluate(problem, folder, forks, timing, workloads=problem.workloads[:1])
+    assert {w.status for w in result.workloads} == {"ok"}, result.workloads
+    slow = write_solution(tmp_path / "slow-timed", """
+        import time
+        _calls = []
+        def run(A, B):
+            _calls.append(1)
+            if len(_calls) > 1:
+                time.sleep(1.0)
+            return A @ B.T
+    """)
+    (w,) = evaluate(problem, slow, forks, timing, workloads=problem.workloads[:1]).workloads
     assert w.status == "timeout" and "no answer within 0.5 s" in w.reason
 
 

@@ -60,9 +60,10 @@ holds.
 
 A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
 problems are one group). Before the solution is loaded into it, each workload's empty
-calls are timed (see Overhead). Then warm-up calls, checked but not timed, and timed calls
-that go round the group's workloads, each round in a new shuffled order and no workload
-twice in a row, so whatever state a call leaves behind meets another workload's call next
+calls are timed (see Overhead). Then warm-up calls, checked but not timed (allowed
+`warmup_timeout_s` each, for a shape's first call compiles), and timed calls (allowed
+`call_timeout_s`) that go round the group's workloads, each round in a new shuffled order
+and no workload twice in a row, so whatever state a call leaves behind meets another workload's call next
 (a global that remembers the last workload, a plan built for one shape and reused for
 another) and is judged there. A worker lost to a crash or a timeout fails the workload of
 the call that lost it; the others start over in a new worker, on inputs never drawn before.
@@ -153,6 +154,7 @@ class Timing:
     warmup: int = 3
     reps: int = 20
     call_timeout_s: float = 10.0
+    warmup_timeout_s: float = 120.0  # a warm-up call: the first of a shape may compile
     load_timeout_s: float = 600.0  # importing and compiling the solution
     flush_bytes: int | None = None  # None: twice the last-level cache (CPU) or L2 (GPU)
     settle_s: float = 0.01  # pause before the last look for writes after the answers
@@ -170,9 +172,10 @@ class Timing:
 # ---------------------------------------------------------------------------- one call
 
 
-def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: CacheFlush) -> None:
+def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: CacheFlush,
+          timeout_s: float | None = None) -> None:
     """Round trip `trip` of workload p: its calls (one per copy), each on its own draw; a
-    failed check finishes p."""
+    failed check finishes p. The answer is awaited timeout_s (default: the link's)."""
     if _changed_since_answer(p):
         return
     try:
@@ -182,7 +185,7 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
         return
     p.stage(draws)
     flush()
-    ns, answer = link.timed("call", p.keys, watch_idle=timed)
+    ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
     snapshots = [[v.clone() for v in c.out_views] for c in p.slots]
     sync_device(flush.device)
     for c, snapshot in zip(p.slots, snapshots, strict=True):
@@ -329,8 +332,9 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
         for p in group:
             for i in range(timing.warmup):
                 if p.result is None:
-                    current = p
-                    _call(link, p, i, False, flush)
+                    current = p  # the first call of a shape may compile: its allowance
+                    _call(link, p, i, False, flush,
+                          max(timing.warmup_timeout_s, timing.call_timeout_s))
         link.baseline_threads = link.threads()
         while todo := [p for p in group if p.result is None and p.timed_done < timing.reps]:
             for p in round_order(todo, rng, current):

@@ -63,13 +63,16 @@ class WorkerLink:
             raise self._lost(e, timeout_s) from None
         return self._decode(frame, call_id)
 
-    def timed(self, op: str, keys: list[str], watch_idle: bool) -> tuple[int, dict]:
+    def timed(self, op: str, keys: list[str], watch_idle: bool,
+              timeout_s: float | None = None) -> tuple[int, dict]:
         """(ns from sending the call to its whole answer, the answer). With watch_idle, the
-        worker's CPU time since the previous watched answer counts as idle work."""
+        worker's CPU time since the previous watched answer counts as idle work. The
+        answer is awaited `timeout_s`, by default the link's call_timeout_s."""
         call_id = next(self.ids)
         payload = pickle.dumps({"op": op, "keys": keys, "id": call_id})
         frame = wire.HEADER.pack(len(payload)) + payload
-        sock, timeout_s = self.worker.sock, self.call_timeout_s
+        sock = self.worker.sock
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
         sock.settimeout(timeout_s)
         if watch_idle and self._answered is not None:
             answered_at, cpu_then = self._answered
