@@ -233,3 +233,37 @@ def test_a_toolkit_launcher_gives_way_to_the_installation_it_would_run(tmp_path,
     assert profile.ncu_binary() == beside.resolve()  # the toolkit's own comes first
     monkeypatch.setenv(profile.NCU_ENV, str(launcher))  # named by the user: as given
     assert profile.ncu_binary() == launcher.resolve()
+
+
+SEES_WARM_CACHE = """\
+import os
+warm = os.path.exists(os.path.join(os.environ.get("TRITON_CACHE_DIR", "/nonexistent"),
+                                   "compiled-in-the-kernel-step"))
+rc = subprocess.call(app)
+if rc:
+    sys.exit(rc)
+open(log, "w").write({raw!r}.replace("gemm_kernel", "warm" if warm else "cold"))
+"""
+
+
+def test_the_profile_starts_from_the_kernel_step_s_compiled_kernels(member, prepared,
+                                                                   tmp_path, monkeypatch):
+    """What the candidate compiled in the kernel step (its Triton and Inductor caches) is
+    in the profile step's caches before ncu starts: nothing is compiled twice."""
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu",
+                                                   SEES_WARM_CACHE.format(raw=RAW))))
+    src = """
+import os
+import pathlib
+
+cache = pathlib.Path(os.environ["TRITON_CACHE_DIR"])
+cache.mkdir(parents=True, exist_ok=True)
+(cache / "compiled-in-the-kernel-step").write_text("a kernel")
+
+
+def run(A, B):
+    return A @ B.T
+"""
+    trial = _trial(member, prepared, tmp_path, {"solution.py": src}, 1000)
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    assert trial.evidence["ncu_longest_kernel"] == "warm"

@@ -339,10 +339,11 @@ class SolExecProblem:
             profile_gpu["host_read"] = (*gpu.get("host_read", ()), str(ncu_root(ncu)))
             steps.append(SandboxStep(
                 name="profile", optional=True, allow_subprocess=True, env={**env, **caches},
-                timeout_s=CALL_TIMEOUT_S + 60,
+                timeout_s=CALL_TIMEOUT_S + 60, reads=("kernel",),
                 argv=(ctx.python, "-m", "benchmarks.solexec.profile",
                       str(ctx.inputs("profile")), str(ctx.workspace),
-                      str(ctx.outputs("profile")), str(ncu)), **profile_gpu))
+                      str(ctx.outputs("profile")), str(ncu),
+                      str(ctx.outputs("kernel") / "build")), **profile_gpu))
         return steps
 
     def companion(self, ctx: TrialContext, step: str):

@@ -7,8 +7,9 @@ Two sides:
 
 - trusted: `ncu_binary` finds `ncu`; `parse_ncu_csv` reads what `ncu --csv --page raw`
   wrote and `summarise` reduces it to a few numbers (time-weighted over the kernels).
-- the sandboxed step (`python -m benchmarks.solexec.profile INPUTS WORKSPACE OUT NCU`):
-  runs `ncu` over `--call`, which loads solution.py, calls `run` once to warm up and once
+- the sandboxed step (`python -m benchmarks.solexec.profile INPUTS WORKSPACE OUT NCU
+  [KERNEL_BUILD]`): copies the kernel step's compiler caches into its own (KERNEL_BUILD,
+  that step's build folder, so nothing compiles twice), then runs `ncu` over `--call`, which loads solution.py, calls `run` once to warm up and once
   between cudaProfilerStart/Stop on the inputs the trusted side staged. It exits 0 when
   ncu or the call fails (a profile is optional), with ncu's exit status and the end of
   its output in OUT/status.json; only the runtime guard's exit status (113) is passed on.
@@ -194,13 +195,41 @@ def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) 
             inputs, workspace]
 
 
-def wrap(inputs: str, workspace: str, out: str, ncu: str) -> int:
+WARM_MAX_BYTES = 1 << 30  # a kernel step's compiler caches larger than this are not copied
+# the kernel step's build folder -> the caches this step's environment names
+WARM_CACHES = (("triton", "TRITON_CACHE_DIR"),
+               (os.path.join("compile-cache", "inductor"), "TORCHINDUCTOR_CACHE_DIR"))
+
+
+def warm_caches(kernel_build: str) -> None:
+    """The kernel step's compiler caches (the same candidate's, in the same trial) copied
+    into this step's, so the call under ncu loads the kernels compiled there instead of
+    compiling them again. Skipped past WARM_MAX_BYTES; a copy that fails leaves the cache
+    cold, nothing else."""
+    pairs = [(Path(kernel_build) / rel, os.environ.get(var)) for rel, var in WARM_CACHES]
+    pairs = [(src, Path(dst)) for src, dst in pairs if dst and src.is_dir()]
+    total = 0
+    for src, _ in pairs:
+        for f in src.rglob("*"):
+            total += f.lstat().st_size if f.is_file() else 0
+            if total > WARM_MAX_BYTES:
+                return
+    for src, dst in pairs:
+        try:
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+        except OSError:
+            continue
+
+
+def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = "") -> int:
     """Run ncu over the call; a failure is recorded, not raised (the guard's is passed on).
     Inputs with a `skip` file: nothing is run, the reason is recorded."""
     if (skip := Path(inputs) / "skip").is_file():
         Path(out, "status.json").write_text(json.dumps({"rc": None, "reason": "not profiled: "
                                                         + skip.read_text()[:200]}))
         return 0
+    if kernel_build:
+        warm_caches(kernel_build)
     argv = ncu_argv(ncu, sys.executable, inputs, workspace, str(Path(out) / "ncu.csv"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)
@@ -244,7 +273,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--call"]:
         call(*argv[1:3])
         return 0
-    return wrap(*argv[:4])
+    return wrap(*argv[:5])
 
 
 if __name__ == "__main__":
