@@ -63,10 +63,11 @@ problems are one group). Before the solution is loaded into it, each workload's 
 calls are timed (see Overhead). Then warm-up calls, checked but not timed (allowed
 `warmup_timeout_s` each, for a shape's first call compiles), and timed calls (allowed
 `call_timeout_s`) that go round the group's workloads, each round in a new shuffled order
-and no workload twice in a row, so whatever state a call leaves behind meets another workload's call next
-(a global that remembers the last workload, a plan built for one shape and reused for
-another) and is judged there. A worker lost to a crash or a timeout fails the workload of
-the call that lost it; the others start over in a new worker, on inputs never drawn before.
+and no workload twice in a row, so whatever state a call leaves behind meets another
+workload's call next (a global that remembers the last workload, a plan built for one
+shape and reused for another) and is judged there. A worker lost to a crash or a timeout
+fails the workload of the call that lost it; the others start over in a new worker, on
+inputs never drawn before.
 
 Overhead. An empty call goes the same way as a call (the same flush, the same clock, the
 same messages; the worker synchronises and digests the untouched slots) but runs nothing:

@@ -9,10 +9,11 @@ Two sides:
   wrote and `summarise` reduces it to a few numbers (time-weighted over the kernels).
 - the sandboxed step (`python -m benchmarks.solexec.profile INPUTS WORKSPACE OUT NCU
   [KERNEL_BUILD]`): copies the kernel step's compiler caches into its own (KERNEL_BUILD,
-  that step's build folder, so nothing compiles twice), then runs `ncu` over `--call`, which loads solution.py, calls `run` once to warm up and once
-  between cudaProfilerStart/Stop on the inputs the trusted side staged. It exits 0 when
-  ncu or the call fails (a profile is optional), with ncu's exit status and the end of
-  its output in OUT/status.json; only the runtime guard's exit status (113) is passed on.
+  that step's build folder, so nothing compiles twice), then runs `ncu` over `--call`,
+  which loads solution.py, calls `run` once to warm up and once between
+  cudaProfilerStart/Stop on the inputs the trusted side staged. It exits 0 when ncu or
+  the call fails (a profile is optional), with ncu's exit status and the end of its
+  output in OUT/status.json; only the runtime guard's exit status (113) is passed on.
 
 Imported by the step inside the sandbox: stdlib, and torch in `--call` only.
 """
