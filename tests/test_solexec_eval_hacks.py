@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution
 from benchmarks.solexec.hidden import evaluate_hidden, hidden_workloads
@@ -270,9 +271,13 @@ def test_4_a_forged_early_answer_cannot_pass(matmul, forks, tmp_path):
     assert w.status == "failed" and "answered before its outputs were in place" in w.reason
 
 
-@pytest.mark.parametrize("key", ["(tuple(A.shape), tuple(B.shape))", "A.data_ptr()"],
-                         ids=["keyed-on-shapes", "keyed-on-pointer"])
-def test_5_outputs_cached_across_calls_meet_fresh_inputs(matmul, forks, tmp_path, key):
+@pytest.mark.parametrize(("key", "batch", "answered"), [
+    ("(tuple(A.shape), tuple(B.shape))", 3, True),
+    ("A.data_ptr()", 1, True),  # one call a trip: the arena's address repeats
+    ("A.data_ptr()", 3, False),  # several: every trip maps them afresh, nothing repeats
+], ids=["keyed-on-shapes", "keyed-on-pointer", "keyed-on-pointer-remapped"])
+def test_5_outputs_cached_across_calls_meet_fresh_inputs(matmul, forks, tmp_path, key, batch,
+                                                         answered):
     result = evaluate(matmul, forks, tmp_path / "cache", f"""
         _cache = {{}}
 
@@ -281,7 +286,10 @@ def test_5_outputs_cached_across_calls_meet_fresh_inputs(matmul, forks, tmp_path
             if key not in _cache:
                 _cache[key] = A @ B.T
             return _cache[key]
-    """)
+    """, replace(FAST, batch=batch))
+    if not answered:  # the cache never answered: every call computed, correctly
+        assert statuses(result) == {"ok"}, result.workloads
+        return
     assert statuses(result) == {"incorrect"}
     # the first call computed; a later one met fresh inputs with the cached answer
     assert all(w.reason.startswith("call ") and not w.reason.startswith("call 1:")
@@ -392,9 +400,14 @@ def test_8_work_left_running_after_the_answer_is_caught(matmul, forks, tmp_path,
     in place when it answered; work enqueued after the answer by a thread is what these
     process checks are for."""
     result = evaluate(matmul, forks, tmp_path / "background", body,
-                      replace(FAST, settle_s=0.05))
+                      replace(FAST, settle_s=0.05, batch=1))
     assert "failed" in statuses(result) and "ok" not in statuses(result)
     assert any(reason in w.reason for w in result.workloads), result.workloads
+    # several calls a trip: caught too (a scribble may land before a later call's answer,
+    # which is then incorrect rather than changed after it)
+    batched = evaluate(matmul, forks, tmp_path / "background-batched", body,
+                       replace(FAST, settle_s=0.05))
+    assert "ok" not in statuses(batched), batched.workloads
 
 
 def test_8_cpu_burnt_between_calls_is_caught(matmul, forks, tmp_path):
@@ -494,22 +507,45 @@ LOOKAHEAD = """
 """
 
 
-def test_computing_other_calls_ahead_gains_nothing_one_call_a_round_trip(matmul, forks,
-                                                                         tmp_path):
-    """The presets carry one call a round trip: the inputs of a call are not in memory the
-    solution can see before the previous call has answered, so a solution that keeps
-    every view it was given and works ahead on them still pays each call's 20 ms."""
-    from autolab.static_scan import static_findings
-    from benchmarks.solexec.benchmark import TIMINGS, SolExecProblem
+KEEPS_VIEWS = """
+    _kept = []
 
-    assert TIMINGS["gpu"].batch == TIMINGS["cpu"].batch == 1
+    def run(A, B):
+        ahead = [a @ b.T for a, b in _kept]  # whatever the views kept from earlier hold now
+        _kept.append((A, B))
+        return A @ B.T
+"""
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="a device arena needs a GPU")),
+])
+def test_a_round_trip_s_calls_cannot_be_worked_on_ahead(matmul, forks, tmp_path, device):
+    """Several calls a trip are staged before its first: a solution that keeps the views
+    it was given and works ahead on them (plain Python, nothing the static scan refuses)
+    would find the trip's other inputs in them. Each trip maps every arena afresh at an
+    address drawn at random and unmaps the old mapping, so a kept view reaches nothing:
+    looking ahead gains nothing, and reading a kept view is a crash."""
+    from autolab.static_scan import static_findings
+    from benchmarks.solexec.benchmark import SolExecProblem
+
     bench = SolExecProblem(matmul, "solexec", preset="gpu")
     # the scan does not stop it (the sleep, standing for a kernel's latency, aside)
     clean = textwrap.dedent(LOOKAHEAD).replace("import time\n", "").replace(
         "time.sleep(0.02)", "pass")
     assert static_findings("solution.py", clean, bench.allowed_imports,
                            bench.allowed_attrs) == []
-    result = evaluate(matmul, forks, tmp_path / "ahead", LOOKAHEAD, replace(FAST, batch=1))
-    assert statuses(result) == {"ok"}
-    assert all(w.time_ns >= 18e6 for w in result.workloads), [w.time_ns for w in
-                                                              result.workloads]
+    timing = replace(FAST, device=device)
+    assert timing.batch == 3
+    honest = evaluate(matmul, forks, tmp_path / "ref", None, timing)
+    assert honest.passed, honest.workloads
+    for batch in (1, 3):
+        result = evaluate(matmul, forks, tmp_path / f"ahead-{batch}", LOOKAHEAD,
+                          replace(timing, batch=batch))
+        assert statuses(result) == {"ok"}
+        assert all(w.time_ns >= 18e6 for w in result.workloads), [w.time_ns for w in
+                                                                  result.workloads]
+    kept = evaluate(matmul, forks, tmp_path / "kept", KEEPS_VIEWS, timing)
+    assert "ok" not in statuses(kept), kept.workloads

@@ -184,6 +184,12 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     except Exception as e:  # the reference's fault on these values, not the candidate's
         p.finish("skipped", _reference_fault(e))
         return
+    if p.copies > 1:  # nothing kept from an earlier trip may reach this one's inputs
+        answer = link.request({"op": "remap", "keys": p.keys}, link.call_timeout_s)
+        if not answer["ok"]:
+            p.finish("failed", f"the worker could not map the workload afresh: "
+                     f"{str(answer.get('error', ''))[:300]}")
+            return
     p.stage(draws)
     flush()
     ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)

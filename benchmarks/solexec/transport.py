@@ -36,6 +36,7 @@ import ctypes
 import math
 import mmap
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -274,13 +275,17 @@ def _vmm_import(fd: int) -> int:
 
 
 class _Mapping:
-    """An allocation mapped read-write for one device at an address of this process's own,
-    offered to torch as a CUDA array. torch keeps this object alive as long as a tensor
-    over it lives; the address is unmapped and given back when the last one goes."""
+    """An allocation mapped read-write for one device at an address of this process's own
+    (`at`: that address exactly, or ArenaError), offered to torch as a CUDA array. torch
+    keeps this object alive as long as a tensor over it lives; the address is unmapped and
+    given back when the last one goes, or at `unmap()` whatever still holds views."""
 
-    def __init__(self, handle: int, size: int, index: int):
+    def __init__(self, handle: int, size: int, index: int, at: int = 0):
         drv, ptr = _drv(), _u64()
-        _check(drv.cuMemAddressReserve(ctypes.byref(ptr), size, 0, 0, 0), "cuMemAddressReserve")
+        _check(drv.cuMemAddressReserve(ctypes.byref(ptr), size, 0, at, 0), "cuMemAddressReserve")
+        if at and ptr.value != at:
+            drv.cuMemAddressFree(ptr.value, size)
+            raise ArenaError(f"the driver reserved {ptr.value:#x}, not {at:#x}")
         self.ptr, self.size, self.index, self.mapped = ptr.value, size, index, False
         try:
             _check(drv.cuMemMap(self.ptr, size, 0, handle, 0), "cuMemMap")
@@ -294,6 +299,10 @@ class _Mapping:
                                          "data": (self.ptr, False), "version": 3}
 
     def __del__(self) -> None:
+        self._release(in_use=True)
+
+    def unmap(self) -> None:
+        """Unmapped now, whatever views of it are still held: reading one faults."""
         self._release(in_use=True)
 
     def _release(self, in_use: bool) -> None:
@@ -315,8 +324,123 @@ def _vmm_tensor(handle: int, size: int, index: int) -> torch.Tensor:
     return torch.as_tensor(_Mapping(handle, size, index), device=f"cuda:{index}")
 
 
+# -- the worker's mappings, remapped at an address nobody can predict ---------------------
+
+ADDRESS_ALIGN = 2 << 20  # the device granule (and a multiple of any host page size)
+ADDRESS_LOW, ADDRESS_HIGH = 1 << 44, 1 << 46  # where drawn addresses fall: 16-64 TiB
+ADDRESS_TRIES = 16
+_PROT_RW, _MAP_SHARED = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
+_LIBC: list = []
+
+
+def _libc() -> ctypes.CDLL:
+    if not _LIBC:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_long)
+        lib.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def random_address(size: int) -> int:
+    """An address drawn from a secret source, aligned, with room for size bytes."""
+    span = (ADDRESS_HIGH - ADDRESS_LOW - size) // ADDRESS_ALIGN
+    return ADDRESS_LOW + secrets.randbelow(max(1, span)) * ADDRESS_ALIGN
+
+
+def _host_map(fd: int, size: int) -> int:
+    """The memfd mapped shared at a drawn address (mmap's hint, kept only where taken)."""
+    libc = _libc()
+    for _ in range(ADDRESS_TRIES):
+        want = random_address(size)
+        got = libc.mmap(want, size, _PROT_RW, _MAP_SHARED, fd, 0)
+        if got in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        if got == want:
+            return got
+        libc.munmap(got, size)  # placed elsewhere (the range was taken): draw again
+    raise OSError(f"no free address drawn for {size} bytes in {ADDRESS_TRIES} tries")
+
+
+class Mapped:
+    """The worker's mapping of one arena (`attach`). `remap()` maps the same memory afresh
+    at an address drawn at random and unmaps the previous mapping whatever still holds
+    views of it: a view kept from an earlier call then points at nothing (reading it
+    faults), and where the new one lies cannot be told from an old one. The descriptor
+    (host) or imported handle (device) is kept for that, and given up at `close()`."""
+
+    def __init__(self, handle: dict, fds: Sequence[int]):
+        self.kind, self.size, self._keep, self._old = handle.get("kind"), 0, -1, None
+        try:
+            if self.kind not in ("host", "cuda"):
+                raise ValueError(f"unknown arena kind {self.kind!r}")
+            if len(fds) != 1:
+                raise ValueError(f"a {self.kind} arena comes with one descriptor, not {len(fds)}")
+            self.size = int(handle["size"])
+            if self.kind == "host":
+                self._keep = os.dup(fds[0])
+            else:
+                self.index = _visible_index(handle["uuid"])
+                self._keep = _vmm_import(fds[0])
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            self.tensor = self.remap()
+        except BaseException:
+            self.close()
+            raise
+
+    def remap(self) -> torch.Tensor:
+        old = self._old
+        if self.kind == "host":
+            address = _host_map(self._keep, self.size)
+            array = (ctypes.c_ubyte * self.size).from_address(address)
+            self.tensor, self._old = torch.frombuffer(array, dtype=torch.uint8), address
+        else:
+            for _ in range(ADDRESS_TRIES):
+                try:
+                    mapping = _Mapping(self._keep, self.size, self.index,
+                                       at=random_address(self.size))
+                    break
+                except ArenaError:
+                    continue  # that range was taken: draw again
+            else:
+                raise ArenaError(f"no free device address drawn in {ADDRESS_TRIES} tries")
+            self.tensor = torch.as_tensor(mapping, device=f"cuda:{self.index}")
+            self._old = mapping
+        self._unmap(old)
+        return self.tensor
+
+    def _unmap(self, old) -> None:
+        if old is None:
+            return
+        if self.kind == "host":
+            _libc().munmap(old, self.size)
+        else:
+            old.unmap()
+
+    def close(self) -> None:
+        self._unmap(self._old)
+        self._old = None
+        if self._keep is not None and self._keep >= 0:
+            if self.kind == "host":
+                os.close(self._keep)
+            else:
+                _drv().cuMemRelease(self._keep)
+        self._keep = -1
+
+
 def new_arena(size: int, device: str) -> HostArena | DeviceArena:
     return HostArena(size) if torch.device(device).type == "cpu" else DeviceArena(size, device)
+
+
+def attach_mapped(handle: dict, fds: Sequence[int]) -> Mapped:
+    """The worker's side, remappable: see Mapped. The descriptors received are closed
+    whatever happens."""
+    return Mapped(handle, fds)
 
 
 def attach(handle: dict, fds: Sequence[int]) -> torch.Tensor:

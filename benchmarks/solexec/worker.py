@@ -63,7 +63,8 @@ class _State:
     def __init__(self) -> None:
         self.run: Callable | None = None
         self.sync: Callable[[], None] = _no_sync
-        self.work: dict[int, _Work] = {}
+        self.work: dict[str, _Work] = {}
+        self.maps: dict[str, tuple[transport.Mapped, dict]] = {}  # key -> mapping, layout
 
 
 def _no_sync() -> None:
@@ -98,13 +99,17 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
             return {"ok": True, "id": call_id, "digests": [
                 transport.digest(state.work[k].outs) for k in msg["keys"]]}
         if op == "open":
-            arena = transport.attach(msg["arena"], fds)
-            args = [transport.view(arena, value) if kind == "tensor" else value
-                    for kind, value in msg["inputs"]]
-            outs = [transport.view(arena, slot) for slot in msg["outputs"]]
-            state.work[msg["key"]] = _Work(args, outs, list(msg["names"]))
+            mapped = transport.attach_mapped(msg["arena"], fds)
+            state.maps[msg["key"]] = (mapped, msg)
+            state.work[msg["key"]] = _views(mapped.tensor, msg)
+        elif op == "remap":  # each arena afresh, where no view kept from before reaches it
+            for key in msg["keys"]:
+                mapped, layout = state.maps[key]
+                state.work[key] = _views(mapped.remap(), layout)
         elif op == "close":
             state.work.pop(msg["key"], None)
+            if (found := state.maps.pop(msg["key"], None)) is not None:
+                found[0].close()
         elif op == "init":
             state.sync = _prepare(msg["device"], msg["threads"])
         elif op == "load":
@@ -116,6 +121,13 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
         return {"ok": False, "id": call_id, "error": _describe(e),
                 "trace": traceback.format_exc()[-ERROR_CHARS:]}
     return {"ok": True, "id": call_id}
+
+
+def _views(arena: torch.Tensor, layout: dict) -> _Work:
+    args = [transport.view(arena, value) if kind == "tensor" else value
+            for kind, value in layout["inputs"]]
+    outs = [transport.view(arena, slot) for slot in layout["outputs"]]
+    return _Work(args, outs, list(layout["names"]))
 
 
 def _prepare(device: str, threads: int) -> Callable[[], None]:
