@@ -726,3 +726,23 @@ def test_an_arena_the_machine_cannot_make_is_the_evaluator_s_fault_not_a_skip(
     monkeypatch.setattr(transport, "new_arena", refused)
     with pytest.raises(transport.ArenaError, match="refused"):
         evaluate(problem, folder, forks)
+
+
+def test_device_mappings_are_placed_at_drawn_addresses_that_never_overlap(monkeypatch):
+    """The worker's device mappings go into one range reserved per process, each at an
+    offset drawn at random: no two live ones overlap, and where one lies says nothing of
+    where the next will."""
+    fake = FakeDriver()
+    monkeypatch.setattr(transport, "_DRIVER", [fake])
+    window = transport._Window()
+    assert fake.calls == ["cuMemAddressReserve"] and window.base == 0x7F0000000000
+    size = 64 << 20
+    placed = [window.place(size) for _ in range(50)]
+    assert all(window.base <= a and a + size <= window.base + window.size for a in placed)
+    assert all(a % transport.ADDRESS_ALIGN == 0 for a in placed)
+    spans = sorted(placed)
+    assert all(b >= a + size for a, b in zip(spans, spans[1:], strict=False))
+    assert len({a - placed[0] for a in placed[1:]}) == 49  # no fixed stride between them
+    for a in placed:
+        window.free(a)
+    assert window.used == {}

@@ -47,16 +47,16 @@ with a spread of the same order, weighs 1/batch of what it would on each call: w
 it, a kernel of tens of microseconds is measured as the messaging around it. The caches
 are flushed once per round trip, not between its calls; each call's inputs are still
 untouched since the flush (its own arena, written before it), and T_b is measured the
-same way, so the reference and the candidate are timed alike. **Not safe for untrusted
-code yet, so the presets carry one call a trip:** every call's inputs of a trip are
-staged before its first call, and a worker maps each copy's arena once and passes the
-same views on every trip, so a solution that keeps the views it was given (plain Python,
-nothing the static scan refuses) finds the other calls' fresh inputs in them at a trip's
-first call, can compute them all at once and answer the others from what it kept: correct
-answers, and a trip faster than its calls one by one (up to `batch` times). Closing it
-needs a call's arena unreachable until its call: mapped afresh for each trip at an
-address the solution cannot predict, and the old mapping gone whatever the solution
-holds.
+same way, so the reference and the candidate are timed alike. Every call's inputs of a
+trip are staged before its first call, so a solution that kept the views it was given in
+earlier calls (plain Python, nothing the static scan refuses) would find the trip's other
+inputs in them and could compute the whole trip in its first call. So before each trip
+the worker maps every arena of the workload afresh, at an address drawn at random (on a
+GPU, inside a range of addresses reserved once per worker), and unmaps the previous
+mapping whatever still holds views of it (transport.Mapped): a kept view reaches nothing,
+and reading one is a crash; where the new mapping lies cannot be told from an old one,
+and a guess that misses faults too. What remains is the worker's own objects, reached
+through the interpreter's internals, which the static scan refuses.
 
 A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
 problems are one group). Before the solution is loaded into it, each workload's empty

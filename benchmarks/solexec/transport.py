@@ -280,12 +280,14 @@ class _Mapping:
     keeps this object alive as long as a tensor over it lives; the address is unmapped and
     given back when the last one goes, or at `unmap()` whatever still holds views."""
 
-    def __init__(self, handle: int, size: int, index: int, at: int = 0):
+    def __init__(self, handle: int, size: int, index: int, window: _Window | None = None):
         drv, ptr = _drv(), _u64()
-        _check(drv.cuMemAddressReserve(ctypes.byref(ptr), size, 0, at, 0), "cuMemAddressReserve")
-        if at and ptr.value != at:
-            drv.cuMemAddressFree(ptr.value, size)
-            raise ArenaError(f"the driver reserved {ptr.value:#x}, not {at:#x}")
+        self.window = window
+        if window is None:
+            _check(drv.cuMemAddressReserve(ctypes.byref(ptr), size, 0, 0, 0),
+                   "cuMemAddressReserve")
+        else:
+            ptr.value = window.place(size)
         self.ptr, self.size, self.index, self.mapped = ptr.value, size, index, False
         try:
             _check(drv.cuMemMap(self.ptr, size, 0, handle, 0), "cuMemMap")
@@ -316,7 +318,10 @@ class _Mapping:
         drv, ptr, self.ptr = _drv(), self.ptr, 0
         if self.mapped:
             drv.cuMemUnmap(ptr, self.size)
-        drv.cuMemAddressFree(ptr, self.size)
+        if self.window is None:
+            drv.cuMemAddressFree(ptr, self.size)
+        else:
+            self.window.free(ptr)
 
 
 def _vmm_tensor(handle: int, size: int, index: int) -> torch.Tensor:
@@ -327,8 +332,46 @@ def _vmm_tensor(handle: int, size: int, index: int) -> torch.Tensor:
 # -- the worker's mappings, remapped at an address nobody can predict ---------------------
 
 ADDRESS_ALIGN = 2 << 20  # the device granule (and a multiple of any host page size)
-ADDRESS_LOW, ADDRESS_HIGH = 1 << 44, 1 << 46  # where drawn addresses fall: 16-64 TiB
+ADDRESS_LOW, ADDRESS_HIGH = 1 << 44, 1 << 46  # where drawn host addresses fall: 16-64 TiB
 ADDRESS_TRIES = 16
+# device addresses are drawn inside one range reserved per process (the driver does not
+# take an address it is asked for outside its own window): the first of these it grants
+WINDOW_SIZES = (1 << 40, 1 << 38, 1 << 36)
+
+
+class _Window:
+    """A large range of device addresses reserved once, where mappings are placed at
+    offsets drawn at random (never overlapping a live one)."""
+
+    def __init__(self) -> None:
+        drv = _drv()
+        for size in WINDOW_SIZES:
+            ptr = _u64()
+            if drv.cuMemAddressReserve(ctypes.byref(ptr), size, ADDRESS_ALIGN, 0, 0) == 0:
+                self.base, self.size, self.used = ptr.value, size, {}
+                return
+        raise ArenaError("the driver reserved no range of device addresses to draw from")
+
+    def place(self, size: int) -> int:
+        slots = (self.size - size) // ADDRESS_ALIGN + 1
+        for _ in range(ADDRESS_TRIES):
+            start = self.base + secrets.randbelow(max(1, slots)) * ADDRESS_ALIGN
+            if all(start + size <= s or s + n <= start for s, n in self.used.items()):
+                self.used[start] = size
+                return start
+        raise ArenaError(f"no free device address drawn for {size} bytes")
+
+    def free(self, start: int) -> None:
+        self.used.pop(start, None)
+
+
+_WINDOW: list[_Window] = []
+
+
+def _window() -> _Window:
+    if not _WINDOW:
+        _WINDOW.append(_Window())
+    return _WINDOW[0]
 _PROT_RW, _MAP_SHARED = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
 _LIBC: list = []
 
@@ -400,15 +443,7 @@ class Mapped:
             array = (ctypes.c_ubyte * self.size).from_address(address)
             self.tensor, self._old = torch.frombuffer(array, dtype=torch.uint8), address
         else:
-            for _ in range(ADDRESS_TRIES):
-                try:
-                    mapping = _Mapping(self._keep, self.size, self.index,
-                                       at=random_address(self.size))
-                    break
-                except ArenaError:
-                    continue  # that range was taken: draw again
-            else:
-                raise ArenaError(f"no free device address drawn in {ADDRESS_TRIES} tries")
+            mapping = _Mapping(self._keep, self.size, self.index, window=_window())
             self.tensor = torch.as_tensor(mapping, device=f"cuda:{self.index}")
             self._old = mapping
         self._unmap(old)
