@@ -38,6 +38,10 @@ FORBIDDEN_ATTRS = frozenset({
     "exec", "open", "globals", "locals", "vars", "getattr", "setattr", "delattr",
     "breakpoint", "bltns", "get_type_hints", "ForwardRef", "singledispatch",
     "singledispatchmethod", "evaluate",
+    # attribute access and calls by a name given as a string (getattr by another road),
+    # reads at addresses a view was not given, and readers of arbitrary files
+    "attrgetter", "methodcaller", "as_strided", "__array_interface__",
+    "__cuda_array_interface__", "datapipes", "FileOpener",
     # interpreter internals
     "__dict__", "__class__", "__bases__", "__mro__", "__subclasses__", "__globals__",
     "__code__", "__closure__", "__builtins__", "__getattribute__", "__reduce__",

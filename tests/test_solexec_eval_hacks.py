@@ -170,7 +170,7 @@ def test_1b_work_moved_into_the_empty_calls_counts_as_work_between_calls(matmul,
 
         def run(A, B):
             return A @ B.T
-    """)
+    """, replace(FAST, batch=1))  # the empty calls are its subject: one call a trip
     assert statuses(result) == {"failed"}
     assert all("between calls" in w.reason for w in result.workloads), result.workloads
 
@@ -549,3 +549,48 @@ def test_a_round_trip_s_calls_cannot_be_worked_on_ahead(matmul, forks, tmp_path,
                                                                   result.workloads]
     kept = evaluate(matmul, forks, tmp_path / "kept", KEEPS_VIEWS, timing)
     assert "ok" not in statuses(kept), kept.workloads
+
+
+@pytest.mark.parametrize("source", [
+    """
+import operator
+
+_caller = operator.attrgetter("tb_frame.f_back.f_locals")
+
+
+def run(A, B):
+    try:
+        raise KeyError(0)
+    except KeyError as e:
+        works = _caller(operator.attrgetter("__traceback__")(e)).get("works", [])
+    return A @ B.T
+""", """
+from operator import methodcaller
+
+
+def run(A, B):
+    return methodcaller("__matmul__", B.T)(A)
+""", """
+import numpy as np
+from torch.utils.data.datapipes.iter import FileOpener
+
+
+def run(A, B):
+    for _, stream in FileOpener(["/proc/self/maps"], mode="r"):
+        text = stream.read()
+    base = A.numpy().view(np.uint8).reshape(-1)
+    rows = np.lib.stride_tricks.as_strided(base, shape=(2, 4), strides=(4096, 1))
+    return A @ B.T
+"""], ids=["attrgetter-frames", "methodcaller", "maps-and-as-strided"])
+def test_the_scan_refuses_the_roads_to_memory_a_call_was_not_given(matmul, source):
+    """Attribute access by a string name (the worker's frames through a traceback), reading
+    /proc/self/maps, and a strided view reaching past its buffer: what a solution would use
+    to find inputs it was not given. And the presets carry one call a round trip, so no
+    other call's inputs exist in the worker while one runs."""
+    from autolab.static_scan import static_findings
+    from benchmarks.solexec.benchmark import TIMINGS, SolExecProblem
+
+    bench = SolExecProblem(matmul, "solexec", preset="gpu")
+    assert static_findings("solution.py", source, bench.allowed_imports,
+                           bench.allowed_attrs) != []
+    assert TIMINGS["gpu"].batch == TIMINGS["cpu"].batch == 1

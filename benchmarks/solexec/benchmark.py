@@ -65,9 +65,11 @@ STDLIB_IMPORTS = frozenset({
     "itertools", "math", "operator", "typing", "warnings",
 })
 TIMINGS = {
-    # 16 calls a round trip: the host's round trip (about 0.5 ms, +-0.3) is shared by
-    # them, so a kernel of tens of microseconds is measured, not the messaging around it
-    "gpu": Timing(device="cuda", batch=16),
+    # one call a round trip: several (Timing.batch) would share the host's round trip, but
+    # every input of a trip would then be in the worker's memory before its first call,
+    # where the candidate's code, in the same process, can find it (evaluate.py, "Round
+    # trips")
+    "gpu": Timing(device="cuda"),
     "cpu": Timing(device="cpu", warmup=1, reps=3, call_timeout_s=30.0, load_timeout_s=300.0,
                   flush_bytes=1 << 16, max_elements=256, idle_cpu_floor_ms=20.0),
 }

@@ -54,9 +54,15 @@ inputs in them and could compute the whole trip in its first call. So before eac
 the worker maps every arena of the workload afresh, at an address drawn at random (on a
 GPU, inside a range of addresses reserved once per worker), and unmaps the previous
 mapping whatever still holds views of it (transport.Mapped): a kept view reaches nothing,
-and reading one is a crash; where the new mapping lies cannot be told from an old one,
-and a guess that misses faults too. What remains is the worker's own objects, reached
-through the interpreter's internals, which the static scan refuses.
+and reading one is a crash. **That is not enough, so the presets carry one call a trip.**
+A review found three ways on that the scan did not refuse: a solution that replaces
+`torch.frombuffer` (or `torch.as_tensor`) sees every fresh mapping made for the trip;
+`/proc/self/maps` says where they lie and a strided numpy view reads any address; and
+`operator.attrgetter` reaches the worker's frames and their views. The scan now refuses
+the last two roads, but the candidate shares the worker's process, so whatever the worker
+can reach before a call, the candidate can too. Batching becomes sound only where a call's
+inputs do not exist in the worker before that call starts (the trusted side staging each
+call's inputs on a handshake, its cost in the empty calls too).
 
 A worker serves one group of workloads (those whose arenas fit `group_mb` together; most
 problems are one group). Before the solution is loaded into it, each workload's empty
