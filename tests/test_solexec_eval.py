@@ -125,7 +125,8 @@ import torch
 from benchmarks.solexec import transport, wire
 sock = socket.socket(fileno=int(sys.argv[1]))
 frame = wire.recv_frame(sock, 1 << 20, accept_fds=True)
-arena = transport.attach(pickle.loads(frame.payload), frame.fds)
+mapped = transport.Mapped(pickle.loads(frame.payload), frame.fds)
+arena = mapped.tensor
 arena[:16].view(torch.float32).add_(1.0)
 if arena.is_cuda:
     torch.cuda.synchronize()
@@ -693,12 +694,12 @@ def test_a_mapping_that_fails_half_way_is_undone_and_a_whole_one_at_its_end(monk
 
 def test_the_worker_closes_every_descriptor_it_was_sent_even_on_a_bad_handle():
     with pytest.raises(ValueError, match="one descriptor, not 0"):
-        transport.attach({"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"}, ())
+        transport.Mapped({"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"}, ())
     for handle, n in (({"kind": "cuda", "size": 2 << 20, "uuid": "GPU-0"}, 2),
                       ({"kind": "elsewhere"}, 1)):
         fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(n)]
         with pytest.raises(ValueError):
-            transport.attach(handle, fds)
+            transport.Mapped(handle, fds)
         for fd in fds:
             with pytest.raises(OSError):
                 os.fstat(fd)

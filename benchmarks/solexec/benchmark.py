@@ -193,8 +193,9 @@ class SolExecProblem:
                  if skip_reason(self.problem, w) is None]
         if not sizes:
             return 0
-        sized = [types.SimpleNamespace(size=n) for n in sizes]  # what groups() reads (a
-        # prewarm's round trips carry one call each: baseline.prewarm_compile)
+        # what groups() reads (a prewarm's round trips carry one call each:
+        # baseline.prewarm_compile)
+        sized = [types.SimpleNamespace(size=n, copies=1) for n in sizes]
         arenas = max(sum(g.size for g in grp)
                      for grp in groups(sized, self.timing.group_mb * 2**20))
         return int(arenas + 3 * max(sizes) + (2 << 30))

@@ -288,7 +288,7 @@ def groups(pending: list[WorkloadRun], budget_bytes: float) -> list[list[Workloa
     out: list[list[WorkloadRun]] = []
     used = 0.0
     for p in pending:
-        size = p.size * getattr(p, "copies", 1)
+        size = p.size * p.copies
         if out and used + size <= budget_bytes:
             out[-1].append(p)
             used += size
@@ -309,8 +309,8 @@ def _open(link: WorkerLink, p: WorkloadRun) -> None:
         return
     for c in p.slots:
         handle, fds = c.arena.handle()
-        answer = link.request({"op": "open", "key": c.key, "arena": handle, "inputs": c.inputs,
-                               "outputs": c.outputs, "names": list(p.problem.outputs)},
+        answer = link.request({"op": "open", "key": c.key, "arena": handle, "inputs": p.inputs,
+                               "outputs": p.outputs, "names": list(p.problem.outputs)},
                               link.call_timeout_s, fds)
         if not answer["ok"]:
             p.finish("failed", "the worker could not map the workload: "

@@ -96,8 +96,6 @@ class Copy:
 
     key: str  # the worker's name for it
     arena: transport.HostArena | transport.DeviceArena | None = None
-    inputs: list[tuple[str, object]] = field(default_factory=list)  # for `open`
-    outputs: list[transport.Slot] = field(default_factory=list)
     in_views: list[torch.Tensor | None] = field(default_factory=list)
     out_views: list[torch.Tensor] = field(default_factory=list)
     snapshot: list[torch.Tensor] | None = None
@@ -126,6 +124,8 @@ class WorkloadRun:
     scalars: dict[str, object] = field(default_factory=dict)
     out_shapes: list[tuple[torch.dtype, tuple[int, ...]]] | None = None
     current: tuple[int, list[Draw]] | None = None  # a round trip's draws
+    inputs: list[tuple[str, object]] = field(default_factory=list)  # each copy's layout,
+    outputs: list[transport.Slot] = field(default_factory=list)  # for `open`
     slots: list[Copy] = field(default_factory=list)
     writable: set[str] = field(default_factory=set)
     times: list[int] = field(default_factory=list)
@@ -173,17 +173,17 @@ class WorkloadRun:
         plan, size = transport.plan([(v.dtype, tuple(v.shape)) for _, v in tensors]
                                     + list(self.out_shapes or []))
         by_index = dict(zip([i for i, _ in tensors], plan, strict=False))
+        self.inputs = [("tensor", by_index[i]) if i in by_index else ("scalar", v)
+                       for i, v in enumerate(first.values)]
+        self.outputs = plan[len(tensors):]
         self.slots = []
         for j in range(self.copies):
             c = Copy(key=f"{self.key}.{j}")
             self.slots.append(c)
             c.arena = transport.new_arena(size, self.device)
-            c.inputs = [("tensor", by_index[i]) if i in by_index else ("scalar", v)
-                        for i, v in enumerate(first.values)]
-            c.outputs = plan[len(tensors):]
             c.in_views = [transport.view(c.arena.tensor, by_index[i]) if i in by_index
                           else None for i in range(len(first.values))]
-            c.out_views = [transport.view(c.arena.tensor, s) for s in c.outputs]
+            c.out_views = [transport.view(c.arena.tensor, s) for s in self.outputs]
 
     def restart(self, seeds: list[int]) -> None:
         """Start the calls over, on new seeds (a new worker replaces a lost one: nothing it

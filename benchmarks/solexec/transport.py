@@ -18,9 +18,9 @@ Two transports, chosen by the device:
   (cuMemCreate) with a POSIX file descriptor as its shareable handle; the descriptor
   travels with the open message like a host arena's, and the worker imports it and maps
   the same physical memory into its own address space (cuMemImportFromShareableHandle,
-  cuMemMap). Not CUDA IPC (cudaIpcGetMemHandle, torch's reduce_tensor): that path opens
-  files of the exporting process in /dev/shm, which a step with a /dev/shm of its own does
-  not see (the worker then fails with "mapping of buffer object failed"), and keeps
+  cuMemMap; `Mapped`). Not CUDA IPC (cudaIpcGetMemHandle, torch's reduce_tensor): that
+  path opens files of the exporting process in /dev/shm, which a step with a /dev/shm of
+  its own does not see (the worker then fails with "mapping of buffer object failed"), and keeps
   reference counts in a file the trusted process shares between trials. A descriptor
   needs neither, and the allocation lives as long as one side still maps it.
 
@@ -372,6 +372,8 @@ def _window() -> _Window:
     if not _WINDOW:
         _WINDOW.append(_Window())
     return _WINDOW[0]
+
+
 _PROT_RW, _MAP_SHARED = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
 _LIBC: list = []
 
@@ -408,10 +410,12 @@ def _host_map(fd: int, size: int) -> int:
 
 
 class Mapped:
-    """The worker's mapping of one arena (`attach`). `remap()` maps the same memory afresh
-    at an address drawn at random and unmaps the previous mapping whatever still holds
-    views of it: a view kept from an earlier call then points at nothing (reading it
-    faults), and where the new one lies cannot be told from an old one. The descriptor
+    """The worker's mapping of one arena, from the handle and descriptor it was sent (all
+    descriptors received are closed whatever happens). `remap()` maps the same memory
+    afresh at an address drawn at random and unmaps the previous mapping whatever still
+    holds views of it: a view kept from an earlier call then points at nothing (reading it
+    faults), and where the new one lies cannot be told from an old one (though not hidden
+    from code in this process: evaluate.py, "Round trips"). The descriptor
     (host) or imported handle (device) is kept for that, and given up at `close()`."""
 
     def __init__(self, handle: dict, fds: Sequence[int]):
@@ -470,31 +474,3 @@ class Mapped:
 
 def new_arena(size: int, device: str) -> HostArena | DeviceArena:
     return HostArena(size) if torch.device(device).type == "cpu" else DeviceArena(size, device)
-
-
-def attach_mapped(handle: dict, fds: Sequence[int]) -> Mapped:
-    """The worker's side, remappable: see Mapped. The descriptors received are closed
-    whatever happens."""
-    return Mapped(handle, fds)
-
-
-def attach(handle: dict, fds: Sequence[int]) -> torch.Tensor:
-    """The worker's side: the arena as a flat uint8 tensor over the shared memory. The
-    descriptors received are closed whatever happens."""
-    try:
-        kind = handle["kind"]
-        if kind not in ("host", "cuda"):
-            raise ValueError(f"unknown arena kind {kind!r}")
-        if len(fds) != 1:
-            raise ValueError(f"a {kind} arena comes with one descriptor, not {len(fds)}")
-        if kind == "host":
-            return torch.frombuffer(mmap.mmap(fds[0], handle["size"]), dtype=torch.uint8)
-        index = _visible_index(handle["uuid"])
-        imported = _vmm_import(fds[0])
-    finally:
-        for fd in fds:
-            os.close(fd)
-    try:
-        return _vmm_tensor(imported, int(handle["size"]), index)
-    finally:
-        _drv().cuMemRelease(imported)  # the mapping holds it now

@@ -99,7 +99,7 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
             return {"ok": True, "id": call_id, "digests": [
                 transport.digest(state.work[k].outs) for k in msg["keys"]]}
         if op == "open":
-            mapped = transport.attach_mapped(msg["arena"], fds)
+            mapped = transport.Mapped(msg["arena"], fds)
             state.maps[msg["key"]] = (mapped, msg)
             state.work[msg["key"]] = _views(mapped.tensor, msg)
         elif op == "remap":  # each arena afresh, where no view kept from before reaches it
