@@ -288,6 +288,24 @@ def test_a_baseline_of_other_hidden_workloads_is_measured_again(member, tmp_path
                                                                              "audit")}
 
 
+def test_a_baseline_timed_with_other_calls_a_round_trip_is_measured_again(member, tmp_path):
+    """T_b and the candidates' times are taken alike: a table whose round trips carried
+    another number of calls than the member's timing does now is measured again."""
+    import json
+
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    assert table["calls_per_trip"] == member.timing.batch
+    assert member._measured_here(folder / "baseline.json")
+    table["calls_per_trip"] = member.timing.batch + 15
+    (folder / "baseline.json").write_text(json.dumps(table))
+    assert not member._measured_here(folder / "baseline.json")
+    member.prepare(None, folder)
+    again = json.loads((folder / "baseline.json").read_text())
+    assert again["calls_per_trip"] == member.timing.batch
+
+
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,
                                                                          monkeypatch):
     """Out of memory inside the worker or while drawing inputs is a workload's status,

@@ -747,3 +747,17 @@ def test_device_mappings_are_placed_at_drawn_addresses_that_never_overlap(monkey
     for a in placed:
         window.free(a)
     assert window.used == {}
+
+
+def test_the_worker_gets_no_compiler_the_host_names_outside_the_sandbox(monkeypatch, tmp_path):
+    """A host's CC/CXX may name a compiler the sandbox does not show (/opt/gcc/bin/gcc):
+    passed on, every torch.compile or Triton build in the worker failed. Triton and
+    Inductor take the system's compiler from PATH instead; the CUDA variables still pass."""
+    from benchmarks.solexec.launch import worker_env
+
+    monkeypatch.setenv("CC", "/opt/gcc/bin/gcc")
+    monkeypatch.setenv("CXX", "/opt/gcc/bin/g++")
+    monkeypatch.setenv("CUDA_HOME", "/usr/local/cuda")
+    env = worker_env(tmp_path, tmp_path)
+    assert "CC" not in env and "CXX" not in env
+    assert env["CUDA_HOME"] == "/usr/local/cuda" and "/usr/bin" in env["PATH"].split(":")
