@@ -401,7 +401,7 @@ def test_8_work_left_running_after_the_answer_is_caught(matmul, forks, tmp_path,
     process checks are for."""
     result = evaluate(matmul, forks, tmp_path / "background", body,
                       replace(FAST, settle_s=0.05, batch=1))
-    assert "failed" in statuses(result) and "ok" not in statuses(result)
+    assert "failed" in statuses(result) and "ok" not in statuses(result), result.workloads
     assert any(reason in w.reason for w in result.workloads), result.workloads
     # several calls a trip: caught too (a scribble may land before a later call's answer,
     # which is then incorrect rather than changed after it)

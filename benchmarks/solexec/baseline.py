@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.solexec.evaluate import Timing, evaluate_problem, reference_solution
+from benchmarks.solexec.evaluate import PROTOCOL, Timing, evaluate_problem, reference_solution
 from benchmarks.solexec.launch import launch_subprocess
 from benchmarks.solexec.problems import Problem, Workload
 
@@ -170,7 +170,8 @@ def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing
                     cache_dir, workloads=every)
     times = baseline_times(row)
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
-                 "modes": list(modes), "calls_per_trip": timing.batch, "splits": {}}
+                 "modes": list(modes), "calls_per_trip": timing.batch, "protocol": PROTOCOL,
+                 "splits": {}}
     for split, ws in splits.items():
         entries = {}
         for w in ws:

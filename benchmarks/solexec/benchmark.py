@@ -49,7 +49,7 @@ from benchmarks.protocol import (
     gpu_device_nodes,
 )
 from benchmarks.solexec import launch as _launch
-from benchmarks.solexec.evaluate import Timing
+from benchmarks.solexec.evaluate import PROTOCOL, Timing
 from benchmarks.solexec.problems import Problem, Workload, load_problems, skip_reason
 
 HERE = Path(__file__).resolve().parent
@@ -240,7 +240,8 @@ class SolExecProblem:
             return False
         if table.get("device") != device_name(self.timing.device):
             return False
-        if table.get("calls_per_trip", 1) != self.timing.batch:
+        if table.get("calls_per_trip", 1) != self.timing.batch or table.get(
+                "protocol") != PROTOCOL:
             return False  # timed another way than the candidates are now
         splits = table.get("splits") or {}
         return all(set(splits.get(s) or {}) == {w.uuid for w in ws}

@@ -76,8 +76,12 @@ fails the workload of the call that lost it; the others start over in a new work
 inputs never drawn before.
 
 Overhead. An empty call goes the same way as a call (the same flush, the same clock, the
-same messages; the worker synchronises and digests the untouched slots) but runs nothing:
-it is the round trip. It is timed in the worker before the solution is imported, so no
+same messages; the worker synchronises, copies each output slot's bytes as a call copies
+its outputs into them, but into buffers of its own so the slots stay untouched,
+synchronises again and digests the slots) but runs nothing: it is the round trip and the
+worker's path around a call. Without the copy and the second synchronise in it, about
+60-120 µs a call of an H100 host's time went uncounted by the overhead and stayed in
+every small workload's time. It is timed in the worker before the solution is imported, so no
 candidate code can slow it down to inflate what is subtracted from its own times, and again
 right after every timed call (`late_empties`), because the round trip drifts over a run
 (clock speeds, the host's load): a sub-millisecond workload measured against an overhead
@@ -149,6 +153,9 @@ from benchmarks.solexec.problems import (
 from benchmarks.solexec.results import ProblemEval, Status, WorkloadEval
 
 TRACE_CHARS = 3000
+# what an empty call does, which is what every time has subtracted: times (T_b tables
+# included) taken under another protocol are not comparable and are measured again
+PROTOCOL = 2
 
 Launch = Callable[[Path], Worker]
 

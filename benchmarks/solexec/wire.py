@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import os
+import select
 import socket
 import struct
 import time
@@ -65,11 +66,16 @@ def send_frame(sock: socket.socket, payload: bytes, fds: tuple[int, ...] = ()) -
 
 def recv_frame(
     sock: socket.socket, max_bytes: int, deadline: float | None = None, *,
-    accept_fds: bool = False,
+    accept_fds: bool = False, spin_s: float = 0.0,
 ) -> Frame:
     """The next frame. `deadline` is a time.monotonic() value (None waits for ever);
-    descriptors arriving where none are accepted are closed at once."""
+    descriptors arriving where none are accepted are closed at once. With `spin_s`, the
+    frame's first bytes are polled for that long before the wait blocks: a process that
+    sleeps in the kernel is woken late (on a virtual machine, tens to hundreds of
+    microseconds, varying), and where the wake-up is inside a clock that is noise."""
     head, fds, pid = b"", [], None
+    if spin_s > 0:
+        _spin(sock, spin_s)
     try:
         while len(head) < HEADER.size:
             _wait(sock, deadline)
@@ -103,6 +109,12 @@ def recv_frame(
         _close_all(fds)
         raise
     return Frame(bytes(buf), tuple(fds), pid)
+
+
+def _spin(sock: socket.socket, spin_s: float) -> None:
+    until = time.perf_counter() + spin_s
+    while not select.select([sock], [], [], 0)[0] and time.perf_counter() < until:
+        pass
 
 
 def _wait(sock: socket.socket, deadline: float | None) -> None:

@@ -1,0 +1,174 @@
+"""Where a small workload's measured time goes: the harness's net time against the same
+solution timed in one process, on one GPU.
+
+For each workload of a problem (the reference as the solution, eager or under
+torch.compile) it prints, in µs:
+
+- `event`: CUDA events around the call after an L2 flush, in this process, the median of
+  `--reps` (what the public harness reports);
+- `host`: the host's clock around the call and a device synchronise, in this process;
+- `path`: `host` plus what the worker does around a call (outputs copied into slots, a
+  second synchronise, the digest), less the same path without the call (the empty call);
+- `net-B`: the harness's net time (evaluate.py: a sandbox-free worker, the host round trip
+  less the empty one) with B calls a round trip, for each B of `--batches`.
+
+And the host round trip alone: a two-process ping-pong over a Unix socket (blocking
+reads), median and spread.
+
+    python perf/solexec_overhead.py --member L1-012_fused_cos_sin_embedding_generation \
+        [--data-dir DIR] [--workloads 4] [--compile] [--batches 1 16] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _pong(sock: socket.socket, other: socket.socket) -> None:
+    other.close()
+    while (b := sock.recv(64)):
+        sock.sendall(b)
+
+
+def ping_pong(n: int = 2000) -> dict:
+    a, b = socket.socketpair()
+    p = mp.get_context("fork").Process(target=_pong, args=(b, a))
+    p.start()
+    b.close()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        a.sendall(b"x" * 32)
+        a.recv(64)
+        times.append(time.perf_counter_ns() - t0)
+    a.close()
+    p.join()
+    med = statistics.median(times)
+    return {"median_us": med / 1e3,
+            "mad_us": statistics.median(abs(t - med) for t in times) / 1e3,
+            "p90_us": sorted(times)[int(0.9 * n)] / 1e3}
+
+
+def in_process(problem, workload, fn, reps: int, device: str) -> dict:
+    import torch
+
+    from benchmarks.solexec import transport
+    from benchmarks.solexec.link import CacheFlush, cache_bytes
+    from benchmarks.solexec.problems import make_inputs
+
+    flush = CacheFlush(device, 2 * cache_bytes(device))
+    names = list(problem.inputs)
+
+    def inputs(seed):
+        made = make_inputs(problem, workload, seed=seed, device=device)
+        return [made[n] for n in names]
+
+    def outs_of(result):
+        vals = list(result.values()) if isinstance(result, dict) else (
+            list(result) if isinstance(result, tuple | list) else [result])
+        return [v for v in vals if isinstance(v, torch.Tensor)]
+
+    with torch.no_grad():
+        for i in range(3):
+            fn(*inputs(i))
+        torch.cuda.synchronize()
+        slots = [torch.empty_like(o) for o in outs_of(fn(*inputs(99)))]
+        event, host, path, empty = [], [], [], []
+        for i in range(reps):
+            args = inputs(1000 + i)
+            flush()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            event.append(start.elapsed_time(end) * 1e3)
+            args = inputs(2000 + i)
+            flush()
+            t0 = time.perf_counter_ns()
+            fn(*args)
+            torch.cuda.synchronize()
+            host.append((time.perf_counter_ns() - t0) / 1e3)
+            args = inputs(3000 + i)
+            flush()
+            t0 = time.perf_counter_ns()
+            result = fn(*args)
+            torch.cuda.synchronize()
+            for o, s in zip(outs_of(result), slots, strict=True):
+                transport.as_bytes(s).copy_(transport.as_bytes(o))
+            torch.cuda.synchronize()
+            transport.digest(slots)
+            path.append((time.perf_counter_ns() - t0) / 1e3)
+            flush()
+            t0 = time.perf_counter_ns()
+            torch.cuda.synchronize()
+            transport.digest(slots)
+            empty.append((time.perf_counter_ns() - t0) / 1e3)
+    return {"event_us": statistics.median(event), "host_us": statistics.median(host),
+            "path_us": statistics.median(path) - statistics.median(empty),
+            "empty_path_us": statistics.median(empty)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--member", required=True, help="e.g. L1-012_fused_cos_sin_embedding_...")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--workloads", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--compile", action="store_true", help="the reference under torch.compile")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from benchmarks.solexec.benchmark import TIMINGS, load_members, problems_root
+    from benchmarks.solexec.evaluate import evaluate_problem
+
+    device = "cuda"
+    problem = load_members(problems_root(args.data_dir))[args.member]
+    workloads = list(problem.workloads)[: args.workloads]
+    source = problem.reference + ("\n\nrun = __import__('torch').compile(run)\n"
+                                  if args.compile else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "solution.py").write_text(source)
+        spec = importlib.util.spec_from_file_location("solution", Path(tmp) / "solution.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["solution"] = module  # as the worker imports it
+        spec.loader.exec_module(module)
+        rows = [{"axes": dict(w.axes), **in_process(problem, w, module.run, args.reps, device)}
+                for w in workloads]
+        for batch in args.batches:
+            timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1)
+            ev = evaluate_problem(problem, Path(tmp), timing, workloads=workloads, seed=7)
+            for row, w in zip(rows, ev.workloads, strict=True):
+                row[f"net{batch}_us"] = w.time_ns / 1e3 if w.time_ns else None
+                row[f"overhead{batch}_us"] = (w.overhead_ns / 1e3 / 1 if w.overhead_ns
+                                              else None)
+                row[f"status{batch}"] = w.status
+    out = {"member": args.member, "compile": args.compile, "device":
+           torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
+           "ping_pong": ping_pong(), "workloads": rows}
+    print(json.dumps(out, indent=1))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
