@@ -242,7 +242,10 @@ def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = ""
     reason = "" if rc == 0 else (tail.strip().splitlines() or [f"exit {rc}"])[-1]
     Path(out, "status.json").write_text(json.dumps({"rc": rc, "reason": reason[:300],
                                                     "tail": tail}))
-    return GUARD_EXIT if rc == GUARD_EXIT else 0
+    if rc == GUARD_EXIT:  # the guard's reason, as the call wrote it, into the step's log
+        sys.stderr.write(tail[-TAIL_CHARS:])
+        return GUARD_EXIT
+    return 0
 
 
 def call(inputs: str, workspace: str) -> None:
