@@ -304,6 +304,16 @@ def test_a_baseline_timed_with_other_calls_a_round_trip_is_measured_again(member
     member.prepare(None, folder)
     again = json.loads((folder / "baseline.json").read_text())
     assert again["calls_per_trip"] == member.timing.batch
+    # and one whose empty calls were another protocol's (what was subtracted differs)
+    from benchmarks.solexec.evaluate import PROTOCOL
+
+    assert again["protocol"] == PROTOCOL
+    again["protocol"] = PROTOCOL - 1
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert not member._measured_here(folder / "baseline.json")
+    del again["protocol"]  # a table from before the protocol was recorded
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert not member._measured_here(folder / "baseline.json")
 
 
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,

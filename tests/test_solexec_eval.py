@@ -104,6 +104,36 @@ def test_frames_are_bounded_in_size_and_time():
             wire.recv_frame(ours, 64, time.monotonic() + 5)
 
 
+def test_a_frame_polled_for_arrives_as_one_waited_for_and_the_poll_gives_up():
+    """The poll inside the clock (spin_s) finds a frame sent while it polls; with nothing
+    sent it ends after spin_s and the wait goes on to its deadline as before."""
+    ours, theirs = wire.socket_pair()
+    with ours, theirs:
+        wire.send_frame(theirs, b"early")
+        assert wire.recv_frame(ours, 64, time.monotonic() + 5, spin_s=0.01).payload == b"early"
+        t0 = time.monotonic()
+        with pytest.raises(wire.Deadline):
+            wire.recv_frame(ours, 64, time.monotonic() + 0.1, spin_s=0.02)
+        assert time.monotonic() - t0 >= 0.1
+
+
+def test_the_worker_answers_a_ping_and_an_empty_call_copies_but_leaves_the_slots():
+    """An empty call is a call's path without the call: the slots' bytes copied (into the
+    worker's own buffers) and digested, the slots themselves untouched."""
+    from benchmarks.solexec import worker
+
+    state = worker._State()
+    assert worker._handle(state, {"op": "ping", "id": 1}, ()) == {"ok": True, "id": 1}
+    outs = [torch.arange(6, dtype=torch.float32), torch.tensor([7, 8], dtype=torch.int64)]
+    scratch = [torch.zeros_like(o) for o in outs]
+    state.work["0.0"] = worker._Work([], outs, ["a", "b"], scratch)
+    before = [o.clone() for o in outs]
+    answer = worker._handle(state, {"op": "empty", "keys": ["0.0"], "id": 2}, ())
+    assert answer == {"ok": True, "id": 2, "digests": [transport.digest(before)]}
+    assert all(torch.equal(o, b) for o, b in zip(outs, before, strict=True))
+    assert all(torch.equal(s, b) for s, b in zip(scratch, before, strict=True))
+
+
 # ---------------------------------------------------------------------------- transport
 
 

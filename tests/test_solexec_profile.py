@@ -267,3 +267,25 @@ def run(A, B):
     trial = _trial(member, prepared, tmp_path, {"solution.py": src}, 1000)
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
     assert trial.evidence["ncu_longest_kernel"] == "warm"
+
+
+SEES_COMPILE_THREADS = """\
+import os
+threads = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")
+rc = subprocess.call(app)
+if rc:
+    sys.exit(rc)
+open(log, "w").write({raw!r}.replace("gemm_kernel", "in_process" if threads == "1" else
+                                     "pool"))
+"""
+
+
+def test_the_profile_step_compiles_in_process(member, prepared, tmp_path, monkeypatch):
+    """Inductor compiles without its pool of workers in the profile step: the pool is shut
+    down at exit by signalling the workers, which the runtime guard stops (exit 113)."""
+    monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu",
+                                                   SEES_COMPILE_THREADS.format(raw=RAW))))
+    trial = _trial(member, prepared, tmp_path, {"solution.py": "def run(A, B):\n"
+                                                "    return A @ B.T\n"}, 1000)
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    assert trial.evidence["ncu_longest_kernel"] == "in_process"
