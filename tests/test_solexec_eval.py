@@ -7,6 +7,7 @@ Red-team candidates are in test_solexec_eval_hacks.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
 import socket
@@ -117,13 +118,12 @@ def test_a_frame_polled_for_arrives_as_one_waited_for_and_the_poll_gives_up():
         assert time.monotonic() - t0 >= 0.1
 
 
-def test_the_worker_answers_a_ping_and_an_empty_call_copies_but_leaves_the_slots():
+def test_an_empty_call_copies_the_slots_but_leaves_them_as_they_were():
     """An empty call is a call's path without the call: the slots' bytes copied (into the
     worker's own buffers) and digested, the slots themselves untouched."""
     from benchmarks.solexec import worker
 
     state = worker._State()
-    assert worker._handle(state, {"op": "ping", "id": 1}, ()) == {"ok": True, "id": 1}
     outs = [torch.arange(6, dtype=torch.float32), torch.tensor([7, 8], dtype=torch.int64)]
     scratch = [torch.zeros_like(o) for o in outs]
     state.work["0.0"] = worker._Work([], outs, ["a", "b"], scratch)
@@ -132,6 +132,48 @@ def test_the_worker_answers_a_ping_and_an_empty_call_copies_but_leaves_the_slots
     assert answer == {"ok": True, "id": 2, "digests": [transport.digest(before)]}
     assert all(torch.equal(o, b) for o, b in zip(outs, before, strict=True))
     assert all(torch.equal(s, b) for s, b in zip(scratch, before, strict=True))
+
+
+def test_a_timed_round_trip_starts_a_pause_after_the_worker_s_last_answer():
+    """Calls and empty calls alike start `idle_before_s` after the worker last answered
+    (so the worker's wake-up is the same in both), and the clock holds only the trip."""
+    import threading
+
+    from benchmarks.solexec.link import WorkerLink
+
+    ours, theirs = wire.socket_pair()
+    heard: list[float] = []
+
+    def echo():
+        while True:
+            try:
+                frame = wire.recv_frame(theirs, 1 << 16)
+            except wire.WireError:
+                return
+            heard.append(time.perf_counter())
+            msg = pickle.loads(frame.payload)
+            wire.send_frame(theirs, json.dumps({"ok": True, "id": msg["id"]}).encode())
+
+    class Peer:  # the worker's end, answered from a thread of this process
+        sock, pid = ours, os.getpid()
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        link = WorkerLink(Peer(), 5.0, idle_before_s=0.05)
+        link.request({"op": "init"}, 5.0)
+        answered = time.perf_counter()
+        ns, answer = link.timed("empty", [], watch_idle=False)
+        assert answer["ok"] and heard[-1] - answered >= 0.05
+        assert ns < 0.05e9  # the pause is before the clock, not in it
+        time.sleep(0.08)  # idle long enough already: no pause added
+        t0 = time.perf_counter()
+        link.timed("call", [], watch_idle=False)
+        assert heard[-1] - t0 < 0.04
+    finally:
+        ours.close()
+        theirs.close()
+        thread.join(5)
 
 
 # ---------------------------------------------------------------------------- transport

@@ -594,3 +594,71 @@ def test_the_scan_refuses_the_roads_to_memory_a_call_was_not_given(matmul, sourc
     assert static_findings("solution.py", source, bench.allowed_imports,
                            bench.allowed_attrs) != []
     assert TIMINGS["gpu"].batch == TIMINGS["cpu"].batch == 1
+
+
+# The worker's replies go through json.dumps, a module a solution reaches through torch's
+# namespaces without importing it. Hooked, a reply sent after a call's inputs were
+# staged and before its clock started (an untimed wake-up message was once there) would
+# let the solution compute the call unclocked; nothing of the worker's runs there now,
+# and the worker's own encoder was bound before the solution was imported.
+_SLOW = """
+import torch
+
+_X = torch.ones(256, 256) / 256
+
+
+def waste():  # milliseconds of CPU, standing for a slow kernel
+    y = _X
+    for _ in range(40):
+        y = y @ _X
+    return y
+"""
+
+HOOKED_REPLY = _SLOW + """
+from torch.profiler.profiler import json
+
+_dumps = json.dumps
+kept = {}
+done = {}
+
+
+def _hook(obj, *args, **kwargs):
+    # a reply to an untimed request ({"ok", "id"}: no digests): work on the views kept
+    if type(obj) is dict and len(obj) == 2 and obj.get("ok") is True:
+        for key, (A, B) in kept.items():
+            waste()
+            done[key] = A @ B.T
+    return _dumps(obj, *args, **kwargs)
+
+
+json.dumps = _hook
+
+
+def run(A, B):
+    key = (A.data_ptr(), B.data_ptr())
+    kept[key] = (A, B)
+    out = done.pop(key, None)
+    if out is not None:
+        return out
+    waste()
+    return A @ B.T
+"""
+
+
+def test_a_hooked_reply_computes_nothing_before_the_clock(matmul, forks, tmp_path):
+    from autolab.static_scan import static_findings
+    from benchmarks.solexec.benchmark import SolExecProblem
+
+    bench = SolExecProblem(matmul, "solexec", preset="gpu")
+    assert static_findings("solution.py", HOOKED_REPLY, bench.allowed_imports,
+                           bench.allowed_attrs) == []  # the scan does not stop it
+    timing = replace(FAST, batch=1, reps=5)
+    honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
+def run(A, B):
+    waste()
+    return A @ B.T
+""", timing)
+    hooked = evaluate(matmul, forks, tmp_path / "hooked", HOOKED_REPLY, timing)
+    assert statuses(honest) == {"ok"}, honest.workloads
+    for h, w in zip(honest.workloads, hooked.workloads, strict=True):
+        assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)

@@ -79,9 +79,17 @@ Overhead. An empty call goes the same way as a call (the same flush, the same cl
 same messages; the worker synchronises, copies each output slot's bytes as a call copies
 its outputs into them, but into buffers of its own so the slots stay untouched,
 synchronises again and digests the slots) but runs nothing: it is the round trip and the
-worker's path around a call. Without the copy and the second synchronise in it, about
-60-120 µs a call of an H100 host's time went uncounted by the overhead and stayed in
-every small workload's time. It is timed in the worker before the solution is imported, so no
+worker's path around a call. Without the copy and the second synchronise in it, that
+part of the worker's own path (about 50 µs on an H100 host, timed in one process) was
+left in every time. And every timed round trip, call or empty, starts at least
+`idle_before_s` after the worker's last answer (link.py, `timed`): a worker idle for
+milliseconds, as before every call, wakes slower than one idle for microseconds, as
+between two calibration calls had been. Nothing of
+the worker's runs between a call's staging and its clock: an untimed message there
+(a wake-up ping was tried) is a window in which the candidate's code, hooked into the
+worker's reply, computes the staged call unclocked.
+
+The empty call is timed in the worker before the solution is imported, so no
 candidate code can slow it down to inflate what is subtracted from its own times, and again
 right after every timed call (`late_empties`), because the round trip drifts over a run
 (clock speeds, the host's load): a sub-millisecond workload measured against an overhead
@@ -155,7 +163,7 @@ from benchmarks.solexec.results import ProblemEval, Status, WorkloadEval
 TRACE_CHARS = 3000
 # what an empty call does, which is what every time has subtracted: times (T_b tables
 # included) taken under another protocol are not comparable and are measured again
-PROTOCOL = 2
+PROTOCOL = 3
 
 Launch = Callable[[Path], Worker]
 
@@ -179,6 +187,7 @@ class Timing:
     batch: int = 1  # calls of a workload one timed round trip carries, at most
     batch_mb: float = 1024.0  # ... while their arenas together stay within this
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
+    idle_before_s: float = 0.002  # a timed round trip starts this long after the last answer
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
 
@@ -416,7 +425,7 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
     load_error = trace = ""
     while pending := [p for p in work if p.result is None]:
         group = groups(pending, timing.group_mb * 2**20)[0]
-        link = WorkerLink(launch(build_dir), timing.call_timeout_s)
+        link = WorkerLink(launch(build_dir), timing.call_timeout_s, timing.idle_before_s)
         try:
             _prepare_worker(link, group, timing, rng, flush)
             status, load_error, trace = _load(link, solution_dir, timing)

@@ -29,7 +29,7 @@ from benchmarks.solexec.launch import Worker, describe_exit
 from benchmarks.solexec.results import Status
 
 MAX_ANSWER = 1 << 16
-SPIN_S = 0.002  # how long a wait inside the clock polls before it sleeps (wire.recv_frame)
+SPIN_S = 0.002  # how long this side polls for a timed answer before it sleeps
 _SCHEDSTAT = os.path.exists("/proc/self/schedstat")
 
 
@@ -45,23 +45,24 @@ class WorkerLost(Exception):
 class WorkerLink:
     """Requests and timed calls to one worker, and a watch on its process."""
 
-    def __init__(self, worker: Worker, call_timeout_s: float):
+    def __init__(self, worker: Worker, call_timeout_s: float, idle_before_s: float = 0.0):
         self.worker = worker
         self.call_timeout_s = call_timeout_s
+        self.idle_before_s = idle_before_s
+        self._heard = time.perf_counter()  # the worker's last answer
         self.ids = itertools.count(1)
         self.baseline_threads: int | None = None
         self.idle_cpu_ns = self.idle_wall_ns = 0
         self._answered: tuple[int, int] | None = None  # clock and worker CPU at an answer
 
-    def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = (),
-                spin_s: float = 0.0) -> dict:
+    def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
         """An untimed request (start, load, open a workload); its answer."""
         call_id = next(self.ids)
         try:
             self.worker.sock.settimeout(timeout_s)
             wire.send_frame(self.worker.sock, pickle.dumps({**msg, "id": call_id}), fds)
-            frame = wire.recv_frame(self.worker.sock, MAX_ANSWER, time.monotonic() + timeout_s,
-                                    spin_s=spin_s)
+            frame = wire.recv_frame(self.worker.sock, MAX_ANSWER, time.monotonic() + timeout_s)
+            self._heard = time.perf_counter()
         except (wire.WireError, OSError) as e:
             raise self._lost(e, timeout_s) from None
         return self._decode(frame, call_id)
@@ -72,24 +73,20 @@ class WorkerLink:
         worker's CPU time since the previous watched answer counts as idle work. The
         answer is awaited `timeout_s`, by default the link's call_timeout_s.
 
-        Just before the clock starts, an untimed "ping" wakes the worker, which then polls
-        for the call rather than sleeping (for at most SPIN_S), and this side polls for
-        the answer: neither process's wake-up from a sleep is in the time. Without that
-        an H100 host's calls carried 60-200 µs more of it than the empty calls subtracted
-        from them (a process idle for milliseconds, as between two calls, wakes slower
-        than one idle for microseconds, as between two empty calls)."""
+        Every timed round trip, call or empty, starts at least `idle_before_s` after the
+        worker's last answer, and this side polls for the answer (SPIN_S) rather than
+        sleeping: the worker's wake-up is in every time alike and this side's in none.
+        A process idle for milliseconds, as before a call (the reference's draw, the
+        staging, the flush), wakes slower than one idle for microseconds, as between two
+        of the calibration's empty calls: without the pause an H100 host's calls carried
+        more of it than the empty calls subtracted from them. Nothing of the worker's
+        runs between the staging and the clock's start."""
         if watch_idle and self._answered is not None:
             answered_at, cpu_then = self._answered
             self.idle_cpu_ns += max(0, self.cpu_ns() - cpu_then)
             self.idle_wall_ns += time.perf_counter_ns() - answered_at
-        # the worker polls from its answer to the call: this side polls for the answer.
-        # Inside the watch (an empty call between two calls) the ping and the poll so far
-        # are not work between calls: their CPU is taken out of the watch
-        polled_from = self.cpu_ns() if not watch_idle and self._answered else None
-        self.request({"op": "ping"}, self.call_timeout_s, spin_s=SPIN_S)
-        if polled_from is not None and self._answered is not None:
-            answered_at, cpu_then = self._answered
-            self._answered = (answered_at, cpu_then + max(0, self.cpu_ns() - polled_from))
+        if (wait := self.idle_before_s - (time.perf_counter() - self._heard)) > 0:
+            time.sleep(wait)
         call_id = next(self.ids)
         payload = pickle.dumps({"op": op, "keys": keys, "id": call_id})
         frame = wire.HEADER.pack(len(payload)) + payload
@@ -102,6 +99,7 @@ class WorkerLink:
             sock.sendall(frame)
             answer = wire.recv_frame(sock, MAX_ANSWER, deadline, spin_s=SPIN_S)
             t1 = time.perf_counter_ns()
+            self._heard = time.perf_counter()
         except (wire.WireError, OSError) as e:
             raise self._lost(e, timeout_s) from None
         if watch_idle:
