@@ -51,7 +51,7 @@ FORBIDDEN_ATTRS = frozenset({
     # modules a candidate may not import, reached as an attribute of one it may
     "os", "sys", "subprocess", "socket", "builtins", "importlib", "shutil", "pathlib", "io",
     "ctypes", "posix", "signal", "pickle", "marshal", "mmap", "urllib", "http", "gc",
-    "inspect", "threading",
+    "inspect", "threading", "json",
 })  # fmt: skip
 
 

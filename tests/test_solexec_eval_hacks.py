@@ -615,7 +615,7 @@ def waste():  # milliseconds of CPU, standing for a slow kernel
 """
 
 HOOKED_REPLY = _SLOW + """
-from torch.profiler.profiler import json
+from torch.profiler.profiler import json  # the scan refuses it; the harness must not need it
 
 _dumps = json.dumps
 kept = {}
@@ -650,8 +650,9 @@ def test_a_hooked_reply_computes_nothing_before_the_clock(matmul, forks, tmp_pat
     from benchmarks.solexec.benchmark import SolExecProblem
 
     bench = SolExecProblem(matmul, "solexec", preset="gpu")
+    # the scan refuses the road to json (and the evaluation must hold without the scan)
     assert static_findings("solution.py", HOOKED_REPLY, bench.allowed_imports,
-                           bench.allowed_attrs) == []  # the scan does not stop it
+                           bench.allowed_attrs) != []
     timing = replace(FAST, batch=1, reps=5)
     honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
 def run(A, B):
