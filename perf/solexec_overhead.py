@@ -1,8 +1,8 @@
 """Where a small workload's measured time goes: the harness's net time against the same
 solution timed in one process, on one GPU.
 
-For each workload of a problem (the reference as the solution, eager or under
-torch.compile) it prints, in µs:
+For each workload of a problem (the reference as the solution, or a technique of the
+offline search applied to it, as a campaign's candidate) it prints, in µs:
 
 - `event`: CUDA events around the call after an L2 flush, in this process, the median of
   `--reps` (what the public harness reports);
@@ -16,7 +16,8 @@ And the host round trip alone: a two-process ping-pong over a Unix socket (block
 reads), median and spread.
 
     python perf/solexec_overhead.py --member L1-012_fused_cos_sin_embedding_generation \
-        [--data-dir DIR] [--workloads 4] [--compile] [--batches 1 16] [--out FILE]
+        [--data-dir DIR] [--workloads 4] [--technique compile_default] [--batches 1 16]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--workloads", type=int, default=4)
     ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--compile", action="store_true", help="the reference under torch.compile")
+    ap.add_argument("--technique", default=None, help="a technique's name (default: none)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -142,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda"
     problem = load_members(problems_root(args.data_dir))[args.member]
     workloads = list(problem.workloads)[: args.workloads]
-    source = problem.reference + ("\n\nrun = __import__('torch').compile(run)\n"
-                                  if args.compile else "")
+    source = problem.reference
+    if args.technique is not None:
+        from benchmarks import get_family
+        from perf.solexec_trial import candidate_files
+
+        if args.data_dir is not None:
+            os.environ.setdefault("AUTOLAB_SOLEXEC_DIR", str(problems_root(args.data_dir)))
+        member = get_family("solexec").member(args.member)
+        source = candidate_files(member, args.technique)["solution.py"]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "solution.py").write_text(source)
         spec = importlib.util.spec_from_file_location("solution", Path(tmp) / "solution.py")
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"overhead{batch}_us"] = (w.overhead_ns / 1e3 / 1 if w.overhead_ns
                                               else None)
                 row[f"status{batch}"] = w.status
-    out = {"member": args.member, "compile": args.compile, "device":
+    out = {"member": args.member, "technique": args.technique, "device":
            torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
            "ping_pong": ping_pong(), "workloads": rows}
     print(json.dumps(out, indent=1))

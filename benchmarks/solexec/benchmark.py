@@ -339,7 +339,7 @@ class SolExecProblem:
                       "TRITON_CACHE_DIR": str(build / "triton"),
                       "TORCHINDUCTOR_CACHE_DIR": str(build / "inductor"),
                       # compiling in this process: a pool of compile workers is shut down
-                      # at exit by signalling them, which the guard stops (exit 113)
+                      # at exit by signalling them, which the guard would stop (exit 113)
                       "TORCHINDUCTOR_COMPILE_THREADS": "1"}
             profile_gpu = {k: v for k, v in gpu.items() if k != "private_shm"}
             profile_gpu["host_read"] = (*gpu.get("host_read", ()), str(ncu_root(ncu)))
