@@ -663,3 +663,57 @@ def run(A, B):
     assert statuses(honest) == {"ok"}, honest.workloads
     for h, w in zip(honest.workloads, hooked.workloads, strict=True):
         assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)
+
+
+# A thread started at import (so it is among the threads counted after warm-up) watching
+# the views `run` was given: were a call's inputs staged before the pause that precedes
+# its clock, it would see them change and do the call's work there, unclocked.
+WATCHER = _SLOW + """
+import threading
+import time
+
+views = {}
+ready = {}
+
+
+def _watch():
+    last = {}
+    while True:
+        time.sleep(0.001)
+        for key, (A, B) in list(views.items()):
+            seen = (float(A.reshape(-1)[-1]), float(B.reshape(-1)[-1]))
+            if last.get(key) != seen:
+                last[key] = seen
+                a, b = A.clone(), B.clone()
+                waste()
+                ready[key] = (a, b, a @ b.T)
+
+
+threading.Thread(target=_watch, daemon=True).start()
+
+
+def run(A, B):
+    key = (A.data_ptr(), B.data_ptr())
+    views[key] = (A, B)
+    found = ready.pop(key, None)
+    if found is not None and torch.equal(found[0], A) and torch.equal(found[1], B):
+        return found[2]
+    waste()
+    return A @ B.T
+"""
+
+
+def test_the_pause_before_a_call_comes_before_its_inputs_are_staged(matmul, forks, tmp_path):
+    """Every timed round trip starts a pause after the worker's last answer; a call's
+    inputs are staged after that pause, so a thread that watches for them finds them only
+    when the call is about to start, and gains nothing."""
+    timing = replace(FAST, batch=1, reps=5, idle_before_s=0.05)
+    honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
+def run(A, B):
+    waste()
+    return A @ B.T
+""", timing)
+    watched = evaluate(matmul, forks, tmp_path / "watcher", WATCHER, timing)
+    assert statuses(honest) == {"ok"}, honest.workloads
+    for h, w in zip(honest.workloads, watched.workloads, strict=True):
+        assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)

@@ -212,6 +212,7 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
             p.finish("failed", f"the worker could not map the workload afresh: "
                      f"{str(answer.get('error', ''))[:300]}")
             return
+    link.pause()  # before the staging: no staged input waits through it
     p.stage(draws)
     flush()
     ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
@@ -232,6 +233,7 @@ def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
     It lies inside the idle watch: the worker's CPU during it counts as CPU used between
     calls, so work moved into the empty call is measured like work done between calls.
     A candidate that breaks it fails p: the empty path is part of the protocol."""
+    link.pause()
     flush()
     ns, answer = link.timed("empty", p.keys, watch_idle=False)
     if not answer["ok"]:
@@ -344,6 +346,7 @@ def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
         p.empties.clear()
     for _ in range(timing.reps):
         for p in round_order([p for p in group if p.result is None], rng, last):
+            link.pause()
             flush()
             ns, answer = link.timed("empty", p.keys, watch_idle=False)
             if not answer["ok"]:

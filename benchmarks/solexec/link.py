@@ -85,8 +85,7 @@ class WorkerLink:
             answered_at, cpu_then = self._answered
             self.idle_cpu_ns += max(0, self.cpu_ns() - cpu_then)
             self.idle_wall_ns += time.perf_counter_ns() - answered_at
-        if (wait := self.idle_before_s - (time.perf_counter() - self._heard)) > 0:
-            time.sleep(wait)
+        self.pause()  # the callers pause before staging; this is the floor
         call_id = next(self.ids)
         payload = pickle.dumps({"op": op, "keys": keys, "id": call_id})
         frame = wire.HEADER.pack(len(payload)) + payload
@@ -105,6 +104,13 @@ class WorkerLink:
         if watch_idle:
             self._answered = (t1, self.cpu_ns())
         return t1 - t0, self._decode(answer, call_id)
+
+    def pause(self) -> None:
+        """Wait until `idle_before_s` has passed since the worker's last answer. Callers
+        pause before a call's inputs are staged: inputs staged before the pause would lie
+        in the worker's memory, neither clocked nor watched, while it lasts."""
+        if (wait := self.idle_before_s - (time.perf_counter() - self._heard)) > 0:
+            time.sleep(wait)
 
     def _decode(self, frame: wire.Frame, call_id: int) -> dict:
         if frame.pid is not None and frame.pid != self.worker.pid:
