@@ -134,6 +134,32 @@ def test_an_empty_call_copies_the_slots_but_leaves_them_as_they_were():
     assert all(torch.equal(s, b) for s, b in zip(scratch, before, strict=True))
 
 
+def test_the_worker_s_replies_do_not_go_through_a_json_dumps_replaced_later(monkeypatch):
+    """The worker encodes its replies with the json.dumps it bound before any candidate
+    code loaded: one the candidate puts in its place later never sees them."""
+    import threading
+
+    from benchmarks.solexec import worker
+
+    seen = []
+    real = json.dumps
+    monkeypatch.setattr(json, "dumps", lambda obj, *a, **k: seen.append(obj) or real(obj))
+    ours, theirs = socket.socketpair()
+    thread = threading.Thread(target=worker.worker_main, args=(theirs,), daemon=True)
+    thread.start()
+    try:
+        wire.send_frame(ours, pickle.dumps({"op": "close", "key": "none", "id": 7}))
+        answer = wire.recv_frame(ours, 1 << 16, time.monotonic() + 5)
+        assert json.loads(answer.payload) == {"ok": True, "id": 7}
+        assert seen == []
+        wire.send_frame(ours, pickle.dumps({"op": "exit"}))
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_a_timed_round_trip_starts_a_pause_after_the_worker_s_last_answer():
     """Calls and empty calls alike start `idle_before_s` after the worker last answered
     (so the worker's wake-up is the same in both), and the clock holds only the trip."""
