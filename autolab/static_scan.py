@@ -115,14 +115,13 @@ def static_findings(
         for name in _imported(node):
             if name.split(".")[0] not in allowed:
                 found.append(f"{path}:{line}: imports {name!r} (allowed: the benchmark's list)")
-        if isinstance(node, ast.ImportFrom) and not node.level:
+        if isinstance(node, ast.ImportFrom):
             # a module reached by a path through a private or a refused name
             # (torch.multiprocessing.spawn, torch._inductor...): what it re-exports is
             # what the attribute rules refuse
-            parts = (node.module or "").split(".")
-            if any(p in forbidden_attrs or p.startswith("_") for p in parts[1:]):
+            parts = (node.module or "").split(".")[1:] if not node.level else []
+            if any(p in forbidden_attrs or p.startswith("_") for p in parts):
                 found.append(f"{path}:{line}: imports from {node.module!r}")
-        if isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if alias.name in forbidden_attrs or alias.name == "*":
                     found.append(f"{path}:{line}: imports {alias.name!r} from {node.module}")

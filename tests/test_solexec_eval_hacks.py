@@ -653,15 +653,20 @@ def test_a_hooked_reply_computes_nothing_before_the_clock(matmul, forks, tmp_pat
     # the scan refuses the road to json (and the evaluation must hold without the scan)
     assert static_findings("solution.py", HOOKED_REPLY, bench.allowed_imports,
                            bench.allowed_attrs) != []
-    timing = replace(FAST, batch=1, reps=5)
+    _gains_nothing(matmul, forks, tmp_path, HOOKED_REPLY, replace(FAST, batch=1, reps=5))
+
+
+def _gains_nothing(matmul, forks, tmp_path, source: str, timing) -> None:
+    """`source` either fails or is timed at least half as long as the same work done
+    honestly inside the clock."""
     honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
 def run(A, B):
     waste()
     return A @ B.T
 """, timing)
-    hooked = evaluate(matmul, forks, tmp_path / "hooked", HOOKED_REPLY, timing)
+    tried = evaluate(matmul, forks, tmp_path / "tried", source, timing)
     assert statuses(honest) == {"ok"}, honest.workloads
-    for h, w in zip(honest.workloads, hooked.workloads, strict=True):
+    for h, w in zip(honest.workloads, tried.workloads, strict=True):
         assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)
 
 
@@ -707,13 +712,5 @@ def test_the_pause_before_a_call_comes_before_its_inputs_are_staged(matmul, fork
     """Every timed round trip starts a pause after the worker's last answer; a call's
     inputs are staged after that pause, so a thread that watches for them finds them only
     when the call is about to start, and gains nothing."""
-    timing = replace(FAST, batch=1, reps=5, idle_before_s=0.05)
-    honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
-def run(A, B):
-    waste()
-    return A @ B.T
-""", timing)
-    watched = evaluate(matmul, forks, tmp_path / "watcher", WATCHER, timing)
-    assert statuses(honest) == {"ok"}, honest.workloads
-    for h, w in zip(honest.workloads, watched.workloads, strict=True):
-        assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)
+    _gains_nothing(matmul, forks, tmp_path, WATCHER,
+                   replace(FAST, batch=1, reps=5, idle_before_s=0.05))

@@ -177,9 +177,7 @@ def _call(state: _State, works: list[_Work], call_id: int) -> dict:
             for name, value, out in zip(work.names, _unpack(result, work.names), work.outs,
                                         strict=True):
                 _publish(name, value, out)
-        state.sync()
-        return {"ok": True, "id": call_id,
-                "digests": [transport.digest(work.outs) for work in works]}
+        return _answer(state, works, call_id)
 
 
 def _empty(state: _State, works: list[_Work], call_id: int) -> dict:
@@ -192,9 +190,15 @@ def _empty(state: _State, works: list[_Work], call_id: int) -> dict:
             state.sync()
             for out, scratch in zip(work.outs, work.scratch, strict=True):
                 transport.as_bytes(scratch).copy_(transport.as_bytes(out))
-        state.sync()
-        return {"ok": True, "id": call_id,
-                "digests": [transport.digest(work.outs) for work in works]}
+        return _answer(state, works, call_id)
+
+
+def _answer(state: _State, works: list[_Work], call_id: int) -> dict:
+    """The last synchronise of a round trip, then its answer: a digest of each call's
+    output slots."""
+    state.sync()
+    return {"ok": True, "id": call_id,
+            "digests": [transport.digest(work.outs) for work in works]}
 
 
 def _unpack(result: object, names: list[str]) -> list:
