@@ -581,7 +581,28 @@ def run(A, B):
     base = A.numpy().view(np.uint8).reshape(-1)
     rows = np.lib.stride_tricks.as_strided(base, shape=(2, 4), strides=(4096, 1))
     return A @ B.T
-"""], ids=["attrgetter-frames", "methodcaller", "maps-and-as-strided"])
+""", """
+from torch._inductor.compile_worker.timer import sleep
+
+
+def run(A, B):
+    return A @ B.T
+""", """
+from torch.multiprocessing.spawn import time
+
+
+def run(A, B):
+    return A @ B.T
+""", """
+import torch
+
+_Thread = torch.utils.data.dataloader.Thread
+
+
+def run(A, B):
+    return A @ B.T
+"""], ids=["attrgetter-frames", "methodcaller", "maps-and-as-strided", "private-module-path",
+        "refused-module-path", "thread-by-another-road"])
 def test_the_scan_refuses_the_roads_to_memory_a_call_was_not_given(matmul, source):
     """Attribute access by a string name (the worker's frames through a traceback), reading
     /proc/self/maps, and a strided view reaching past its buffer: what a solution would use

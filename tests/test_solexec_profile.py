@@ -4,6 +4,7 @@ trial, shown in the report, and never able to fail or change a trial's score."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -289,3 +290,18 @@ def test_the_profile_step_compiles_in_process(member, prepared, tmp_path, monkey
                                                 "    return A @ B.T\n"}, 1000)
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
     assert trial.evidence["ncu_longest_kernel"] == "in_process"
+
+
+def test_a_guard_stop_under_ncu_passes_its_exit_and_its_reason_on(tmp_path, capsys):
+    """The call under ncu stopped by the runtime guard: the step exits with the guard's
+    status, and the guard's line reaches the step's log (its stderr)."""
+    from benchmarks.solexec import profile
+
+    ncu = fake_ncu(tmp_path / "ncu", 'print("autolab guard: stopped os.kill: (42, 15)", '
+                   'file=sys.stderr)\nsys.exit(113)\n')
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    assert profile.wrap(str(inputs), str(tmp_path), str(out), str(ncu)) == profile.GUARD_EXIT
+    assert "autolab guard: stopped os.kill" in capsys.readouterr().err
+    assert json.loads((out / "status.json").read_text())["rc"] == profile.GUARD_EXIT
