@@ -4,7 +4,9 @@ T_b is the reference run as a solution through the evaluator (evaluate.py), once
 once under torch.compile in a fresh worker each (the compiler starts clean for every
 problem), the faster mode that passed. T_SOL is the roofline's (roofline.py) for the GPU in
 use; on a CPU, the H100's, only so that the scoring path runs (such scores mean nothing).
-Used by a campaign's `prepare` (benchmark.py) and by perf/solexec_baseline.py.
+A campaign's `prepare` (benchmark.py) runs the two modes as trials are run (the sandboxed
+kernel step, the runtime guard) and builds its table with `baseline_table`; its prewarm and
+perf/solexec_baseline.py run them in workers started here (`run_modes`).
 """
 
 from __future__ import annotations
@@ -66,9 +68,7 @@ def run_modes(problem: Problem, timing: Timing, modes: list[str], folder: Path,
     for mode in modes:
         make = reference_solution if mode == "eager" else compiled_reference_solution
         solution = make(problem, folder / mode)
-        # The first call of each shape compiles: allow it the time that takes.
-        run_timing = timing if mode == "eager" else dataclasses.replace(
-            timing, call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
+        run_timing = mode_timing(timing, mode)
         launch = launch_subprocess
         if mode == "compile" and cache_dir is not None:
             launch = functools.partial(launch_subprocess, env=cache_env(cache_dir))
@@ -136,12 +136,12 @@ def t_sol_ns(problem: Problem, workload: Workload, device: str) -> float | None:
 
 def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
                     cache_dir: Path) -> dict:
-    """The compiled reference run once on every workload measure_baseline will time, with
+    """The compiled reference run once on every workload prepare's T_b run will time, with
     nothing measured (one warm-up call, one call whose time nobody reads), so that the
     graphs and kernels its compile mode asks for are already in `cache_dir`'s inductor and
-    Triton caches. Nothing here is a measurement. Same solution folder as
-    measure_baseline (a path may reach a compiled graph's cache key). What fails here is
-    compiled again when it is timed.
+    Triton caches, which that run starts from a copy of. Nothing here is a measurement.
+    What fails here, or what the copy does not hit, is compiled again in the timed run's
+    warm-up.
     Not only CPU work: the reference runs on the device too, so beside other problems'
     prewarming it may run short of memory (then the timed run compiles what is missing):
     a workload that did, in the evaluator, the reference or the worker, is this prewarm's
@@ -161,17 +161,30 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
 OUT_OF_MEMORY = re.compile(r"out of memory|OUT_OF_MEMORY|OutOfMemory", re.IGNORECASE)
 
 
-def measure_baseline(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
-                     cache_dir: Path, modes: tuple[str, ...] = ("eager", "compile")) -> dict:
+def reference_files(problem: Problem, mode: str) -> dict[str, str]:
+    """The reference as a candidate's files: eager, or wrapped in torch.compile."""
+    return {"solution.py": problem.reference + (COMPILED_TAIL if mode == "compile" else "")}
+
+
+def mode_timing(timing: Timing, mode: str) -> Timing:
+    """The timing of a T_b run: a compiled reference's first call of each shape compiles,
+    and is allowed the time that takes."""
+    if mode == "eager":
+        return timing
+    return dataclasses.replace(timing,
+                               call_timeout_s=max(timing.call_timeout_s, COMPILE_CALL_TIMEOUT_S))
+
+
+def baseline_table(problem: Problem, splits: dict[str, list[Workload]], timing: Timing,
+                   modes: tuple[str, ...], row: dict, measured_as: str) -> dict:
     """{"device", "modes", "splits": {split: {uuid: {t_b_ns, mode, t_sol_ns} or {status,
-    reason}}}} for every workload of every split, each mode run once over all of them."""
-    every = [w for ws in splits.values() for w in ws]
-    row = run_modes(problem, timing, list(modes), Path(cache_dir) / "solutions",
-                    cache_dir, workloads=every)
+    reason}}}} for every workload of every split, from `row` ({mode: the evaluation as
+    JSON} or {mode_error: why}, each mode run once over all of them); `measured_as` says
+    on which path (a table measured on another is measured again)."""
     times = baseline_times(row)
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
                  "modes": list(modes), "calls_per_trip": timing.batch, "protocol": PROTOCOL,
-                 "splits": {}}
+                 "measured_as": measured_as, "splits": {}}
     for split, ws in splits.items():
         entries = {}
         for w in ws:

@@ -15,18 +15,21 @@ another such draw.
 The score is the problem's SOL score, maximised: the mean over the split's workloads of
 S = 1 / (1 + (T_k - T_SOL) / (T_b - T_SOL)) (scoring.py). T_b and T_SOL per workload are
 part of the prepared data: `prepare` measures T_b on this machine (the reference eager and
-under torch.compile, the faster; perf/solexec_baseline.py's path) and prices T_SOL with the
-roofline for the device in use, so a new machine or a new estimate is a new data version.
+under torch.compile, the faster, each timed by a trial of its own through the kernel step
+as a candidate is) and prices T_SOL with the roofline for the device in use, so a new
+machine or a new estimate is a new data version.
 A trial in which any workload fails (incorrect, crashed, timed out, a hack caught) is a
 failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere is no gain.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import os
+import shutil
 import types
 from pathlib import Path
 from typing import Literal
@@ -80,6 +83,12 @@ TIMINGS = {
 # benchmark's baseline
 BASELINE_MODES = {"gpu": ("eager", "compile"), "cpu": ("eager",)}
 PREWARMED = "prewarmed"  # in the compile cache: the device its prewarm compiled for
+# T_b is measured on the path a candidate's time is: the reference run as a trial (the
+# sandboxed kernel step, its worker forked there under the runtime guard); a table
+# measured another way is measured again
+MEASURED_AS = "trial"
+TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
+TB_WALL_CLOCK_S = 3600.0  # a T_b run times every workload of the three splits, compiled too
 
 
 def problems_root(data_dir: Path | None = None) -> Path:
@@ -144,6 +153,9 @@ class SolExecProblem:
     # torch.compile, and Triton kernels: @triton.jit and tl.load (the sandbox, not the scan,
     # keeps a `.load` from reading anything but the candidate's own files)
     allowed_attrs: frozenset[str] = frozenset({"compile", "jit", "load"})
+
+    # on the copy whose run measures T_b (`_reference_runs`): the reference's mode
+    tb_mode: str | None = None
 
     def __init__(self, problem: Problem, family: str, preset: Literal["gpu", "cpu"] = "gpu"):
         self.problem = problem
@@ -241,7 +253,7 @@ class SolExecProblem:
         if table.get("device") != device_name(self.timing.device):
             return False
         if table.get("calls_per_trip", 1) != self.timing.batch or table.get(
-                "protocol") != PROTOCOL:
+                "protocol") != PROTOCOL or table.get("measured_as") != MEASURED_AS:
             return False  # timed another way than the candidates are now
         splits = table.get("splits") or {}
         return all(set(splits.get(s) or {}) == {w.uuid for w in ws}
@@ -249,7 +261,7 @@ class SolExecProblem:
 
     def prepare(self, data_dir: Path | None, prepared_dir: Path) -> dict[str, str]:
         """T_b and T_SOL of every workload of the three splits, measured here once."""
-        from benchmarks.solexec.baseline import measure_baseline
+        from benchmarks.solexec.baseline import baseline_table
 
         prepared_dir = Path(prepared_dir)
         out = prepared_dir / BASELINE
@@ -257,8 +269,9 @@ class SolExecProblem:
             out.unlink()  # another machine's T_b, or other workloads: measured again here
         if not out.exists():
             prepared_dir.mkdir(parents=True, exist_ok=True)
-            table = measure_baseline(self.problem, self._splits, self.timing,
-                                     prepared_dir / "compile-cache", BASELINE_MODES[self.preset])
+            modes = BASELINE_MODES[self.preset]
+            table = baseline_table(self.problem, self._splits, self.timing, modes,
+                                   self._reference_runs(prepared_dir, modes), MEASURED_AS)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
             tmp.replace(out)
@@ -271,6 +284,47 @@ class SolExecProblem:
         timed = sum(1 for s in table["splits"].values() for w in s.values() if "t_b_ns" in w)
         return {"problem": self.problem.key, "device": table["device"],
                 "workloads with T_b": str(timed)}
+
+    def _reference_runs(self, prepared_dir: Path, modes: tuple[str, ...]) -> dict:
+        """{mode: its evaluation as JSON} or {mode_error: why}: the reference, eager and
+        under torch.compile, timed on every workload of the three splits by a trial of its
+        own, run as a candidate's is (runner.run_trial: the sandboxed kernel step with the
+        isolation `auto` picks, its worker forked there under the runtime guard, this
+        process's clock and checks), so that T_b and a candidate's time come from one path
+        and the reference itself scores about 0.5. The compiled run starts from a copy of
+        the prewarm's compile cache."""
+        from autolab.runner import run_trial, trial_setup
+        from autolab.sandbox import isolation_mode
+        from benchmarks.solexec.baseline import reference_files
+
+        work = prepared_dir / "reference-runs"
+        shutil.rmtree(work, ignore_errors=True)
+        budget = self.budget.model_copy(update={
+            "wall_clock_s": max(self.budget.wall_clock_s or 0.0, TB_WALL_CLOCK_S)})
+        row: dict = {}
+        try:
+            for mode in modes:
+                run = copy.copy(self)
+                run.tb_mode = mode
+                setup = trial_setup(run, prepared_dir, budget, threads=1,
+                                    isolation=isolation_mode())
+                cid = f"reference-{mode}"
+                trial = run_trial(run, cid, reference_files(self.problem, mode), 0, "val",
+                                  setup, work_root=work / "trials", prepared_dir=prepared_dir,
+                                  cache_root=work / "store",
+                                  gpu=0 if self.preset == "gpu" else None)
+                found = work / "store" / cid / TB_EVAL
+                got = json.loads(found.read_text()) if found.exists() else {}
+                if trial.status == "ok" and "eval" in got:
+                    row[mode] = got["eval"]
+                    continue
+                built = got.get("build") or {}
+                why = got.get("error") or (None if built.get("ok", True) else
+                                           built.get("reason")) or trial.reason
+                row[f"{mode}_error"] = str(why or trial.failure or "no result")[:500]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return row
 
     def data_version(self, prepared_dir: Path) -> str:
         h = hashlib.sha256()
@@ -306,7 +360,7 @@ class SolExecProblem:
         AUTOLAB_NCU set, where ncu exists."""
         from benchmarks.solexec.profile import NCU_ENV, ncu_binary
 
-        if ctx.split != "val" or ctx.cache_dir is None:
+        if ctx.split != "val" or ctx.cache_dir is None or self.tb_mode is not None:
             return None
         if (ctx.cache_dir / PROFILE).exists():
             return None
@@ -360,11 +414,22 @@ class SolExecProblem:
         if step != "kernel":
             return None
         s, problem, timing = ctx.secrets, self.problem, self.timing
-        workloads = split_workloads(problem, str(ctx.split))
-        # read before any candidate code runs: the score uses this copy, never the file
-        s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
-            str(ctx.split)]
         build_dir = ctx.outputs("kernel") / "build"
+        seed: int | None = ctx.seed
+        if self.tb_mode is None:
+            workloads = split_workloads(problem, str(ctx.split))
+            # read before any candidate code runs: the score uses this copy, never the file
+            s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
+                str(ctx.split)]
+        else:  # T_b: every split's workloads, on inputs from a secret seed as before
+            from benchmarks.solexec.baseline import mode_timing
+
+            workloads = [w for ws in self._splits.values() for w in ws]
+            timing, seed = mode_timing(timing, self.tb_mode), None
+            warm = ctx.prepared_dir / "compile-cache"
+            for src, dest in (("inductor", "compile-cache/inductor"), ("triton", "triton")):
+                if self.tb_mode == "compile" and (warm / src).is_dir():
+                    shutil.copytree(warm / src, build_dir / dest, dirs_exist_ok=True)
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
@@ -375,12 +440,16 @@ class SolExecProblem:
                 if built.ok and workloads:
                     result = evaluate_problem(problem, ctx.workspace, timing,
                                               workloads=workloads, launch=server.launch,
-                                              build_dir=build_dir, seed=ctx.seed)
+                                              build_dir=build_dir, seed=seed)
                     s["eval"] = result.model_dump(mode="json")
             except Exception as e:  # noqa: BLE001 - the evaluator's own fault, recorded
                 s["error"] = f"{type(e).__name__}: {e}"[:1000]
             finally:
                 server.close()
+            if self.tb_mode is not None and ctx.cache_dir is not None:
+                ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+                (ctx.cache_dir / TB_EVAL).write_text(json.dumps(
+                    {k: s[k] for k in ("build", "eval", "error") if k in s}))
             if not link.finished.wait(EXIT_GRACE_S):  # told to exit, it did not
                 link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
                           "of being told to")
@@ -388,6 +457,8 @@ class SolExecProblem:
         return drive
 
     def score(self, ctx: TrialContext) -> Score:
+        if self.tb_mode is not None:  # a T_b run: its times are read by prepare, unscored
+            return Score(metrics={}, budget_used=0.0)
         score = score_trial(self.problem.key, ctx.secrets, str(ctx.split))
         if (ctx.outputs("profile") / "status.json").exists():
             # a hint for the proposer and the report, never part of the score
@@ -402,6 +473,9 @@ class SolExecProblem:
         return score
 
     def audit_checks(self) -> list[AuditCheck]:
+        if self.tb_mode is not None:
+            return []
+
         def every_workload_scored(ctx: TrialContext, score: Score) -> CheckResult:
             n = int(score.evidence.get("workloads", 0))
             return CheckResult(name="every_workload_scored", passed=n > 0,
