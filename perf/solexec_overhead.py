@@ -9,6 +9,9 @@ offline search applied to it, as a campaign's candidate) it prints, in µs:
 - `host`: the host's clock around the call and a device synchronise, in this process;
 - `path`: `host` plus what the worker does around a call (outputs copied into slots, a
   second synchronise, the digest), less the same path without the call (the empty call);
+- `rotate`: `host`, but with the calls going round the workloads, each round in a new
+  shuffled order and no workload twice in a row, as the harness times them (a compiled
+  solution meets another shape at every call);
 - `net-B`: the harness's net time (evaluate.py: a sandbox-free worker, the host round trip
   less the empty one) with B calls a round trip, for each B of `--batches`.
 
@@ -124,6 +127,39 @@ def in_process(problem, workload, fn, reps: int, device: str) -> dict:
             "empty_path_us": statistics.median(empty)}
 
 
+def rotating(problem, workloads, fn, rounds: int, device: str) -> list[float]:
+    """Per workload, the median host time of a call (flush, call, synchronise) when the
+    calls go round the workloads in shuffled rounds, no workload twice in a row."""
+    import random
+
+    import torch
+
+    from benchmarks.solexec.link import CacheFlush, cache_bytes
+    from benchmarks.solexec.problems import make_inputs
+
+    flush = CacheFlush(device, 2 * cache_bytes(device))
+    names = list(problem.inputs)
+    rng = random.Random(7)
+    times: list[list[float]] = [[] for _ in workloads]
+    last = None
+    with torch.no_grad():
+        for r in range(rounds):
+            order = list(range(len(workloads)))
+            rng.shuffle(order)
+            if len(order) > 1 and order[0] == last:
+                order[0], order[-1] = order[-1], order[0]
+            for i in order:
+                made = make_inputs(problem, workloads[i], seed=5000 + r, device=device)
+                args = [made[n] for n in names]
+                flush()
+                t0 = time.perf_counter_ns()
+                fn(*args)
+                torch.cuda.synchronize()
+                times[i].append((time.perf_counter_ns() - t0) / 1e3)
+            last = order[-1]
+    return [statistics.median(t) for t in times]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--member", required=True, help="e.g. L1-012_fused_cos_sin_embedding_...")
@@ -160,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         spec.loader.exec_module(module)
         rows = [{"axes": dict(w.axes), **in_process(problem, w, module.run, args.reps, device)}
                 for w in workloads]
+        for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps, device),
+                          strict=True):
+            row["rotate_us"] = t
         for batch in args.batches:
             timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1)
             ev = evaluate_problem(problem, Path(tmp), timing, workloads=workloads, seed=7)
