@@ -360,7 +360,13 @@ def test_prewarming_fills_the_compile_cache_that_prepare_then_reads(family, tmp_
     assert not (folder / "baseline.json").exists()  # nothing was measured
     info = member.prepare(None, folder)
     assert int(info["workloads with T_b"]) > 0
-    assert compiled() == warmed  # the timed run found everything it compiled there
+    import json
+
+    table = json.loads((folder / "baseline.json").read_text())
+    # the timed run, a trial of its own, found everything it compiled in its copy of the
+    # cache (and the cache itself is as the prewarm left it)
+    assert table["compiled_in_run"] == {"eager": 0, "compile": 0}
+    assert compiled() == warmed
     assert member.prewarm(folder) == "T_b already measured here"
 
 
@@ -398,3 +404,47 @@ def test_a_members_prewarm_says_how_much_device_memory_it_needs(family):
              for w in split_workloads(gpu.problem, s)]
     need = gpu.prewarm_memory(None)
     assert 4 * max(sizes) + (2 << 30) <= need <= sum(sizes) + 3 * max(sizes) + (2 << 30)
+
+
+def test_t_b_is_measured_by_sandboxed_trials_of_the_reference(member, tmp_path, monkeypatch):
+    """T_b comes from the path a candidate's time does: a trial of the reference through
+    the runner (the sandboxed kernel step), one per mode; a table measured any other way
+    is measured again."""
+    import json
+
+    import autolab.runner as runner
+
+    calls = []
+    real = runner.run_trial
+
+    def spy(bench, cid, files, *a, **k):
+        calls.append((bench.tb_mode, cid, files))
+        return real(bench, cid, files, *a, **k)
+
+    monkeypatch.setattr(runner, "run_trial", spy)
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    assert [(m, f) for m, _, f in calls] == [("eager", member.seed_files())]
+    table = json.loads((folder / "baseline.json").read_text())
+    assert table["measured_as"] == "trial"
+    assert table["isolation"] == isolation_mode("auto")
+    assert member._measured_here(folder / "baseline.json")
+    assert not (folder / "reference-runs").exists()  # its trials leave nothing behind
+    del table["measured_as"]  # timed in a worker started outside the sandbox
+    (folder / "baseline.json").write_text(json.dumps(table))
+    assert not member._measured_here(folder / "baseline.json")
+    member.prepare(None, folder)
+    assert len(calls) == 2
+    assert json.loads((folder / "baseline.json").read_text())["measured_as"] == "trial"
+
+
+def test_a_reference_that_fails_in_its_trial_says_why(member, tmp_path, monkeypatch):
+    """A T_b run that fails (here the reference's build) leaves no table, and prepare
+    names the reason the trial gave."""
+    import benchmarks.solexec.baseline as baseline
+
+    monkeypatch.setattr(baseline, "reference_files", lambda problem, mode: {
+        "solution.py": "def run(*args):\n    raise ValueError('reference broken here')\n"})
+    with pytest.raises(RuntimeError, match="reference broken here"):
+        member.prepare(None, tmp_path / "data")
+    assert not (tmp_path / "data" / "baseline.json").exists()

@@ -89,6 +89,9 @@ PREWARMED = "prewarmed"  # in the compile cache: the device its prewarm compiled
 MEASURED_AS = "trial"
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
 TB_WALL_CLOCK_S = 3600.0  # a T_b run times every workload of the three splits, compiled too
+# the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
+# (launch.worker_env)
+CACHE_PARTS = (("inductor", "compile-cache/inductor"), ("triton", "triton"))
 
 
 def problems_root(data_dir: Path | None = None) -> Path:
@@ -270,8 +273,9 @@ class SolExecProblem:
         if not out.exists():
             prepared_dir.mkdir(parents=True, exist_ok=True)
             modes = BASELINE_MODES[self.preset]
-            table = baseline_table(self.problem, self._splits, self.timing, modes,
-                                   self._reference_runs(prepared_dir, modes), MEASURED_AS)
+            row, facts = self._reference_runs(prepared_dir, modes)
+            table = baseline_table(self.problem, self._splits, self.timing, modes, row,
+                                   MEASURED_AS) | facts
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
             tmp.replace(out)
@@ -285,14 +289,17 @@ class SolExecProblem:
         return {"problem": self.problem.key, "device": table["device"],
                 "workloads with T_b": str(timed)}
 
-    def _reference_runs(self, prepared_dir: Path, modes: tuple[str, ...]) -> dict:
+    def _reference_runs(self, prepared_dir: Path, modes: tuple[str, ...]
+                        ) -> tuple[dict, dict]:
         """{mode: its evaluation as JSON} or {mode_error: why}: the reference, eager and
         under torch.compile, timed on every workload of the three splits by a trial of its
         own, run as a candidate's is (runner.run_trial: the sandboxed kernel step with the
         isolation `auto` picks, its worker forked there under the runtime guard, this
         process's clock and checks), so that T_b and a candidate's time come from one path
         and the reference itself scores about 0.5. The compiled run starts from a copy of
-        the prewarm's compile cache."""
+        the prewarm's compile cache. Also what the table keeps of how it was measured:
+        the isolation, and per mode how many files its run added to the compile caches
+        (none where the prewarm's cache served every graph and kernel)."""
         from autolab.runner import run_trial, trial_setup
         from autolab.sandbox import isolation_mode
         from benchmarks.solexec.baseline import reference_files
@@ -302,12 +309,13 @@ class SolExecProblem:
         budget = self.budget.model_copy(update={
             "wall_clock_s": max(self.budget.wall_clock_s or 0.0, TB_WALL_CLOCK_S)})
         row: dict = {}
+        facts: dict = {"isolation": isolation_mode(), "compiled_in_run": {}}
         try:
             for mode in modes:
                 run = copy.copy(self)
                 run.tb_mode = mode
                 setup = trial_setup(run, prepared_dir, budget, threads=1,
-                                    isolation=isolation_mode())
+                                    isolation=facts["isolation"])
                 cid = f"reference-{mode}"
                 trial = run_trial(run, cid, reference_files(self.problem, mode), 0, "val",
                                   setup, work_root=work / "trials", prepared_dir=prepared_dir,
@@ -315,6 +323,8 @@ class SolExecProblem:
                                   gpu=0 if self.preset == "gpu" else None)
                 found = work / "store" / cid / TB_EVAL
                 got = json.loads(found.read_text()) if found.exists() else {}
+                if "compiled_files" in got:
+                    facts["compiled_in_run"][mode] = got["compiled_files"]
                 if trial.status == "ok" and "eval" in got:
                     row[mode] = got["eval"]
                     continue
@@ -324,7 +334,7 @@ class SolExecProblem:
                 row[f"{mode}_error"] = str(why or trial.failure or "no result")[:500]
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return row
+        return row, facts
 
     def data_version(self, prepared_dir: Path) -> str:
         h = hashlib.sha256()
@@ -427,9 +437,10 @@ class SolExecProblem:
             workloads = [w for ws in self._splits.values() for w in ws]
             timing, seed = mode_timing(timing, self.tb_mode), None
             warm = ctx.prepared_dir / "compile-cache"
-            for src, dest in (("inductor", "compile-cache/inductor"), ("triton", "triton")):
+            for src, dest in CACHE_PARTS:
                 if self.tb_mode == "compile" and (warm / src).is_dir():
                     shutil.copytree(warm / src, build_dir / dest, dirs_exist_ok=True)
+            copied = _cache_files(build_dir)
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
@@ -447,9 +458,10 @@ class SolExecProblem:
             finally:
                 server.close()
             if self.tb_mode is not None and ctx.cache_dir is not None:
+                s["compiled_files"] = len(_cache_files(build_dir) - copied)
                 ctx.cache_dir.mkdir(parents=True, exist_ok=True)
                 (ctx.cache_dir / TB_EVAL).write_text(json.dumps(
-                    {k: s[k] for k in ("build", "eval", "error") if k in s}))
+                    {k: s[k] for k in ("build", "eval", "error", "compiled_files") if k in s}))
             if not link.finished.wait(EXIT_GRACE_S):  # told to exit, it did not
                 link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
                           "of being told to")
@@ -491,6 +503,12 @@ class SolExecProblem:
 
     def neutral_variant(self, files: dict[str, str], index: int) -> dict[str, str]:
         return {**files, "solution.py": f"# variant {index}\n{files['solution.py']}"}
+
+
+def _cache_files(build_dir: Path) -> set[str]:
+    """The files of a build folder's compile caches."""
+    return {str(f.relative_to(build_dir)) for _, part in CACHE_PARTS
+            for f in (build_dir / part).rglob("*") if f.is_file()}
 
 
 def _passed(secrets: dict) -> bool:
