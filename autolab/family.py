@@ -85,19 +85,22 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     fits family.prewarm_memory_gb beside it (one that needs more runs alone), and one
     that ran out of memory beside others is tried again at the end, alone."""
     from autolab.lab import prepared_data_dir
+    from autolab.sandbox import isolation_mode
 
     todo = {m: str(prepared_data_dir(member_params(params, family.name, m)))
             for m in members if callable(getattr(family.member(m), "prewarm", None))}
     if not todo or jobs < 1:
         return {}
+    isolation = isolation_mode(params.sandbox.isolation)  # what its trials, T_b's too, run under
     budget = params.family.prewarm_memory_gb
     limit = budget * 2**30 if budget else None
-    need = {m: _prewarm_need(family.member(m), todo[m], limit) for m in todo} if limit else {}
+    need = {m: _prewarm_need(_isolated(family.member(m), isolation), todo[m], limit)
+            for m in todo} if limit else {}
     gate = MemoryGate(limit)
 
     def one(m: str) -> tuple[str, bool]:
         with gate.hold(need.get(m, 0)) as alone:
-            said = _prewarm_process(family.name, m, todo[m])
+            said = _prewarm_process(family.name, m, todo[m], isolation=isolation)
             return said, alone()
 
     with ThreadPoolExecutor(min(jobs, len(todo)), thread_name_prefix="prewarm") as pool:
@@ -105,7 +108,8 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     out = {}
     for m, (said, alone) in done.items():
         if not alone and said.startswith("failed") and OUT_OF_MEMORY.search(said):
-            again = _prewarm_process(family.name, m, todo[m])  # beside others: now alone
+            again = _prewarm_process(family.name, m, todo[m],  # beside others: now alone
+                                     isolation=isolation)
             said = f"{again} (alone, after beside others: {said[:240]})"
         out[m] = said
     return out
@@ -172,7 +176,15 @@ PREWARM = ("import sys\nfrom autolab.family import _prewarm\n"
            "print('prewarm:', _prewarm(*sys.argv[1:]))")
 
 
-def _prewarm_process(family: str, member: str, prepared_dir: str) -> str:
+def _isolated(member, isolation: str):
+    """The member, told the isolation its own trials run under (where it runs any)."""
+    if hasattr(member, "trial_isolation"):
+        member.trial_isolation = isolation
+    return member
+
+
+def _prewarm_process(family: str, member: str, prepared_dir: str,
+                     isolation: str = "auto") -> str:
     """One member's prewarm in a fresh interpreter (a crash or an out-of-memory kill ends
     it alone). Whatever it started and left running (a compile worker in a session of its
     own outlives its parent) is killed when it ends: nothing may go on compiling beside the
@@ -180,8 +192,8 @@ def _prewarm_process(family: str, member: str, prepared_dir: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryFile("w+b") as log:
-        code = run_reaped([sys.executable, "-c", PREWARM, family, member, prepared_dir],
-                          env=env, log=log)
+        code = run_reaped([sys.executable, "-c", PREWARM, family, member, prepared_dir,
+                           isolation], env=env, log=log)
         log.seek(0)
         lines = log.read().decode(errors="replace").splitlines()
     said = [line.removeprefix("prewarm: ") for line in lines if line.startswith("prewarm: ")]
@@ -191,12 +203,12 @@ def _prewarm_process(family: str, member: str, prepared_dir: str) -> str:
     return f"failed: exit status {code}: {tail}"
 
 
-def _prewarm(family: str, member: str, prepared_dir: str) -> str:
+def _prewarm(family: str, member: str, prepared_dir: str, isolation: str = "auto") -> str:
     from benchmarks import get_family
 
     folder = Path(prepared_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    return get_family(family).member(member).prewarm(folder)
+    return _isolated(get_family(family).member(member), isolation).prewarm(folder)
 
 
 def chosen_members(family: BenchmarkFamily, wanted: list[str] | None) -> list[str]:

@@ -175,6 +175,9 @@ def open_lab(params: Params, create: bool = True) -> Lab:
     """`create=False` opens a campaign without making its folders (to look, not to run)."""
     bench = get_benchmark(params.campaign.benchmark)
     root = params.paths.workdir.resolve() / params.campaign.name
+    isolation = isolation_mode(params.sandbox.isolation)
+    if hasattr(bench, "trial_isolation"):  # its prepare runs trials: as the campaign's run
+        bench.trial_isolation = isolation
     return Lab(
         params=params,
         bench=bench,
@@ -185,5 +188,5 @@ def open_lab(params: Params, create: bool = True) -> Lab:
         prepared_dir=prepared_data_dir(params),
         budget=effective_budget(bench, params),
         harness_version=harness_version(bench),
-        isolation=isolation_mode(params.sandbox.isolation),
+        isolation=isolation,
     )

@@ -240,7 +240,11 @@ class StepLink:
 
 @runtime_checkable
 class Benchmark(Protocol):
-    """Implemented once per benchmark folder under benchmarks/."""
+    """Implemented once per benchmark folder under benchmarks/.
+
+    Optional: `trial_isolation`, an attribute of a benchmark whose `prepare` runs trials
+    of its own (solexec times its baseline that way): whoever prepares it (the lab, `autolab
+    prepare`) sets it to the isolation the campaign's trials run under, first."""
 
     name: str
     metric: MetricSpec

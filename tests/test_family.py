@@ -240,7 +240,7 @@ def test_a_member_whose_memory_estimate_fails_runs_alone_and_the_others_go_on(tm
 
     monkeypatch.setattr(Noop, "prewarm", lambda self, d: "", raising=False)
     monkeypatch.setattr(Noop, "prewarm_memory", estimate, raising=False)
-    monkeypatch.setattr(fam, "_prewarm_process", lambda f, m, d: "compiled")
+    monkeypatch.setattr(fam, "_prewarm_process", lambda f, m, d, **k: "compiled")
     family = get_family("noop-family")
     members = list(family.members())[:3]
     params = load_params(write_params(tmp_path, benchmark="noop-family",
@@ -265,7 +265,7 @@ def test_a_prewarm_out_of_memory_beside_others_is_tried_again_alone(tmp_path, mo
     running, calls = [0], []
     lock = threading.Lock()
 
-    def fake(family: str, member: str, prepared_dir: str) -> str:
+    def fake(family: str, member: str, prepared_dir: str, **kw) -> str:
         with lock:
             running[0] += 1
             crowded = running[0] > 1

@@ -4,13 +4,19 @@ T_b and prices T_SOL; the score is the SOL score; failures are failed trials."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from autolab.records import content_key
 from autolab.runner import run_trial, trial_setup
-from autolab.sandbox import isolation_mode
+from autolab.sandbox import MARKER_ENV, available_modes, isolation_mode
 from benchmarks import get_family
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solexec" / "benchmark"
@@ -448,3 +454,147 @@ def test_a_reference_that_fails_in_its_trial_says_why(member, tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="reference broken here"):
         member.prepare(None, tmp_path / "data")
     assert not (tmp_path / "data" / "baseline.json").exists()
+
+
+# -- T_b's own trials: failures, isolation, leftovers ------------------------------------
+
+def _spy_trials(monkeypatch) -> list:
+    import autolab.runner as runner
+
+    seen, real = [], runner.run_trial
+
+    def spy(bench, cid, files, seed, split, setup, **k):
+        trial = real(bench, cid, files, seed, split, setup, **k)
+        seen.append((bench.tb_mode, setup.isolation, trial))
+        return trial
+
+    monkeypatch.setattr(runner, "run_trial", spy)
+    return seen
+
+
+# -- 1. a failed trial's own reason (timeout, guard, OOM) is replaced by the companion's --
+
+def test_a_t_b_trial_that_times_out_says_it_timed_out(member, tmp_path, monkeypatch):
+    import benchmarks.solexec.baseline as baseline
+    import benchmarks.solexec.benchmark as bench
+
+    seen = _spy_trials(monkeypatch)
+    monkeypatch.setattr(bench, "TB_WALL_CLOCK_S", 0.0)
+    monkeypatch.setattr(baseline, "COMPILE_CALL_TIMEOUT_S", 0.0)
+    member.budget = member.budget.model_copy(update={"wall_clock_s": 6.0})
+    real = baseline.reference_files
+    monkeypatch.setattr(baseline, "reference_files", lambda p, mode: {"solution.py": real(
+        p, mode)["solution.py"] + "\nimport time\n_r = run\n\ndef run(*a):\n"
+        "    time.sleep(3)\n    return _r(*a)\n"})
+    with pytest.raises(RuntimeError) as err:
+        member.prepare(None, tmp_path / "data")
+    (_, _, trial), = seen
+    assert trial.failure == "timeout"  # what the runner knew, and what prepare says
+    assert "T_b run (eager) failed: timeout" in str(err.value), str(err.value)
+    assert not (tmp_path / "data" / "baseline.json").exists()
+
+
+# -- 2. a mode whose whole trial fails is dropped without a trace; the table is kept -----
+
+def test_a_mode_that_does_not_build_is_recorded_beside_the_table(member, tmp_path,
+                                                                monkeypatch):
+    """The reference that does not build in one mode (here compile's smoke call fails):
+    T_b is the other mode's, and the table says why that one is missing."""
+    import benchmarks.solexec.baseline as baseline
+    import benchmarks.solexec.benchmark as bench
+
+    monkeypatch.setitem(bench.BASELINE_MODES, "cpu", ("eager", "compile"))
+    real = baseline.reference_files
+    monkeypatch.setattr(baseline, "reference_files", lambda p, mode: real(p, "eager")
+                        if mode == "eager" else {"solution.py": "def run(*a):\n"
+                                                 "    raise MemoryError('compile lost')\n"})
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    assert "compile lost" in table["mode_errors"]["compile"]
+    assert {w["mode"] for w in table["splits"]["val"].values()} == {"eager"}
+
+
+# -- 3. T_b's isolation is `auto`, the campaign's is params' sandbox.isolation ----------
+
+@pytest.mark.skipif("unshare" not in available_modes() or "bwrap" not in available_modes(),
+                    reason="needs unshare and bwrap")
+def test_t_b_runs_under_the_campaigns_isolation(member, tmp_path, monkeypatch):
+    from helpers import write_params
+
+    from autolab.config import load_params
+    from autolab.lab import open_lab
+    from tasks.prepare import prepare_data
+
+    monkeypatch.delenv("AUTOLAB_SANDBOX", raising=False)
+    params = load_params(write_params(
+        tmp_path, benchmark=f"solexec-cpu/{MEMBER}", sandbox={"isolation": "unshare"},
+        campaign={"name": "tb-iso"}, tracking={"mlflow": False},
+        proposer={"kind": "offline"}))
+    lab = open_lab(params)
+    seen = _spy_trials(monkeypatch)
+    prepare_data.fn(lab)
+    assert lab.setup.isolation == "unshare"  # every candidate's trial
+    table = json.loads((lab.prepared_dir / "baseline.json").read_text())
+    assert [iso for _, iso, _ in seen] == ["unshare"], seen
+    assert table["isolation"] == lab.setup.isolation
+
+
+def test_a_table_of_another_isolation_is_measured_again(member, tmp_path):
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    table["isolation"] = "none" if table["isolation"] != "none" else "bwrap"
+    (folder / "baseline.json").write_text(json.dumps(table))
+    assert not member._measured_here(folder / "baseline.json")
+
+
+# -- 4. prepare removes the markers that would reap a killed prepare's processes --------
+
+def test_a_killed_prepares_trial_processes_are_reaped(member, tmp_path):
+    import benchmarks.solexec.benchmark as bench
+    from autolab.records import Trial
+    from autolab.runner import trial_setup
+    from benchmarks.solexec.baseline import COMPILE_CALL_TIMEOUT_S
+
+    folder = tmp_path / "data"
+    folder.mkdir(parents=True)
+    n = sum(len(ws) for ws in member._splits.values())
+    budget = member.budget.model_copy(update={"wall_clock_s": max(
+        member.budget.wall_clock_s or 0.0,
+        bench.TB_WALL_CLOCK_S + n * COMPILE_CALL_TIMEOUT_S)})
+    run = copy.copy(member)
+    run.tb_mode = "eager"
+    setup = trial_setup(run, folder, budget, threads=1, isolation=isolation_mode())
+    tid = Trial.key("reference-eager", 0, "val", setup.key())
+    trial_dir = folder / "reference-runs" / "trials" / tid
+    trial_dir.mkdir(parents=True)
+    marker = f"{tid}-{secrets.token_hex(6)}"
+    (trial_dir / "marker").write_text(marker)  # as the killed attempt left it
+    # a worker the killed attempt forked (isolation none: pdeathsig reaches the first only)
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                            env={**os.environ, MARKER_ENV: marker})
+    try:
+        member.prepare(None, folder)
+        try:
+            left.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the killed prepare's worker still runs beside the T_b measurement")
+    finally:
+        if left.poll() is None:
+            left.kill()
+            left.wait()
+
+
+# -- sanity (these pass): counting, no leak into normal trials -------------------------
+
+def test_a_compile_without_prewarm_is_counted_in_the_table(member, tmp_path,
+                                                                  monkeypatch):
+    import benchmarks.solexec.benchmark as bench
+
+    monkeypatch.setitem(bench.BASELINE_MODES, "cpu", ("eager", "compile"))
+    folder = tmp_path / "data"
+    member.prepare(None, folder)
+    table = json.loads((folder / "baseline.json").read_text())
+    assert table["compiled_in_run"]["eager"] == 0 and table["compiled_in_run"]["compile"] > 0
+    assert not (folder / "reference-runs").exists()

@@ -88,7 +88,7 @@ PREWARMED = "prewarmed"  # in the compile cache: the device its prewarm compiled
 # measured another way is measured again
 MEASURED_AS = "trial"
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
-TB_WALL_CLOCK_S = 3600.0  # a T_b run times every workload of the three splits, compiled too
+TB_WALL_CLOCK_S = 600.0  # a T_b run's step: this, and each workload's first compiling call
 # the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
 # (launch.worker_env)
 CACHE_PARTS = (("inductor", "compile-cache/inductor"), ("triton", "triton"))
@@ -159,6 +159,9 @@ class SolExecProblem:
 
     # on the copy whose run measures T_b (`_reference_runs`): the reference's mode
     tb_mode: str | None = None
+    # the isolation the campaign's trials run under, T_b's with them (set by the lab;
+    # None: what `auto` picks)
+    trial_isolation: str | None = None
 
     def __init__(self, problem: Problem, family: str, preset: Literal["gpu", "cpu"] = "gpu"):
         self.problem = problem
@@ -258,6 +261,8 @@ class SolExecProblem:
         if table.get("calls_per_trip", 1) != self.timing.batch or table.get(
                 "protocol") != PROTOCOL or table.get("measured_as") != MEASURED_AS:
             return False  # timed another way than the candidates are now
+        if table.get("isolation") != self._isolation():
+            return False  # in another sandbox than the campaign's trials run in
         splits = table.get("splits") or {}
         return all(set(splits.get(s) or {}) == {w.uuid for w in ws}
                    for s, ws in self._splits.items())
@@ -300,16 +305,21 @@ class SolExecProblem:
         the prewarm's compile cache. Also what the table keeps of how it was measured:
         the isolation, and per mode how many files its run added to the compile caches
         (none where the prewarm's cache served every graph and kernel)."""
-        from autolab.runner import run_trial, trial_setup
-        from autolab.sandbox import isolation_mode
-        from benchmarks.solexec.baseline import reference_files
+        from autolab.runner import clear_leftovers, run_trial, trial_setup
+        from benchmarks.solexec.baseline import COMPILE_CALL_TIMEOUT_S, reference_files
 
         work = prepared_dir / "reference-runs"
+        for left in (work / "trials").glob("*"):  # what a killed prepare left running
+            clear_leftovers(left)
         shutil.rmtree(work, ignore_errors=True)
-        budget = self.budget.model_copy(update={
-            "wall_clock_s": max(self.budget.wall_clock_s or 0.0, TB_WALL_CLOCK_S)})
+        # every workload of the three splits, each first call of a compiled one allowed
+        # its compile: the step's limit is a backstop behind the calls' own timeouts
+        n = sum(len(ws) for ws in self._splits.values())
+        budget = self.budget.model_copy(update={"wall_clock_s": max(
+            self.budget.wall_clock_s or 0.0, TB_WALL_CLOCK_S + n * COMPILE_CALL_TIMEOUT_S)})
         row: dict = {}
-        facts: dict = {"isolation": isolation_mode(), "compiled_in_run": {}}
+        facts: dict = {"isolation": self._isolation(), "compiled_in_run": {},
+                       "mode_errors": {}}
         try:
             for mode in modes:
                 run = copy.copy(self)
@@ -325,16 +335,28 @@ class SolExecProblem:
                 got = json.loads(found.read_text()) if found.exists() else {}
                 if "compiled_files" in got:
                     facts["compiled_in_run"][mode] = got["compiled_files"]
-                if trial.status == "ok" and "eval" in got:
-                    row[mode] = got["eval"]
-                    continue
                 built = got.get("build") or {}
-                why = got.get("error") or (None if built.get("ok", True) else
-                                           built.get("reason")) or trial.reason
-                row[f"{mode}_error"] = str(why or trial.failure or "no result")[:500]
+                if trial.status != "ok" or "error" in got or not built:
+                    # the run itself failed (a timeout, a crash, out of memory, the guard,
+                    # the evaluator): no table, rather than one without this mode
+                    detail = got.get("error") or (built.get("reason") if built else "")
+                    raise RuntimeError(
+                        f"{self.problem.key}: the reference's T_b run ({mode}) failed: "
+                        f"{trial.failure or 'evaluator'}: {trial.reason or detail}"
+                        + (f" ({detail[:300]})" if detail and trial.reason else ""))
+                if "eval" in got:
+                    row[mode] = got["eval"]
+                else:  # the reference does not build in this mode: T_b is the other's
+                    why = str(built.get("reason") or "it did not build")[:500]
+                    row[f"{mode}_error"] = facts["mode_errors"][mode] = why
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return row, facts
+
+    def _isolation(self) -> str:
+        from autolab.sandbox import isolation_mode
+
+        return isolation_mode(self.trial_isolation or "auto")
 
     def data_version(self, prepared_dir: Path) -> str:
         h = hashlib.sha256()
@@ -440,7 +462,7 @@ class SolExecProblem:
             for src, dest in CACHE_PARTS:
                 if self.tb_mode == "compile" and (warm / src).is_dir():
                     shutil.copytree(warm / src, build_dir / dest, dirs_exist_ok=True)
-            copied = _cache_files(build_dir)
+            copied = _cache_files(build_dir)  # name -> modified time
 
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
@@ -458,7 +480,8 @@ class SolExecProblem:
             finally:
                 server.close()
             if self.tb_mode is not None and ctx.cache_dir is not None:
-                s["compiled_files"] = len(_cache_files(build_dir) - copied)
+                after = _cache_files(build_dir)  # new, or written again (a bad entry)
+                s["compiled_files"] = sum(copied.get(f) != t for f, t in after.items())
                 ctx.cache_dir.mkdir(parents=True, exist_ok=True)
                 (ctx.cache_dir / TB_EVAL).write_text(json.dumps(
                     {k: s[k] for k in ("build", "eval", "error", "compiled_files") if k in s}))
@@ -505,9 +528,9 @@ class SolExecProblem:
         return {**files, "solution.py": f"# variant {index}\n{files['solution.py']}"}
 
 
-def _cache_files(build_dir: Path) -> set[str]:
-    """The files of a build folder's compile caches."""
-    return {str(f.relative_to(build_dir)) for _, part in CACHE_PARTS
+def _cache_files(build_dir: Path) -> dict[str, int]:
+    """The files of a build folder's compile caches, with the times they were written."""
+    return {str(f.relative_to(build_dir)): f.stat().st_mtime_ns for _, part in CACHE_PARTS
             for f in (build_dir / part).rglob("*") if f.is_file()}
 
 
