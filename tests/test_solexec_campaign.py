@@ -247,6 +247,24 @@ def test_the_score_counts_the_workloads_the_reference_runs_and_no_fewer():
         score_trial("L1/x", {"error": "OSError: disk full"}, "val")
 
 
+def test_a_time_below_the_speed_of_light_fails_the_trial():
+    """No kernel passes T_SOL: a workload timed under it (beyond the noise allowed) is a
+    hack or a wrong estimate, and fails the trial rather than scoring 1.0; a time just
+    above it scores, and the trial keeps its smallest T_k / T_SOL."""
+    from benchmarks.protocol import TrialFailure
+    from benchmarks.solexec.benchmark import BELOW_SOL, score_trial
+
+    secrets = _secrets([("ok", ""), ("ok", "")])
+    secrets["eval"]["workloads"][1]["time_ns"] = 1000.0 * BELOW_SOL * 0.99
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", secrets, "val")
+    assert err.value.kind == "integrity" and "speed-of-light" in err.value.reason
+    secrets["eval"]["workloads"][1]["time_ns"] = 1000.0 * BELOW_SOL * 1.01
+    score = score_trial("L1/x", secrets, "val")
+    assert score.evidence["min_tk_over_tsol"] == pytest.approx(BELOW_SOL * 1.01)
+    assert score.evidence["max_workload_score"] == 1.0
+
+
 def test_a_failure_on_a_hidden_split_does_not_describe_its_workloads():
     from benchmarks.protocol import TrialFailure
     from benchmarks.solexec.benchmark import score_trial

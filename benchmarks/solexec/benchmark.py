@@ -87,6 +87,10 @@ PREWARMED = "prewarmed"  # in the compile cache: the device its prewarm compiled
 # sandboxed kernel step, its worker forked there under the runtime guard); a table
 # measured another way is measured again
 MEASURED_AS = "trial"
+# a workload timed below this share of its T_SOL fails the trial: no kernel passes the
+# speed of light, so such a time is a hack or a wrong estimate, never a gain (10 % for the
+# noise of the timing and of the peak figures)
+BELOW_SOL = 0.9
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
 TB_WALL_CLOCK_S = 600.0  # a T_b run's step: this, and each workload's first compiling call
 # the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
@@ -576,7 +580,7 @@ def score_trial(key: str, s: dict, split: str) -> Score:
     ev, table = s.get("eval"), s.get("baseline") or {}
     if not ev:
         raise TrialFailure("output", f"no workload of the {split} split was evaluated")
-    scores, times = [], []
+    scores, times, ratios = [], [], []
     for w in ev["workloads"]:
         base = table.get(w["uuid"])
         if base is None or "t_b_ns" not in base:
@@ -589,6 +593,15 @@ def score_trial(key: str, s: dict, split: str) -> Score:
             raise TrialFailure(kind, f"workload {name}: {w['status']}: {said}"[:500])
         if w["time_ns"] is None:
             raise TrialFailure("integrity", f"workload {name}: no time")
+        t_sol = base.get("t_sol_ns")
+        if t_sol and w["time_ns"] < BELOW_SOL * t_sol:
+            # a bound no kernel can pass: an output not computed where timed, or a wrong
+            # T_SOL; either way no score is taken from it
+            raise TrialFailure("integrity", f"workload {name}: {w['time_ns'] / 1e3:.3g} µs, "
+                               f"below its speed-of-light time {t_sol / 1e3:.3g} µs (a hack, "
+                               "or an estimator that is wrong here)")
+        if t_sol:
+            ratios.append(w["time_ns"] / t_sol)
         scores.append(workload_score(WorkloadResult(
             problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"],
             t_b=base["t_b_ns"], t_sol=base.get("t_sol_ns"))))
@@ -602,7 +615,8 @@ def score_trial(key: str, s: dict, split: str) -> Score:
     return Score(metrics={"sol_score": sum(scores) / len(scores)}, budget_used=float(len(scores)),
                  evidence={"workloads": len(scores), "build_s": float(build.get("wall_s", 0.0)),
                            "median_time_us": sorted(times)[len(times) // 2] / 1e3,
-                           "min_workload_score": min(scores), "max_workload_score": max(scores)})
+                           "min_workload_score": min(scores), "max_workload_score": max(scores),
+                           **({"min_tk_over_tsol": min(ratios)} if ratios else {})})
 
 
 def runnable(problem: Problem) -> bool:
