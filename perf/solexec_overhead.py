@@ -12,6 +12,11 @@ offline search applied to it, as a campaign's candidate) it prints, in µs:
 - `rotate`: `host`, but with the calls going round the workloads, each round in a new
   shuffled order and no workload twice in a row, as the harness times them (a compiled
   solution meets another shape at every call);
+- with `--audit`, `rotate_hooked`: `rotate` again once an audit hook with the kernel
+  step's runtime guard policy (benchmarks/guard.py, nothing denied here) is installed, as
+  the worker installs it before the solution loads, and `audit_events`: the audit events
+  a call raises, by name, per call (a compiled call that raises many pays the hook's
+  Python on each);
 - `net-B`: the harness's net time (evaluate.py: a sandbox-free worker, the host round trip
   less the empty one) with B calls a round trip, for each B of `--batches`.
 
@@ -160,6 +165,38 @@ def rotating(problem, workloads, fn, rounds: int, device: str) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def audit_events(problem, workloads, fn, device: str, calls: int = 50) -> dict[str, float]:
+    """Installs a counting audit hook and the runtime guard's (its policy as a kernel step
+    with subprocesses allowed, every path readable and writable, so nothing stops), and
+    returns the audit events per call, by name, over `calls` calls round the workloads."""
+    import collections
+
+    import torch
+
+    from benchmarks.guard import make_hook
+    from benchmarks.solexec.problems import make_inputs
+
+    names = list(problem.inputs)
+    made = [make_inputs(problem, w, seed=9000, device=device) for w in workloads]
+    counts: collections.Counter = collections.Counter()
+    counting = [False]
+
+    def count(event: str, args: tuple) -> None:
+        if counting[0]:
+            counts[event] += 1
+
+    sys.addaudithook(count)
+    sys.addaudithook(make_hook(("/",), ("/",), -1, True, on_stop=lambda e, d: None))
+    with torch.no_grad():
+        counting[0] = True
+        for i in range(calls):
+            fn(*[made[i % len(made)][n] for n in names])
+        counting[0] = False
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    return {k: v / calls for k, v in counts.most_common(20)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--member", required=True, help="e.g. L1-012_fused_cos_sin_embedding_...")
@@ -168,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--technique", default=None, help="a technique's name (default: none)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--audit", action="store_true",
+                    help="count audit events per call and time with the guard's hook")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -199,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps, device),
                           strict=True):
             row["rotate_us"] = t
+        events: dict = {}
+        if args.audit:  # last: an audit hook cannot be removed
+            events = audit_events(problem, workloads, module.run, device)
+            for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps,
+                                             device), strict=True):
+                row["rotate_hooked_us"] = t
         for batch in args.batches:
             timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1)
             ev = evaluate_problem(problem, Path(tmp), timing, workloads=workloads, seed=7)
@@ -208,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"status{batch}"] = w.status
     out = {"member": args.member, "technique": args.technique, "device":
            torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
-           "ping_pong": ping_pong(), "workloads": rows}
+           "ping_pong": ping_pong(), "audit_events_per_call": events, "workloads": rows}
     print(json.dumps(out, indent=1))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
