@@ -293,10 +293,10 @@ def prepare(benchmark: str = typer.Argument(None), params: Path = PARAMS) -> Non
 
     p = _params(params, _overrides(benchmark, None, None))
     bench = get_benchmark(p.campaign.benchmark)
-    if hasattr(bench, "trial_isolation"):  # its prepare runs trials: as a campaign's would
-        from autolab.sandbox import isolation_mode
+    from autolab.runner import give_trial_runner
+    from autolab.sandbox import isolation_mode
 
-        bench.trial_isolation = isolation_mode(p.sandbox.isolation)
+    give_trial_runner(bench, isolation_mode(p.sandbox.isolation))  # as a campaign's would
     out = p.paths.prepared_dir / bench.name
     data_dir = p.paths.data_dir if p.paths.data_dir.exists() else None
     info = bench.prepare(data_dir, (out / "data").resolve())

@@ -177,9 +177,11 @@ PREWARM = ("import sys\nfrom autolab.family import _prewarm\n"
 
 
 def _isolated(member, isolation: str):
-    """The member, told the isolation its own trials run under (where it runs any)."""
-    if hasattr(member, "trial_isolation"):
-        member.trial_isolation = isolation
+    """The member, given the runner for trials of its own (where it runs any), under the
+    isolation the campaign's trials use."""
+    from autolab.runner import give_trial_runner
+
+    give_trial_runner(member, isolation)  # type: ignore[arg-type]
     return member
 
 

@@ -16,7 +16,7 @@ from autolab.engine import Activity, Engine, Slot, local_slots
 from autolab.proposers import make_proposer
 from autolab.proposers.base import Proposer
 from autolab.records import CampaignRecord, Decision, Trial
-from autolab.runner import TrialSetup, harness_version, trial_setup
+from autolab.runner import TrialSetup, give_trial_runner, harness_version, trial_setup
 from autolab.sandbox import ISOLATED, Isolation, isolation_mode
 from autolab.stats import Design
 from autolab.tracking import Tracker
@@ -176,8 +176,7 @@ def open_lab(params: Params, create: bool = True) -> Lab:
     bench = get_benchmark(params.campaign.benchmark)
     root = params.paths.workdir.resolve() / params.campaign.name
     isolation = isolation_mode(params.sandbox.isolation)
-    if hasattr(bench, "trial_isolation"):  # its prepare runs trials: as the campaign's run
-        bench.trial_isolation = isolation
+    give_trial_runner(bench, isolation)  # trials its prepare runs: as the campaign's run
     return Lab(
         params=params,
         bench=bench,

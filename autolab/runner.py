@@ -396,6 +396,33 @@ def _score_and_check(bench: Benchmark, ctx: TrialContext, prog: _Progress) -> No
             prog.fail(kind, f"audit {res.name} failed{evidence}")
 
 
+@dataclass(frozen=True)
+class LocalTrials:
+    """A TrialRunner (benchmarks.protocol) for a benchmark whose prepare runs trials of its
+    own: run_trial on one thread, under the isolation the campaign's trials use."""
+
+    isolation: Isolation
+
+    def __call__(self, bench: Benchmark, candidate_id: str, files: dict[str, str], seed: int,
+                 split: Split, budget: Budget, *, work_root: Path, prepared_dir: Path,
+                 cache_root: Path | None = None, gpu: int | None = None) -> Trial:
+        setup = trial_setup(bench, prepared_dir, budget, threads=1, isolation=self.isolation)
+        return run_trial(bench, candidate_id, files, seed, split, setup, work_root=work_root,
+                         prepared_dir=prepared_dir, cache_root=cache_root, gpu=gpu)
+
+    def clear(self, work_root: Path) -> None:
+        for trial_dir in Path(work_root).glob("*"):
+            if trial_dir.is_dir():
+                clear_leftovers(trial_dir)
+
+
+def give_trial_runner(bench: object, isolation: Isolation) -> None:
+    """Where the benchmark runs trials in its prepare (its optional `trial_runner`), the
+    runner for them: as the campaign's, under `isolation`."""
+    if hasattr(bench, "trial_runner"):
+        bench.trial_runner = LocalTrials(isolation)  # type: ignore[attr-defined]
+
+
 def run_trial(
     bench: Benchmark,
     candidate_id: str,

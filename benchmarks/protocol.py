@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -238,13 +238,31 @@ class StepLink:
                 self._kill()
 
 
+class TrialRunner(Protocol):
+    """Runs one trial of a benchmark as the campaign runs its trials (the runner, the
+    sandbox and the isolation the campaign uses); given to a benchmark by the loop, which
+    it cannot import. The returned trial has at least `status`, `failure` and `reason`."""
+
+    isolation: str
+
+    def __call__(self, bench: Any, candidate_id: str, files: dict[str, str], seed: int,
+                 split: str, budget: Budget, *, work_root: Path, prepared_dir: Path,
+                 cache_root: Path | None = None, gpu: int | None = None) -> Any:
+        ...
+
+    def clear(self, work_root: Path) -> None:
+        """Kill what runs of trials under work_root left running (a killed process's)."""
+        ...
+
+
 @runtime_checkable
 class Benchmark(Protocol):
     """Implemented once per benchmark folder under benchmarks/.
 
-    Optional: `trial_isolation`, an attribute of a benchmark whose `prepare` runs trials
-    of its own (solexec times its baseline that way): whoever prepares it (the lab, `autolab
-    prepare`) sets it to the isolation the campaign's trials run under, first."""
+    Optional: `trial_runner`, an attribute of a benchmark whose `prepare` runs trials of
+    its own (solexec times its baseline that way): whoever prepares it (the lab, `autolab
+    prepare`, a family's prewarm) first sets it to a TrialRunner that runs them as the
+    campaign's trials run."""
 
     name: str
     metric: MetricSpec

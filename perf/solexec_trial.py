@@ -48,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AUTOLAB_SOLEXEC_DIR"] = str(args.data_dir.resolve())
 
     from autolab.records import content_key
-    from autolab.runner import run_trial, trial_setup
+    from autolab.runner import give_trial_runner, run_trial, trial_setup
     from autolab.sandbox import isolation_mode
     from benchmarks import get_family
 
     family = get_family("solexec" if args.preset == "gpu" else "solexec-cpu")
     member = family.member(args.member)
+    give_trial_runner(member, isolation_mode(args.isolation))  # T_b's trials, as these
     work = args.work.absolute()
     prepared = work / "prepared" / args.member
     t0 = time.monotonic()

@@ -31,9 +31,17 @@ def family(request):
     return get_family("solexec-cpu")
 
 
+def with_runner(member):
+    """The member, given the runner its prepare times T_b with (as the lab gives it)."""
+    from autolab.runner import give_trial_runner
+
+    give_trial_runner(member, isolation_mode("auto"))
+    return member
+
+
 @pytest.fixture(scope="module")
 def member(family):
-    return family.member(MEMBER)
+    return with_runner(family.member(MEMBER))
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +362,7 @@ def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family
         {"uuid": "w1", "status": "skipped",
          "reason": "the reference cannot run it: OutOfMemoryError: CUDA out of memory."}]}}
     monkeypatch.setattr(baseline, "run_modes", lambda *a, **k: row)
-    member, folder = family.member(MEMBER), tmp_path / "data"
+    member, folder = with_runner(family.member(MEMBER)), tmp_path / "data"
     (folder / "compile-cache").mkdir(parents=True)  # what run_modes makes
     said = member.prewarm(folder)
     assert said.startswith("failed: 1 workloads ran out of memory"), said
@@ -370,7 +378,7 @@ def test_prewarming_fills_the_compile_cache_that_prepare_then_reads(family, tmp_
     import benchmarks.solexec.benchmark as bench
 
     monkeypatch.setitem(bench.BASELINE_MODES, "cpu", ("eager", "compile"))
-    member, folder = family.member(MEMBER), tmp_path / "data"
+    member, folder = with_runner(family.member(MEMBER)), tmp_path / "data"
     cache = folder / "compile-cache"
 
     def compiled() -> set[str]:
@@ -499,6 +507,7 @@ def test_a_t_b_trial_that_times_out_says_it_timed_out(member, tmp_path, monkeypa
     seen = _spy_trials(monkeypatch)
     monkeypatch.setattr(bench, "TB_WALL_CLOCK_S", 0.0)
     monkeypatch.setattr(baseline, "COMPILE_CALL_TIMEOUT_S", 0.0)
+    member = with_runner(copy.copy(member))  # its budget shortened, this test's alone
     member.budget = member.budget.model_copy(update={"wall_clock_s": 6.0})
     real = baseline.reference_files
     monkeypatch.setattr(baseline, "reference_files", lambda p, mode: {"solution.py": real(

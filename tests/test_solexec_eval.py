@@ -859,3 +859,39 @@ def test_the_worker_gets_no_compiler_the_host_names_outside_the_sandbox(monkeypa
     env = worker_env(tmp_path, tmp_path)
     assert "CC" not in env and "CXX" not in env
     assert env["CUDA_HOME"] == "/usr/local/cuda" and "/usr/bin" in env["PATH"].split(":")
+
+
+def test_an_evaluation_says_where_its_time_went(problems, forks, tmp_path):
+    """Per phase (workers started and calibrated, the solution loaded, inputs drawn and
+    staged, round trips, checks, late empty calls): what a slow trial is slow at. A
+    solution slower at its calls shows it in `call`, and the phases fit in the wall time."""
+    problem = problems["L1/001_small_matmul"]
+    fast = evaluate(problem, write_solution(tmp_path / "a", problem.reference), forks)
+    slow = evaluate(problem, write_solution(tmp_path / "b", """
+        import time
+
+        import torch
+
+
+        def run(A, B):
+            time.sleep(0.05)
+            return torch.matmul(A, B.T)
+        """), forks)
+    assert fast.passed and slow.passed
+    want = {"start", "load", "draw", "stage", "warmup", "call", "check", "empty"}
+    assert want <= set(fast.phase_s) and sum(fast.phase_s.values()) <= fast.wall_s
+    timed_calls = FAST.reps * len([w for w in slow.workloads if w.status == "ok"])
+    assert slow.phase_s["call"] - fast.phase_s["call"] >= 0.04 * timed_calls
+
+
+def test_a_call_clocked_late_after_its_staging_is_not_counted(problems, forks, tmp_path):
+    """A timed round trip whose clock starts later than `stage_gap_s` after its inputs
+    were staged (this process descheduled) lets the worker see them unclocked: its time is
+    not kept and the trip is made again on a fresh draw; a host where that keeps happening
+    is the evaluator's fault, not a result."""
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "a", problem.reference)
+    ok = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=10.0))
+    assert ok.passed and all(len(w.times_ns) == FAST.reps for w in ok.workloads)
+    with pytest.raises(RuntimeError, match="too busy to time"):
+        evaluate(problem, folder, forks, replace(FAST, stage_gap_s=0.0))

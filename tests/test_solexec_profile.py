@@ -99,7 +99,12 @@ def member(request):
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOLAB_SOLEXEC_DIR", str(FIXTURES))
     request.addfinalizer(mp.undo)
-    return get_family("solexec-cpu").member(MEMBER)
+    from autolab.runner import give_trial_runner
+    from autolab.sandbox import isolation_mode
+
+    member = get_family("solexec-cpu").member(MEMBER)
+    give_trial_runner(member, isolation_mode("auto"))
+    return member
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,7 @@ from benchmarks.protocol import (
     SearchSpace,
     TrialContext,
     TrialFailure,
+    TrialRunner,
     cuda_visible,
     gpu_device_nodes,
 )
@@ -163,9 +164,9 @@ class SolExecProblem:
 
     # on the copy whose run measures T_b (`_reference_runs`): the reference's mode
     tb_mode: str | None = None
-    # the isolation the campaign's trials run under, T_b's with them (set by the lab;
-    # None: what `auto` picks)
-    trial_isolation: str | None = None
+    # runs T_b's trials as the campaign runs its trials (given by the lab, `autolab
+    # prepare`, the family's prewarm: protocol.TrialRunner)
+    trial_runner: TrialRunner | None = None
 
     def __init__(self, problem: Problem, family: str, preset: Literal["gpu", "cpu"] = "gpu"):
         self.problem = problem
@@ -265,7 +266,8 @@ class SolExecProblem:
         if table.get("calls_per_trip", 1) != self.timing.batch or table.get(
                 "protocol") != PROTOCOL or table.get("measured_as") != MEASURED_AS:
             return False  # timed another way than the candidates are now
-        if table.get("isolation") != self._isolation():
+        if self.trial_runner is not None and table.get(
+                "isolation") != self.trial_runner.isolation:
             return False  # in another sandbox than the campaign's trials run in
         splits = table.get("splits") or {}
         return all(set(splits.get(s) or {}) == {w.uuid for w in ws}
@@ -309,12 +311,15 @@ class SolExecProblem:
         the prewarm's compile cache. Also what the table keeps of how it was measured:
         the isolation, and per mode how many files its run added to the compile caches
         (none where the prewarm's cache served every graph and kernel)."""
-        from autolab.runner import clear_leftovers, run_trial, trial_setup
         from benchmarks.solexec.baseline import COMPILE_CALL_TIMEOUT_S, reference_files
 
+        runner = self.trial_runner
+        if runner is None:
+            raise RuntimeError(f"{self.name}: prepare times T_b by trials of the reference, "
+                               "and was given no trial runner (benchmark.trial_runner: "
+                               "autolab.runner.give_trial_runner)")
         work = prepared_dir / "reference-runs"
-        for left in (work / "trials").glob("*"):  # what a killed prepare left running
-            clear_leftovers(left)
+        runner.clear(work / "trials")  # what a killed prepare left running
         shutil.rmtree(work, ignore_errors=True)
         # every workload of the three splits, each first call of a compiled one allowed
         # its compile: the step's limit is a backstop behind the calls' own timeouts
@@ -322,19 +327,17 @@ class SolExecProblem:
         budget = self.budget.model_copy(update={"wall_clock_s": max(
             self.budget.wall_clock_s or 0.0, TB_WALL_CLOCK_S + n * COMPILE_CALL_TIMEOUT_S)})
         row: dict = {}
-        facts: dict = {"isolation": self._isolation(), "compiled_in_run": {},
+        facts: dict = {"isolation": runner.isolation, "compiled_in_run": {},
                        "mode_errors": {}}
         try:
             for mode in modes:
                 run = copy.copy(self)
                 run.tb_mode = mode
-                setup = trial_setup(run, prepared_dir, budget, threads=1,
-                                    isolation=facts["isolation"])
                 cid = f"reference-{mode}"
-                trial = run_trial(run, cid, reference_files(self.problem, mode), 0, "val",
-                                  setup, work_root=work / "trials", prepared_dir=prepared_dir,
-                                  cache_root=work / "store",
-                                  gpu=0 if self.preset == "gpu" else None)
+                trial = runner(run, cid, reference_files(self.problem, mode), 0, "val", budget,
+                               work_root=work / "trials", prepared_dir=prepared_dir,
+                               cache_root=work / "store",
+                               gpu=0 if self.preset == "gpu" else None)
                 found = work / "store" / cid / TB_EVAL
                 got = json.loads(found.read_text()) if found.exists() else {}
                 if "compiled_files" in got:
@@ -356,11 +359,6 @@ class SolExecProblem:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return row, facts
-
-    def _isolation(self) -> str:
-        from autolab.sandbox import isolation_mode
-
-        return isolation_mode(self.trial_isolation or "auto")
 
     def data_version(self, prepared_dir: Path) -> str:
         h = hashlib.sha256()
@@ -616,7 +614,10 @@ def score_trial(key: str, s: dict, split: str) -> Score:
                  evidence={"workloads": len(scores), "build_s": float(build.get("wall_s", 0.0)),
                            "median_time_us": sorted(times)[len(times) // 2] / 1e3,
                            "min_workload_score": min(scores), "max_workload_score": max(scores),
-                           **({"min_tk_over_tsol": min(ratios)} if ratios else {})})
+                           **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
+                           "eval_s": float(ev.get("wall_s", 0.0)),
+                           **{f"eval_{k}_s": float(v) for k, v in
+                              (ev.get("phase_s") or {}).items()}})
 
 
 def runnable(problem: Problem) -> bool:

@@ -134,6 +134,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,10 @@ class Timing:
     batch_mb: float = 1024.0  # ... while their arenas together stay within this
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_before_s: float = 0.002  # a timed round trip starts this long after the last answer
+    # a timed round trip whose clock started later than this after its inputs were staged
+    # (this process descheduled on a busy host) is not counted, and made again on a fresh
+    # draw, at most `reps` times a workload: its inputs lay in the worker's memory unclocked
+    stage_gap_s: float = 0.001
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
 
@@ -196,35 +201,49 @@ class Timing:
 
 
 def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: CacheFlush,
-          timeout_s: float | None = None) -> None:
+          timeout_s: float | None = None) -> bool:
     """Round trip `trip` of workload p: its calls (one per copy), each on its own draw; a
-    failed check finishes p. The answer is awaited timeout_s (default: the link's)."""
+    failed check finishes p. The answer is awaited timeout_s (default: the link's).
+    False for a timed trip whose clock started more than the link's `stage_gap_ns` after
+    its inputs were staged: its time is not kept (it is judged all the same)."""
     if _changed_since_answer(p):
-        return
+        return True
+    t0 = time.monotonic_ns()
     try:
         draws = p.draws(trip)
     except Exception as e:  # the reference's fault on these values, not the candidate's
         p.finish("skipped", _reference_fault(e))
-        return
+        return True
+    finally:
+        link.phases["draw"] += time.monotonic_ns() - t0
     if p.copies > 1:  # nothing kept from an earlier trip may reach this one's inputs
         answer = link.request({"op": "remap", "keys": p.keys}, link.call_timeout_s)
         if not answer["ok"]:
             p.finish("failed", f"the worker could not map the workload afresh: "
                      f"{str(answer.get('error', ''))[:300]}")
-            return
+            return True
+    t1 = time.monotonic_ns()
     link.pause()  # before the staging: no staged input waits through it
     p.stage(draws)
     flush()
+    t2 = time.monotonic_ns()
+    staged = time.perf_counter_ns()
     ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
+    clocked = link.sent_ns - staged <= link.stage_gap_ns
+    t3 = time.monotonic_ns()
     snapshots = [[v.clone() for v in c.out_views] for c in p.slots]
     sync_device(flush.device)
     for c, snapshot in zip(p.slots, snapshots, strict=True):
         c.snapshot = snapshot
     verdict = _judge(link, p, draws, answer, snapshots, timed)
+    link.phases["stage"] += t2 - t1
+    link.phases["call" if timed else "warmup"] += t3 - t2
+    link.phases["check"] += time.monotonic_ns() - t3
     if verdict is not None:
         p.finish(*verdict)
-    elif timed:
+    elif timed and clocked:
         p.times.append(ns)
+    return clocked or not timed
 
 
 def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
@@ -233,9 +252,11 @@ def _late_empty(link: WorkerLink, p: WorkloadRun, flush: CacheFlush) -> None:
     It lies inside the idle watch: the worker's CPU during it counts as CPU used between
     calls, so work moved into the empty call is measured like work done between calls.
     A candidate that breaks it fails p: the empty path is part of the protocol."""
+    t0 = time.monotonic_ns()
     link.pause()
     flush()
     ns, answer = link.timed("empty", p.keys, watch_idle=False)
+    link.phases["empty"] += time.monotonic_ns() - t0
     if not answer["ok"]:
         p.finish("failed", f"an empty call failed: {str(answer.get('error', ''))[:300]}")
     else:
@@ -372,8 +393,17 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
             for p in round_order(todo, rng, current):
                 if p.result is None:
                     current = p
-                    _call(link, p, timing.warmup + p.timed_done, True, flush)
-                    p.timed_done += 1
+                    if _call(link, p, timing.warmup + p.timed_done + p.unclocked, True,
+                             flush):
+                        p.timed_done += 1
+                    else:
+                        p.unclocked += 1
+                    if p.unclocked > timing.reps:
+                        raise RuntimeError(
+                            f"the host is too busy to time workload {p.workload.uuid}: "
+                            f"{p.unclocked} of its calls started their clock more than "
+                            f"{timing.stage_gap_s * 1e3:g} ms after their inputs were "
+                            "staged")
                     if timing.late_empties and p.result is None:
                         _late_empty(link, p, flush)
     except WorkerLost as lost:
@@ -389,11 +419,14 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
 def _load(link: WorkerLink, solution_dir: Path, timing: Timing) -> tuple[Status, str, str]:
     """Import the solution (compiling it): ("ok", "", "") or the status, the reason it did
     not load and the worker's traceback."""
+    t0 = time.monotonic_ns()
     try:
         load = {"op": "load", "path": str(Path(solution_dir).absolute())}
         answer = link.request(load, timing.load_timeout_s)
     except WorkerLost as lost:
         return lost.status, f"did not load: {lost.reason}", ""
+    finally:
+        link.phases["load"] += time.monotonic_ns() - t0
     if answer["ok"]:
         return "ok", "", ""
     error = str(answer.get("error", "unknown error")).strip() or "unknown error"
@@ -404,6 +437,7 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
                     rng: random.Random, flush: CacheFlush) -> None:
     """Before any candidate code: start the worker, open the group's arenas, calibrate.
     A failure here is the evaluator's (an infrastructure fault), so it raises."""
+    t0 = time.monotonic_ns()
     try:
         answer = link.request({"op": "init", "device": timing.device,
                                "threads": timing.threads}, timing.load_timeout_s)
@@ -415,10 +449,12 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
     except WorkerLost as lost:
         raise RuntimeError(f"the worker failed before any candidate code: {lost.reason}"
                            ) from None
+    finally:
+        link.phases["start"] += time.monotonic_ns() - t0
 
 
 def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch: Launch,
-             build_dir: Path, rng: random.Random) -> tuple[str, str]:
+             build_dir: Path, rng: random.Random, phases: Counter) -> tuple[str, str]:
     """Every workload to a result: a worker for each group of workloads (and again for the
     rest of a group when one is lost, at most max_restarts times). Returns (why the
     solution did not load, or ""; the workers' log tail)."""
@@ -428,7 +464,10 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
     load_error = trace = ""
     while pending := [p for p in work if p.result is None]:
         group = groups(pending, timing.group_mb * 2**20)[0]
+        t0 = time.monotonic_ns()
         link = WorkerLink(launch(build_dir), timing.call_timeout_s, timing.idle_before_s)
+        link.phases, link.stage_gap_ns = phases, int(timing.stage_gap_s * 1e9)
+        phases["start"] += time.monotonic_ns() - t0
         try:
             _prepare_worker(link, group, timing, rng, flush)
             status, load_error, trace = _load(link, solution_dir, timing)
@@ -481,15 +520,18 @@ def evaluate_problem(
         w = shrink(problem, w, timing.max_elements) if timing.max_elements else w
         size = estimate_bytes(problem, w)
         copies = batch_copies(size, timing.batch, timing.batch_mb * 2**20)
-        seeds = [rng.getrandbits(63) for _ in range((timing.warmup + timing.reps) * copies)]
+        # warm-up and timed round trips, and as many again for timed ones not counted
+        seeds = [rng.getrandbits(63)
+                 for _ in range((timing.warmup + 2 * timing.reps) * copies)]
         work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
                                 device=timing.device, threads=timing.threads, seeds=seeds,
                                 size=size, copies=copies))
     own_build = build_dir is None
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
+    phases: Counter = Counter()
     try:
-        load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng) if (
-            work) else ("", "")
+        load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
+                                   phases) if work else ("", "")
     finally:
         for p in work:
             p.release()
@@ -500,6 +542,7 @@ def evaluate_problem(
     return ProblemEval(
         problem=problem.key, device=timing.device, workloads=[results[k] for k in sorted(results)],
         load_error=load_error, log_tail=log, wall_s=round(time.monotonic() - started, 3),
+        phase_s={k: round(v / 1e9, 3) for k, v in sorted(phases.items())},
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ its threads, its child processes, and the CPU time of its threads (schedstat, in
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -54,6 +55,10 @@ class WorkerLink:
         self.baseline_threads: int | None = None
         self.idle_cpu_ns = self.idle_wall_ns = 0
         self._answered: tuple[int, int] | None = None  # clock and worker CPU at an answer
+        # where an evaluation's time goes, by phase (evaluate.py adds to it), in ns
+        self.phases: collections.Counter = collections.Counter()
+        self.sent_ns = 0  # when the last timed round trip's clock started (perf_counter_ns)
+        self.stage_gap_ns = 1 << 62  # evaluate.py: the most a clock may start after staging
 
     def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
         """An untimed request (start, load, open a workload); its answer."""
@@ -94,7 +99,7 @@ class WorkerLink:
         sock.settimeout(timeout_s)
         try:
             deadline = time.monotonic() + timeout_s
-            t0 = time.perf_counter_ns()
+            t0 = self.sent_ns = time.perf_counter_ns()
             sock.sendall(frame)
             answer = wire.recv_frame(sock, MAX_ANSWER, deadline, spin_s=SPIN_S)
             t1 = time.perf_counter_ns()

@@ -132,6 +132,7 @@ class WorkloadRun:
     empties: list[int] = field(default_factory=list)
     late_empties: list[int] = field(default_factory=list)  # timed between the calls
     timed_done: int = 0
+    unclocked: int = 0  # timed round trips whose clock started too long after the staging
     calls: int = 0
     worst_abs: float = 0.0
     worst_rel: float = 0.0
@@ -193,6 +194,7 @@ class WorkloadRun:
             for c in self.slots:
                 c.snapshot = None
             self.times, self.empties, self.late_empties, self.timed_done = [], [], [], 0
+            self.unclocked = 0
 
     def release(self) -> None:
         """Drop the arenas, their views and the current draws (the group is done)."""

@@ -52,6 +52,11 @@ class ProblemEval(BaseModel):
     load_error: str = Field("", description="why the solution did not load, if it did not")
     log_tail: str = Field("", description="the end of the worker's stdout and stderr")
     wall_s: float = 0.0
+    phase_s: dict[str, float] = Field(
+        default_factory=dict, description="where the evaluation's time went: starting "
+        "workers and calibrating (start), loading the solution (load), drawing inputs and "
+        "the reference's outputs (draw), staging them (stage), warm-up and timed round "
+        "trips (warmup, call), checking the answers (check), late empty calls (empty)")
 
     @computed_field
     @property
