@@ -416,11 +416,13 @@ class LocalTrials:
                 clear_leftovers(trial_dir)
 
 
-def give_trial_runner(bench: object, isolation: Isolation) -> None:
+def give_trial_runner(bench: object, isolation: str) -> None:
     """Where the benchmark runs trials in its prepare (its optional `trial_runner`), the
     runner for them: as the campaign's, under `isolation`."""
     if hasattr(bench, "trial_runner"):
-        bench.trial_runner = LocalTrials(isolation)  # type: ignore[attr-defined]
+        from autolab.sandbox import isolation_mode
+
+        bench.trial_runner = LocalTrials(isolation_mode(isolation))  # type: ignore[attr-defined]
 
 
 def run_trial(

@@ -267,6 +267,20 @@ def test_a_time_below_the_speed_of_light_fails_the_trial():
     with pytest.raises(TrialFailure) as err:
         score_trial("L1/x", secrets, "val")
     assert err.value.kind == "integrity" and "speed-of-light" in err.value.reason
+    # on a hidden split the reason says the kind only: T_SOL would give its size away
+    hidden = _secrets([("ok", ""), ("ok", "")], {"w0": {"t_b_ns": 4000.0, "t_sol_ns": 1000.0},
+                                                  "hidden-0-M4096": {"t_b_ns": 4e6,
+                                                                     "t_sol_ns": 123456.0}})
+    hidden["eval"]["workloads"][1].update(uuid="hidden-0-M4096", time_ns=100.0)
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", hidden, "audit")
+    assert "123" not in err.value.reason and "4096" not in err.value.reason
+    # the noise of what was subtracted: within three spreads of the empties, not a hack
+    secrets["eval"]["workloads"][1]["overhead_times_ns"] = [10_000.0, 10_100.0, 10_200.0]
+    assert score_trial("L1/x", secrets, "val").metrics["sol_score"] > 0
+    # the CPU preset's T_SOL is a stand-in's, priced on shapes it does not time
+    del secrets["eval"]["workloads"][1]["overhead_times_ns"]
+    assert score_trial("L1/x", secrets, "val", sol_check=False).metrics["sol_score"] > 0
     secrets["eval"]["workloads"][1]["time_ns"] = 1000.0 * BELOW_SOL * 1.01
     score = score_trial("L1/x", secrets, "val")
     assert score.evidence["min_tk_over_tsol"] == pytest.approx(BELOW_SOL * 1.01)

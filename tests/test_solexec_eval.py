@@ -888,10 +888,11 @@ def test_a_call_clocked_late_after_its_staging_is_not_counted(problems, forks, t
     """A timed round trip whose clock starts later than `stage_gap_s` after its inputs
     were staged (this process descheduled) lets the worker see them unclocked: its time is
     not kept and the trip is made again on a fresh draw; a host where that keeps happening
-    is the evaluator's fault, not a result."""
+    fails the workload (the worker may be what keeps it busy)."""
     problem = problems["L1/001_small_matmul"]
     folder = write_solution(tmp_path / "a", problem.reference)
     ok = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=10.0))
     assert ok.passed and all(len(w.times_ns) == FAST.reps for w in ok.workloads)
-    with pytest.raises(RuntimeError, match="too busy to time"):
-        evaluate(problem, folder, forks, replace(FAST, stage_gap_s=0.0))
+    late = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=0.0))
+    assert {w.status for w in late.workloads} == {"failed"}
+    assert all("after their inputs were staged" in w.reason for w in late.workloads)

@@ -735,3 +735,121 @@ def test_the_pause_before_a_call_comes_before_its_inputs_are_staged(matmul, fork
     when the call is about to start, and gains nothing."""
     _gains_nothing(matmul, forks, tmp_path, WATCHER,
                    replace(FAST, batch=1, reps=5, idle_before_s=0.05))
+
+
+# -- the gap between a call's staging and its clock ------------------------------------
+
+# idle threads started at import: counted in the baseline after warm-up, using no CPU
+PADDED = """
+import threading
+
+import torch
+
+_stop = threading.Event()
+_pad = [threading.Thread(target=_stop.wait, daemon=True) for _ in range({n})]
+for t in _pad:
+    t.start()
+
+
+def run(A, B):
+    return A @ B.T
+"""
+
+
+def _gaps(monkeypatch) -> list[int]:
+    """sent_ns minus the moment `timed` was entered, for every timed call: the trusted
+    side's own work between the staging and the clock."""
+    import time
+
+    from benchmarks.solexec.link import WorkerLink
+
+    seen: list[int] = []
+    real = WorkerLink.timed
+
+    def timed(self, op, keys, watch_idle, timeout_s=None):
+        t = time.perf_counter_ns()
+        out = real(self, op, keys, watch_idle, timeout_s)
+        if watch_idle and op == "call":
+            seen.append(self.sent_ns - t)
+        return out
+
+    monkeypatch.setattr(WorkerLink, "timed", timed)
+    return seen
+
+
+def test_the_gap_before_the_clock_does_not_grow_with_the_candidates_threads(
+        matmul, forks, tmp_path, monkeypatch):
+    """Reading the worker's CPU time (a file per thread) happens at the pause, before the
+    staging: a solution holding many idle threads neither lengthens the unclocked window
+    a watcher would use nor gets its trips discarded."""
+    gaps = _gaps(monkeypatch)
+    no_gap = replace(FAST, stage_gap_s=10.0)  # nothing discarded: only the gap is measured
+    evaluate(matmul, forks, tmp_path / "plain", PADDED.format(n=0), no_gap)
+    plain = sorted(gaps)[len(gaps) // 2]
+    gaps.clear()
+    padded = evaluate(matmul, forks, tmp_path / "pad", PADDED.format(n=200), no_gap)
+    assert statuses(padded) == {"ok"}
+    assert sorted(gaps)[len(gaps) // 2] < 2 * plain + 100_000, (plain, gaps)
+
+
+def test_a_stall_inside_the_flush_is_inside_the_gap(matmul, forks, tmp_path, monkeypatch):
+    """The gap is measured from the end of the staging, so a stall in the flush (this
+    process descheduled; on a GPU a flush waiting behind work the worker left running)
+    is in it: the watcher's trips are not counted, and it fails or gains nothing."""
+    import benchmarks.solexec.evaluate as evaluate_mod
+    from benchmarks.solexec.link import CacheFlush
+
+    timing = replace(FAST, reps=5, idle_before_s=0.05)
+    honest = evaluate(matmul, forks, tmp_path / "honest", _SLOW + """
+def run(A, B):
+    waste()
+    return A @ B.T
+""", timing)
+
+    class StallingFlush(CacheFlush):
+        def __call__(self) -> None:
+            import time
+
+            super().__call__()
+            time.sleep(0.03)
+
+    monkeypatch.setattr(evaluate_mod, "CacheFlush", StallingFlush)
+    tried = evaluate(matmul, forks, tmp_path / "tried", WATCHER, timing)
+    for h, w in zip(honest.workloads, tried.workloads, strict=True):
+        assert w.status != "ok" or w.time_ns >= 0.5 * h.time_ns, (h.time_ns, w.time_ns)
+
+
+def test_a_workload_judged_on_its_last_retry_keeps_that_result(matmul, forks, tmp_path):
+    """Every trip is judged, counted or not: a wrong answer on the last trip allowed is
+    the workload's result, not overwritten by the gap's."""
+    wrong_late = """
+import torch
+
+calls = [0]
+
+
+def run(A, B):
+    calls[0] += 1
+    out = A @ B.T
+    return out + 1.0 if calls[0] >= 5 else out
+"""
+    result = evaluate(matmul, forks, tmp_path / "w", wrong_late,
+                      replace(FAST, stage_gap_s=0.0), workloads=[matmul.workloads[0]])
+    assert [w.status for w in result.workloads] == ["incorrect"]
+
+
+def test_the_cpu_flush_takes_microseconds():
+    """On a CPU the flush runs on one thread: a pool's wake-up on a busy host would put
+    milliseconds between the staging and the clock."""
+    import time
+
+    from benchmarks.solexec.link import CacheFlush
+
+    flush = CacheFlush("cpu", 1 << 16)
+    took = []
+    for _ in range(60):
+        time.sleep(0.002)  # as before a call: idle since the last answer
+        t = time.perf_counter_ns()
+        flush()
+        took.append(time.perf_counter_ns() - t)
+    assert sorted(took)[len(took) // 2] < 500_000, sorted(took)[len(took) // 2]

@@ -190,8 +190,9 @@ class Timing:
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_before_s: float = 0.002  # a timed round trip starts this long after the last answer
     # a timed round trip whose clock started later than this after its inputs were staged
-    # (this process descheduled on a busy host) is not counted, and made again on a fresh
-    # draw, at most `reps` times a workload: its inputs lay in the worker's memory unclocked
+    # (this process descheduled on a busy host, a slow flush) is not counted, and made again
+    # on a fresh draw, at most `reps` times a workload (then it fails): its inputs lay in
+    # the worker's memory unclocked
     stage_gap_s: float = 0.001
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
@@ -225,9 +226,9 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     t1 = time.monotonic_ns()
     link.pause()  # before the staging: no staged input waits through it
     p.stage(draws)
+    staged = time.perf_counter_ns()  # from here the inputs are in the worker's reach
     flush()
     t2 = time.monotonic_ns()
-    staged = time.perf_counter_ns()
     ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
     clocked = link.sent_ns - staged <= link.stage_gap_ns
     t3 = time.monotonic_ns()
@@ -398,12 +399,12 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
                         p.timed_done += 1
                     else:
                         p.unclocked += 1
-                    if p.unclocked > timing.reps:
-                        raise RuntimeError(
-                            f"the host is too busy to time workload {p.workload.uuid}: "
-                            f"{p.unclocked} of its calls started their clock more than "
-                            f"{timing.stage_gap_s * 1e3:g} ms after their inputs were "
-                            "staged")
+                    if p.result is None and p.unclocked > timing.reps:
+                        # the gap is this process's flush and message; the worker can lengthen
+                        # it only by loading the host, which is its run's to answer for
+                        p.finish("failed", f"{p.unclocked} of its calls started their clock "
+                                 f"more than {timing.stage_gap_s * 1e3:g} ms after their "
+                                 "inputs were staged (the host kept busy between calls)")
                     if timing.late_empties and p.result is None:
                         _late_empty(link, p, flush)
     except WorkerLost as lost:

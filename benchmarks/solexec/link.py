@@ -58,6 +58,7 @@ class WorkerLink:
         # where an evaluation's time goes, by phase (evaluate.py adds to it), in ns
         self.phases: collections.Counter = collections.Counter()
         self.sent_ns = 0  # when the last timed round trip's clock started (perf_counter_ns)
+        self._idle_read: tuple[int, int] | None = None  # at the pause: worker CPU, wall
         self.stage_gap_ns = 1 << 62  # evaluate.py: the most a clock may start after staging
 
     def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
@@ -86,11 +87,11 @@ class WorkerLink:
         of the calibration's empty calls: without the pause an H100 host's calls carried
         more of it than the empty calls subtracted from them. Nothing of the worker's
         runs between the staging and the clock's start."""
-        if watch_idle and self._answered is not None:
-            answered_at, cpu_then = self._answered
-            self.idle_cpu_ns += max(0, self.cpu_ns() - cpu_then)
-            self.idle_wall_ns += time.perf_counter_ns() - answered_at
-        self.pause()  # the callers pause before staging; this is the floor
+        if watch_idle and self._idle_read is not None:
+            self.idle_cpu_ns += self._idle_read[0]
+            self.idle_wall_ns += self._idle_read[1]
+        self._idle_read = None
+        self._wait()  # the callers pause before staging; this is the floor
         call_id = next(self.ids)
         payload = pickle.dumps({"op": op, "keys": keys, "id": call_id})
         frame = wire.HEADER.pack(len(payload)) + payload
@@ -111,9 +112,19 @@ class WorkerLink:
         return t1 - t0, self._decode(answer, call_id)
 
     def pause(self) -> None:
-        """Wait until `idle_before_s` has passed since the worker's last answer. Callers
-        pause before a call's inputs are staged: inputs staged before the pause would lie
-        in the worker's memory, neither clocked nor watched, while it lasts."""
+        """Wait until `idle_before_s` has passed since the worker's last answer, then read
+        what the worker did since its last watched answer (its CPU time: see `timed`).
+        Callers pause before a call's inputs are staged: inputs staged before the pause
+        would lie in the worker's memory, neither clocked nor watched, while it lasts;
+        and nothing but the flush and the message lies between the staging and the clock
+        (reading the worker's threads takes longer the more threads it has)."""
+        self._wait()
+        if self._answered is not None:
+            answered_at, cpu_then = self._answered
+            self._idle_read = (max(0, self.cpu_ns() - cpu_then),
+                               time.perf_counter_ns() - answered_at)
+
+    def _wait(self) -> None:
         if (wait := self.idle_before_s - (time.perf_counter() - self._heard)) > 0:
             time.sleep(wait)
 
@@ -218,7 +229,10 @@ class CacheFlush:
     def __call__(self) -> None:
         if self.buf is not None:
             self.k = (self.k + 1) % 251
-            self.buf.fill_(self.k)
+            if self.buf.is_cuda:
+                self.buf.fill_(self.k)
+            else:  # one thread: a pool's wake-up on a busy host takes milliseconds
+                self.buf.numpy().fill(self.k)
         sync_device(self.device)
 
 
