@@ -226,6 +226,7 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     t1 = time.monotonic_ns()
     link.pause()  # before the staging: no staged input waits through it
     p.stage(draws)
+    sync_device(flush.device)  # on a GPU the copies are queued: staged once they are done
     staged = time.perf_counter_ns()  # from here the inputs are in the worker's reach
     flush()
     t2 = time.monotonic_ns()
