@@ -884,15 +884,37 @@ def test_an_evaluation_says_where_its_time_went(problems, forks, tmp_path):
     assert slow.phase_s["call"] - fast.phase_s["call"] >= 0.04 * timed_calls
 
 
-def test_a_call_clocked_late_after_its_staging_is_not_counted(problems, forks, tmp_path):
+def test_a_call_clocked_late_after_its_staging_is_not_counted(problems, forks, tmp_path,
+                                                              monkeypatch):
     """A timed round trip whose clock starts later than `stage_gap_s` after its inputs
     were staged (this process descheduled) lets the worker see them unclocked: its time is
     not kept and the trip is made again on a fresh draw; a host where that keeps happening
     fails the workload (the worker may be what keeps it busy)."""
+    import benchmarks.solexec.evaluate as evaluate_mod
+    from benchmarks.solexec.link import CacheFlush
+
+    calibrating = [False]
+    real = evaluate_mod._calibrate
+
+    def calibrate(*a, **k):  # the flush's own time, as calibrated, is allowed
+        calibrating[0] = True
+        try:
+            return real(*a, **k)
+        finally:
+            calibrating[0] = False
+
+    class StallingFlush(CacheFlush):  # this process descheduled after the staging
+        def __call__(self) -> None:
+            super().__call__()
+            if not calibrating[0]:
+                time.sleep(0.01)
+
+    monkeypatch.setattr(evaluate_mod, "_calibrate", calibrate)
+    monkeypatch.setattr(evaluate_mod, "CacheFlush", StallingFlush)
     problem = problems["L1/001_small_matmul"]
     folder = write_solution(tmp_path / "a", problem.reference)
     ok = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=10.0))
     assert ok.passed and all(len(w.times_ns) == FAST.reps for w in ok.workloads)
-    late = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=0.0))
+    late = evaluate(problem, folder, forks, replace(FAST, stage_gap_s=0.001))
     assert {w.status for w in late.workloads} == {"failed"}
     assert all("after their inputs were staged" in w.reason for w in late.workloads)

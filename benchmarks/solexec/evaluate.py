@@ -190,9 +190,10 @@ class Timing:
     late_empties: bool = True  # an empty call after each timed call (the drifting overhead)
     idle_before_s: float = 0.002  # a timed round trip starts this long after the last answer
     # a timed round trip whose clock started later than this after its inputs were staged
-    # (this process descheduled on a busy host, a slow flush) is not counted, and made again
-    # on a fresh draw, at most `reps` times a workload (then it fails): its inputs lay in
-    # the worker's memory unclocked
+    # and flushed (the flush's own time, its median over the calibration, allowed besides:
+    # this process descheduled on a busy host, a flush stalled) is not counted, and made
+    # again on a fresh draw, at most `reps` times a workload (then it fails): its inputs
+    # lay in the worker's memory unclocked
     stage_gap_s: float = 0.001
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
@@ -231,7 +232,7 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     flush()
     t2 = time.monotonic_ns()
     ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
-    clocked = link.sent_ns - staged <= link.stage_gap_ns
+    clocked = link.sent_ns - staged <= link.flush_ns + link.stage_gap_ns
     t3 = time.monotonic_ns()
     snapshots = [[v.clone() for v in c.out_views] for c in p.slots]
     sync_device(flush.device)
@@ -367,15 +368,20 @@ def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
     last = None
     for p in group:
         p.empties.clear()
+    flushes: list[int] = []
     for _ in range(timing.reps):
         for p in round_order([p for p in group if p.result is None], rng, last):
             link.pause()
+            t0 = time.perf_counter_ns()
             flush()
+            flushes.append(time.perf_counter_ns() - t0)
             ns, answer = link.timed("empty", p.keys, watch_idle=False)
             if not answer["ok"]:
                 raise RuntimeError(f"an empty call failed: {answer.get('error', '')}")
             p.empties.append(ns)
             last = p
+    if flushes:  # what the gap before a call's clock may hold besides stage_gap_s
+        link.flush_ns = sorted(flushes)[len(flushes) // 2]
 
 
 def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: random.Random,

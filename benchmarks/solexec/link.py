@@ -60,6 +60,7 @@ class WorkerLink:
         self.sent_ns = 0  # when the last timed round trip's clock started (perf_counter_ns)
         self._idle_read: tuple[int, int] | None = None  # at the pause: worker CPU, wall
         self.stage_gap_ns = 1 << 62  # evaluate.py: the most a clock may start after staging
+        self.flush_ns = 0  # ... besides the flush's own time, as calibrated
 
     def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
         """An untimed request (start, load, open a workload); its answer."""
