@@ -878,7 +878,7 @@ def test_an_evaluation_says_where_its_time_went(problems, forks, tmp_path):
             return torch.matmul(A, B.T)
         """), forks)
     assert fast.passed and slow.passed
-    want = {"start", "load", "draw", "stage", "warmup", "call", "check", "empty"}
+    want = {"start", "load", "draw", "pause", "stage", "warmup", "call", "check", "empty"}
     assert want <= set(fast.phase_s) and sum(fast.phase_s.values()) <= fast.wall_s
     timed_calls = FAST.reps * len([w for w in slow.workloads if w.status == "ok"])
     assert slow.phase_s["call"] - fast.phase_s["call"] >= 0.04 * timed_calls

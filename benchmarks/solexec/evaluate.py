@@ -207,7 +207,8 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     """Round trip `trip` of workload p: its calls (one per copy), each on its own draw; a
     failed check finishes p. The answer is awaited timeout_s (default: the link's).
     False for a timed trip whose clock started more than the link's `stage_gap_ns` after
-    its inputs were staged: its time is not kept (it is judged all the same)."""
+    its inputs were staged and flushed (the flush's calibrated time allowed besides): its
+    time is not kept (it is judged all the same)."""
     if _changed_since_answer(p):
         return True
     t0 = time.monotonic_ns()
@@ -224,8 +225,10 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
             p.finish("failed", f"the worker could not map the workload afresh: "
                      f"{str(answer.get('error', ''))[:300]}")
             return True
-    t1 = time.monotonic_ns()
+    t0 = time.monotonic_ns()
     link.pause()  # before the staging: no staged input waits through it
+    t1 = time.monotonic_ns()
+    link.phases["pause"] += t1 - t0
     p.stage(draws)
     sync_device(flush.device)  # on a GPU the copies are queued: staged once they are done
     staged = time.perf_counter_ns()  # from here the inputs are in the worker's reach

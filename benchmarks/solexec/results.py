@@ -55,8 +55,9 @@ class ProblemEval(BaseModel):
     phase_s: dict[str, float] = Field(
         default_factory=dict, description="where the evaluation's time went: starting "
         "workers and calibrating (start), loading the solution (load), drawing inputs and "
-        "the reference's outputs (draw), staging them (stage), warm-up and timed round "
-        "trips (warmup, call), checking the answers (check), late empty calls (empty)")
+        "the reference's outputs (draw), the pause before a call (pause), staging and "
+        "flushing (stage), warm-up and timed round trips (warmup, call), checking the "
+        "answers (check), late empty calls with their pauses (empty)")
 
     @computed_field
     @property
