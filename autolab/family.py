@@ -85,6 +85,7 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     fits family.prewarm_memory_gb beside it (one that needs more runs alone), and one
     that ran out of memory beside others is tried again at the end, alone."""
     from autolab.lab import prepared_data_dir
+    from autolab.runner import give_trial_runner
     from autolab.sandbox import isolation_mode
 
     todo = {m: str(prepared_data_dir(member_params(params, family.name, m)))
@@ -94,7 +95,7 @@ def prewarm_members(params: Params, family: BenchmarkFamily, members: list[str],
     isolation = isolation_mode(params.sandbox.isolation)  # what its trials, T_b's too, run under
     budget = params.family.prewarm_memory_gb
     limit = budget * 2**30 if budget else None
-    need = {m: _prewarm_need(_isolated(family.member(m), isolation), todo[m], limit)
+    need = {m: _prewarm_need(give_trial_runner(family.member(m), isolation), todo[m], limit)
             for m in todo} if limit else {}
     gate = MemoryGate(limit)
 
@@ -176,15 +177,6 @@ PREWARM = ("import sys\nfrom autolab.family import _prewarm\n"
            "print('prewarm:', _prewarm(*sys.argv[1:]))")
 
 
-def _isolated(member, isolation: str):
-    """The member, given the runner for trials of its own (where it runs any), under the
-    isolation the campaign's trials use."""
-    from autolab.runner import give_trial_runner
-
-    give_trial_runner(member, isolation)  # type: ignore[arg-type]
-    return member
-
-
 def _prewarm_process(family: str, member: str, prepared_dir: str,
                      isolation: str = "auto") -> str:
     """One member's prewarm in a fresh interpreter (a crash or an out-of-memory kill ends
@@ -206,11 +198,12 @@ def _prewarm_process(family: str, member: str, prepared_dir: str,
 
 
 def _prewarm(family: str, member: str, prepared_dir: str, isolation: str = "auto") -> str:
+    from autolab.runner import give_trial_runner
     from benchmarks import get_family
 
     folder = Path(prepared_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    return _isolated(get_family(family).member(member), isolation).prewarm(folder)
+    return give_trial_runner(get_family(family).member(member), isolation).prewarm(folder)
 
 
 def chosen_members(family: BenchmarkFamily, wanted: list[str] | None) -> list[str]:

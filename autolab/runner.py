@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -62,6 +62,7 @@ from benchmarks.protocol import (
 )
 
 LOG_TAIL_CHARS = 4000
+B = TypeVar("B")
 _KINDS: tuple[str, ...] = get_args(FailureKind)
 _RUNNER_SOURCES = ("autolab/runner.py", "autolab/sandbox.py", "autolab/integrity.py",
                    "benchmarks/guard.py", "benchmarks/protocol.py")
@@ -416,13 +417,14 @@ class LocalTrials:
                 clear_leftovers(trial_dir)
 
 
-def give_trial_runner(bench: object, isolation: str) -> None:
+def give_trial_runner(bench: B, isolation: str) -> B:
     """Where the benchmark runs trials in its prepare (its optional `trial_runner`), the
-    runner for them: as the campaign's, under `isolation`."""
+    runner for them: as the campaign's, under `isolation`. Returns the benchmark."""
     if hasattr(bench, "trial_runner"):
         from autolab.sandbox import isolation_mode
 
         bench.trial_runner = LocalTrials(isolation_mode(isolation))  # type: ignore[attr-defined]
+    return bench
 
 
 def run_trial(

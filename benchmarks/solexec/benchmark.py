@@ -304,11 +304,12 @@ class SolExecProblem:
                         ) -> tuple[dict, dict]:
         """{mode: its evaluation as JSON} or {mode_error: why}: the reference, eager and
         under torch.compile, timed on every workload of the three splits by a trial of its
-        own, run as a candidate's is (runner.run_trial: the sandboxed kernel step with the
-        isolation `auto` picks, its worker forked there under the runtime guard, this
-        process's clock and checks), so that T_b and a candidate's time come from one path
-        and the reference itself scores about 0.5. The compiled run starts from a copy of
-        the prewarm's compile cache. Also what the table keeps of how it was measured:
+        own, run as a candidate's is (the trial runner it was given: the sandboxed kernel
+        step under the campaign's isolation, its worker forked there under the runtime
+        guard, this process's clock and checks), so that T_b and a candidate's time come
+        from one path and the reference itself scores about 0.5. The compiled run starts
+        from a copy of the prewarm's compile cache. Also what the table keeps of how it was
+        measured:
         the isolation, and per mode how many files its run added to the compile caches
         (none where the prewarm's cache served every graph and kernel)."""
         from benchmarks.solexec.baseline import COMPILE_CALL_TIMEOUT_S, reference_files
@@ -534,11 +535,10 @@ class SolExecProblem:
 def _spread(w: dict) -> float:
     """Three median absolute deviations of a workload's empty calls: the noise of what was
     subtracted from its time."""
+    from benchmarks.solexec.link import mad
+
     empties = w.get("overhead_times_ns") or []
-    if not empties:
-        return 0.0
-    mid = sorted(empties)[len(empties) // 2]
-    return 3.0 * sorted(abs(e - mid) for e in empties)[len(empties) // 2]
+    return 3.0 * mad(empties) if empties else 0.0
 
 
 def _cache_files(build_dir: Path) -> dict[str, int]:
@@ -616,7 +616,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
             ratios.append(w["time_ns"] / t_sol)
         scores.append(workload_score(WorkloadResult(
             problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"],
-            t_b=base["t_b_ns"], t_sol=base.get("t_sol_ns"))))
+            t_b=base["t_b_ns"], t_sol=t_sol)))
         times.append(w["time_ns"])
     missing = [u for u, b in table.items() if "t_b_ns" in b
                and u not in {w["uuid"] for w in ev["workloads"]}]

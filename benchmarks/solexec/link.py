@@ -254,6 +254,12 @@ def cache_bytes(device: str) -> int:
     return size
 
 
+def mad(values: list[int] | list[float]) -> float:
+    """The median absolute deviation from the median."""
+    middle = statistics.median(values)
+    return float(statistics.median(abs(v - middle) for v in values))
+
+
 def net_time(times: list[int], empties: list[int], late: list[int] | None = None
              ) -> tuple[float, float, float]:
     """(net, median call, overhead) in ns: the median call less the overhead, floored at
@@ -264,11 +270,9 @@ def net_time(times: list[int], empties: list[int], late: list[int] | None = None
     empties follow it; a candidate can slow those down but not make them count for more
     than the early ones. The floor is the larger spread of the two sets, so that steadier
     late empties cannot lower it either."""
-    overhead = statistics.median(empties)
-    spread = statistics.median(abs(e - overhead) for e in empties)
+    overhead, spread = statistics.median(empties), mad(empties)
     if late:
-        late_median = statistics.median(late)
-        overhead = min(overhead, late_median)
-        spread = max(spread, statistics.median(abs(e - late_median) for e in late))
+        overhead = min(overhead, statistics.median(late))
+        spread = max(spread, mad(late))
     median = statistics.median(times)
     return max(median - overhead, spread, 1.0), float(median), float(overhead)
