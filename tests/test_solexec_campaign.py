@@ -51,12 +51,12 @@ def prepared(member, tmp_path_factory):
     return folder
 
 
-def _trial(member, prepared, tmp_path, files, seed=1000, split="val"):
+def _trial(member, prepared, tmp_path, files, seed=1000, split="val", cache_root=None):
     setup = trial_setup(member, prepared, member.budget, threads=1,
                         isolation=isolation_mode("auto"))
     cid = content_key("files", files)[:16]
     return run_trial(member, cid, files, seed, split, setup, work_root=tmp_path / "trials",
-                     prepared_dir=prepared)
+                     prepared_dir=prepared, cache_root=cache_root)
 
 
 def test_the_family_lists_runnable_problems_and_relates_them(family):
@@ -639,3 +639,114 @@ def test_a_compile_without_prewarm_is_counted_in_the_table(member, tmp_path,
     table = json.loads((folder / "baseline.json").read_text())
     assert table["compiled_in_run"]["eager"] == 0 and table["compiled_in_run"]["compile"] > 0
     assert not (folder / "reference-runs").exists()
+
+
+COMPILING = """
+import os
+from pathlib import Path
+
+# stands in for a compiler: what it builds goes into the worker's Triton cache
+_cache = Path(os.environ["TRITON_CACHE_DIR"])
+_cache.mkdir(parents=True, exist_ok=True)
+(_cache / "kernel.bin").write_bytes(b"compiled for the visible shapes")
+
+
+def run(A, B):
+    return {body}
+"""
+
+
+def test_a_candidates_compiles_are_kept_for_its_later_trials_only(member, prepared, tmp_path):
+    """The build cache of a candidate's first passing val trial is copied into each of its
+    later trials' build folders; a hidden split's trial, a failed trial and another
+    candidate keep nothing and see nothing."""
+    store = tmp_path / "store"
+    files = {"solution.py": COMPILING.format(body="A @ B.T")}
+    kept = store / content_key("files", files)[:16] / "build-cache"
+
+    audit = _trial(member, prepared, tmp_path, files, split="audit", cache_root=store)
+    assert audit.status == "ok", (audit.reason, audit.log_tail[-2000:])
+    assert not kept.exists()  # the hidden shapes' compiles never reach a val trial
+
+    wrong = {"solution.py": COMPILING.format(body="(A @ B.T) * 1.5")}
+    bad = _trial(member, prepared, tmp_path, wrong, cache_root=store)
+    assert bad.status != "ok"
+    assert not (store / content_key("files", wrong)[:16] / "build-cache").exists()
+
+    first = _trial(member, prepared, tmp_path, files, cache_root=store)
+    assert first.status == "ok", (first.reason, first.log_tail[-2000:])
+    assert first.evidence["build_cache_reused"] == 0
+    assert first.evidence["build_cache_kept"] == "kept 1 files"
+    assert (kept / "triton" / "kernel.bin").read_bytes() == b"compiled for the visible shapes"
+
+    later = _trial(member, prepared, tmp_path, files, seed=1001, cache_root=store)
+    assert later.status == "ok", (later.reason, later.log_tail[-2000:])
+    assert later.evidence["build_cache_reused"] == 1
+    assert later.evidence["build_cache_kept"] == "already kept"
+
+    other = {"solution.py": COMPILING.format(body="(B @ A.T).T")}
+    seen = _trial(member, prepared, tmp_path, other, cache_root=store)
+    assert seen.status == "ok", (seen.reason, seen.log_tail[-2000:])
+    assert seen.evidence["build_cache_reused"] == 0
+
+
+def test_keeping_a_build_cache_copies_regular_files_and_follows_no_link(tmp_path, monkeypatch):
+    from benchmarks.solexec import build
+
+    secret = tmp_path / "outside" / "targets.json"
+    secret.parent.mkdir()
+    secret.write_text("T_b of every workload")
+    b = tmp_path / "build"
+    (b / "triton" / "ab").mkdir(parents=True)
+    (b / "compile-cache" / "inductor" / "fx").mkdir(parents=True)
+    (b / "triton" / "ab" / "k.cubin").write_bytes(b"cubin")
+    (b / "compile-cache" / "inductor" / "fx" / "g.py").write_text("graph")
+    (b / "triton" / "leak").symlink_to(secret)
+    (b / "triton" / "dir").symlink_to(secret.parent, target_is_directory=True)
+    (b / "torch_extensions").symlink_to(secret.parent, target_is_directory=True)
+    os.mkfifo(b / "triton" / "pipe")
+    (b / "elsewhere.bin").write_bytes(b"not a cache")
+
+    assert build.keep_build_cache(b, tmp_path / "kept") == "kept 2 files"
+    got = {str(f.relative_to(tmp_path / "kept")): f.read_bytes()
+           for f in (tmp_path / "kept").rglob("*") if f.is_file()}
+    assert got == {"triton/ab/k.cubin": b"cubin", "compile-cache/inductor/fx/g.py": b"graph"}
+    assert build.keep_build_cache(b, tmp_path / "kept") == "already kept"
+
+    fresh = tmp_path / "trial"
+    assert build.restore_build_cache(tmp_path / "kept", fresh) == 2
+    assert (fresh / "triton" / "ab" / "k.cubin").read_bytes() == b"cubin"
+
+    monkeypatch.setattr(build, "KEPT_MAX_BYTES", 4)
+    assert build.keep_build_cache(b, tmp_path / "small").startswith("not kept")
+    assert not (tmp_path / "small").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".small-")]
+
+
+def test_a_file_swapped_for_a_link_after_the_listing_is_not_copied(tmp_path, monkeypatch):
+    """A file that becomes a link (or sits under a folder that becomes one) between the
+    listing and the copy is skipped, not followed."""
+    from benchmarks.solexec import build
+
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "k.cubin").write_text("T_b of every workload")
+    b = tmp_path / "build"
+    (b / "triton" / "ab").mkdir(parents=True)
+    (b / "triton" / "ab" / "k.cubin").write_bytes(b"cubin")
+    (b / "triton" / "top.bin").write_bytes(b"top")
+    real = build._copy_regular
+
+    def swapped(root, rel, out):
+        if rel == "ab/k.cubin":  # the folder on the way is now a link
+            (root / "ab" / "k.cubin").unlink()
+            (root / "ab").rmdir()
+            (root / "ab").symlink_to(secret, target_is_directory=True)
+        if rel == "top.bin":
+            (root / "top.bin").unlink()
+            (root / "top.bin").symlink_to(secret / "k.cubin")
+        return real(root, rel, out)
+
+    monkeypatch.setattr(build, "_copy_regular", swapped)
+    assert build.keep_build_cache(b, tmp_path / "kept") == "kept 0 files"
+    assert not [f for f in (tmp_path / "kept").rglob("*") if f.is_file()]

@@ -18,6 +18,12 @@ part of the prepared data: `prepare` measures T_b on this machine (the reference
 under torch.compile, the faster, each timed by a trial of its own through the kernel step
 as a candidate is) and prices T_SOL with the roofline for the device in use, so a new
 machine or a new estimate is a new data version.
+A candidate's compiles (inductor's graphs, Triton's kernels, C++ extensions) from its
+first val trial that passed are kept in its trusted store and copied into the build folder
+of each of its later trials, which compile only what is new to them (a hidden split's
+shapes); a hidden split's trial keeps nothing, so no val trial sees what it compiled.
+Nothing else carries from one trial to another: the inputs are fresh every call and the
+clock is on this side, so a cache can only save compile time, which is never timed.
 A trial in which any workload fails (incorrect, crashed, timed out, a hack caught) is a
 failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere is no gain.
 """
@@ -92,6 +98,7 @@ MEASURED_AS = "trial"
 # speed of light, so such a time is a hack or a wrong estimate, never a gain (10 % for the
 # noise of the timing and of the peak figures)
 BELOW_SOL = 0.9
+BUILD_CACHE = "build-cache"  # in a candidate's trusted store: its first val trial's compiles
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
 TB_WALL_CLOCK_S = 600.0  # a T_b run's step: this, and each workload's first compiling call
 # the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
@@ -442,7 +449,11 @@ class SolExecProblem:
         return steps
 
     def companion(self, ctx: TrialContext, step: str):
-        from benchmarks.solexec.build import build_solution
+        from benchmarks.solexec.build import (
+            build_solution,
+            keep_build_cache,
+            restore_build_cache,
+        )
         from benchmarks.solexec.evaluate import evaluate_problem
         from benchmarks.solexec.launch import Forkserver
 
@@ -456,6 +467,9 @@ class SolExecProblem:
             # read before any candidate code runs: the score uses this copy, never the file
             s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
                 str(ctx.split)]
+            if ctx.cache_dir is not None:  # its own compiles, kept from its first val trial
+                s["build_cache"] = {"reused": restore_build_cache(ctx.cache_dir / BUILD_CACHE,
+                                                                  build_dir)}
         else:  # T_b: every split's workloads, on inputs from a secret seed as before
             from benchmarks.solexec.baseline import mode_timing
 
@@ -491,6 +505,16 @@ class SolExecProblem:
             if not link.finished.wait(EXIT_GRACE_S):  # told to exit, it did not
                 link.halt("integrity", f"the step did not exit within {EXIT_GRACE_S:g} s "
                           "of being told to")
+            elif (self.tb_mode is None and ctx.split == "val" and ctx.cache_dir is not None
+                  and _passed(s)):
+                # what it compiled for the visible workloads, for its later trials; never
+                # from a hidden split's trial, whose shapes would reach the val trials
+                ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    kept = keep_build_cache(build_dir, ctx.cache_dir / BUILD_CACHE)
+                except OSError as e:  # a folder it left unreadable: no cache, no fault
+                    kept = f"not kept: {type(e).__name__}: {e}"[:200]
+                s["build_cache"]["kept"] = kept
 
         return drive
 
@@ -630,6 +654,8 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                            "min_workload_score": min(scores), "max_workload_score": max(scores),
                            **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
                            "eval_s": float(ev.get("wall_s", 0.0)),
+                           **{f"build_cache_{k}": v for k, v in
+                              (s.get("build_cache") or {}).items()},
                            **{f"eval_{k}_s": float(v) for k, v in
                               (ev.get("phase_s") or {}).items()}})
 

@@ -6,7 +6,9 @@ does. It may use PyTorch, Triton, or CUDA C++ compiled by torch.utils.cpp_extens
 (load_inline, or load on a kernel.cu beside it). Compiling happens in the worker, at
 import or first call, with TORCH_EXTENSIONS_DIR and TRITON_CACHE_DIR inside the build
 folder the caller gives (the trial's own workspace), never in a cache another candidate
-shares.
+shares. What a candidate's first passing val trial compiled there is kept in its trusted
+store and copied into each of its later trials' build folders (`keep_build_cache`,
+`restore_build_cache`): its second seed does not compile its visible shapes again.
 
 `build_solution` checks, in order: the files (solution.py is there, parses, binds a `run`
 that takes the inputs); the toolchain (CUDA C++ needs nvcc, and a GPU); the import, in a
@@ -23,6 +25,8 @@ import functools
 import math
 import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -148,3 +152,88 @@ def build_solution(
     if smoke.status != "ok":
         return result("smoke", f"{smoke.status}: {smoke.reason}", evaluated.log_tail, smoke)
     return result("done", log=evaluated.log_tail, smoke=smoke)
+
+
+# ---------------------------------------------------------------------------- build cache
+
+# What a worker compiles into its build folder (launch.worker_env): inductor's graphs,
+# Triton's kernels and launchers, torch.utils.cpp_extension's modules
+BUILD_CACHE_PARTS = ("compile-cache/inductor", "triton", "torch_extensions")
+KEPT_MAX_BYTES = 2 << 30  # a build cache larger than this is not kept
+KEPT_MAX_FILES = 50_000
+
+
+def keep_build_cache(build_dir: Path, dest: Path) -> str:
+    """Copy the compiler caches of a finished trial's build folder into dest (made here, all
+    at once: a half-copied store is never seen), as bytes: regular files only, read without
+    following a link at any level (os.fwalk and O_NOFOLLOW), so a folder the candidate wrote
+    cannot make this process copy anything from outside it. Returns what happened: "kept
+    N files", or why nothing was (too large, already kept)."""
+    dest = Path(dest)
+    if dest.exists():
+        return "already kept"
+    found: list[tuple[str, str, int]] = []  # (part, relative path, size)
+    total = 0
+    for part in BUILD_CACHE_PARTS:
+        root = Path(build_dir) / part
+        if not root.is_dir() or root.is_symlink():
+            continue
+        for folder, _, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+            for name in files:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                total += st.st_size
+                found.append((part, os.path.relpath(os.path.join(folder, name), root),
+                               st.st_size))
+                if total > KEPT_MAX_BYTES or len(found) > KEPT_MAX_FILES:
+                    return (f"not kept: more than {KEPT_MAX_BYTES >> 20} MiB or "
+                            f"{KEPT_MAX_FILES} files")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    kept = 0
+    try:
+        for part, rel, _ in found:
+            if _copy_regular(Path(build_dir) / part, rel, tmp / part / rel):
+                kept += 1
+        try:
+            tmp.rename(dest)
+        except OSError:  # another trial of the candidate kept its own first
+            return "already kept"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return f"kept {kept} files"
+
+
+def _copy_regular(root: Path, rel: str, out: Path) -> bool:
+    """root/rel copied to out if every folder on the way and the file itself are what they
+    are (no link anywhere) and it is a regular file."""
+    parts = Path(rel).parts
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fds: list[int] = []
+    try:
+        fds.append(os.open(root, flags | os.O_DIRECTORY))
+        for name in parts[:-1]:
+            fds.append(os.open(name, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+        fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fds[-1])
+    except OSError:
+        return False
+    finally:
+        for d in fds:
+            os.close(d)
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            return False
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return True
+
+
+def restore_build_cache(kept: Path, build_dir: Path) -> int:
+    """The candidate's kept compiler caches copied into a new trial's build folder (its own
+    copy: what this trial writes there goes with it). Returns the number of files."""
+    kept = Path(kept)
+    if not kept.is_dir():
+        return 0
+    shutil.copytree(kept, build_dir, dirs_exist_ok=True)
+    return sum(1 for f in kept.rglob("*") if f.is_file())
