@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                        "wall_s": t.wall_s, "isolation": t.isolation,
                        "log_tail": t.log_tail[-1500:] if t.status != "ok" else ""})
         print(json.dumps(trials[-1], indent=1), flush=True)
+    table = json.loads((prepared / "baseline.json").read_text())
     out = {"member": args.member, "preset": args.preset, "technique": args.technique,
            "device": setup.device, "prepare": facts, "prepare_s": round(prepare_s, 1),
+           "baseline": {k: v for k, v in table.items() if k != "splits"},
            "trials": trials}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -677,7 +677,8 @@ def test_a_candidates_compiles_are_kept_for_its_later_trials_only(member, prepar
     assert first.status == "ok", (first.reason, first.log_tail[-2000:])
     assert first.evidence["build_cache_reused"] == 0
     assert first.evidence["build_cache_kept"] == "kept 1 files"
-    assert (kept / "triton" / "kernel.bin").read_bytes() == b"compiled for the visible shapes"
+    assert (kept / "files" / "triton" / "kernel.bin").read_bytes() == (
+        b"compiled for the visible shapes")
 
     later = _trial(member, prepared, tmp_path, files, seed=1001, cache_root=store)
     assert later.status == "ok", (later.reason, later.log_tail[-2000:])
@@ -708,14 +709,16 @@ def test_keeping_a_build_cache_copies_regular_files_and_follows_no_link(tmp_path
     (b / "elsewhere.bin").write_bytes(b"not a cache")
 
     assert build.keep_build_cache(b, tmp_path / "kept") == "kept 2 files"
-    got = {str(f.relative_to(tmp_path / "kept")): f.read_bytes()
-           for f in (tmp_path / "kept").rglob("*") if f.is_file()}
+    got = {str(f.relative_to(tmp_path / "kept" / "files")): f.read_bytes()
+           for f in (tmp_path / "kept" / "files").rglob("*") if f.is_file()}
     assert got == {"triton/ab/k.cubin": b"cubin", "compile-cache/inductor/fx/g.py": b"graph"}
     assert build.keep_build_cache(b, tmp_path / "kept") == "already kept"
 
-    fresh = tmp_path / "trial"
-    assert build.restore_build_cache(tmp_path / "kept", fresh) == 2
+    fresh = tmp_path / "dliub"  # a path as long as the one it was kept from
+    assert build.restore_build_cache(tmp_path / "kept", fresh) == (2, "")
     assert (fresh / "triton" / "ab" / "k.cubin").read_bytes() == b"cubin"
+    n, why = build.restore_build_cache(tmp_path / "kept", tmp_path / "longer")
+    assert n == 0 and "another length" in why and not (tmp_path / "longer").exists()
 
     monkeypatch.setattr(build, "KEPT_MAX_BYTES", 4)
     assert build.keep_build_cache(b, tmp_path / "small").startswith("not kept")
@@ -749,4 +752,27 @@ def test_a_file_swapped_for_a_link_after_the_listing_is_not_copied(tmp_path, mon
 
     monkeypatch.setattr(build, "_copy_regular", swapped)
     assert build.keep_build_cache(b, tmp_path / "kept") == "kept 0 files"
-    assert not [f for f in (tmp_path / "kept").rglob("*") if f.is_file()]
+    assert not [f for f in (tmp_path / "kept" / "files").rglob("*") if f.is_file()]
+
+
+def test_a_kept_cache_names_the_new_build_folder_wherever_it_named_the_old(tmp_path):
+    """Compiled artifacts hold the absolute path of the folder they were built in (inductor
+    pickles its autotuners with their best-config file's path): restored elsewhere, every
+    occurrence names the new folder, at the same length, so a pickle stays loadable."""
+    import pickle
+
+    from benchmarks.solexec import build
+
+    old, new = tmp_path / "trials" / "aaaa" / "build", tmp_path / "trials" / "bbbb" / "build"
+    (old / "compile-cache" / "inductor" / "nx").mkdir(parents=True)
+    config = old / "compile-cache" / "inductor" / "nx" / "k.best_config"
+    (config.parent / "k.pkl").write_bytes(pickle.dumps({"best_config": str(config)}))
+    (old / "triton").mkdir()
+    (old / "triton" / "launcher.so").write_bytes(b"\x7fELF" + str(old).encode() + b"\0rest")
+    assert build.keep_build_cache(old, tmp_path / "kept") == "kept 2 files"
+    assert build.restore_build_cache(tmp_path / "kept", new) == (2, "")
+    got = pickle.loads((new / "compile-cache" / "inductor" / "nx" / "k.pkl").read_bytes())
+    assert got == {"best_config": str(new / "compile-cache" / "inductor" / "nx" /
+                                      "k.best_config")}
+    assert (new / "triton" / "launcher.so").read_bytes() == (
+        b"\x7fELF" + str(new).encode() + b"\0rest")

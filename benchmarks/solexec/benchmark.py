@@ -468,8 +468,8 @@ class SolExecProblem:
             s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
                 str(ctx.split)]
             if ctx.cache_dir is not None:  # its own compiles, kept from its first val trial
-                s["build_cache"] = {"reused": restore_build_cache(ctx.cache_dir / BUILD_CACHE,
-                                                                  build_dir)}
+                reused, why = restore_build_cache(ctx.cache_dir / BUILD_CACHE, build_dir)
+                s["build_cache"] = {"reused": reused, **({"not_reused": why} if why else {})}
         else:  # T_b: every split's workloads, on inputs from a secret seed as before
             from benchmarks.solexec.baseline import mode_timing
 

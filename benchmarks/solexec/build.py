@@ -164,11 +164,12 @@ KEPT_MAX_FILES = 50_000
 
 
 def keep_build_cache(build_dir: Path, dest: Path) -> str:
-    """Copy the compiler caches of a finished trial's build folder into dest (made here, all
-    at once: a half-copied store is never seen), as bytes: regular files only, read without
-    following a link at any level (os.fwalk and O_NOFOLLOW), so a folder the candidate wrote
-    cannot make this process copy anything from outside it. Returns what happened: "kept
-    N files", or why nothing was (too large, already kept)."""
+    """Copy the compiler caches of a finished trial's build folder into dest/files (dest made
+    here, all at once: a half-copied store is never seen), as bytes: regular files only,
+    read without following a link at any level (os.fwalk and O_NOFOLLOW), so a folder the
+    candidate wrote cannot make this process copy anything from outside it. dest/origin
+    names the build folder they were compiled in (see restore_build_cache). Returns what
+    happened: "kept N files", or why nothing was (too large, already kept)."""
     dest = Path(dest)
     if dest.exists():
         return "already kept"
@@ -193,8 +194,9 @@ def keep_build_cache(build_dir: Path, dest: Path) -> str:
     kept = 0
     try:
         for part, rel, _ in found:
-            if _copy_regular(Path(build_dir) / part, rel, tmp / part / rel):
+            if _copy_regular(Path(build_dir) / part, rel, tmp / "files" / part / rel):
                 kept += 1
+        (tmp / "origin").write_text(str(Path(build_dir).absolute()))
         try:
             tmp.rename(dest)
         except OSError:  # another trial of the candidate kept its own first
@@ -229,11 +231,30 @@ def _copy_regular(root: Path, rel: str, out: Path) -> bool:
     return True
 
 
-def restore_build_cache(kept: Path, build_dir: Path) -> int:
+def restore_build_cache(kept: Path, build_dir: Path) -> tuple[int, str]:
     """The candidate's kept compiler caches copied into a new trial's build folder (its own
-    copy: what this trial writes there goes with it). Returns the number of files."""
+    copy: what this trial writes there goes with it): (the number of files, "" or why
+    none was copied).
+
+    Compiled artifacts name the folder they were built in: inductor pickles each kernel's
+    autotuner with the absolute path of its best-config file, and a later trial would read
+    there (outside its own folders: the guard stops it). So every occurrence of the folder
+    it was kept from is rewritten to this build folder, byte for byte, which keeps pickles
+    and binaries valid only where the two paths have the same length: they do for trials
+    under one work root (work_root/<trial id>/out/kernel/build); where they do not, nothing
+    is copied and the trial compiles afresh."""
     kept = Path(kept)
-    if not kept.is_dir():
-        return 0
-    shutil.copytree(kept, build_dir, dirs_exist_ok=True)
-    return sum(1 for f in kept.rglob("*") if f.is_file())
+    if not (kept / "origin").is_file():
+        return 0, ""
+    old = (kept / "origin").read_text().encode()
+    new = str(Path(build_dir).absolute()).encode()
+    if len(old) != len(new):
+        return 0, "not reused: kept from a build folder whose path has another length"
+    n = 0
+    for f in sorted((kept / "files").rglob("*")):
+        if f.is_file():
+            out = Path(build_dir) / f.relative_to(kept / "files")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(f.read_bytes().replace(old, new))
+            n += 1
+    return n, ""
