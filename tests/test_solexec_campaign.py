@@ -776,3 +776,38 @@ def test_a_kept_cache_names_the_new_build_folder_wherever_it_named_the_old(tmp_p
                                       "k.best_config")}
     assert (new / "triton" / "launcher.so").read_bytes() == (
         b"\x7fELF" + str(new).encode() + b"\0rest")
+
+
+def test_the_forkserver_imports_the_compiler_first_for_a_solution_that_compiles(
+        member, prepared, tmp_path):
+    """A solution that calls torch.compile gets a forkserver that imported the compiler
+    before forking (each worker would import it again); it runs as any other trial."""
+    from benchmarks.protocol import TrialContext
+
+    def argv(source: str) -> tuple:
+        ws = tmp_path / content_key("files", {"s": source})[:8]
+        ws.mkdir()
+        (ws / "solution.py").write_text(source)
+        ctx = TrialContext(workspace=ws, inputs_dir=tmp_path / "in",
+                           outputs_dir=tmp_path / "out", prepared_dir=prepared, seed=1,
+                           split="val", budget=member.budget, python=sys.executable)
+        return member.steps(ctx)[0].argv
+
+    compiled = ("import torch as _t\n\n\ndef _ref(A, B):\n    return A @ B.T\n\n\n"
+                "run = _t.compile(_ref, backend='eager', dynamic=False)\n")
+    assert argv(compiled)[-1] == "--preload-compiler"
+    assert "--preload-compiler" not in argv(member.seed_files()["solution.py"])
+
+    trial = _trial(member, prepared, tmp_path, {"solution.py": compiled})
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+
+
+def test_preloading_the_compiler_leaves_no_cuda_context_and_no_thread():
+    code = ("import sys, threading, torch\n"
+            "from benchmarks.solexec.worker import PRELOADS, preload_compiler\n"
+            "preload_compiler()\n"
+            "assert all(m in sys.modules for m in PRELOADS)\n"
+            "assert not torch.cuda.is_initialized() and threading.active_count() == 1\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -16,6 +16,8 @@ evaluator times the answer itself and reads the outputs from its own memory.
 
 Run as: python -m benchmarks.solexec.worker --fd N            (one worker on socket fd N)
         python -m benchmarks.solexec.worker --forkserver --fd N  (forks workers on request)
+        ... --forkserver --preload-compiler  (torch.compile's modules imported before any
+                                              fork: see PRELOADS)
 Without --fd the socket is the one named by AUTOLAB_CHANNEL_FD (a sandboxed step's channel).
 Imports the standard library, torch, and the modules beside it (wire, transport, guard).
 """
@@ -345,10 +347,30 @@ def _become_worker(ctrl: socket.socket, channel: int, log: int, msg: dict) -> No
         os._exit(code)
 
 
+# What torch.compile imports at its first use: about 11 s on an H100 host (torch._dynamo
+# and torch._inductor), paid again by every worker of a trial (the build's, then the
+# evaluation's) where the forkserver has not imported them once before forking
+PRELOADS = ("torch._dynamo", "torch._inductor.compile_fx")
+
+
+def preload_compiler() -> None:
+    """Import PRELOADS here, in the trusted forkserver, before any candidate code exists.
+    They must leave no CUDA context and no thread behind: a forked worker could not use
+    the one, and would not have the other."""
+    import importlib
+    import threading
+
+    for name in PRELOADS:
+        importlib.import_module(name)
+    if torch.cuda.is_initialized() or threading.active_count() > 1:
+        raise RuntimeError(f"importing {', '.join(PRELOADS)} started CUDA or a thread")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.solexec.worker")
     parser.add_argument("--fd", type=int, default=None)
     parser.add_argument("--forkserver", action="store_true")
+    parser.add_argument("--preload-compiler", action="store_true")
     a = parser.parse_args(argv)
     if a.fd is None:
         if CHANNEL_ENV not in os.environ:
@@ -356,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         a.fd = int(os.environ[CHANNEL_ENV])
     sock = socket.socket(fileno=a.fd)
     if a.forkserver:
+        if a.preload_compiler:
+            preload_compiler()
         forkserver_main(sock)
     else:
         worker_main(sock)
