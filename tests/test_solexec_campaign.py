@@ -802,12 +802,24 @@ def test_the_forkserver_imports_the_compiler_first_for_a_solution_that_compiles(
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
 
 
-def test_preloading_the_compiler_leaves_no_cuda_context_and_no_thread():
-    code = ("import sys, threading, torch\n"
-            "from benchmarks.solexec.worker import PRELOADS, preload_compiler\n"
-            "preload_compiler()\n"
-            "assert all(m in sys.modules for m in PRELOADS)\n"
-            "assert not torch.cuda.is_initialized() and threading.active_count() == 1\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_a_worker_told_to_preload_imports_the_compiler_before_its_guard(tmp_path):
+    """The forkserver's flag reaches the workers it forks: the compiler's modules are in
+    sys.modules before the guard goes in, so the candidate's import finds them loaded."""
+    code = ("import sys\n"
+            "from benchmarks.solexec import worker\n"
+            "from benchmarks import guard\n"
+            "order = []\n"
+            "guard.install = lambda *a, **k: order.append(('guard', 'torch._dynamo' in "
+            "sys.modules))\n"
+            "worker._load = lambda path: order.append('load')\n"
+            "worker._preload = sys.argv[1] == 'on'\n"
+            "state = worker._State()\n"
+            "print(worker._handle(state, {'op': 'load', 'path': '.'}, ())['ok'], order)\n")
+    out = {}
+    for flag in ("on", "off"):
+        done = subprocess.run([sys.executable, "-c", code, flag], capture_output=True,
+                              text=True, cwd=Path(__file__).parents[1], timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[flag] = done.stdout.strip()
+    assert out == {"on": "True [('guard', True), 'load']",
+                   "off": "True [('guard', False), 'load']"}

@@ -568,8 +568,8 @@ def _spread(w: dict) -> float:
 
 def uses_compile(workspace: Path) -> bool:
     """Whether the solution calls a `compile` (torch.compile, under any name it is bound
-    to): its trial's forkserver then imports the compiler once for all its workers. Only a
-    matter of time: a solution that compiles without saying so imports it itself."""
+    to): its trial's workers then import the compiler before their guard (worker.PRELOADS).
+    Only a matter of time: a solution that compiles without saying so imports it itself."""
     import ast
 
     try:

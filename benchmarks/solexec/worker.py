@@ -16,8 +16,8 @@ evaluator times the answer itself and reads the outputs from its own memory.
 
 Run as: python -m benchmarks.solexec.worker --fd N            (one worker on socket fd N)
         python -m benchmarks.solexec.worker --forkserver --fd N  (forks workers on request)
-        ... --forkserver --preload-compiler  (torch.compile's modules imported before any
-                                              fork: see PRELOADS)
+        ... --forkserver --preload-compiler  (each worker imports torch.compile's modules
+                                              before its guard: see PRELOADS)
 Without --fd the socket is the one named by AUTOLAB_CHANNEL_FD (a sandboxed step's channel).
 Imports the standard library, torch, and the modules beside it (wire, transport, guard).
 """
@@ -119,6 +119,8 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
         elif op == "init":
             state.sync = _prepare(msg["device"], msg["threads"])
         elif op == "load":
+            if _preload:
+                preload_compiler()
             guard.install()
             state.run = _load(Path(msg["path"]))
         else:
@@ -348,22 +350,20 @@ def _become_worker(ctrl: socket.socket, channel: int, log: int, msg: dict) -> No
 
 
 # What torch.compile imports at its first use: about 11 s on an H100 host (torch._dynamo
-# and torch._inductor), paid again by every worker of a trial (the build's, then the
-# evaluation's) where the forkserver has not imported them once before forking
+# and torch._inductor), twice as long under the guard, whose hook sees every file the
+# imports open. A worker of a solution that compiles imports them before its guard, as the
+# trusted code it is. Not in the forkserver, before forking: its workers then could not
+# start CUDA on a GPU host ("Cannot re-initialize CUDA in forked subprocess").
 PRELOADS = ("torch._dynamo", "torch._inductor.compile_fx")
+_preload = False  # set in the forkserver from its arguments; its workers inherit it
 
 
 def preload_compiler() -> None:
-    """Import PRELOADS here, in the trusted forkserver, before any candidate code exists.
-    They must leave no CUDA context and no thread behind: a forked worker could not use
-    the one, and would not have the other."""
+    """Import PRELOADS, in a worker, before its guard and the candidate's code."""
     import importlib
-    import threading
 
     for name in PRELOADS:
         importlib.import_module(name)
-    if torch.cuda.is_initialized() or threading.active_count() > 1:
-        raise RuntimeError(f"importing {', '.join(PRELOADS)} started CUDA or a thread")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         a.fd = int(os.environ[CHANNEL_ENV])
     sock = socket.socket(fileno=a.fd)
     if a.forkserver:
-        if a.preload_compiler:
-            preload_compiler()
+        global _preload
+        _preload = a.preload_compiler
         forkserver_main(sock)
     else:
         worker_main(sock)
