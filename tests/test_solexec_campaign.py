@@ -685,74 +685,162 @@ def test_a_candidates_compiles_are_kept_for_its_later_trials_only(member, prepar
     assert later.evidence["build_cache_reused"] == 1
     assert later.evidence["build_cache_kept"] == "already kept"
 
+    hidden = _trial(member, prepared, tmp_path, files, split="audit", cache_root=store)
+    assert hidden.status == "ok" and "build_cache_reused" not in hidden.evidence
+
     other = {"solution.py": COMPILING.format(body="(B @ A.T).T")}
     seen = _trial(member, prepared, tmp_path, other, cache_root=store)
     assert seen.status == "ok", (seen.reason, seen.log_tail[-2000:])
     assert seen.evidence["build_cache_reused"] == 0
 
 
+def _outside(tmp_path):
+    """A folder outside the build folder, laid out like a compile cache (the prewarm's
+    cache of the reference, hidden workloads included, is one)."""
+    secret = tmp_path / "outside"
+    for sub in ("inductor", "triton", "compile-cache/inductor", "torch_extensions"):
+        (secret / sub).mkdir(parents=True, exist_ok=True)
+        (secret / sub / "targets.json").write_text("T_b of every workload")
+    return secret
+
+
+def _kept_bytes(kept):
+    return {str(f.relative_to(kept / "files")): f.read_bytes()
+            for f in (kept / "files").rglob("*") if f.is_file()} if kept.exists() else {}
+
+
+def test_a_kept_cache_that_cannot_be_restored_is_compiled_again_not_a_fault(
+        member, prepared, tmp_path, monkeypatch):
+    from benchmarks.solexec import build
+
+    store = tmp_path / "store"
+    files = {"solution.py": COMPILING.format(body="A @ B.T")}
+    first = _trial(member, prepared, tmp_path, files, cache_root=store)
+    assert first.evidence["build_cache_kept"] == "kept 1 files"
+
+    def broken(kept, build_dir):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(build, "restore_build_cache", broken)
+    later = _trial(member, prepared, tmp_path, files, seed=1001, cache_root=store)
+    assert later.status == "ok", (later.reason, later.log_tail[-2000:])
+    assert later.evidence["build_cache_reused"] == 0
+    assert "RecursionError" in later.evidence["build_cache_not_reused"]
+    # dropped, and kept again from this trial
+    assert later.evidence["build_cache_kept"] == "kept 1 files"
+
+
 def test_keeping_a_build_cache_copies_regular_files_and_follows_no_link(tmp_path, monkeypatch):
     from benchmarks.solexec import build
 
-    secret = tmp_path / "outside" / "targets.json"
-    secret.parent.mkdir()
-    secret.write_text("T_b of every workload")
-    b = tmp_path / "build"
+    secret = _outside(tmp_path)
+    step = tmp_path / "step"
+    b = step / "build"
     (b / "triton" / "ab").mkdir(parents=True)
     (b / "compile-cache" / "inductor" / "fx").mkdir(parents=True)
     (b / "triton" / "ab" / "k.cubin").write_bytes(b"cubin")
     (b / "compile-cache" / "inductor" / "fx" / "g.py").write_text("graph")
-    (b / "triton" / "leak").symlink_to(secret)
-    (b / "triton" / "dir").symlink_to(secret.parent, target_is_directory=True)
-    (b / "torch_extensions").symlink_to(secret.parent, target_is_directory=True)
+    (b / "triton" / "leak").symlink_to(secret / "triton" / "targets.json")
+    (b / "triton" / "dir").symlink_to(secret, target_is_directory=True)
+    (b / "torch_extensions").symlink_to(secret / "torch_extensions", target_is_directory=True)
     os.mkfifo(b / "triton" / "pipe")
     (b / "elsewhere.bin").write_bytes(b"not a cache")
 
-    assert build.keep_build_cache(b, tmp_path / "kept") == "kept 2 files"
-    got = {str(f.relative_to(tmp_path / "kept" / "files")): f.read_bytes()
-           for f in (tmp_path / "kept" / "files").rglob("*") if f.is_file()}
-    assert got == {"triton/ab/k.cubin": b"cubin", "compile-cache/inductor/fx/g.py": b"graph"}
-    assert build.keep_build_cache(b, tmp_path / "kept") == "already kept"
+    assert build.keep_build_cache(step, tmp_path / "kept") == "kept 2 files"
+    assert _kept_bytes(tmp_path / "kept") == {"triton/ab/k.cubin": b"cubin",
+                                              "compile-cache/inductor/fx/g.py": b"graph"}
+    assert build.keep_build_cache(step, tmp_path / "kept") == "already kept"
 
-    fresh = tmp_path / "dliub"  # a path as long as the one it was kept from
+    fresh = tmp_path / "xxxx" / "build"  # a path as long as the one it was kept from
     assert build.restore_build_cache(tmp_path / "kept", fresh) == (2, "")
     assert (fresh / "triton" / "ab" / "k.cubin").read_bytes() == b"cubin"
-    n, why = build.restore_build_cache(tmp_path / "kept", tmp_path / "longer")
+    n, why = build.restore_build_cache(tmp_path / "kept", tmp_path / "longer" / "build")
     assert n == 0 and "another length" in why and not (tmp_path / "longer").exists()
 
     monkeypatch.setattr(build, "KEPT_MAX_BYTES", 4)
-    assert build.keep_build_cache(b, tmp_path / "small").startswith("not kept")
+    assert build.keep_build_cache(step, tmp_path / "small").startswith("not kept")
     assert not (tmp_path / "small").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".small-")]
 
 
-def test_a_file_swapped_for_a_link_after_the_listing_is_not_copied(tmp_path, monkeypatch):
-    """A file that becomes a link (or sits under a folder that becomes one) between the
-    listing and the copy is skipped, not followed."""
+@pytest.mark.parametrize("link", ["build", "build/compile-cache", "build/triton"])
+def test_a_link_anywhere_on_the_way_to_the_caches_is_not_followed(tmp_path, link):
+    """The candidate may replace its build folder, or a folder between it and a cache,
+    with a link to somewhere else on the host: nothing is read through it."""
     from benchmarks.solexec import build
 
-    secret = tmp_path / "outside"
-    secret.mkdir()
-    (secret / "k.cubin").write_text("T_b of every workload")
-    b = tmp_path / "build"
-    (b / "triton" / "ab").mkdir(parents=True)
-    (b / "triton" / "ab" / "k.cubin").write_bytes(b"cubin")
-    (b / "triton" / "top.bin").write_bytes(b"top")
-    real = build._copy_regular
+    secret = _outside(tmp_path)
+    step = tmp_path / "step"
+    (step / "build" / "compile-cache" / "inductor").mkdir(parents=True)
+    (step / "build" / "triton").mkdir(parents=True)
+    target = step / link
+    for p in sorted(target.rglob("*"), reverse=True):
+        p.rmdir()
+    target.rmdir()
+    target.symlink_to(secret, target_is_directory=True)
+    assert build.keep_build_cache(step, tmp_path / "kept") == "kept 0 files"
+    assert _kept_bytes(tmp_path / "kept") == {}
 
-    def swapped(root, rel, out):
-        if rel == "ab/k.cubin":  # the folder on the way is now a link
-            (root / "ab" / "k.cubin").unlink()
-            (root / "ab").rmdir()
-            (root / "ab").symlink_to(secret, target_is_directory=True)
-        if rel == "top.bin":
-            (root / "top.bin").unlink()
-            (root / "top.bin").symlink_to(secret / "k.cubin")
-        return real(root, rel, out)
 
-    monkeypatch.setattr(build, "_copy_regular", swapped)
-    assert build.keep_build_cache(b, tmp_path / "kept") == "kept 0 files"
-    assert not [f for f in (tmp_path / "kept" / "files").rglob("*") if f.is_file()]
+def test_a_folder_swapped_for_a_link_while_it_is_read_leads_nowhere(tmp_path, monkeypatch):
+    """Folders are opened when listed and read through those descriptors: one renamed and
+    replaced by a link to the outside after that is still read where it was."""
+    from benchmarks.solexec import build
+
+    secret = _outside(tmp_path)
+    step = tmp_path / "step"
+    for sub in ("a", "z"):
+        (step / "build" / "triton" / sub).mkdir(parents=True)
+        (step / "build" / "triton" / sub / f"{sub}.bin").write_bytes(sub.encode())
+    real, swapped = build._copy_file, []
+
+    def copy_then_swap(dir_fd, name, out):
+        if not swapped:
+            for sub in ("a", "z"):
+                here = step / "build" / "triton" / sub
+                here.rename(here.with_name(sub + "-moved"))
+                here.symlink_to(secret / "triton", target_is_directory=True)
+            swapped.append(True)
+        return real(dir_fd, name, out)
+
+    monkeypatch.setattr(build, "_copy_file", copy_then_swap)
+    assert build.keep_build_cache(step, tmp_path / "kept") == "kept 2 files"
+    assert _kept_bytes(tmp_path / "kept") == {"triton/a/a.bin": b"a", "triton/z/z.bin": b"z"}
+
+
+def test_a_build_folder_too_deep_or_too_large_is_not_kept(tmp_path, monkeypatch):
+    from benchmarks.solexec import build
+
+    step = tmp_path / "step"
+    deep = step / "build" / "triton"
+    for i in range(build.KEPT_MAX_DEPTH + 1):
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    (deep / "k.bin").write_bytes(b"k")
+    assert build.keep_build_cache(step, tmp_path / "kept").startswith(
+        "not kept: folders more than")
+    assert not (tmp_path / "kept").exists()
+
+    shallow = tmp_path / "shallow"
+    (shallow / "build" / "triton").mkdir(parents=True)
+    (shallow / "build" / "triton" / "big.bin").write_bytes(b"x" * 64)
+    monkeypatch.setattr(build, "KEPT_MAX_FILE_BYTES", 16)
+    assert "larger than" in build.keep_build_cache(shallow, tmp_path / "kept")
+    monkeypatch.setattr(build, "KEPT_MAX_FILE_BYTES", 1 << 20)
+    assert "too long" in build.keep_build_cache(shallow, tmp_path / "kept", deadline_s=-1.0)
+    assert build.keep_build_cache(shallow, tmp_path / "kept") == "kept 1 files"
+
+
+def test_old_build_caches_are_pruned(tmp_path):
+    from benchmarks.solexec import build
+
+    for i in range(5):
+        (tmp_path / f"c{i}" / "build-cache").mkdir(parents=True)
+        (tmp_path / f"c{i}" / "profile.json").write_text("{}")
+        os.utime(tmp_path / f"c{i}" / "build-cache", (1000 + i, 1000 + i))
+    build.prune_build_caches(tmp_path, "build-cache", keep=2)
+    assert sorted(p.parent.name for p in tmp_path.glob("*/build-cache")) == ["c3", "c4"]
+    assert len(list(tmp_path.glob("*/profile.json"))) == 5  # the rest of each store stays
 
 
 def test_a_kept_cache_names_the_new_build_folder_wherever_it_named_the_old(tmp_path):
@@ -769,7 +857,7 @@ def test_a_kept_cache_names_the_new_build_folder_wherever_it_named_the_old(tmp_p
     (config.parent / "k.pkl").write_bytes(pickle.dumps({"best_config": str(config)}))
     (old / "triton").mkdir()
     (old / "triton" / "launcher.so").write_bytes(b"\x7fELF" + str(old).encode() + b"\0rest")
-    assert build.keep_build_cache(old, tmp_path / "kept") == "kept 2 files"
+    assert build.keep_build_cache(old.parent, tmp_path / "kept") == "kept 2 files"
     assert build.restore_build_cache(tmp_path / "kept", new) == (2, "")
     got = pickle.loads((new / "compile-cache" / "inductor" / "nx" / "k.pkl").read_bytes())
     assert got == {"best_config": str(new / "compile-cache" / "inductor" / "nx" /
@@ -778,10 +866,10 @@ def test_a_kept_cache_names_the_new_build_folder_wherever_it_named_the_old(tmp_p
         b"\x7fELF" + str(new).encode() + b"\0rest")
 
 
-def test_the_forkserver_imports_the_compiler_first_for_a_solution_that_compiles(
+def test_the_workers_import_the_compiler_first_for_a_solution_that_compiles(
         member, prepared, tmp_path):
-    """A solution that calls torch.compile gets a forkserver that imported the compiler
-    before forking (each worker would import it again); it runs as any other trial."""
+    """A solution that calls torch.compile gets workers told to import the compiler before
+    their guard (the forkserver's flag); it runs as any other trial."""
     from benchmarks.protocol import TrialContext
 
     def argv(source: str) -> tuple:

@@ -19,9 +19,10 @@ under torch.compile, the faster, each timed by a trial of its own through the ke
 as a candidate is) and prices T_SOL with the roofline for the device in use, so a new
 machine or a new estimate is a new data version.
 A candidate's compiles (inductor's graphs, Triton's kernels, C++ extensions) from its
-first val trial that passed are kept in its trusted store and copied into the build folder
-of each of its later trials, which compile only what is new to them (a hidden split's
-shapes); a hidden split's trial keeps nothing, so no val trial sees what it compiled.
+first val trial that passed are kept in its trusted store (build.keep_build_cache: read
+without following any link, bounded in depth, size and time) and copied into the build
+folder of each of its later val trials. A hidden split's trial, which judges the
+candidate, neither keeps nor receives one: it starts from nothing the candidate left.
 Nothing else carries from one trial to another: the inputs are fresh every call and the
 clock is on this side, so a cache can only save compile time, which is never timed.
 A trial in which any workload fails (incorrect, crashed, timed out, a hack caught) is a
@@ -99,6 +100,7 @@ MEASURED_AS = "trial"
 # noise of the timing and of the peak figures)
 BELOW_SOL = 0.9
 BUILD_CACHE = "build-cache"  # in a candidate's trusted store: its first val trial's compiles
+KEEP_BUILD_CACHES = 8  # those of the candidates used most recently stay, in each campaign
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
 TB_WALL_CLOCK_S = 600.0  # a T_b run's step: this, and each workload's first compiling call
 # the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
@@ -453,6 +455,7 @@ class SolExecProblem:
         from benchmarks.solexec.build import (
             build_solution,
             keep_build_cache,
+            prune_build_caches,
             restore_build_cache,
         )
         from benchmarks.solexec.evaluate import evaluate_problem
@@ -468,8 +471,16 @@ class SolExecProblem:
             # read before any candidate code runs: the score uses this copy, never the file
             s["baseline"] = json.loads((ctx.prepared_dir / BASELINE).read_text())["splits"][
                 str(ctx.split)]
-            if ctx.cache_dir is not None:  # its own compiles, kept from its first val trial
-                reused, why = restore_build_cache(ctx.cache_dir / BUILD_CACHE, build_dir)
+            if ctx.cache_dir is not None and ctx.split == "val":
+                # its own compiles, kept from its first val trial; the hidden splits' trials,
+                # which judge it, start from nothing the candidate left anywhere
+                try:
+                    reused, why = restore_build_cache(ctx.cache_dir / BUILD_CACHE, build_dir)
+                    if reused:
+                        os.utime(ctx.cache_dir / BUILD_CACHE)  # just used: pruned last
+                except Exception as e:  # noqa: BLE001 - a store it cannot use: compiled again
+                    shutil.rmtree(ctx.cache_dir / BUILD_CACHE, ignore_errors=True)
+                    reused, why = 0, f"not reused: {type(e).__name__}: {e}"[:200]
                 s["build_cache"] = {"reused": reused, **({"not_reused": why} if why else {})}
         else:  # T_b: every split's workloads, on inputs from a secret seed as before
             from benchmarks.solexec.baseline import mode_timing
@@ -512,10 +523,11 @@ class SolExecProblem:
                 # from a hidden split's trial, whose shapes would reach the val trials
                 ctx.cache_dir.mkdir(parents=True, exist_ok=True)
                 try:
-                    kept = keep_build_cache(build_dir, ctx.cache_dir / BUILD_CACHE)
-                except OSError as e:  # a folder it left unreadable: no cache, no fault
+                    kept = keep_build_cache(ctx.outputs("kernel"), ctx.cache_dir / BUILD_CACHE)
+                except Exception as e:  # noqa: BLE001 - whatever it left there: no cache
                     kept = f"not kept: {type(e).__name__}: {e}"[:200]
                 s["build_cache"]["kept"] = kept
+                prune_build_caches(ctx.cache_dir.parent, BUILD_CACHE, KEEP_BUILD_CACHES)
 
         return drive
 
@@ -574,12 +586,13 @@ def uses_compile(workspace: Path) -> bool:
 
     try:
         tree = ast.parse((Path(workspace) / "solution.py").read_bytes())
-    except (OSError, SyntaxError, ValueError):
+        return any(isinstance(n, ast.Attribute) and n.attr == "compile"
+                   or isinstance(n, ast.Name) and n.id == "compile"
+                   or isinstance(n, ast.alias) and n.name.split(".")[-1] in ("compile",
+                                                                             "_dynamo")
+                   for n in ast.walk(tree))
+    except Exception:  # noqa: BLE001 - unreadable, or too deep to parse: no preload
         return False
-    return any(isinstance(n, ast.Attribute) and n.attr == "compile"
-               or isinstance(n, ast.Name) and n.id == "compile"
-               or isinstance(n, ast.alias) and n.name.split(".")[-1] in ("compile", "_dynamo")
-               for n in ast.walk(tree))
 
 
 def _cache_files(build_dir: Path) -> dict[str, int]:

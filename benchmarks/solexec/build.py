@@ -7,7 +7,7 @@ does. It may use PyTorch, Triton, or CUDA C++ compiled by torch.utils.cpp_extens
 import or first call, with TORCH_EXTENSIONS_DIR and TRITON_CACHE_DIR inside the build
 folder the caller gives (the trial's own workspace), never in a cache another candidate
 shares. What a candidate's first passing val trial compiled there is kept in its trusted
-store and copied into each of its later trials' build folders (`keep_build_cache`,
+store and copied into each of its later val trials' build folders (`keep_build_cache`,
 `restore_build_cache`): its second seed does not compile its visible shapes again.
 
 `build_solution` checks, in order: the files (solution.py is there, parses, binds a `run`
@@ -159,76 +159,132 @@ def build_solution(
 # What a worker compiles into its build folder (launch.worker_env): inductor's graphs,
 # Triton's kernels and launchers, torch.utils.cpp_extension's modules
 BUILD_CACHE_PARTS = ("compile-cache/inductor", "triton", "torch_extensions")
-KEPT_MAX_BYTES = 2 << 30  # a build cache larger than this is not kept
-KEPT_MAX_FILES = 50_000
+# a build cache past any of these is not kept (a compiler's is a few hundred small files)
+KEPT_MAX_BYTES = 512 << 20
+KEPT_MAX_FILE_BYTES = 128 << 20
+KEPT_MAX_FILES = 20_000
+KEPT_MAX_DEPTH = 16  # folders below a part
+KEEP_DEADLINE_S = 60.0  # well within the runner's wait for the companion
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def keep_build_cache(build_dir: Path, dest: Path) -> str:
-    """Copy the compiler caches of a finished trial's build folder into dest/files (dest made
-    here, all at once: a half-copied store is never seen), as bytes: regular files only,
-    read without following a link at any level (os.fwalk and O_NOFOLLOW), so a folder the
-    candidate wrote cannot make this process copy anything from outside it. dest/origin
-    names the build folder they were compiled in (see restore_build_cache). Returns what
-    happened: "kept N files", or why nothing was (too large, already kept)."""
+class _NotKept(Exception):
+    pass
+
+
+def keep_build_cache(step_out: Path, dest: Path, deadline_s: float = KEEP_DEADLINE_S) -> str:
+    """Copy the compiler caches of a finished trial's build folder (step_out/build, step_out
+    being the kernel step's own output folder, which the trusted side made) into dest/files,
+    dest made here all at once (a half-copied store is never seen); dest/origin names the
+    build folder they were compiled in (see restore_build_cache). Returns what happened:
+    "kept N files", or why nothing was.
+
+    The candidate wrote that folder and may have put links anywhere in it, at any level
+    (a link named `build` or `compile-cache` included), or keep changing it while this
+    runs: every folder is opened relative to its parent's descriptor without following a
+    link, from a descriptor of step_out, and only regular files are read, each up to the
+    size it had when opened. So nothing outside the build folder is ever read. A folder
+    too deep, too many or too large files, or a walk past the deadline: nothing is kept."""
     dest = Path(dest)
     if dest.exists():
         return "already kept"
-    found: list[tuple[str, str, int]] = []  # (part, relative path, size)
-    total = 0
-    for part in BUILD_CACHE_PARTS:
-        root = Path(build_dir) / part
-        if not root.is_dir() or root.is_symlink():
-            continue
-        for folder, _, files, dir_fd in os.fwalk(root, follow_symlinks=False):
-            for name in files:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                total += st.st_size
-                found.append((part, os.path.relpath(os.path.join(folder, name), root),
-                               st.st_size))
-                if total > KEPT_MAX_BYTES or len(found) > KEPT_MAX_FILES:
-                    return (f"not kept: more than {KEPT_MAX_BYTES >> 20} MiB or "
-                            f"{KEPT_MAX_FILES} files")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    kept = 0
     try:
-        for part, rel, _ in found:
-            if _copy_regular(Path(build_dir) / part, rel, tmp / "files" / part / rel):
-                kept += 1
-        (tmp / "origin").write_text(str(Path(build_dir).absolute()))
+        try:
+            n = _copy_caches(Path(step_out), tmp / "files", time.monotonic() + deadline_s)
+        except _NotKept as e:
+            return f"not kept: {e}"
+        (tmp / "origin").write_text(str((Path(step_out) / "build").absolute()))
         try:
             tmp.rename(dest)
         except OSError:  # another trial of the candidate kept its own first
             return "already kept"
+        return f"kept {n} files"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return f"kept {kept} files"
 
 
-def _copy_regular(root: Path, rel: str, out: Path) -> bool:
-    """root/rel copied to out if every folder on the way and the file itself are what they
-    are (no link anywhere) and it is a regular file."""
-    parts = Path(rel).parts
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fds: list[int] = []
+def _copy_caches(step_out: Path, out: Path, deadline: float) -> int:
     try:
-        fds.append(os.open(root, flags | os.O_DIRECTORY))
-        for name in parts[:-1]:
-            fds.append(os.open(name, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
-        fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fds[-1])
+        top = os.open(step_out, _DIR)
     except OSError:
-        return False
+        return 0
+    stack: list[tuple[int, Path, int]] = []
+    count = total = 0
+    try:
+        for part in BUILD_CACHE_PARTS:
+            try:
+                stack.append((_open_folder(top, ("build", *Path(part).parts)), Path(part), 0))
+            except OSError:
+                continue  # not there, or not a folder of its own
+            while stack:
+                fd, rel, depth = stack.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        listed = list(entries)
+                    for e in listed:
+                        if time.monotonic() > deadline:
+                            raise _NotKept("its build folder took too long to read")
+                        if e.is_dir(follow_symlinks=False):
+                            if depth >= KEPT_MAX_DEPTH:
+                                raise _NotKept(f"folders more than {KEPT_MAX_DEPTH} deep")
+                            try:
+                                stack.append((os.open(e.name, _DIR, dir_fd=fd), rel / e.name,
+                                              depth + 1))
+                            except OSError:
+                                continue
+                        elif e.is_file(follow_symlinks=False):
+                            size = _copy_file(fd, e.name, out / rel / e.name)
+                            if size < 0:
+                                continue
+                            count, total = count + 1, total + size
+                            if count > KEPT_MAX_FILES or total > KEPT_MAX_BYTES:
+                                raise _NotKept(f"more than {KEPT_MAX_FILES} files or "
+                                               f"{KEPT_MAX_BYTES >> 20} MiB")
+                finally:
+                    os.close(fd)
     finally:
-        for d in fds:
-            os.close(d)
+        for fd, _, _ in stack:
+            os.close(fd)
+        os.close(top)
+    return count
+
+
+def _open_folder(dir_fd: int, parts: tuple[str, ...]) -> int:
+    """The folder at parts under dir_fd, each step opened without following a link."""
+    fd = os.dup(dir_fd)
+    try:
+        for name in parts:
+            inner = os.open(name, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _copy_file(dir_fd: int, name: str, out: Path) -> int:
+    """A regular file (no link) under dir_fd copied to out, up to the size it had when
+    opened; its size, or -1 where it was none to copy. Past KEPT_MAX_FILE_BYTES: raises."""
+    try:
+        fd = os.open(name, _FILE, dir_fd=dir_fd)
+    except OSError:
+        return -1
     with os.fdopen(fd, "rb") as src:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            return False
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return -1
+        if st.st_size > KEPT_MAX_FILE_BYTES:
+            raise _NotKept(f"a file larger than {KEPT_MAX_FILE_BYTES >> 20} MiB")
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return True
+            left = st.st_size
+            while left > 0 and (chunk := src.read(min(left, 1 << 20))):
+                dst.write(chunk)
+                left -= len(chunk)
+    return st.st_size
 
 
 def restore_build_cache(kept: Path, build_dir: Path) -> tuple[int, str]:
@@ -251,10 +307,22 @@ def restore_build_cache(kept: Path, build_dir: Path) -> tuple[int, str]:
     if len(old) != len(new):
         return 0, "not reused: kept from a build folder whose path has another length"
     n = 0
-    for f in sorted((kept / "files").rglob("*")):
-        if f.is_file():
+    for folder, _, names in os.walk(kept / "files"):
+        for name in sorted(names):
+            f = Path(folder) / name
             out = Path(build_dir) / f.relative_to(kept / "files")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(f.read_bytes().replace(old, new))
             n += 1
     return n, ""
+
+
+def prune_build_caches(store_root: Path, name: str, keep: int) -> None:
+    """Of the candidates' stores under store_root, only the `keep` build caches (`name`)
+    used most recently stay, so a long campaign's disk use is bounded."""
+    found = [d / name for d in Path(store_root).iterdir()
+             if (d / name).is_dir() and not (d / name).is_symlink()] if Path(
+                 store_root).is_dir() else []
+    found.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in found[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
