@@ -28,7 +28,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -206,46 +206,52 @@ def keep_build_cache(step_out: Path, dest: Path, deadline_s: float = KEEP_DEADLI
 
 
 def _copy_caches(step_out: Path, out: Path, deadline: float) -> int:
+    """Depth first, each folder read as it is listed (at most KEPT_MAX_DEPTH folders, two
+    descriptors each, open at once); every entry, whatever it is, counts against
+    KEPT_MAX_FILES and the deadline."""
     try:
         top = os.open(step_out, _DIR)
     except OSError:
         return 0
-    stack: list[tuple[int, Path, int]] = []
-    count = total = 0
+    frames: list[tuple[int, Path, Iterator[os.DirEntry]]] = []
+    entries = count = total = 0
     try:
         for part in BUILD_CACHE_PARTS:
             try:
-                stack.append((_open_folder(top, ("build", *Path(part).parts)), Path(part), 0))
+                fd = _open_folder(top, ("build", *Path(part).parts))
             except OSError:
                 continue  # not there, or not a folder of its own
-            while stack:
-                fd, rel, depth = stack.pop()
-                try:
-                    with os.scandir(fd) as entries:
-                        listed = list(entries)
-                    for e in listed:
-                        if time.monotonic() > deadline:
-                            raise _NotKept("its build folder took too long to read")
-                        if e.is_dir(follow_symlinks=False):
-                            if depth >= KEPT_MAX_DEPTH:
-                                raise _NotKept(f"folders more than {KEPT_MAX_DEPTH} deep")
-                            try:
-                                stack.append((os.open(e.name, _DIR, dir_fd=fd), rel / e.name,
-                                              depth + 1))
-                            except OSError:
-                                continue
-                        elif e.is_file(follow_symlinks=False):
-                            size = _copy_file(fd, e.name, out / rel / e.name)
-                            if size < 0:
-                                continue
-                            count, total = count + 1, total + size
-                            if count > KEPT_MAX_FILES or total > KEPT_MAX_BYTES:
-                                raise _NotKept(f"more than {KEPT_MAX_FILES} files or "
-                                               f"{KEPT_MAX_BYTES >> 20} MiB")
-                finally:
+            frames.append((fd, Path(part), os.scandir(fd)))
+            while frames:
+                fd, rel, listing = frames[-1]
+                e = next(listing, None)
+                if e is None:
+                    listing.close()
                     os.close(fd)
+                    frames.pop()
+                    continue
+                entries += 1
+                if entries > KEPT_MAX_FILES:
+                    raise _NotKept(f"more than {KEPT_MAX_FILES} files and folders")
+                if time.monotonic() > deadline:
+                    raise _NotKept("its build folder took too long to read")
+                if e.is_dir(follow_symlinks=False):
+                    if len(frames) > KEPT_MAX_DEPTH:
+                        raise _NotKept(f"folders more than {KEPT_MAX_DEPTH} deep")
+                    try:
+                        inner = os.open(e.name, _DIR, dir_fd=fd)
+                    except OSError:
+                        continue
+                    frames.append((inner, rel / e.name, os.scandir(inner)))
+                elif e.is_file(follow_symlinks=False):
+                    size = _copy_file(fd, e.name, out / rel / e.name)
+                    if size >= 0:
+                        count, total = count + 1, total + size
+                        if total > KEPT_MAX_BYTES:
+                            raise _NotKept(f"more than {KEPT_MAX_BYTES >> 20} MiB")
     finally:
-        for fd, _, _ in stack:
+        for fd, _, listing in frames:
+            listing.close()
             os.close(fd)
         os.close(top)
     return count
