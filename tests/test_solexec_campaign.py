@@ -919,3 +919,24 @@ def test_a_worker_told_to_preload_imports_the_compiler_before_its_guard(tmp_path
         out[flag] = done.stdout.strip()
     assert out == {"on": "True [('guard', True), 'load']",
                    "off": "True [('guard', False), 'load']"}
+
+
+def test_pruning_beside_another_trials_pruning_does_not_raise(tmp_path, monkeypatch):
+    """A store removed by another trial between the listing and its stat is passed over."""
+    from benchmarks.solexec import build
+
+    for i in range(4):
+        (tmp_path / f"c{i}" / "build-cache").mkdir(parents=True)
+    real_stat, gone = os.stat, tmp_path / "c2" / "build-cache"
+
+    def racing(path, *a, **k):
+        if str(path) == str(gone) and not removed:
+            os.rmdir(gone)  # the other trial's prune, just now
+            removed.append(gone)
+        return real_stat(path, *a, **k)
+
+    removed: list = []
+
+    monkeypatch.setattr(build.os, "stat", racing)
+    build.prune_build_caches(tmp_path, "build-cache", keep=1)
+    assert len(list(tmp_path.glob("*/build-cache"))) == 1

@@ -31,6 +31,7 @@ failed trial, with the evaluator's reason: a fast kernel that is wrong somewhere
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -477,7 +478,8 @@ class SolExecProblem:
                 try:
                     reused, why = restore_build_cache(ctx.cache_dir / BUILD_CACHE, build_dir)
                     if reused:
-                        os.utime(ctx.cache_dir / BUILD_CACHE)  # just used: pruned last
+                        with contextlib.suppress(OSError):  # just used: pruned last
+                            os.utime(ctx.cache_dir / BUILD_CACHE)
                 except Exception as e:  # noqa: BLE001 - a store it cannot use: compiled again
                     shutil.rmtree(ctx.cache_dir / BUILD_CACHE, ignore_errors=True)
                     reused, why = 0, f"not reused: {type(e).__name__}: {e}"[:200]
@@ -527,7 +529,8 @@ class SolExecProblem:
                 except Exception as e:  # noqa: BLE001 - whatever it left there: no cache
                     kept = f"not kept: {type(e).__name__}: {e}"[:200]
                 s["build_cache"]["kept"] = kept
-                prune_build_caches(ctx.cache_dir.parent, BUILD_CACHE, KEEP_BUILD_CACHES)
+                with contextlib.suppress(Exception):  # disk use only: never the trial's fault
+                    prune_build_caches(ctx.cache_dir.parent, BUILD_CACHE, KEEP_BUILD_CACHES)
 
         return drive
 

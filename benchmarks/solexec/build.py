@@ -326,9 +326,18 @@ def restore_build_cache(kept: Path, build_dir: Path) -> tuple[int, str]:
 def prune_build_caches(store_root: Path, name: str, keep: int) -> None:
     """Of the candidates' stores under store_root, only the `keep` build caches (`name`)
     used most recently stay, so a long campaign's disk use is bounded."""
-    found = [d / name for d in Path(store_root).iterdir()
-             if (d / name).is_dir() and not (d / name).is_symlink()] if Path(
-                 store_root).is_dir() else []
-    found.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    for d in found[keep:]:
+    found: list[tuple[float, Path]] = []
+    try:
+        stores = list(Path(store_root).iterdir())
+    except OSError:
+        return
+    for d in stores:
+        try:  # another trial may prune (or drop) one at the same time
+            st = os.stat(d / name, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found.append((st.st_mtime, d / name))
+    found.sort(reverse=True)
+    for _, d in found[keep:]:
         shutil.rmtree(d, ignore_errors=True)
