@@ -106,7 +106,8 @@ TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evalua
 TB_WALL_CLOCK_S = 600.0  # a T_b run's step: this, and each workload's first compiling call
 # the prewarm's compile cache (baseline.cache_env) -> where a worker's build folder keeps it
 # (launch.worker_env)
-CACHE_PARTS = (("inductor", "compile-cache/inductor"), ("triton", "triton"))
+CACHE_PARTS = (("inductor", _launch.BUILD_CACHES["TORCHINDUCTOR_CACHE_DIR"]),
+               ("triton", _launch.BUILD_CACHES["TRITON_CACHE_DIR"]))
 
 
 def problems_root(data_dir: Path | None = None) -> Path:

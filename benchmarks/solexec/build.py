@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.solexec.evaluate import Launch, Timing, evaluate_problem
-from benchmarks.solexec.launch import launch_subprocess, worker_env
+from benchmarks.solexec.launch import BUILD_CACHES, launch_subprocess, worker_env
 from benchmarks.solexec.problems import (
     Problem,
     Workload,
@@ -156,9 +156,7 @@ def build_solution(
 
 # ---------------------------------------------------------------------------- build cache
 
-# What a worker compiles into its build folder (launch.worker_env): inductor's graphs,
-# Triton's kernels and launchers, torch.utils.cpp_extension's modules
-BUILD_CACHE_PARTS = ("compile-cache/inductor", "triton", "torch_extensions")
+BUILD_CACHE_PARTS = tuple(BUILD_CACHES.values())  # what a worker compiles into its build folder
 # a build cache past any of these is not kept (a compiler's is a few hundred small files)
 KEPT_MAX_BYTES = 512 << 20
 KEPT_MAX_FILE_BYTES = 128 << 20

@@ -68,6 +68,12 @@ def copy_harness(dest: Path) -> Path:
     return dest
 
 
+# where a worker's compilers keep what they build, in its build folder: torch.utils.
+# cpp_extension's modules, Triton's kernels and launchers, inductor's graphs
+BUILD_CACHES = {"TORCH_EXTENSIONS_DIR": "torch_extensions", "TRITON_CACHE_DIR": "triton",
+                "TORCHINDUCTOR_CACHE_DIR": "compile-cache/inductor"}
+
+
 def worker_env(build_dir: Path, harness: Path, extra: Mapping[str, str] | None = None
                ) -> dict[str, str]:
     """A worker's whole environment: an allowlist, the build folder for every compiler
@@ -80,9 +86,7 @@ def worker_env(build_dir: Path, harness: Path, extra: Mapping[str, str] | None =
         "PYTHONPATH": str(harness), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1",
         "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep: idle CPU means work
-        "TORCH_EXTENSIONS_DIR": str(build_dir / "torch_extensions"),
-        "TRITON_CACHE_DIR": str(build_dir / "triton"),
-        "TORCHINDUCTOR_CACHE_DIR": str(build_dir / "compile-cache" / "inductor"),
+        **{var: str(build_dir / part) for var, part in BUILD_CACHES.items()},
     }  # fmt: skip
     env |= {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
     return env | dict(extra or {})
