@@ -104,6 +104,11 @@ class CodeEdit(BaseModel):
     file: str
     description: str
     params: dict[str, tuple[str | int | float | bool, ...]] = Field(default_factory=dict)
+    defaults: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="the parameters tried first (a sound first try); "
+        "the others in random order after them")
+    weight: float = Field(1.0, gt=0, description="relative odds that the offline proposer "
+                          "draws this edit before the other fresh ones")
     apply: Callable[..., str] = Field(exclude=True)
 
 

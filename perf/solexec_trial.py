@@ -5,7 +5,11 @@ campaign: the workloads' device memory shared with the sandboxed worker, and the
 Compute profile.
 
     python perf/solexec_trial.py --member L1-001_... [--preset gpu] [--technique NAME]
-        [--seeds 1000 1001] [--work DIR] [--out FILE]
+        [--seeds 1000 1001] [--pin-cpus off|on|alternate] [--work DIR] [--out FILE]
+
+--pin-cpus alternate runs the trials pinned and not pinned in turn (evaluate.Timing.pin_cpus:
+the trusted side and the worker each on a CPU of their own), prepared once as the preset
+says: how much pinning steadies a trial's times.
 
 Problems come from AUTOLAB_SOLEXEC_DIR or --data-dir (the public layout).
 """
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=Path("runs/solexec-trial"))
     ap.add_argument("--isolation", default="auto")
+    ap.add_argument("--pin-cpus", choices=("preset", "off", "on", "alternate"),
+                    default="preset")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.data_dir is not None:
@@ -65,11 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     setup = trial_setup(member, prepared, member.budget, threads=1,
                         isolation=isolation_mode(args.isolation))
     trials = []
-    for seed in args.seeds:
+    preset_timing = member.timing
+    for i, seed in enumerate(args.seeds):
+        pin = {"preset": preset_timing.pin_cpus, "off": False, "on": True,
+               "alternate": i % 2 == 1}[args.pin_cpus]
+        member.timing = replace(preset_timing, pin_cpus=pin)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
                       prepared_dir=prepared, cache_root=work / "cache",
                       gpu=0 if args.preset == "gpu" else None)
-        trials.append({"seed": seed, "status": t.status, "failure": t.failure,
+        trials.append({"seed": seed, "pin_cpus": pin, "status": t.status, "failure": t.failure,
                        "reason": t.reason, "metrics": t.metrics, "evidence": t.evidence,
                        "wall_s": t.wall_s, "isolation": t.isolation,
                        "log_tail": t.log_tail[-1500:] if t.status != "ok" else ""})

@@ -317,6 +317,43 @@ def test_improve_down_weights_negative_results_elsewhere():
     assert picks.count("cosine") <= 12 and picks.count("clip_grad") >= 28
 
 
+def test_improve_draws_heavier_edits_first():
+    heavy = SearchSpace(edits=(EDITS[0], EDITS[1].model_copy(update={"weight": 8.0})))
+    proposer = OfflineProposer()
+    picks = Counter(proposer.propose(_request("improve", [_view("p")], seed=s, space=heavy))
+                    .steps[0].name for s in range(60))
+    # 8:1 draws cosine first in about 8 of 9 proposals; unweighted, about half
+    assert picks["cosine"] >= 45 and picks["clip_grad"] >= 1
+    plain = Counter(proposer.propose(_request("improve", [_view("p")], seed=s))
+                    .steps[0].name for s in range(60))
+    assert plain["cosine"] < 45
+    draft = proposer.propose(_request("improve", [_view("p")], seed=0, space=SearchSpace(
+        edits=(heavy.edits[1],))))
+    assert "weights it 8 times" in draft.rationale
+
+
+def test_improve_tries_an_edits_defaults_first_then_the_rest():
+    clip = EDITS[0].model_copy(update={"params": {"value": (0.5, 1.0, 2.0, 4.0)},
+                                       "defaults": {"value": 2.0}})
+    space = SearchSpace(edits=(clip,))
+    proposer = OfflineProposer()
+    parent = _view("p")
+    firsts = {proposer.propose(_request("improve", [parent], seed=s, space=space))
+              .steps[0].params["value"] for s in range(12)}
+    assert firsts == {2.0}
+    tried = HistoryItem(candidate_id="c", parent_id="p", operator="improve",
+                        steps=[EditStep(name="clip_grad", params={"value": 2.0})],
+                        outcome="rejected", mean=3.1)
+    nexts = {proposer.propose(_request("improve", [parent], [tried], seed=s, space=space))
+             .steps[0].params["value"] for s in range(12)}
+    assert 2.0 not in nexts and len(nexts) > 1  # then the others, in random order
+    # defaults the catalogue does not offer are no first try
+    odd = clip.model_copy(update={"defaults": {"value": 3.0}})
+    values = {proposer.propose(_request("improve", [parent], seed=s, space=SearchSpace(
+        edits=(odd,)))).steps[0].params["value"] for s in range(12)}
+    assert 3.0 not in values and len(values) > 1
+
+
 # -------------------------------------------------------------- crossover
 def _branches():
     a = set_knob(_cosine(TRAIN), "LR", 0.001)  # A: tuned LR, changed the loss

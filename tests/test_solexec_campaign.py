@@ -107,6 +107,14 @@ def test_techniques_are_edits_of_the_solution(member):
     edit = next(e for e in space.edits if e.name == "compile_default")
     text = edit.apply(member.seed_files()["solution.py"])
     assert "torch.compile" in text
+    # the offline proposer's first try and prior odds come from the technique library
+    from benchmarks.solexec.search.techniques import TECHNIQUES
+
+    for e in space.edits:
+        t = TECHNIQUES[e.name]
+        assert e.weight == t.weight and e.defaults == {k: t.defaults[k] for k in e.params}
+    graph = next(e for e in space.edits if e.name == "cuda_graph")
+    assert graph.weight > 1 and graph.defaults == {"inner": "eager", "max_elements": 1 << 20}
 
 
 @pytest.fixture(scope="module")
@@ -360,6 +368,14 @@ def test_a_baseline_timed_with_other_calls_a_round_trip_is_measured_again(member
     del again["protocol"]  # a table from before the protocol was recorded
     (folder / "baseline.json").write_text(json.dumps(again))
     assert not member._measured_here(folder / "baseline.json")
+    # and one timed with the processes pinned otherwise than they are now
+    again["protocol"] = PROTOCOL
+    again["pin_cpus"] = not member.timing.pin_cpus
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert not member._measured_here(folder / "baseline.json")
+    again["pin_cpus"] = member.timing.pin_cpus
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert member._measured_here(folder / "baseline.json")
 
 
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,

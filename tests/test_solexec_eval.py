@@ -431,6 +431,35 @@ def test_a_fresh_interpreter_worker_behaves_as_a_forked_one(problems, tmp_path):
     assert result.passed, result
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs two CPUs")
+def test_pinned_timing_puts_the_worker_and_the_trusted_side_each_on_a_cpu(problems, forks,
+                                                                          tmp_path):
+    from benchmarks.solexec.evaluate import pinned_cpus
+
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "sol", """
+        import os
+        import torch
+
+        def run(A, B):
+            with open("affinity.txt", "w") as f:  # the build folder: the worker's cwd
+                f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+            return torch.matmul(A, B.T)
+    """)
+    timing = replace(FAST, pin_cpus=True)
+    ours, worker_cpu = pinned_cpus(timing)
+    before = os.sched_getaffinity(0)
+    assert ours == max(before) and worker_cpu == sorted(before)[-2]
+    result = evaluate(problem, folder, forks, timing, workloads=problem.workloads[:1])
+    assert result.passed, result
+    assert (folder / "build" / "affinity.txt").read_text() == str(worker_cpu)
+    assert os.sched_getaffinity(0) == before  # the trusted side's thread let go again
+    assert pinned_cpus(FAST) is None
+    result = evaluate(problem, folder, forks, workloads=problem.workloads[:1])
+    assert result.passed and (folder / "build" / "affinity.txt").read_text() != str(worker_cpu)
+
+
 def test_exit_statuses_read_as_words():
     assert describe_exit(-9) == "the worker was killed by SIGKILL"
     assert describe_exit(2) == "the worker exited with status 2"

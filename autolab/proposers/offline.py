@@ -167,14 +167,15 @@ class OfflineProposer:
             tier = 2 if edit.name in lineage else 1 if edit.name in tried_names else 0
             if tier == 0 and carried[edit.name] > lost[edit.name] and not negative[edit.name]:
                 tier = -1  # won on related problems more often than it lost, not lost here
-            weight = (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
+            weight = edit.weight * (1.0 + 0.5 * (accepted[edit.name] + carried[edit.name])) / (
                 1.0 + negative[edit.name] + 0.5 * lost[edit.name])
             return tier, -(rng.random() ** (1.0 / weight))
 
         skipped: list[str] = []
         for edit in sorted(edits, key=order):
             source = parent.files[edit.file]
-            for params in _won_params(edit, request.related) + _param_combos(edit, rng):
+            for params in (_won_params(edit, request.related) + _defaults(edit)
+                           + _param_combos(edit, rng)):
                 if (edit.name, _params_key(params)) in tried_here:
                     continue
                 try:
@@ -183,6 +184,9 @@ class OfflineProposer:
                     continue
                 if new != source:
                     why = _improve_why(edit, lineage, tried_names, negative, accepted)
+                    if edit.weight != 1.0:
+                        why += (f" The benchmark weights it {edit.weight:g} times the odds "
+                                "of an unweighted edit.")
                     if carried[edit.name]:
                         why += (f" Accepted on {carried[edit.name]} related problem(s) or "
                                 f"earlier campaign(s) ({', '.join(sources[edit.name])}), so "
@@ -370,6 +374,16 @@ def _won_params(edit: CodeEdit, related: list[RelatedResult]) -> list[dict]:
                     v in edit.params[k] for k, v in params.items()) and params not in out:
                 out.append(dict(params))
     return out
+
+
+def _defaults(edit: CodeEdit) -> list[dict]:
+    """The edit's declared first try, where it names a value the catalogue offers for each
+    of its parameters."""
+    d = edit.defaults
+    if not edit.params or set(d) != set(edit.params) or any(
+            d[k] not in edit.params[k] for k in d):
+        return []
+    return [dict(d)]
 
 
 def _param_combos(edit: CodeEdit, rng: random.Random, cap: int = 64) -> list[dict]:

@@ -183,7 +183,8 @@ def baseline_table(problem: Problem, splits: dict[str, list[Workload]], timing: 
     on which path (a table measured on another is measured again)."""
     times = baseline_times(row)
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
-                 "modes": list(modes), "calls_per_trip": timing.batch, "protocol": PROTOCOL,
+                 "modes": list(modes), "calls_per_trip": timing.batch,
+                 "pin_cpus": timing.pin_cpus, "protocol": PROTOCOL,
                  "measured_as": measured_as, "splits": {}}
     for split, ws in splits.items():
         entries = {}

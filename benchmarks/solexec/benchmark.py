@@ -158,7 +158,9 @@ def _technique_edit(problem: Problem, technique) -> CodeEdit:
             raise EditNotApplicable(f"{technique.name}: {e}") from None
         return f"# technique: {technique.name}\n{text}"
 
+    defaults = {k: v for k, v in technique.defaults.items() if k in params}
     return CodeEdit(name=technique.name, file="solution.py", params=params, apply=apply,
+                    defaults=defaults, weight=technique.weight,
                     description=f"{technique.name} (for {', '.join(technique.categories)})")
 
 
@@ -274,7 +276,8 @@ class SolExecProblem:
             return False
         if table.get("device") != device_name(self.timing.device):
             return False
-        if table.get("calls_per_trip", 1) != self.timing.batch or table.get(
+        if table.get("calls_per_trip", 1) != self.timing.batch or bool(table.get(
+                "pin_cpus")) != self.timing.pin_cpus or table.get(
                 "protocol") != PROTOCOL or table.get("measured_as") != MEASURED_AS:
             return False  # timed another way than the candidates are now
         if self.trial_runner is not None and table.get(

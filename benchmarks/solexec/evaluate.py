@@ -129,6 +129,7 @@ core/bench/timing.py, core/bench/reward_hack.py, driver/templates/eval_driver.py
 from __future__ import annotations
 
 import math
+import os
 import random
 import secrets
 import shutil
@@ -136,6 +137,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,10 @@ class Timing:
     stage_gap_s: float = 0.001
     idle_cpu_share: float = 0.25  # of the time between timed calls, the most it may use
     idle_cpu_floor_ms: float = 20.0  # ... and never less than this over a whole run
+    # the trusted side's thread and the worker each on a CPU of their own for the whole
+    # evaluation (the last two this thread may use: see pinned_cpus), so that a trial's
+    # host share of a call does not depend on where the scheduler put them
+    pin_cpus: bool = False
 
 
 # ---------------------------------------------------------------------------- one call
@@ -445,13 +451,14 @@ def _load(link: WorkerLink, solution_dir: Path, timing: Timing) -> tuple[Status,
 
 
 def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
-                    rng: random.Random, flush: CacheFlush) -> None:
+                    rng: random.Random, flush: CacheFlush, worker_cpu: int | None) -> None:
     """Before any candidate code: start the worker, open the group's arenas, calibrate.
     A failure here is the evaluator's (an infrastructure fault), so it raises."""
     t0 = time.monotonic_ns()
     try:
         answer = link.request({"op": "init", "device": timing.device,
-                               "threads": timing.threads}, timing.load_timeout_s)
+                               "threads": timing.threads, "cpu": worker_cpu},
+                              timing.load_timeout_s)
         if not answer["ok"]:
             raise RuntimeError(f"the worker did not start: {answer.get('error', '')}")
         for p in group:
@@ -464,8 +471,33 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
         link.phases["start"] += time.monotonic_ns() - t0
 
 
+def pinned_cpus(timing: Timing) -> tuple[int, int] | None:
+    """(the trusted side's CPU, the worker's): the last two CPUs this thread may use, away
+    from CPU 0 where a host's interrupts and housekeeping tend to land; None where the
+    timing does not pin or this thread has a single CPU."""
+    if not timing.pin_cpus or not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[-1], cpus[-2]) if len(cpus) >= 2 else None
+
+
+@contextmanager
+def _pinned(cpu: int | None):
+    """This thread on `cpu` alone while inside (Linux applies it to the calling thread)."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch: Launch,
-             build_dir: Path, rng: random.Random, phases: Counter) -> tuple[str, str]:
+             build_dir: Path, rng: random.Random, phases: Counter,
+             worker_cpu: int | None = None) -> tuple[str, str]:
     """Every workload to a result: a worker for each group of workloads (and again for the
     rest of a group when one is lost, at most max_restarts times). Returns (why the
     solution did not load, or ""; the workers' log tail)."""
@@ -480,7 +512,7 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
         link.phases, link.stage_gap_ns = phases, int(timing.stage_gap_s * 1e9)
         phases["start"] += time.monotonic_ns() - t0
         try:
-            _prepare_worker(link, group, timing, rng, flush)
+            _prepare_worker(link, group, timing, rng, flush, worker_cpu)
             status, load_error, trace = _load(link, solution_dir, timing)
             if load_error:
                 for p in pending:
@@ -541,8 +573,11 @@ def evaluate_problem(
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
     phases: Counter = Counter()
     try:
-        load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
-                                   phases) if work else ("", "")
+        pins = pinned_cpus(timing)
+        with _pinned(pins[0] if pins else None):
+            load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
+                                       phases, pins[1] if pins else None
+                                       ) if work else ("", "")
     finally:
         for p in work:
             p.release()

@@ -117,7 +117,7 @@ def _handle(state: _State, msg: dict, fds: tuple[int, ...]) -> dict:
             if (found := state.maps.pop(msg["key"], None)) is not None:
                 found[0].close()
         elif op == "init":
-            state.sync = _prepare(msg["device"], msg["threads"])
+            state.sync = _prepare(msg["device"], msg["threads"], msg.get("cpu"))
         elif op == "load":
             if _preload:
                 preload_compiler()
@@ -140,9 +140,12 @@ def _views(arena: torch.Tensor, layout: dict, scratch: list[torch.Tensor] | None
     return _Work(args, outs, list(layout["names"]), scratch)
 
 
-def _prepare(device: str, threads: int) -> Callable[[], None]:
+def _prepare(device: str, threads: int, cpu: int | None = None) -> Callable[[], None]:
     """Threads and device set up, and their lazy pools started, before any candidate code;
-    returns the synchronize this worker uses, taken before the candidate can replace it."""
+    returns the synchronize this worker uses, taken before the candidate can replace it.
+    With `cpu`, this thread runs on that CPU alone (the evaluator's choice: pin_cpus)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {int(cpu)})
     torch.set_num_threads(max(1, int(threads)))
     torch.ones(1 << 14).sum()  # the intra-op pool starts here, not inside a call
     if torch.device(device).type != "cuda":

@@ -19,7 +19,7 @@ whether a candidate is correct and fast is for the evaluator to say.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -42,6 +42,7 @@ class Technique:
     build: Callable[[Analysis, Mapping], str] = field(repr=False)
     fits: Callable[[Analysis], bool] = field(repr=False, default=lambda a: True)
     feasible: Callable[[Mapping], bool] = field(repr=False, default=lambda params: True)
+    weight: float = 1.0  # the offline proposer's odds of trying it before the others (WEIGHTS)
 
     def applies_to(self, problem: Problem) -> bool:
         return self.fits(analyse(problem))
@@ -211,6 +212,17 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in [
              "num_stages": 3, "fp32_dot": "ieee"},
             gemm.render, feasible=gemm.feasible),
 ]}
+
+
+# The offline proposer's prior odds, from what the H100 measurements show (RESULTS.md): the
+# reference's time is at a median 32 times its speed of light, most of it the host's launches
+# of small kernels, which one graph replay or one generated kernel removes; autotuning
+# compiles for tens of seconds a trial and has not won yet. A win anywhere still outweighs
+# these: a technique accepted on a related problem is tried first there.
+WEIGHTS = {"cuda_graph": 4.0, "triton_elementwise": 2.0, "triton_rows": 2.0,
+           "triton_softmax_online": 2.0, "triton_gemm_epilogue": 2.0,
+           "compile_max_autotune": 0.5}
+TECHNIQUES = {name: replace(t, weight=WEIGHTS.get(name, 1.0)) for name, t in TECHNIQUES.items()}
 
 
 def applicable(problem: Problem) -> list[Technique]:
