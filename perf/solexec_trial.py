@@ -4,8 +4,14 @@ offline search) on val, printed and written as JSON. A check of a GPU host befor
 campaign: the workloads' device memory shared with the sandboxed worker, and the Nsight
 Compute profile.
 
-    python perf/solexec_trial.py --member L1-001_... [--preset gpu] [--technique NAME]
-        [--seeds 1000 1001] [--pin-cpus off|on|alternate] [--work DIR] [--out FILE]
+    python perf/solexec_trial.py --member L1-001_... [--preset gpu]
+        [--technique NAME ...] [--seeds 1000 1001] [--pin-cpus off|on|alternate]
+        [--work DIR] [--out FILE]
+
+Several techniques (`reference` for none) take turns at each seed, so that what drifts on
+the host over minutes falls on all of them alike. Each candidate's first trial is
+profiled with Nsight Compute where ncu is found: its kernels' GPU time on the first val
+workload, against that workload's T_SOL, is printed as `ncu_over_tsol`.
 
 --pin-cpus alternate runs the trials pinned and not pinned in turn (evaluate.Timing.pin_cpus:
 the trusted side and the worker each on a CPU of their own), prepared once as the preset
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--member", required=True, help="e.g. L1-001_small_matmul")
     ap.add_argument("--preset", choices=("gpu", "cpu"), default="gpu")
-    ap.add_argument("--technique", default=None, help="a technique's name (default: none)")
+    ap.add_argument("--technique", nargs="+", default=["reference"],
+                    help="techniques' names, `reference` for none (default: reference)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1000])
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=Path("runs/solexec-trial"))
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from autolab.runner import give_trial_runner, run_trial, trial_setup
     from autolab.sandbox import isolation_mode
     from benchmarks import get_family
+    from benchmarks.solexec.benchmark import split_workloads
+    from benchmarks.solexec.problems import skip_reason
 
     family = get_family("solexec" if args.preset == "gpu" else "solexec-cpu")
     member = family.member(args.member)
@@ -67,26 +76,46 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     facts = member.prepare(None, prepared)
     prepare_s = time.monotonic() - t0
-    files = candidate_files(member, args.technique)
-    cid = content_key("files", files)[:16]
+    candidates = {}
+    for name in args.technique:
+        files = candidate_files(member, None if name == "reference" else name)
+        candidates[name] = (content_key("files", files)[:16], files)
     setup = trial_setup(member, prepared, member.budget, threads=1,
                         isolation=isolation_mode(args.isolation))
     trials = []
     preset_timing = member.timing
-    for i, seed in enumerate(args.seeds):
+    table = json.loads((prepared / "baseline.json").read_text())
+    profiled_w = next(w for w in split_workloads(member.problem, "val")
+                      if skip_reason(member.problem, w) is None)
+    t_sol_ns = (table["splits"]["val"].get(profiled_w.uuid) or {}).get("t_sol_ns")
+    runs = [(i, seed, name) for i, seed in enumerate(args.seeds) for name in candidates]
+    for i, seed, name in runs:
+        cid, files = candidates[name]
         pin = {"preset": preset_timing.pin_cpus, "off": False, "on": True,
                "alternate": i % 2 == 1}[args.pin_cpus]
         member.timing = replace(preset_timing, pin_cpus=pin)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
                       prepared_dir=prepared, cache_root=work / "cache",
                       gpu=0 if args.preset == "gpu" else None)
-        trials.append({"seed": seed, "pin_cpus": pin, "status": t.status, "failure": t.failure,
+        ncu_us = t.evidence.get("ncu_gpu_time_us")
+        trials.append({"technique": name, "seed": seed, "pin_cpus": pin,
+                       "ncu_over_tsol": (round(ncu_us * 1e3 / t_sol_ns, 3)
+                                         if ncu_us and t_sol_ns else None),
+                       "status": t.status, "failure": t.failure,
                        "reason": t.reason, "metrics": t.metrics, "evidence": t.evidence,
                        "wall_s": t.wall_s, "isolation": t.isolation,
                        "log_tail": t.log_tail[-1500:] if t.status != "ok" else ""})
         print(json.dumps(trials[-1], indent=1), flush=True)
-    table = json.loads((prepared / "baseline.json").read_text())
-    out = {"member": args.member, "preset": args.preset, "technique": args.technique,
+    for name in candidates:
+        mine = [t for t in trials if t["technique"] == name]
+        print(f"{name}: median µs {[t['evidence'].get('median_time_us') for t in mine]}, "
+              f"score {[round(t['metrics'].get('sol_score', 0), 3) for t in mine]}, "
+              f"min T_k/T_SOL {[t['evidence'].get('min_tk_over_tsol') for t in mine]}, "
+              f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol']]}",
+              flush=True)
+    out = {"member": args.member, "preset": args.preset, "techniques": args.technique,
+           "profiled_workload": {"uuid": profiled_w.uuid, "axes": dict(profiled_w.axes),
+                                 "t_sol_ns": t_sol_ns},
            "device": setup.device, "prepare": facts, "prepare_s": round(prepare_s, 1),
            "baseline": {k: v for k, v in table.items() if k != "splits"},
            "trials": trials}

@@ -243,19 +243,23 @@ def test_a_toolkit_launcher_gives_way_to_the_installation_it_would_run(tmp_path,
 
 SEES_WARM_CACHE = """\
 import os
-warm = os.path.exists(os.path.join(os.environ.get("TRITON_CACHE_DIR", "/nonexistent"),
-                                   "compiled-in-the-kernel-step"))
+own = os.environ.get("TRITON_CACHE_DIR", "/nonexistent")
+found = os.path.join(own, "compiled-in-the-kernel-step")
+warm = ("cold" if not os.path.exists(found) else
+        "warm" if open(found).read() == "a kernel built in " + own else "stale")
 rc = subprocess.call(app)
 if rc:
     sys.exit(rc)
-open(log, "w").write({raw!r}.replace("gemm_kernel", "warm" if warm else "cold"))
+open(log, "w").write({raw!r}.replace("gemm_kernel", warm))
 """
 
 
 def test_the_profile_starts_from_the_kernel_step_s_compiled_kernels(member, prepared,
                                                                    tmp_path, monkeypatch):
     """What the candidate compiled in the kernel step (its Triton and Inductor caches) is
-    in the profile step's caches before ncu starts: nothing is compiled twice."""
+    in the profile step's caches before ncu starts, with the kernel step's build folder
+    named in it rewritten to the profile step's (inductor writes back to the path its
+    pickles name, which the profile step may not): nothing is compiled twice."""
     monkeypatch.setenv("AUTOLAB_NCU", str(fake_ncu(tmp_path / "ncu",
                                                    SEES_WARM_CACHE.format(raw=RAW))))
     src = """
@@ -264,7 +268,7 @@ import pathlib
 
 cache = pathlib.Path(os.environ["TRITON_CACHE_DIR"])
 cache.mkdir(parents=True, exist_ok=True)
-(cache / "compiled-in-the-kernel-step").write_text("a kernel")
+(cache / "compiled-in-the-kernel-step").write_text("a kernel built in " + str(cache))
 
 
 def run(A, B):

@@ -438,13 +438,12 @@ class SolExecProblem:
         if (ncu := self.profiled(ctx)) is not None:
             from benchmarks.solexec.profile import CALL_TIMEOUT_S, ncu_root
 
-            build = ctx.outputs("profile") / "build"
-            caches = {"TORCH_EXTENSIONS_DIR": str(build / "torch_extensions"),
-                      "TRITON_CACHE_DIR": str(build / "triton"),
-                      "TORCHINDUCTOR_CACHE_DIR": str(build / "inductor"),
-                      # compiling in this process: a pool of compile workers is shut down
-                      # at exit by signalling them, which the guard would stop (exit 113)
-                      "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+            kernel_build = ctx.outputs("kernel") / "build"
+            build = profile_build(ctx.outputs("profile"), kernel_build)
+            caches = {var: str(build / part) for var, part in _launch.BUILD_CACHES.items()}
+            # compiling in this process: a pool of compile workers is shut down at exit by
+            # signalling them, which the guard would stop (exit 113)
+            caches["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
             profile_gpu = {k: v for k, v in gpu.items() if k != "private_shm"}
             profile_gpu["host_read"] = (*gpu.get("host_read", ()), str(ncu_root(ncu)))
             steps.append(SandboxStep(
@@ -452,8 +451,8 @@ class SolExecProblem:
                 timeout_s=CALL_TIMEOUT_S + 60, reads=("kernel",),
                 argv=(ctx.python, "-m", "benchmarks.solexec.profile",
                       str(ctx.inputs("profile")), str(ctx.workspace),
-                      str(ctx.outputs("profile")), str(ncu),
-                      str(ctx.outputs("kernel") / "build")), **profile_gpu))
+                      str(ctx.outputs("profile")), str(ncu), str(kernel_build),
+                      str(build)), **profile_gpu))
         return steps
 
     def companion(self, ctx: TrialContext, step: str):
@@ -583,6 +582,14 @@ def _spread(w: dict) -> float:
 
     empties = w.get("overhead_times_ns") or []
     return 3.0 * mad(empties) if empties else 0.0
+
+
+def profile_build(out: Path, kernel_build: Path) -> Path:
+    """The profile step's build folder: in its output folder, named so that its path is as
+    long as the kernel step's build folder (profile.warm_caches rewrites one into the other
+    in the compiled files, byte for byte); "build" where no name can make it so."""
+    n = len(str(kernel_build)) - len(str(out)) - 1
+    return out / (("build" + "_" * n)[:n] if n >= 1 else "build")
 
 
 def uses_compile(workspace: Path) -> bool:

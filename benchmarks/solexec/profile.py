@@ -8,8 +8,9 @@ Two sides:
 - trusted: `ncu_binary` finds `ncu`; `parse_ncu_csv` reads what `ncu --csv --page raw`
   wrote and `summarise` reduces it to a few numbers (time-weighted over the kernels).
 - the sandboxed step (`python -m benchmarks.solexec.profile INPUTS WORKSPACE OUT NCU
-  [KERNEL_BUILD]`): copies the kernel step's compiler caches into its own (KERNEL_BUILD,
-  that step's build folder, so nothing compiles twice), then runs `ncu` over `--call`,
+  [KERNEL_BUILD OWN_BUILD]`): copies the kernel step's compiler caches into its own
+  (KERNEL_BUILD, that step's build folder, into OWN_BUILD, so nothing compiles twice),
+  then runs `ncu` over `--call`,
   which loads solution.py, calls `run` once to warm up and once between
   cudaProfilerStart/Stop on the inputs the trusted side staged. It exits 0 when ncu or
   the call fails (a profile is optional), with ncu's exit status and the end of its
@@ -197,40 +198,62 @@ def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) 
 
 
 WARM_MAX_BYTES = 1 << 30  # a kernel step's compiler caches larger than this are not copied
-# the kernel step's build folder -> the caches this step's environment names
-WARM_CACHES = (("triton", "TRITON_CACHE_DIR"),
-               (os.path.join("compile-cache", "inductor"), "TORCHINDUCTOR_CACHE_DIR"))
+# the compiler caches this step's environment names, each under this step's build folder as
+# the kernel step's is under its own (launch.BUILD_CACHES)
+WARM_VARS = ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
 
 
-def warm_caches(kernel_build: str) -> None:
+def warm_caches(kernel_build: str, own_build: str) -> str:
     """The kernel step's compiler caches (the same candidate's, in the same trial) copied
     into this step's, so the call under ncu loads the kernels compiled there instead of
-    compiling them again. Skipped past WARM_MAX_BYTES; a copy that fails leaves the cache
-    cold, nothing else."""
-    pairs = [(Path(kernel_build) / rel, os.environ.get(var)) for rel, var in WARM_CACHES]
-    pairs = [(src, Path(dst)) for src, dst in pairs if dst and src.is_dir()]
+    compiling them again: "" or why not. Compiled artifacts name the folder they were built
+    in (inductor pickles each autotuner with the absolute path of its best-config file, and
+    writes there again): every occurrence of the kernel step's build folder is rewritten to
+    this step's, byte for byte, which keeps pickles and binaries valid only where the two
+    paths have the same length (the trial gives this step's such a path); where they do
+    not, or past WARM_MAX_BYTES, nothing is copied and the call compiles afresh. A copy that
+    fails leaves the cache cold, nothing else."""
+    old, new = str(Path(kernel_build)).encode(), str(Path(own_build)).encode()
+    if len(old) != len(new):
+        return "not copied: the two build folders' paths differ in length"
+    pairs = []
+    for var in WARM_VARS:
+        dst = os.environ.get(var)
+        if not dst or not Path(dst).is_relative_to(own_build):
+            continue
+        src = Path(kernel_build) / Path(dst).relative_to(own_build)
+        if src.is_dir() and not src.is_symlink():
+            pairs.append((src, Path(dst)))
     total = 0
     for src, _ in pairs:
         for f in src.rglob("*"):
-            total += f.lstat().st_size if f.is_file() else 0
+            total += f.lstat().st_size if f.is_file() and not f.is_symlink() else 0
             if total > WARM_MAX_BYTES:
-                return
+                return f"not copied: more than {WARM_MAX_BYTES} bytes"
     for src, dst in pairs:
         try:
-            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
-        except OSError:
-            continue
+            for f in sorted(src.rglob("*")):
+                if f.is_symlink() or not f.is_file():
+                    continue
+                out = dst / f.relative_to(src)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(f.read_bytes().replace(old, new))
+                shutil.copymode(f, out)
+        except OSError as e:
+            return f"not copied: {e}"
+    return ""
 
 
-def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = "") -> int:
+def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = "",
+         own_build: str = "") -> int:
     """Run ncu over the call; a failure is recorded, not raised (the guard's is passed on).
     Inputs with a `skip` file: nothing is run, the reason is recorded."""
     if (skip := Path(inputs) / "skip").is_file():
         Path(out, "status.json").write_text(json.dumps({"rc": None, "reason": "not profiled: "
                                                         + skip.read_text()[:200]}))
         return 0
-    if kernel_build:
-        warm_caches(kernel_build)
+    if kernel_build and own_build:
+        warm_caches(kernel_build, own_build)
     argv = ncu_argv(ncu, sys.executable, inputs, workspace, str(Path(out) / "ncu.csv"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)
@@ -277,7 +300,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--call"]:
         call(*argv[1:3])
         return 0
-    return wrap(*argv[:5])
+    return wrap(*argv[:6])
 
 
 if __name__ == "__main__":

@@ -217,11 +217,13 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in [
 # The offline proposer's prior odds, from what the H100 measurements show (RESULTS.md): the
 # reference's time is at a median 32 times its speed of light, most of it the host's launches
 # of small kernels, which one graph replay or one generated kernel removes; autotuning
-# compiles for tens of seconds a trial and has not won yet. A win anywhere still outweighs
-# these: a technique accepted on a related problem is tried first there.
+# compiles for tens of seconds a trial and has not won yet; and T_b is already the faster of
+# the reference eager and under torch.compile's default mode on each workload, so
+# compile_default can at best tie with it. A win anywhere still outweighs these: a
+# technique accepted on a related problem is tried first there.
 WEIGHTS = {"cuda_graph": 4.0, "triton_elementwise": 2.0, "triton_rows": 2.0,
            "triton_softmax_online": 2.0, "triton_gemm_epilogue": 2.0,
-           "compile_max_autotune": 0.5}
+           "compile_max_autotune": 0.5, "compile_default": 0.25}
 TECHNIQUES = {name: replace(t, weight=WEIGHTS.get(name, 1.0)) for name, t in TECHNIQUES.items()}
 
 
