@@ -18,6 +18,7 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution
 
+from benchmarks.protocol import EditNotApplicable
 from benchmarks.solexec.build import check_files, smallest_workload
 from benchmarks.solexec.evaluate import Timing, evaluate_problem
 from benchmarks.solexec.launch import Forkserver
@@ -281,6 +282,38 @@ def test_cuda_graph_wraps_the_reference_and_runs_it_as_is_off_the_gpu(tmp_path):
                      {"y": (["N"], "float32")}, {"N": None}, [{"N": 4}, {"N": 8}])
     assert not TECHNIQUES["cuda_graph"].applies_to(writes)
     assert TECHNIQUES["compile_default"].applies_to(writes)
+
+
+def test_an_eager_graph_imports_no_compiler_and_wraps_a_parent_s_own_kernels(tmp_path,
+                                                                             triton_on_cpu):
+    """The graph around the reference eager imports nothing of torch.compile (a worker of a
+    solution that does imports the compiler, seconds a trial); applied to a parent with a
+    generated kernel, it wraps that parent's `run`, kernels and all."""
+    from benchmarks.solexec.benchmark import _technique_edit, uses_compile
+
+    p = geglu(tmp_path)
+    eager = TECHNIQUES["cuda_graph"].render(p, {"inner": "eager"})["solution.py"]
+    assert "_dynamo" not in eager and "_inductor" not in eager and ".compile" not in eager
+    (tmp_path / "eager").mkdir()
+    (tmp_path / "eager" / "solution.py").write_text(eager)
+    assert not uses_compile(tmp_path / "eager")
+    graph, kernel = (_technique_edit(p, TECHNIQUES[n])
+                     for n in ("cuda_graph", "triton_elementwise"))
+    parent = kernel.apply(p.reference, BLOCK=256, num_warps=4)
+    stacked = graph.apply(parent, inner="eager", max_elements=1 << 20)
+    assert stacked.startswith("# technique: cuda_graph\n# technique: triton_elementwise\n")
+    assert parent.rstrip() in stacked and "@triton.jit" in stacked
+    module = run_candidate(p, {"solution.py": stacked}, tmp_path / "stacked")
+    import inspect
+
+    assert inspect.getsource(module._reference_run) in parent  # the parent's own run
+    assert "def run(x, bias, scale):" not in p.reference or inspect.getsource(
+        module._reference_run) not in p.reference
+    with pytest.raises(EditNotApplicable, match="applied already"):
+        graph.apply(stacked, inner="eager", max_elements=1 << 20)
+    # a technique that replaces the file still starts from the reference
+    alone = graph.apply(p.reference, inner="eager", max_elements=1 << 20)
+    assert kernel.apply(alone, BLOCK=256, num_warps=4) == parent
 
 
 # ---------------------------------------------------------------------------- tune

@@ -152,8 +152,9 @@ def _technique_edit(problem: Problem, technique) -> CodeEdit:
             raise EditNotApplicable(f"{technique.name} is applied already")
         if not technique.feasible({**technique.defaults, **chosen}):
             raise EditNotApplicable(f"{technique.name}: {chosen} cannot run")
-        try:
-            text = technique.render(problem, chosen)["solution.py"]
+        try:  # one that wraps goes around the parent's `run`, whatever technique it has
+            text = technique.render(problem, chosen,
+                                    source if technique.wraps else None)["solution.py"]
         except Exception as e:  # Unsupported and the like: this problem is not for it
             raise EditNotApplicable(f"{technique.name}: {e}") from None
         return f"# technique: {technique.name}\n{text}"

@@ -43,14 +43,21 @@ class Technique:
     fits: Callable[[Analysis], bool] = field(repr=False, default=lambda a: True)
     feasible: Callable[[Mapping], bool] = field(repr=False, default=lambda params: True)
     weight: float = 1.0  # the offline proposer's odds of trying it before the others (WEIGHTS)
+    # wraps a candidate's own `run` (build gets its source) rather than replacing the file:
+    # applied to a parent that carries another technique, it adds itself to that one
+    wraps: bool = False
 
     def applies_to(self, problem: Problem) -> bool:
         return self.fits(analyse(problem))
 
-    def render(self, problem: Problem, params: Mapping | None = None) -> dict[str, str]:
-        """The candidate's files for these launch parameters (defaults for those not given);
-        raises Unsupported where the technique does not apply."""
+    def render(self, problem: Problem, params: Mapping | None = None,
+               source: str | None = None) -> dict[str, str]:
+        """The candidate's files for these launch parameters (defaults for those not given),
+        from the reference, or around `source` for a technique that wraps; raises
+        Unsupported where the technique does not apply."""
         chosen = {**self.defaults, **dict(params or {})}
+        if self.wraps and source is not None:
+            return {"solution.py": self.build(analyse(problem), chosen, source)}
         return {"solution.py": self.build(analyse(problem), chosen)}
 
     def apply(self, problem: Problem) -> dict[str, str]:
@@ -155,15 +162,22 @@ def _graph_fits(a: Analysis) -> bool:
     return not a.data_dependent and not a.writes_inputs
 
 
-def _graphed(a: Analysis, params: Mapping) -> str:
+def _graphed(a: Analysis, params: Mapping, source: str | None = None) -> str:
+    """The graph around `run` of `source` (by default the reference): a candidate's own
+    `run` (a generated kernel's launches, say) is captured as the reference's would be.
+    The compiler is imported only for the compiled inner run: importing it costs a worker
+    seconds."""
     inner = "_reference_run"
-    source = a.problem.reference.rstrip() + "\n\n" + CACHE_SETUP + "\n_reference_run = run\n"
+    body = (a.problem.reference if source is None else source).rstrip() + "\n\n"
     if params["inner"] == "compile":
-        source += ('_compiled_run = _torch.compile(_reference_run, mode="default", '
-                   "dynamic=False)\n")
+        body += CACHE_SETUP + "\n_reference_run = run\n"
+        body += ('_compiled_run = _torch.compile(_reference_run, mode="default", '
+                 "dynamic=False)\n")
         inner = "_compiled_run"
-    return source + GRAPH_TAIL.format(max_elements=int(params["max_elements"]), inner=inner,
-                                      params=", ".join(a.problem.inputs))
+    else:
+        body += "import torch as _torch\n\n_reference_run = run\n"
+    return body + GRAPH_TAIL.format(max_elements=int(params["max_elements"]), inner=inner,
+                                    params=", ".join(a.problem.inputs))
 
 
 # ---------------------------------------------------------------------------- Triton
@@ -192,7 +206,7 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in [
     Technique("cuda_graph", ALL,
               {"inner": _choice("eager", "compile"),
                "max_elements": _choice(1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)},
-              {"inner": "eager", "max_elements": 1 << 20}, _graphed, _graph_fits),
+              {"inner": "eager", "max_elements": 1 << 20}, _graphed, _graph_fits, wraps=True),
     _triton("triton_elementwise", ("elementwise",),
             {"BLOCK": _choice(256, 512, 1024, 2048, 4096), "num_warps": _choice(1, 2, 4, 8)},
             {"BLOCK": 1024, "num_warps": 4}, templates.render_elementwise),
