@@ -33,7 +33,7 @@ def rows(files: list[Path]) -> list[dict]:
                 continue
             tk = [t["evidence"]["min_tk_over_tsol"] for t in trials
                   if "min_tk_over_tsol" in t["evidence"]]
-            ncu = [t["ncu_over_tsol"] for t in trials if t.get("ncu_over_tsol")]
+            ncu = [t["ncu_over_tsol"] for t in trials if t.get("ncu_over_tsol") is not None]
             out.append({
                 "member": run["member"], "technique": name, "trials": len(trials),
                 "device": run["device"].split(" / ")[0],
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             "min_ncu_over_tsol": min(ncu) if ncu else None,
             "min_tk_over_tsol": min(tk) if tk else None,
             "below_tsol": [f"{r['member']}/{r['technique']}" for r in found
-                           if (r["ncu_over_tsol"] or 2) < 1 or (r["min_tk_over_tsol"] or 2) < 1],
+                           if any(x is not None and x < 1 for x in (r["ncu_over_tsol"],
+                                                                    r["min_tk_over_tsol"]))],
         }
         args.update.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         ncu_us = t.evidence.get("ncu_gpu_time_us")
         trials.append({"technique": name, "seed": seed, "pin_cpus": pin,
                        "ncu_over_tsol": (round(ncu_us * 1e3 / t_sol_ns, 3)
-                                         if ncu_us and t_sol_ns else None),
+                                         if ncu_us is not None and t_sol_ns else None),
                        "status": t.status, "failure": t.failure,
                        "reason": t.reason, "metrics": t.metrics, "evidence": t.evidence,
                        "wall_s": t.wall_s, "isolation": t.isolation,
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: median µs {[t['evidence'].get('median_time_us') for t in mine]}, "
               f"score {[round(t['metrics'].get('sol_score', 0), 3) for t in mine]}, "
               f"min T_k/T_SOL {[t['evidence'].get('min_tk_over_tsol') for t in mine]}, "
-              f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol']]}",
+              f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol'] is not None]}",
               flush=True)
     out = {"member": args.member, "preset": args.preset, "techniques": args.technique,
            "profiled_workload": {"uuid": profiled_w.uuid, "axes": dict(profiled_w.axes),

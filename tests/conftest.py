@@ -18,6 +18,9 @@ for _key, _value in {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_key, _value)
+# Triton's kernels run through its interpreter on the test machines' CPUs; it reads this
+# when it is first imported, which collecting any test module may do.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 # `proposer.kind: auto` means Claude where a key is set: no test may spend money by accident
 # (subprocesses inherit this environment too). Tests that need a key set a fake one.
 os.environ.pop("ANTHROPIC_API_KEY", None)

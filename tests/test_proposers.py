@@ -347,11 +347,14 @@ def test_improve_tries_an_edits_defaults_first_then_the_rest():
     nexts = {proposer.propose(_request("improve", [parent], [tried], seed=s, space=space))
              .steps[0].params["value"] for s in range(12)}
     assert 2.0 not in nexts and len(nexts) > 1  # then the others, in random order
-    # defaults the catalogue does not offer are no first try
-    odd = clip.model_copy(update={"defaults": {"value": 3.0}})
-    values = {proposer.propose(_request("improve", [parent], seed=s, space=SearchSpace(
-        edits=(odd,)))).steps[0].params["value"] for s in range(12)}
-    assert 3.0 not in values and len(values) > 1
+    # defaults the catalogue does not offer, or offers under another type (2 for 2.0, which
+    # the history would key apart), are no first try
+    for odd_value in (3.0, 2):
+        odd = clip.model_copy(update={"defaults": {"value": odd_value}})
+        values = [proposer.propose(_request("improve", [parent], seed=s, space=SearchSpace(
+            edits=(odd,)))).steps[0].params["value"] for s in range(12)]
+        assert not any(type(v) is type(odd_value) and v == odd_value for v in values)
+        assert len(set(values)) > 1
 
 
 # -------------------------------------------------------------- crossover

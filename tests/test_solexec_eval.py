@@ -456,6 +456,7 @@ def test_pinned_timing_puts_the_worker_and_the_trusted_side_each_on_a_cpu(proble
     assert (folder / "build" / "affinity.txt").read_text() == str(worker_cpu)
     assert os.sched_getaffinity(0) == before  # the trusted side's thread let go again
     assert pinned_cpus(FAST) is None
+    assert pinned_cpus(replace(timing, threads=2)) is None  # its pool would share one CPU
     result = evaluate(problem, folder, forks, workloads=problem.workloads[:1])
     assert result.passed and (folder / "build" / "affinity.txt").read_text() != str(worker_cpu)
 

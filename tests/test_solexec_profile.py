@@ -314,3 +314,46 @@ def test_a_guard_stop_under_ncu_passes_its_exit_and_its_reason_on(tmp_path, caps
     assert profile.wrap(str(inputs), str(tmp_path), str(out), str(ncu)) == profile.GUARD_EXIT
     assert "autolab guard: stopped os.kill" in capsys.readouterr().err
     assert json.loads((out / "status.json").read_text())["rc"] == profile.GUARD_EXIT
+
+
+def test_warm_caches_never_raises_and_leaves_nothing_half_copied(tmp_path, monkeypatch):
+    """The kernel step's build folder is the candidate's to fill: whatever is there, the
+    copy is whole (paths rewritten) or nothing, and the profile goes on."""
+    import os
+    import shutil
+
+    from benchmarks.solexec import profile
+
+    kernel, own = tmp_path / "k" / "build", tmp_path / "p" / "buil_"
+    assert len(str(kernel)) == len(str(own))
+    for var, part in (("TRITON_CACHE_DIR", "triton"),
+                      ("TORCHINDUCTOR_CACHE_DIR", "compile-cache/inductor")):
+        monkeypatch.setenv(var, str(own / part))
+    (kernel / "triton").mkdir(parents=True)
+    (kernel / "triton" / "k.json").write_text(f"built in {kernel}/triton")
+    (kernel / "triton" / "link").symlink_to("/etc/hostname")
+    assert profile.warm_caches(str(kernel), str(own)) == ""
+    assert (own / "triton" / "k.json").read_text() == f"built in {own}/triton"
+    assert not (own / "triton" / "link").exists()  # links are not followed nor copied
+    assert profile.warm_caches(str(kernel), str(tmp_path / "other")).startswith("not copied")
+
+    deep = kernel / "compile-cache" / "inductor"
+    deep.mkdir(parents=True)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(30):  # a file at a path longer than the system takes whole
+        os.mkdir("d" * 200, dir_fd=fd)
+        fd, parent = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(os.open("kernel.bin", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+    (own / "triton" / "k.json").unlink()
+    said = profile.warm_caches(str(kernel), str(own))
+    assert said.startswith("not copied"), said
+    assert not (own / "triton").exists()  # what was copied before the failure is gone
+
+    shutil.rmtree(kernel / "compile-cache")
+    monkeypatch.setattr(profile, "WARM_MAX_FILES", 3)
+    for i in range(5):
+        (kernel / "triton" / f"f{i}").write_text("x")
+    assert "files" in profile.warm_caches(str(kernel), str(own))
+    assert not (own / "triton").exists()

@@ -69,7 +69,8 @@ def test_tk_table_takes_each_technique_s_smallest_ratios_and_flags_any_below_tso
     a = _tk_run(tmp_path / "a.json", "L1-001_x", [("reference", 9.0, 8.5), ("triton_rows", 1.3,
                                                                             None),
                                                   ("triton_rows", 1.2, 1.05)])
-    b = _tk_run(tmp_path / "b.json", "L1-002_y", [("cuda_graph", 0.8, 0.95)])
+    b = _tk_run(tmp_path / "b.json", "L1-002_y", [("cuda_graph", 0.8, 0.95),
+                                                  ("nothing_launched", 1.5, 0.0)])
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"baseline": {"problems": 1}}))
     assert tk_main([str(a), str(b), "--update", str(results)]) == 0
@@ -79,6 +80,7 @@ def test_tk_table_takes_each_technique_s_smallest_ratios_and_flags_any_below_tso
     assert found[("L1-001_x", "triton_rows")]["min_tk_over_tsol"] == 1.2
     assert found[("L1-001_x", "triton_rows")]["ncu_over_tsol"] == 1.05
     assert found[("L1-001_x", "reference")]["trials"] == 2 - 1  # the failed trial not counted
-    assert out["fastest_kernels"]["min_ncu_over_tsol"] == 0.95
-    assert out["fastest_kernels"]["below_tsol"] == ["L1-002_y/cuda_graph"]
+    assert out["fastest_kernels"]["min_ncu_over_tsol"] == 0.0  # no kernel at all: flagged
+    assert out["fastest_kernels"]["below_tsol"] == ["L1-002_y/cuda_graph",
+                                                    "L1-002_y/nothing_launched"]
     assert out["fastest_kernels"]["device"] == ["NVIDIA H100 80GB HBM3"]

@@ -270,12 +270,13 @@ def test_cuda_graph_wraps_the_reference_and_runs_it_as_is_off_the_gpu(tmp_path):
     p = geglu(tmp_path)
     files = TECHNIQUES["cuda_graph"].render(p, {"max_elements": 1 << 10})
     module = run_candidate(p, files, tmp_path / "graph")
-    assert module.MAX_ELEMENTS == 1 << 10 and module._graphs == {}  # CPU: nothing captured
+    assert module.GRAPH_MAX_ELEMENTS == 1 << 10 and module._graph_table == {}  # CPU: none
     x = torch.ones(2, 3)
-    assert module._signature((x, 1.0)) != module._signature((x, 2.0))  # scalars are keyed
-    assert module._signature((x, 1.0)) != module._signature((x.t(), 1.0))  # layouts too
+    sig = module._graph_signature
+    assert sig((x, 1.0)) != sig((x, 2.0))  # scalars are keyed
+    assert sig((x, 1.0)) != sig((x.t(), 1.0))  # layouts too
     compiled = TECHNIQUES["cuda_graph"].render(p, {"inner": "compile"})["solution.py"]
-    assert "_inner = _compiled_run" in compiled
+    assert "_graph_inner = _compiled_run" in compiled
     writes = problem(tmp_path, "007_inplace", "def run(cache, x):\n    cache.add_(x)\n"
                      "    return cache * 2.0\n",
                      {"cache": (["N"], "float32"), "x": (["N"], "float32")},
@@ -306,14 +307,37 @@ def test_an_eager_graph_imports_no_compiler_and_wraps_a_parent_s_own_kernels(tmp
     module = run_candidate(p, {"solution.py": stacked}, tmp_path / "stacked")
     import inspect
 
-    assert inspect.getsource(module._reference_run) in parent  # the parent's own run
-    assert "def run(x, bias, scale):" not in p.reference or inspect.getsource(
-        module._reference_run) not in p.reference
+    assert inspect.getsource(module._graph_parent_run) in parent  # the parent's own run
+    assert inspect.getsource(module._graph_parent_run) not in p.reference
     with pytest.raises(EditNotApplicable, match="applied already"):
         graph.apply(stacked, inner="eager", max_elements=1 << 20)
     # a technique that replaces the file still starts from the reference
     alone = graph.apply(p.reference, inner="eager", max_elements=1 << 20)
     assert kernel.apply(alone, BLOCK=256, num_warps=4) == parent
+
+
+def test_a_graph_around_a_row_kernel_keeps_its_fallback_to_the_reference(tmp_path,
+                                                                         triton_on_cpu):
+    """A row kernel's file runs rows too long for it through the reference it keeps as
+    `_reference_run`; the graph around it must not take that name for the kernel's run
+    (the fallback would then call itself)."""
+    from benchmarks.solexec.benchmark import _technique_edit
+    from benchmarks.solexec.search.templates import MAX_ROW
+
+    p = problem(tmp_path, "003_softmax", SOFTMAX,
+                {"scores": (["B", "N"], "float32"), "scale": (None, "float32")},
+                {"probs": (["B", "N"], "float32")}, {"B": None, "N": None},
+                [{"B": 3, "N": 150, "scale": 0.3}, {"B": 1, "N": MAX_ROW + 8, "scale": 1.5}])
+    rows, graph = (_technique_edit(p, TECHNIQUES[n]) for n in ("triton_rows", "cuda_graph"))
+    parent = rows.apply(p.reference, BLOCK_M=1, num_warps=4)
+    run_candidate(p, {"solution.py": parent}, tmp_path / "rows")
+    stacked = graph.apply(parent, inner="eager", max_elements=1 << 20)
+    module = run_candidate(p, {"solution.py": stacked}, tmp_path / "stacked")
+    assert module._reference_run is not module.run
+    with pytest.raises(EditNotApplicable, match="compiled inner run is the reference's"):
+        graph.apply(parent, inner="compile", max_elements=1 << 20)
+    assert "_torch.compile(_graph_parent_run" in graph.apply(p.reference, inner="compile",
+                                                             max_elements=1 << 20)
 
 
 # ---------------------------------------------------------------------------- tune

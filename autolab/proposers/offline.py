@@ -380,10 +380,14 @@ def _defaults(edit: CodeEdit) -> list[dict]:
     """The edit's declared first try, where it names a value the catalogue offers for each
     of its parameters."""
     d = edit.defaults
-    if not edit.params or set(d) != set(edit.params) or any(
-            d[k] not in edit.params[k] for k in d):
+    if not edit.params or set(d) != set(edit.params):
         return []
-    return [dict(d)]
+    # the catalogue's own value (2.0 where the default says 2): a parameter set is tried
+    # once, under the one spelling the history keys it by
+    same = {k: [c for c in edit.params[k] if type(c) is type(d[k]) and c == d[k]] for k in d}
+    if not all(same.values()):
+        return []
+    return [{k: v[0] for k, v in same.items()}]
 
 
 def _param_combos(edit: CodeEdit, rng: random.Random, cap: int = 64) -> list[dict]:

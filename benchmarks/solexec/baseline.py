@@ -147,7 +147,9 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
     a workload that did, in the evaluator, the reference or the worker, is this prewarm's
     error, so that it is not taken as done."""
     every = [w for ws in splits.values() for w in ws]
-    quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False, batch=1)
+    # several prewarms run at once: none pins its processes (they would share one CPU)
+    quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False, batch=1,
+                                pin_cpus=False)
     row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,
                     workloads=every)
     short = [w.get("reason") or "" for w in (row.get("compile") or {}).get("workloads", [])

@@ -198,6 +198,7 @@ def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) 
 
 
 WARM_MAX_BYTES = 1 << 30  # a kernel step's compiler caches larger than this are not copied
+WARM_MAX_FILES = 20_000  # ... nor caches of more files than this
 # the compiler caches this step's environment names, each under this step's build folder as
 # the kernel step's is under its own (launch.BUILD_CACHES)
 WARM_VARS = ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
@@ -211,36 +212,37 @@ def warm_caches(kernel_build: str, own_build: str) -> str:
     writes there again): every occurrence of the kernel step's build folder is rewritten to
     this step's, byte for byte, which keeps pickles and binaries valid only where the two
     paths have the same length (the trial gives this step's such a path); where they do
-    not, or past WARM_MAX_BYTES, nothing is copied and the call compiles afresh. A copy that
-    fails leaves the cache cold, nothing else."""
+    not, past WARM_MAX_BYTES or WARM_MAX_FILES, or where anything fails, nothing is left
+    copied and the call compiles afresh. Never raises: the profile goes on cold."""
     old, new = str(Path(kernel_build)).encode(), str(Path(own_build)).encode()
     if len(old) != len(new):
         return "not copied: the two build folders' paths differ in length"
     pairs = []
-    for var in WARM_VARS:
-        dst = os.environ.get(var)
-        if not dst or not Path(dst).is_relative_to(own_build):
-            continue
-        src = Path(kernel_build) / Path(dst).relative_to(own_build)
-        if src.is_dir() and not src.is_symlink():
-            pairs.append((src, Path(dst)))
-    total = 0
-    for src, _ in pairs:
-        for f in src.rglob("*"):
-            total += f.lstat().st_size if f.is_file() and not f.is_symlink() else 0
-            if total > WARM_MAX_BYTES:
-                return f"not copied: more than {WARM_MAX_BYTES} bytes"
-    for src, dst in pairs:
-        try:
-            for f in sorted(src.rglob("*")):
+    try:
+        for var in WARM_VARS:
+            dst = os.environ.get(var)
+            if not dst or not Path(dst).is_relative_to(own_build):
+                continue
+            src = Path(kernel_build) / Path(dst).relative_to(own_build)
+            if src.is_dir() and not src.is_symlink():
+                pairs.append((src, Path(dst)))
+        files, total = [], 0
+        for src, dst in pairs:
+            for f in src.rglob("*"):
                 if f.is_symlink() or not f.is_file():
                     continue
-                out = dst / f.relative_to(src)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(f.read_bytes().replace(old, new))
-                shutil.copymode(f, out)
-        except OSError as e:
-            return f"not copied: {e}"
+                total += f.lstat().st_size
+                files.append((f, dst / f.relative_to(src)))
+                if total > WARM_MAX_BYTES or len(files) > WARM_MAX_FILES:
+                    return f"not copied: more than {WARM_MAX_BYTES} bytes or {WARM_MAX_FILES} files"
+        for f, out in files:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(f.read_bytes().replace(old, new))
+            shutil.copymode(f, out)
+    except Exception as e:  # noqa: BLE001 - the candidate's files: whatever they do, cold
+        for _, dst in pairs:
+            shutil.rmtree(dst, ignore_errors=True)
+        return f"not copied: {type(e).__name__}: {e}"[:300]
     return ""
 
 
@@ -252,8 +254,7 @@ def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = ""
         Path(out, "status.json").write_text(json.dumps({"rc": None, "reason": "not profiled: "
                                                         + skip.read_text()[:200]}))
         return 0
-    if kernel_build and own_build:
-        warm_caches(kernel_build, own_build)
+    warm = warm_caches(kernel_build, own_build) if kernel_build and own_build else ""
     argv = ncu_argv(ncu, sys.executable, inputs, workspace, str(Path(out) / "ncu.csv"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)
@@ -264,7 +265,7 @@ def wrap(inputs: str, workspace: str, out: str, ncu: str, kernel_build: str = ""
         rc, tail = None, f"ncu did not start: {e}"
     reason = "" if rc == 0 else (tail.strip().splitlines() or [f"exit {rc}"])[-1]
     Path(out, "status.json").write_text(json.dumps({"rc": rc, "reason": reason[:300],
-                                                    "tail": tail}))
+                                                    "tail": tail, "warm": warm}))
     if rc == GUARD_EXIT:  # the guard's reason, as the call wrote it, into the step's log
         sys.stderr.write(tail[-TAIL_CHARS:])
         return GUARD_EXIT

@@ -100,41 +100,41 @@ def _compiled(mode: str) -> Callable[[Analysis, Mapping], str]:
 GRAPH_TAIL = '''
 
 # A CUDA graph per input signature (shapes, dtypes, strides, device and scalar values), for
-# workloads of at most MAX_ELEMENTS input elements, where launches dominate. Each call
+# workloads of at most GRAPH_MAX_ELEMENTS input elements, where launches dominate. Each call
 # copies its inputs into the graph's static buffers, replays it, and returns clones of the
 # static outputs: nothing computed for one call is handed to another.
-MAX_ELEMENTS = {max_elements}
-WARMUP_CALLS = 3
-_graphs = {{}}
-_inner = {inner}
+GRAPH_MAX_ELEMENTS = {max_elements}
+GRAPH_WARMUP_CALLS = 3
+_graph_table = {{}}
+_graph_inner = {inner}
 
 
-def _signature(args):
+def _graph_signature(args):
     return tuple((tuple(a.shape), a.dtype, tuple(a.stride()), str(a.device))
                  if isinstance(a, _torch.Tensor) else (type(a).__name__, a) for a in args)
 
 
-def _capture(args):
+def _graph_capture(args):
     static = [a.clone() if isinstance(a, _torch.Tensor) else a for a in args]
     side = _torch.cuda.Stream()
     side.wait_stream(_torch.cuda.current_stream())
     with _torch.cuda.stream(side), _torch.no_grad():
-        for _ in range(WARMUP_CALLS):
-            _inner(*static)
+        for _ in range(GRAPH_WARMUP_CALLS):
+            _graph_inner(*static)
     _torch.cuda.current_stream().wait_stream(side)
     graph = _torch.cuda.CUDAGraph()
     with _torch.cuda.graph(graph), _torch.no_grad():
-        out = _inner(*static)
+        out = _graph_inner(*static)
     return graph, static, out
 
 
-def _clone(out):
+def _graph_clone(out):
     if isinstance(out, _torch.Tensor):
         return out.clone()
     if isinstance(out, (tuple, list)):
-        return type(out)(_clone(o) for o in out)
+        return type(out)(_graph_clone(o) for o in out)
     if isinstance(out, dict):
-        return {{k: _clone(v) for k, v in out.items()}}
+        return {{k: _graph_clone(v) for k, v in out.items()}}
     return out
 
 
@@ -142,17 +142,17 @@ def run({params}):
     args = ({params},)
     tensors = [a for a in args if isinstance(a, _torch.Tensor)]
     if not tensors or not all(t.is_cuda for t in tensors) or sum(
-            t.numel() for t in tensors) > MAX_ELEMENTS:
-        return _inner(*args)
-    key = _signature(args)
-    if key not in _graphs:
-        _graphs[key] = _capture(args)
-    graph, static, out = _graphs[key]
+            t.numel() for t in tensors) > GRAPH_MAX_ELEMENTS:
+        return _graph_inner(*args)
+    key = _graph_signature(args)
+    if key not in _graph_table:
+        _graph_table[key] = _graph_capture(args)
+    graph, static, out = _graph_table[key]
     for buffer, a in zip(static, args):
         if isinstance(a, _torch.Tensor):
             buffer.copy_(a)
     graph.replay()
-    return _clone(out)
+    return _graph_clone(out)
 '''
 
 
@@ -167,15 +167,22 @@ def _graphed(a: Analysis, params: Mapping, source: str | None = None) -> str:
     `run` (a generated kernel's launches, say) is captured as the reference's would be.
     The compiler is imported only for the compiled inner run: importing it costs a worker
     seconds."""
-    inner = "_reference_run"
+    # the parent's `run` under a name of the graph's own (every name the graph adds starts
+    # with `_graph` or `GRAPH`): a generated kernel's file keeps the reference as
+    # `_reference_run` for the shapes it does not take, which must stay
+    inner = "_graph_parent_run"
+    if params["inner"] == "compile" and source is not None and (
+            source.strip() != a.problem.reference.strip()):
+        raise Unsupported("the compiled inner run is the reference's; around a candidate's "
+                          "own run the graph replays that run as it is (inner=eager)")
     body = (a.problem.reference if source is None else source).rstrip() + "\n\n"
     if params["inner"] == "compile":
-        body += CACHE_SETUP + "\n_reference_run = run\n"
-        body += ('_compiled_run = _torch.compile(_reference_run, mode="default", '
+        body += CACHE_SETUP + "\n_graph_parent_run = run\n"
+        body += ('_compiled_run = _torch.compile(_graph_parent_run, mode="default", '
                  "dynamic=False)\n")
         inner = "_compiled_run"
     else:
-        body += "import torch as _torch\n\n_reference_run = run\n"
+        body += "import torch as _torch\n\n_graph_parent_run = run\n"
     return body + GRAPH_TAIL.format(max_elements=int(params["max_elements"]), inner=inner,
                                     params=", ".join(a.problem.inputs))
 
