@@ -318,7 +318,8 @@ def test_a_guard_stop_under_ncu_passes_its_exit_and_its_reason_on(tmp_path, caps
 
 def test_warm_caches_never_raises_and_leaves_nothing_half_copied(tmp_path, monkeypatch):
     """The kernel step's build folder is the candidate's to fill: whatever is there, the
-    copy is whole (paths rewritten) or nothing, and the profile goes on."""
+    copy is whole (paths rewritten) or nothing, only into cache folders of this step's own
+    that did not exist yet, and the profile goes on."""
     import os
     import shutil
 
@@ -337,23 +338,57 @@ def test_warm_caches_never_raises_and_leaves_nothing_half_copied(tmp_path, monke
     assert not (own / "triton" / "link").exists()  # links are not followed nor copied
     assert profile.warm_caches(str(kernel), str(tmp_path / "other")).startswith("not copied")
 
+    # a folder that is there already is neither filled nor removed
+    (own / "triton" / "k.json").write_text("this step's own")
+    (kernel / "triton" / "k2.json").write_text("x")
+    assert profile.warm_caches(str(kernel), str(own)) == ""
+    assert (own / "triton" / "k.json").read_text() == "this step's own"
+    assert not (own / "triton" / "k2.json").exists()
+    # nor a cache named outside this step's folder, or as the folder itself
+    for bad in (own / ".." / "elsewhere", own):
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(bad))
+        assert profile.warm_caches(str(kernel), str(own)) == ""
+        assert not (tmp_path / "p" / "elsewhere").exists()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(own / "triton"))
+    shutil.rmtree(own)
+
+    # a failure halfway through the copy: what this call made is gone again
+    (kernel / "compile-cache" / "inductor").mkdir(parents=True)
+    (kernel / "compile-cache" / "inductor" / "g.py").write_text("y")
+    calls = []
+
+    def fails_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(profile.shutil, "copymode", fails_second)
+    said = profile.warm_caches(str(kernel), str(own))
+    assert said == "not copied: OSError: disk full" and len(calls) == 2
+    assert not (own / "triton").exists() and not (own / "compile-cache" / "inductor").exists()
+    monkeypatch.undo()
+    for var, part in (("TRITON_CACHE_DIR", "triton"),
+                      ("TORCHINDUCTOR_CACHE_DIR", "compile-cache/inductor")):
+        monkeypatch.setenv(var, str(own / part))
+
+    # a tree deeper than the system takes whole
     deep = kernel / "compile-cache" / "inductor"
-    deep.mkdir(parents=True)
     fd = os.open(deep, os.O_RDONLY)
-    for _ in range(30):  # a file at a path longer than the system takes whole
+    for _ in range(30):
         os.mkdir("d" * 200, dir_fd=fd)
         fd, parent = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
         os.close(parent)
     os.close(os.open("kernel.bin", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
     os.close(fd)
-    (own / "triton" / "k.json").unlink()
     said = profile.warm_caches(str(kernel), str(own))
     assert said.startswith("not copied"), said
-    assert not (own / "triton").exists()  # what was copied before the failure is gone
+    assert not (own / "triton").exists()
 
     shutil.rmtree(kernel / "compile-cache")
     monkeypatch.setattr(profile, "WARM_MAX_FILES", 3)
     for i in range(5):
         (kernel / "triton" / f"f{i}").write_text("x")
-    assert "files" in profile.warm_caches(str(kernel), str(own))
+    assert "entries" in profile.warm_caches(str(kernel), str(own))
     assert not (own / "triton").exists()
+    # an undecodable path is a reason, not an exception
+    assert profile.warm_caches(str(kernel), str(own) + "\udcff").startswith("not copied")

@@ -382,12 +382,11 @@ def _defaults(edit: CodeEdit) -> list[dict]:
     d = edit.defaults
     if not edit.params or set(d) != set(edit.params):
         return []
-    # the catalogue's own value (2.0 where the default says 2): a parameter set is tried
-    # once, under the one spelling the history keys it by
-    same = {k: [c for c in edit.params[k] if type(c) is type(d[k]) and c == d[k]] for k in d}
-    if not all(same.values()):
+    # a value the catalogue offers, of the same type: 2 where it offers 2.0 is another
+    # spelling, which the history would key apart and so try twice
+    if not all(any(type(c) is type(d[k]) and c == d[k] for c in edit.params[k]) for k in d):
         return []
-    return [{k: v[0] for k, v in same.items()}]
+    return [dict(d)]
 
 
 def _param_combos(edit: CodeEdit, rng: random.Random, cap: int = 64) -> list[dict]:

@@ -198,7 +198,7 @@ def ncu_argv(ncu: str, python: str, inputs: str, workspace: str, log_file: str) 
 
 
 WARM_MAX_BYTES = 1 << 30  # a kernel step's compiler caches larger than this are not copied
-WARM_MAX_FILES = 20_000  # ... nor caches of more files than this
+WARM_MAX_FILES = 20_000  # ... nor caches of more files and folders than this
 # the compiler caches this step's environment names, each under this step's build folder as
 # the kernel step's is under its own (launch.BUILD_CACHES)
 WARM_VARS = ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR")
@@ -213,34 +213,44 @@ def warm_caches(kernel_build: str, own_build: str) -> str:
     this step's, byte for byte, which keeps pickles and binaries valid only where the two
     paths have the same length (the trial gives this step's such a path); where they do
     not, past WARM_MAX_BYTES or WARM_MAX_FILES, or where anything fails, nothing is left
-    copied and the call compiles afresh. Never raises: the profile goes on cold."""
-    old, new = str(Path(kernel_build)).encode(), str(Path(own_build)).encode()
-    if len(old) != len(new):
-        return "not copied: the two build folders' paths differ in length"
-    pairs = []
+    copied and the call compiles afresh. Only cache folders that do not exist yet, inside
+    own_build, are filled, and only those are removed again. Never raises: the profile
+    goes on cold."""
+    made: list[Path] = []  # the cache folders this call created: all it ever removes
     try:
+        old, new = os.fsencode(str(Path(kernel_build))), os.fsencode(str(Path(own_build)))
+        if len(old) != len(new):
+            return "not copied: the two build folders' paths differ in length"
+        pairs = []
         for var in WARM_VARS:
             dst = os.environ.get(var)
-            if not dst or not Path(dst).is_relative_to(own_build):
-                continue
+            if not dst or ".." in Path(dst).parts or Path(dst) == Path(own_build) or (
+                    not Path(dst).is_relative_to(own_build)) or os.path.lexists(dst):
+                continue  # not a fresh folder of this step's own
             src = Path(kernel_build) / Path(dst).relative_to(own_build)
             if src.is_dir() and not src.is_symlink():
                 pairs.append((src, Path(dst)))
-        files, total = [], 0
+        files, entries, total = [], 0, 0
         for src, dst in pairs:
             for f in src.rglob("*"):
+                entries += 1
+                if entries > WARM_MAX_FILES:
+                    return f"not copied: more than {WARM_MAX_FILES} entries"
                 if f.is_symlink() or not f.is_file():
                     continue
                 total += f.lstat().st_size
+                if total > WARM_MAX_BYTES:
+                    return f"not copied: more than {WARM_MAX_BYTES} bytes"
                 files.append((f, dst / f.relative_to(src)))
-                if total > WARM_MAX_BYTES or len(files) > WARM_MAX_FILES:
-                    return f"not copied: more than {WARM_MAX_BYTES} bytes or {WARM_MAX_FILES} files"
+        for _, dst in pairs:
+            dst.mkdir(parents=True)
+            made.append(dst)
         for f, out in files:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(f.read_bytes().replace(old, new))
             shutil.copymode(f, out)
     except Exception as e:  # noqa: BLE001 - the candidate's files: whatever they do, cold
-        for _, dst in pairs:
+        for dst in made:
             shutil.rmtree(dst, ignore_errors=True)
         return f"not copied: {type(e).__name__}: {e}"[:300]
     return ""

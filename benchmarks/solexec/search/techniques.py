@@ -167,8 +167,8 @@ def _graphed(a: Analysis, params: Mapping, source: str | None = None) -> str:
     `run` (a generated kernel's launches, say) is captured as the reference's would be.
     The compiler is imported only for the compiled inner run: importing it costs a worker
     seconds."""
-    # the parent's `run` under a name of the graph's own (every name the graph adds starts
-    # with `_graph` or `GRAPH`): a generated kernel's file keeps the reference as
+    # the parent's `run` under a name of the graph's own (its names start with `_graph` or
+    # `GRAPH`, besides `_torch`): a generated kernel's file keeps the reference as
     # `_reference_run` for the shapes it does not take, which must stay
     inner = "_graph_parent_run"
     if params["inner"] == "compile" and source is not None and (
