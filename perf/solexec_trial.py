@@ -65,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     from autolab.runner import give_trial_runner, run_trial, trial_setup
     from autolab.sandbox import isolation_mode
     from benchmarks import get_family
-    from benchmarks.solexec.benchmark import split_workloads
-    from benchmarks.solexec.problems import skip_reason
 
     family = get_family("solexec" if args.preset == "gpu" else "solexec-cpu")
     member = family.member(args.member)
@@ -85,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = []
     preset_timing = member.timing
     table = json.loads((prepared / "baseline.json").read_text())
-    profiled_w = next(w for w in split_workloads(member.problem, "val")
-                      if skip_reason(member.problem, w) is None)
+    profiled_w = member.profiled_workload()
     t_sol_ns = (table["splits"]["val"].get(profiled_w.uuid) or {}).get("t_sol_ns")
     runs = [(i, seed, name) for i, seed in enumerate(args.seeds) for name in candidates]
     for i, seed, name in runs:

@@ -153,8 +153,7 @@ def _technique_edit(problem: Problem, technique) -> CodeEdit:
         if not technique.feasible({**technique.defaults, **chosen}):
             raise EditNotApplicable(f"{technique.name}: {chosen} cannot run")
         try:  # one that wraps goes around the parent's `run`, whatever technique it has
-            text = technique.render(problem, chosen,
-                                    source if technique.wraps else None)["solution.py"]
+            text = technique.render(problem, chosen, source)["solution.py"]
         except Exception as e:  # Unsupported and the like: this problem is not for it
             raise EditNotApplicable(f"{technique.name}: {e}") from None
         return f"# technique: {technique.name}\n{text}"
@@ -396,13 +395,17 @@ class SolExecProblem:
 
             from benchmarks.solexec.problems import make_inputs
 
-            w = next(w for w in split_workloads(self.problem, "val")
-                     if skip_reason(self.problem, w) is None)
+            w = self.profiled_workload()
             made = make_inputs(self.problem, w, seed=ctx.seed, device="cpu")
             scalars = {n: s.value for n, s in w.inputs.items() if s.kind == "scalar"}
             args = [scalars.get(n, made[n]) for n in self.problem.inputs]
             torch.save({"device": self.timing.device, "args": args},
                        ctx.inputs(step) / "inputs.pt")
+
+    def profiled_workload(self) -> Workload:
+        """The workload a trial's profile step runs: the first val workload that runs here."""
+        return next(w for w in split_workloads(self.problem, "val")
+                    if skip_reason(self.problem, w) is None)
 
     def profiled(self, ctx: TrialContext) -> Path | None:
         """ncu where it profiles this trial: a val trial of a candidate not profiled yet

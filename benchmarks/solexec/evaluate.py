@@ -474,10 +474,9 @@ def _prepare_worker(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
 def pinned_cpus(timing: Timing) -> tuple[int, int] | None:
     """(the trusted side's CPU, the worker's): the last two CPUs this thread may use, away
     from CPU 0 (where a host's interrupts and housekeeping tend to land) wherever there are
-    more than two; None where the
-    timing does not pin, its worker uses more than one thread (they would share one CPU),
-    or this thread has a single CPU. One evaluation at a time: evaluations run side by
-    side (a prewarm's) do not pin."""
+    more than two; None where the timing does not pin, its worker uses more than one
+    thread (they would share one CPU), or this thread has a single CPU. One evaluation at
+    a time: evaluations run side by side (a prewarm's) do not pin."""
     if not timing.pin_cpus or timing.threads != 1 or not hasattr(os, "sched_getaffinity"):
         return None
     cpus = sorted(os.sched_getaffinity(0))

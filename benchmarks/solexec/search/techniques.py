@@ -53,8 +53,9 @@ class Technique:
     def render(self, problem: Problem, params: Mapping | None = None,
                source: str | None = None) -> dict[str, str]:
         """The candidate's files for these launch parameters (defaults for those not given),
-        from the reference, or around `source` for a technique that wraps; raises
-        Unsupported where the technique does not apply."""
+        from the reference, or around `source` (the parent's solution) for a technique that
+        wraps (the others ignore it); raises Unsupported where the technique does not
+        apply."""
         chosen = {**self.defaults, **dict(params or {})}
         if self.wraps and source is not None:
             return {"solution.py": self.build(analyse(problem), chosen, source)}
