@@ -464,6 +464,24 @@ def run_trial(
                         prepared_dir, python, keep_outputs, gpu, cache_root)
     finally:
         os.close(held)
+        release_device_cache()
+
+
+def release_device_cache() -> None:
+    """What this process's trusted side of a trial (drawing inputs, running the reference,
+    checking outputs) left in torch's device memory cache, given back to the driver. The
+    process is long-lived (the campaign's, an engine worker's): blocks it keeps cached
+    after one trial are memory the next trial's sandboxed processes cannot have, and a
+    large workload's then runs out of it. Nothing where torch was never imported here or
+    never used a GPU."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None or not cuda.is_available() or not cuda.is_initialized():
+        return
+    import gc
+
+    gc.collect()  # tensors a finished trial left only in reference cycles
+    cuda.empty_cache()
 
 
 def _attempt(bench: Benchmark, candidate_id: str, candidate_files: dict[str, str], seed: int,

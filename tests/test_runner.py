@@ -687,3 +687,25 @@ def test_a_marker_file_that_is_not_ours_is_not_obeyed(tmp_path: Path, live_proce
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_device_cache_is_given_back_after_every_trial(bench: FakeBench, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """The trusted side of a trial runs in a long-lived process: what torch cached on the
+    device for it is released after the trial, ok or not, so that the next trial's
+    sandboxed processes can have it."""
+    import types
+
+    released: list[str] = []
+    fake_cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                                      empty_cache=lambda: released.append("empty"))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=fake_cuda))
+    t = trial(bench, tmp_path, "def run(x, seed, paths):\n    return x * 2 + seed\n")
+    assert t.status == "ok", t.reason + t.log_tail
+    assert released == ["empty"]
+    t = trial(bench, tmp_path, "def run(x, seed, paths):\n    raise SystemExit(3)\n",
+              cand="crash")
+    assert t.status != "ok" and released == ["empty", "empty"]
+    fake_cuda.is_initialized = lambda: False  # a process that never used the GPU
+    trial(bench, tmp_path, "def run(x, seed, paths):\n    return 1.0\n", cand="other")
+    assert released == ["empty", "empty"]
