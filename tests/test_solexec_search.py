@@ -238,11 +238,6 @@ def test_real_problems_get_the_category_their_ops_say(real):
     assert "triton_softmax_online" in applies[
         "L1/046_attention_softmax_with_softcapping_and_dropout"]
     assert "cuda_graph" in applies["L2/002_decoder_layer_full_block"]
-    # autotuning is tried where it picks among matmul or convolution templates only
-    assert {k for k, names in applies.items() if "compile_max_autotune" in names} == {
-        "L1/030_attention_output_projection_with_residual", "L1/041_strided_conv2d_downsampling",
-        "L2/002_decoder_layer_full_block", "FlashInfer-Bench/004_gemm_n128_k2048",
-        "FlashInfer-Bench/012_gqa_paged_decode_h32_kv4_d128_ps1"}
 
 
 # ---------------------------------------------------------------------------- compile, graphs

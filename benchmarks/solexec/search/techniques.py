@@ -31,7 +31,6 @@ from benchmarks.solexec.search.codegen import Unsupported
 
 ALL = ("gemm", "gemm_epilogue", "elementwise", "norm", "row_reduction", "softmax",
        "attention", "quant", "conv", "fused_block", "other")
-TEMPLATED = ("gemm", "gemm_epilogue", "attention", "conv", "fused_block")  # matmuls, convs
 
 
 @dataclass(frozen=True)
@@ -210,11 +209,7 @@ def _triton(name: str, categories: tuple[str, ...], params: dict, defaults: dict
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in [
     Technique("compile_default", ALL, {}, {}, _compiled("default")),
-    # max-autotune's own gain is the choice among matmul and convolution templates; on a
-    # problem without one it only benchmarks configurations of the kernels default makes,
-    # at minutes a trial (an H100 row reduction of 15 shapes: 336-366 s of warm-up)
-    Technique("compile_max_autotune", TEMPLATED, {}, {},
-              _compiled("max-autotune-no-cudagraphs"), lambda a: a.category in TEMPLATED),
+    Technique("compile_max_autotune", ALL, {}, {}, _compiled("max-autotune-no-cudagraphs")),
     Technique("compile_reduce_overhead", ALL, {}, {}, _compiled("reduce-overhead")),
     Technique("cuda_graph", ALL,
               {"inner": _choice("eager", "compile"),
@@ -244,10 +239,11 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in [
 # The offline proposer's prior odds, from what the H100 measurements show (RESULTS.md): the
 # reference's time is at a median 32 times its speed of light, most of it the host's launches
 # of small kernels, which one graph replay or one generated kernel removes; autotuning
-# compiles for minutes a trial and has not won yet; and T_b is already the faster of
-# the reference eager and under torch.compile's default mode on each workload, so
-# compile_default can at best tie with it. A win anywhere still outweighs these: a
-# technique accepted on a related problem is tried first there.
+# compiles for minutes a trial (336-366 s of warm-up on a row reduction of 15 shapes) and
+# has not been accepted yet, though it led on one seed of an elementwise problem (L1-028);
+# and T_b is already the faster of the reference eager and under torch.compile's default
+# mode on each workload, so compile_default can at best tie with it. A win anywhere still
+# outweighs these: a technique accepted on a related problem is tried first there.
 WEIGHTS = {"cuda_graph": 4.0, "triton_elementwise": 2.0, "triton_rows": 2.0,
            "triton_softmax_online": 2.0, "triton_gemm_epilogue": 2.0,
            "compile_max_autotune": 0.5, "compile_default": 0.25}
