@@ -709,3 +709,11 @@ def test_the_device_cache_is_given_back_after_every_trial(bench: FakeBench, tmp_
     fake_cuda.is_initialized = lambda: False  # a process that never used the GPU
     trial(bench, tmp_path, "def run(x, seed, paths):\n    return 1.0\n", cand="other")
     assert released == ["empty", "empty"]
+
+    def broken() -> None:  # a device whose context failed: the CUDA error comes back here
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    fake_cuda.is_initialized, fake_cuda.empty_cache = (lambda: True), broken
+    t = trial(bench, tmp_path, "def run(x, seed, paths):\n    return x * 2 + seed\n",
+              cand="after-a-fault")
+    assert t.status == "ok" and t.metrics == {"score": 49.0}  # the trial's result stands
