@@ -12,6 +12,10 @@ offline search applied to it, as a campaign's candidate) it prints, in µs:
 - `rotate`: `host`, but with the calls going round the workloads, each round in a new
   shuffled order and no workload twice in a row, as the harness times them (a compiled
   solution meets another shape at every call);
+- `rotate_sleep` and `rotate_spin`: `rotate`, but with this thread idle for 2 ms before
+  each call (after the flush), asleep in the kernel or polling the clock: the worker
+  sleeps through the pause before each of its calls, and a call after a sleep may run on
+  a CPU that halted (on a virtual machine, woken late and with cold caches);
 - with `--audit`, `rotate_hooked`: `rotate` again once an audit hook with the kernel
   step's runtime guard policy (benchmarks/guard.py, nothing denied here) is installed, as
   the worker installs it before the solution loads, and `audit_events`: the audit events
@@ -25,7 +29,11 @@ reads), median and spread.
 
     python perf/solexec_overhead.py --member L1-012_fused_cos_sin_embedding_generation \
         [--data-dir DIR] [--workloads 4] [--technique compile_default] [--batches 1 16]
-        [--out FILE]
+        [--awake] [--out FILE]
+
+With `--awake`, the `net` times are taken pinned, with the worker's CPU kept from halting
+(evaluate.Timing.awake_cpu), and `rotate_sleep_awake` is `rotate_sleep` with this thread
+pinned and the same poller on its CPU.
 """
 
 from __future__ import annotations
@@ -132,9 +140,12 @@ def in_process(problem, workload, fn, reps: int, device: str) -> dict:
             "empty_path_us": statistics.median(empty)}
 
 
-def rotating(problem, workloads, fn, rounds: int, device: str) -> list[float]:
+def rotating(problem, workloads, fn, rounds: int, device: str,
+             idle: str | None = None) -> list[float]:
     """Per workload, the median host time of a call (flush, call, synchronise) when the
-    calls go round the workloads in shuffled rounds, no workload twice in a row."""
+    calls go round the workloads in shuffled rounds, no workload twice in a row; with
+    `idle` ("sleep" or "spin") this thread idles IDLE_S that way between the flush and
+    the clock's start."""
     import random
 
     import torch
@@ -157,6 +168,12 @@ def rotating(problem, workloads, fn, rounds: int, device: str) -> list[float]:
                 made = make_inputs(problem, workloads[i], seed=5000 + r, device=device)
                 args = [made[n] for n in names]
                 flush()
+                if idle == "sleep":
+                    time.sleep(IDLE_S)
+                elif idle == "spin":
+                    until = time.perf_counter() + IDLE_S
+                    while time.perf_counter() < until:
+                        pass
                 t0 = time.perf_counter_ns()
                 fn(*args)
                 torch.cuda.synchronize()
@@ -197,6 +214,26 @@ def audit_events(problem, workloads, fn, device: str, calls: int = 50) -> dict[s
     return {k: v / calls for k, v in counts.most_common(20)}
 
 
+IDLE_S = 0.002  # as evaluate.Timing.idle_before_s
+
+
+def _cpuidle() -> dict:
+    """The host's idle driver and governor, and CPU 0's idle states (name: exit latency)."""
+    base, out = Path("/sys/devices/system/cpu"), {}
+    for name in ("current_driver", "current_governor_ro", "current_governor"):
+        try:
+            out[name] = (base / "cpuidle" / name).read_text().strip()
+        except OSError:
+            pass
+    states = {}
+    for state in sorted((base / "cpu0" / "cpuidle").glob("state*")):
+        try:
+            states[(state / "name").read_text().strip()] = int((state / "latency").read_text())
+        except (OSError, ValueError):
+            pass
+    return {**out, "states_latency_us": states}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--member", required=True, help="e.g. L1-012_fused_cos_sin_embedding_...")
@@ -207,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--audit", action="store_true",
                     help="count audit events per call and time with the guard's hook")
+    ap.add_argument("--awake", action="store_true",
+                    help="time the worker pinned, its CPU kept from halting")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -238,6 +277,24 @@ def main(argv: list[str] | None = None) -> int:
         for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps, device),
                           strict=True):
             row["rotate_us"] = t
+        for idle in ("sleep", "spin"):
+            for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps,
+                                             device, idle), strict=True):
+                row[f"rotate_{idle}_us"] = t
+        if args.awake:
+            from benchmarks.solexec.evaluate import awake_on
+
+            cpu = sorted(os.sched_getaffinity(0))[-1]
+            before = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {cpu})
+            try:
+                with awake_on(cpu):
+                    for row, t in zip(rows, rotating(problem, workloads, module.run,
+                                                     args.reps, device, "sleep"),
+                                      strict=True):
+                        row["rotate_sleep_awake_us"] = t
+            finally:
+                os.sched_setaffinity(0, before)
         events: dict = {}
         if args.audit:  # last: an audit hook cannot be removed
             events = audit_events(problem, workloads, module.run, device)
@@ -245,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                                              device), strict=True):
                 row["rotate_hooked_us"] = t
         for batch in args.batches:
-            timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1)
+            timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1,
+                             pin_cpus=args.awake, awake_cpu=args.awake)
             ev = evaluate_problem(problem, Path(tmp), timing, workloads=workloads, seed=7)
             for row, w in zip(rows, ev.workloads, strict=True):
                 row[f"net{batch}_us"] = w.time_ns / 1e3 if w.time_ns else None
@@ -253,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"status{batch}"] = w.status
     out = {"member": args.member, "technique": args.technique, "device":
            torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
+           "awake": args.awake, "cpuidle": _cpuidle(),
            "ping_pong": ping_pong(), "audit_events_per_call": events, "workloads": rows}
     print(json.dumps(out, indent=1))
     if args.out is not None:

@@ -6,6 +6,7 @@ Compute profile.
 
     python perf/solexec_trial.py --member L1-001_... [--preset gpu]
         [--technique NAME ...] [--seeds 1000 1001] [--pin-cpus off|on|alternate]
+        [--awake off|on|alternate]
         [--work DIR] [--out FILE]
 
 Several techniques (`reference` for none) take turns at each seed, so that what drifts on
@@ -15,7 +16,9 @@ workload, against that workload's T_SOL, is printed as `ncu_over_tsol`.
 
 --pin-cpus alternate runs the trials pinned and not pinned in turn (evaluate.Timing.pin_cpus:
 the trusted side and the worker each on a CPU of their own), prepared once as the preset
-says: how much pinning steadies a trial's times.
+says: how much pinning steadies a trial's times. --awake does the same with
+evaluate.Timing.awake_cpu (on: pinned, and the worker's CPU kept from halting by a poller
+of the lowest priority while the evaluation runs; off: as --pin-cpus says).
 
 Problems come from AUTOLAB_SOLEXEC_DIR or --data-dir (the public layout).
 """
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isolation", default="auto")
     ap.add_argument("--pin-cpus", choices=("preset", "off", "on", "alternate"),
                     default="preset")
+    ap.add_argument("--awake", choices=("preset", "off", "on", "alternate"),
+                    default="preset")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.data_dir is not None:
@@ -90,12 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         cid, files = candidates[name]
         pin = {"preset": preset_timing.pin_cpus, "off": False, "on": True,
                "alternate": i % 2 == 1}[args.pin_cpus]
-        member.timing = replace(preset_timing, pin_cpus=pin)
+        awake = {"preset": preset_timing.awake_cpu, "off": False, "on": True,
+                 "alternate": i % 2 == 1}[args.awake]
+        member.timing = replace(preset_timing, pin_cpus=pin or awake, awake_cpu=awake)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
                       prepared_dir=prepared, cache_root=work / "cache",
                       gpu=0 if args.preset == "gpu" else None)
         ncu_us = t.evidence.get("ncu_gpu_time_us")
-        trials.append({"technique": name, "seed": seed, "pin_cpus": pin,
+        trials.append({"technique": name, "seed": seed, "pin_cpus": pin or awake,
+                       "awake_cpu": awake,
                        "ncu_over_tsol": (round(ncu_us * 1e3 / t_sol_ns, 3)
                                          if ncu_us is not None and t_sol_ns else None),
                        "status": t.status, "failure": t.failure,
@@ -108,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: median µs {[t['evidence'].get('median_time_us') for t in mine]}, "
               f"score {[round(t['metrics'].get('sol_score', 0), 3) for t in mine]}, "
               f"min T_k/T_SOL {[t['evidence'].get('min_tk_over_tsol') for t in mine]}, "
-              f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol'] is not None]}",
+              f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol'] is not None]}, "
+              f"pinned {[t['pin_cpus'] for t in mine]}, "
+              f"awake {[t['awake_cpu'] for t in mine]}",
               flush=True)
     out = {"member": args.member, "preset": args.preset, "techniques": args.technique,
            "profiled_workload": {"uuid": profiled_w.uuid, "axes": dict(profiled_w.axes),

@@ -376,6 +376,14 @@ def test_a_baseline_timed_with_other_calls_a_round_trip_is_measured_again(member
     again["pin_cpus"] = member.timing.pin_cpus
     (folder / "baseline.json").write_text(json.dumps(again))
     assert member._measured_here(folder / "baseline.json")
+    # and one whose worker's CPU was kept awake otherwise than it is now
+    assert again["awake_cpu"] == member.timing.awake_cpu
+    again["awake_cpu"] = not member.timing.awake_cpu
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert not member._measured_here(folder / "baseline.json")
+    del again["awake_cpu"]  # a table from before it was recorded: not kept awake
+    (folder / "baseline.json").write_text(json.dumps(again))
+    assert member._measured_here(folder / "baseline.json") == (not member.timing.awake_cpu)
 
 
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,

@@ -461,6 +461,71 @@ def test_pinned_timing_puts_the_worker_and_the_trusted_side_each_on_a_cpu(proble
     assert result.passed and (folder / "build" / "affinity.txt").read_text() != str(worker_cpu)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs two CPUs")
+def test_the_worker_cpu_is_kept_awake_by_a_poller_of_the_lowest_priority(problems, forks,
+                                                                        tmp_path):
+    """With awake_cpu, a process polls at SCHED_IDLE on the worker's CPU while the
+    evaluation runs (a sleeping worker's CPU never halts), and is gone afterwards; the
+    worker, pinned there, still runs and passes."""
+    import psutil
+
+    from benchmarks.solexec.evaluate import awake_on, pinned_cpus
+
+    problem = problems["L1/001_small_matmul"]
+    folder = write_solution(tmp_path / "sol", """
+        import os
+        import torch
+
+        def run(A, B):
+            with open("affinity.txt", "w") as f:  # the build folder: the worker's cwd
+                f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+            return torch.matmul(A, B.T)
+    """)
+    timing = replace(FAST, pin_cpus=True, awake_cpu=True)
+    _, worker_cpu = pinned_cpus(timing)
+    with awake_on(worker_cpu) as said:
+        assert said == f"polling on CPU {worker_cpu}"
+        [poller] = [c for c in psutil.Process().children() if "SCHED_IDLE" in " ".join(
+            c.cmdline())]
+        assert poller.cpu_affinity() == [worker_cpu]
+        assert os.sched_getscheduler(poller.pid) == os.SCHED_IDLE
+        assert poller.cpu_percent(0.2) > 50  # it polls
+    assert not poller.is_running()
+    result = evaluate(problem, folder, forks, timing, workloads=problem.workloads[:1])
+    assert result.passed, result
+    assert result.awake == f"polling on CPU {worker_cpu}"
+    assert (folder / "build" / "affinity.txt").read_text() == str(worker_cpu)
+    assert not [c for c in psutil.Process().children() if "SCHED_IDLE" in " ".join(
+        c.cmdline())]
+    # not asked, or not pinned: nothing polls, and the evaluation says so
+    for other in (replace(timing, awake_cpu=False), replace(timing, pin_cpus=False)):
+        result = evaluate(problem, folder, forks, other, workloads=problem.workloads[:1])
+        assert result.passed and result.awake == ""
+
+
+def test_a_poller_that_cannot_start_is_said_and_the_evaluation_goes_on(problems, forks,
+                                                                       tmp_path, monkeypatch):
+    import benchmarks.solexec.evaluate as evaluate_module
+
+    with evaluate_module.awake_on(None) as said:
+        assert said == ""
+    monkeypatch.setattr(evaluate_module, "_SPINNER", "raise SystemExit('no such policy')")
+    with evaluate_module.awake_on(0) as said:
+        assert said == "not polling: no such policy"
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        problem = problems["L1/001_small_matmul"]
+        folder = write_solution(tmp_path / "sol", """
+            import torch
+
+            def run(A, B):
+                return torch.matmul(A, B.T)
+        """)
+        result = evaluate(problem, folder, forks, replace(FAST, pin_cpus=True, awake_cpu=True),
+                          workloads=problem.workloads[:1])
+        assert result.passed and result.awake == "not polling: no such policy"
+
+
 def test_exit_statuses_read_as_words():
     assert describe_exit(-9) == "the worker was killed by SIGKILL"
     assert describe_exit(2) == "the worker exited with status 2"

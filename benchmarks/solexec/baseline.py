@@ -149,7 +149,7 @@ def prewarm_compile(problem: Problem, splits: dict[str, list[Workload]], timing:
     every = [w for ws in splits.values() for w in ws]
     # several prewarms run at once: none pins its processes (they would share one CPU)
     quick = dataclasses.replace(timing, warmup=1, reps=1, late_empties=False, batch=1,
-                                pin_cpus=False)
+                                pin_cpus=False, awake_cpu=False)
     row = run_modes(problem, quick, ["compile"], Path(cache_dir) / "solutions", cache_dir,
                     workloads=every)
     short = [w.get("reason") or "" for w in (row.get("compile") or {}).get("workloads", [])
@@ -186,7 +186,8 @@ def baseline_table(problem: Problem, splits: dict[str, list[Workload]], timing: 
     times = baseline_times(row)
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
                  "modes": list(modes), "calls_per_trip": timing.batch,
-                 "pin_cpus": timing.pin_cpus, "protocol": PROTOCOL,
+                 "pin_cpus": timing.pin_cpus, "awake_cpu": timing.awake_cpu,
+                 "protocol": PROTOCOL,
                  "measured_as": measured_as, "splits": {}}
     for split, ws in splits.items():
         entries = {}

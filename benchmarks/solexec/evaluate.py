@@ -203,6 +203,10 @@ class Timing:
     # evaluation (the last two this thread may use: see pinned_cpus), so that a trial's
     # host share of a call does not depend on where the scheduler put them
     pin_cpus: bool = False
+    # with pin_cpus, a process of the lowest priority polls on the worker's CPU while the
+    # evaluation runs, so that the CPU never halts while the worker sleeps between calls
+    # (awake_on): a call then starts on a CPU that is awake and warm
+    awake_cpu: bool = False
 
 
 # ---------------------------------------------------------------------------- one call
@@ -483,6 +487,60 @@ def pinned_cpus(timing: Timing) -> tuple[int, int] | None:
     return (cpus[-1], cpus[-2]) if len(cpus) >= 2 else None
 
 
+# polls at SCHED_IDLE on the CPU given, once it says so; dies with the thread that started it
+_SPINNER = """import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, 9)
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+sys.stdout.write("polling\\n")
+sys.stdout.flush()
+while True:
+    pass
+"""
+
+
+@contextmanager
+def awake_on(cpu: int | None):
+    """While inside, a process polls on `cpu` at the lowest priority there is (SCHED_IDLE),
+    so that the CPU never halts: any other thread woken there preempts it at once. The
+    worker sleeps in the kernel between its calls, through the pause, the staging and the
+    flush; on a virtual machine a halted CPU is woken through the hypervisor, late by tens
+    of µs, and what runs on it then runs slowly for a while (an H100 host: one small
+    kernel launched and waited for took 86 µs after 2 ms asleep, 33 µs with this poller,
+    22 µs with no pause). Yields what was done: "" (no CPU given), "polling on CPU n", or
+    "not polling: why" (the evaluation goes on either way, and says which)."""
+    if cpu is None:
+        yield ""
+        return
+    import subprocess
+    import sys
+
+    proc, why = None, ""
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _SPINNER, str(cpu)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        said = proc.stdout.readline().strip() if proc.stdout is not None else b""
+        if said != b"polling":
+            err = proc.stderr.read() if proc.stderr is not None else b""
+            proc.kill()
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
+            why, proc = f"not polling: {why[0][:200]}", None
+        else:
+            why = f"polling on CPU {cpu}"
+    except OSError as e:
+        why = f"not polling: {e}"
+    try:
+        yield why
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+
+
 @contextmanager
 def _pinned(cpu: int | None):
     """This thread on `cpu` alone while inside (Linux applies it to the calling thread)."""
@@ -571,12 +629,13 @@ def evaluate_problem(
         work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
                                 device=timing.device, threads=timing.threads, seeds=seeds,
                                 size=size, copies=copies))
-    own_build = build_dir is None
+    own_build, awake = build_dir is None, ""
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
     phases: Counter = Counter()
     try:
         pins = pinned_cpus(timing)
-        with _pinned(pins[0] if pins else None):
+        with _pinned(pins[0] if pins else None), awake_on(
+                pins[1] if pins and timing.awake_cpu else None) as awake:
             load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
                                        phases, pins[1] if pins else None
                                        ) if work else ("", "")
@@ -591,6 +650,7 @@ def evaluate_problem(
         problem=problem.key, device=timing.device, workloads=[results[k] for k in sorted(results)],
         load_error=load_error, log_tail=log, wall_s=round(time.monotonic() - started, 3),
         phase_s={k: round(v / 1e9, 3) for k, v in sorted(phases.items())},
+        awake=awake,
     )  # fmt: skip
 
 

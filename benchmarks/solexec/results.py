@@ -58,6 +58,8 @@ class ProblemEval(BaseModel):
         "the reference's outputs (draw), the pause before a call (pause), staging and "
         "flushing (stage), warm-up and timed round trips (warmup, call), checking the "
         "answers (check), late empty calls with their pauses (empty)")
+    awake: str = Field("", description="the poller that kept the worker's CPU awake "
+                       "(evaluate.awake_on): empty where none was asked")
 
     @computed_field
     @property
