@@ -234,6 +234,20 @@ def _cpuidle() -> dict:
     return {**out, "states_latency_us": states}
 
 
+def _net(problem, folder: Path, timing, workloads, launch: str):
+    from benchmarks.solexec.evaluate import evaluate_problem
+    from benchmarks.solexec.launch import Forkserver
+
+    if launch == "subprocess":
+        return evaluate_problem(problem, folder, timing, workloads=workloads, seed=7)
+    env = {"AUTOLAB_GUARD": json.dumps({"read": ["/"], "write": ["/"], "fd": -1,
+                                        "allow_subprocess": True})
+           } if launch == "guarded" else None
+    with Forkserver(env=env) as server:
+        return evaluate_problem(problem, folder, timing, workloads=workloads,
+                                launch=server.launch, build_dir=folder / "build", seed=7)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--member", required=True, help="e.g. L1-012_fused_cos_sin_embedding_...")
@@ -244,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--audit", action="store_true",
                     help="count audit events per call and time with the guard's hook")
+    ap.add_argument("--launch", choices=("subprocess", "forkserver", "guarded"),
+                    default="subprocess",
+                    help="how the `net` column's worker starts: a subprocess of its own, "
+                    "forked by a forkserver as in a trial, or that under the runtime guard "
+                    "(its hook and import finder, every path allowed)")
     ap.add_argument("--awake", action="store_true",
                     help="time the worker pinned, its CPU kept from halting")
     ap.add_argument("--out", type=Path, default=None)
@@ -252,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.solexec.benchmark import TIMINGS, load_members, problems_root
-    from benchmarks.solexec.evaluate import evaluate_problem
 
     device = "cuda"
     problem = load_members(problems_root(args.data_dir))[args.member]
@@ -304,14 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1,
                              pin_cpus=args.awake, awake_cpu=args.awake)
-            ev = evaluate_problem(problem, Path(tmp), timing, workloads=workloads, seed=7)
+            ev = _net(problem, Path(tmp), timing, workloads, args.launch)
             for row, w in zip(rows, ev.workloads, strict=True):
                 row[f"net{batch}_us"] = w.time_ns / 1e3 if w.time_ns else None
                 row[f"overhead{batch}_us"] = w.overhead_ns / 1e3 if w.overhead_ns else None
                 row[f"status{batch}"] = w.status
     out = {"member": args.member, "technique": args.technique, "device":
            torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
-           "awake": args.awake, "cpuidle": _cpuidle(),
+           "awake": args.awake, "launch": args.launch, "cpuidle": _cpuidle(),
            "ping_pong": ping_pong(), "audit_events_per_call": events, "workloads": rows}
     print(json.dumps(out, indent=1))
     if args.out is not None:
