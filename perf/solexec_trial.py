@@ -6,7 +6,7 @@ Compute profile.
 
     python perf/solexec_trial.py --member L1-001_... [--preset gpu]
         [--technique NAME ...] [--seeds 1000 1001] [--pin-cpus off|on|alternate]
-        [--awake off|on|alternate]
+        [--awake off|on|alternate] [--control REPS]
         [--work DIR] [--out FILE]
 
 Several techniques (`reference` for none) take turns at each seed, so that what drifts on
@@ -18,7 +18,9 @@ workload, against that workload's T_SOL, is printed as `ncu_over_tsol`.
 the trusted side and the worker each on a CPU of their own), prepared once as the preset
 says: how much pinning steadies a trial's times. --awake does the same with
 evaluate.Timing.awake_cpu (on: pinned, and the worker's CPU kept from halting by a poller
-of the lowest priority while the evaluation runs; off: as --pin-cpus says).
+of the lowest priority while the evaluation runs; off: as --pin-cpus says). --control
+REPS has each trial time the reference first (evaluate.Timing.control_reps), recorded as
+`control_median_us`: how fast the host was just before the trial's candidate ran.
 
 Problems come from AUTOLAB_SOLEXEC_DIR or --data-dir (the public layout).
 """
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                     default="preset")
     ap.add_argument("--awake", choices=("preset", "off", "on", "alternate"),
                     default="preset")
+    ap.add_argument("--control", type=int, default=None,
+                    help="timed calls a workload of the reference before each trial")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.data_dir is not None:
@@ -97,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                "alternate": i % 2 == 1}[args.pin_cpus]
         awake = {"preset": preset_timing.awake_cpu, "off": False, "on": True,
                  "alternate": i % 2 == 1}[args.awake]
-        member.timing = replace(preset_timing, pin_cpus=pin or awake, awake_cpu=awake)
+        member.timing = replace(preset_timing, pin_cpus=pin or awake, awake_cpu=awake,
+                                control_reps=preset_timing.control_reps
+                                if args.control is None else args.control)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
                       prepared_dir=prepared, cache_root=work / "cache",
                       gpu=0 if args.preset == "gpu" else None)
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               f"min T_k/T_SOL {[t['evidence'].get('min_tk_over_tsol') for t in mine]}, "
               f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol'] is not None]}, "
               f"pinned {[t['pin_cpus'] for t in mine]}, "
-              f"awake {[t['awake_cpu'] for t in mine]}",
+              f"awake {[t['awake_cpu'] for t in mine]}, "
+              f"control µs {[t['evidence'].get('control_median_us') for t in mine]}",
               flush=True)
     out = {"member": args.member, "preset": args.preset, "techniques": args.technique,
            "profiled_workload": {"uuid": profiled_w.uuid, "axes": dict(profiled_w.axes),

@@ -90,6 +90,46 @@ def test_the_reference_scores_and_a_broken_kernel_fails(member, prepared,
     assert bad.status != "ok" and "incorrect" in bad.reason, bad.reason
 
 
+def test_a_control_of_the_reference_runs_before_any_of_the_candidates_code(
+        member, prepared, tmp_path, monkeypatch):
+    """With control_reps, a trial first times the reference (trusted code, its own
+    worker) and records how fast it ran: before the build step, where the candidate's
+    code first runs. A control that fails is said and the trial goes on; without
+    control_reps there is none."""
+    import time
+    from dataclasses import replace
+
+    import benchmarks.solexec.baseline as baseline
+    import benchmarks.solexec.build as build
+
+    calls: list[tuple[str, float]] = []
+    real_control, real_build = baseline.control_run, build.build_solution
+
+    def control(problem, workloads, timing):
+        found = real_control(problem, workloads, timing)
+        calls.append(("control", time.monotonic()))
+        return found
+
+    def building(*args, **kw):
+        calls.append(("build", time.monotonic()))
+        return real_build(*args, **kw)
+
+    monkeypatch.setattr(baseline, "control_run", control)
+    monkeypatch.setattr(build, "build_solution", building)
+    monkeypatch.setattr(member, "timing", replace(member.timing, control_reps=2))
+    trial = _trial(member, prepared, tmp_path, member.seed_files())
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    assert [c[0] for c in calls] == ["control", "build"], calls
+    assert trial.evidence["control_median_us"] > 0 and trial.evidence["control_wall_s"] > 0
+    calls.clear()
+    monkeypatch.setattr(baseline, "control_run", lambda *a: {"error": "no reference here"})
+    trial = _trial(member, prepared, tmp_path, member.seed_files(), seed=1001)
+    assert trial.status == "ok" and trial.evidence["control_error"] == "no reference here"
+    monkeypatch.setattr(member, "timing", replace(member.timing, control_reps=0))
+    trial = _trial(member, prepared, tmp_path, member.seed_files(), seed=1002)
+    assert trial.status == "ok" and not [k for k in trial.evidence if "control" in k]
+
+
 def test_the_audit_split_times_workloads_the_candidate_never_saw(member, prepared, tmp_path):
     from benchmarks.solexec.benchmark import split_workloads
 

@@ -83,6 +83,31 @@ def run_modes(problem: Problem, timing: Timing, modes: list[str], folder: Path,
     return row
 
 
+def control_run(problem: Problem, workloads: list[Workload], timing: Timing) -> dict:
+    """The reference, eager, timed as a candidate is (its own worker, started here and not
+    sandboxed: the reference is trusted code) with `timing.control_reps` timed calls a
+    workload: how fast the host runs a call just now, for a trial that takes it before
+    any of its candidate's code runs. {"times_ns": {uuid: net time}, "median_us", "wall_s"},
+    or {"error": why}; never raises."""
+    import tempfile
+
+    quick = dataclasses.replace(timing, reps=max(1, timing.control_reps), control_reps=0,
+                                late_empties=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="solexec-control-") as folder:
+            result = evaluate_problem(problem, reference_solution(problem, Path(folder)),
+                                      quick, workloads=workloads)
+    except Exception as exc:  # noqa: BLE001 - a control that cannot run is said, not fatal
+        release_memory()
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    times = {w.uuid: w.time_ns for w in result.workloads if w.status == "ok" and w.time_ns}
+    if not times:
+        return {"error": "no workload of the control ran"}
+    ordered = sorted(times.values())
+    return {"times_ns": times, "median_us": ordered[len(ordered) // 2] / 1e3,
+            "wall_s": result.wall_s}
+
+
 def release_memory() -> None:
     import gc
 

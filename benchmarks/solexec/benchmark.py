@@ -509,6 +509,11 @@ class SolExecProblem:
         def drive(link) -> None:
             server = Forkserver(ctrl=link.conn)
             try:
+                if timing.control_reps and workloads and self.tb_mode is None:
+                    # before any of the candidate's code runs in this trial
+                    from benchmarks.solexec.baseline import control_run
+
+                    s["control"] = control_run(problem, workloads, timing)
                 built = build_solution(problem, ctx.workspace, build_dir, timing,
                                        launch=server.launch)
                 s["build"] = built.model_dump(mode="json")
@@ -707,10 +712,21 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                            **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
                            "eval_s": float(ev.get("wall_s", 0.0)),
                            **({"awake": ev["awake"]} if ev.get("awake") else {}),
+                           **_control_evidence(s.get("control")),
                            **{f"build_cache_{k}": v for k, v in
                               (s.get("build_cache") or {}).items()},
                            **{f"eval_{k}_s": float(v) for k, v in
                               (ev.get("phase_s") or {}).items()}})
+
+
+def _control_evidence(found: dict | None) -> dict:
+    """The control's median time (the reference timed just before the candidate, see
+    baseline.control_run), or why there is none: a record of how fast the host was."""
+    found = found if isinstance(found, dict) else {}
+    if "median_us" in found:
+        return {"control_median_us": float(found["median_us"]),
+                "control_wall_s": float(found.get("wall_s", 0.0))}
+    return {"control_error": str(found["error"])[:300]} if "error" in found else {}
 
 
 def runnable(problem: Problem) -> bool:

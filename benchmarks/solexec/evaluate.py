@@ -207,6 +207,10 @@ class Timing:
     # evaluation runs, so that the CPU never halts while the worker sleeps between calls
     # (awake_on): a call then starts on a CPU that is awake and warm
     awake_cpu: bool = False
+    # a trial first times the reference (eager, trusted, this many timed calls a
+    # workload) on the same CPUs, before any of the candidate's code runs: how fast the
+    # host is just then (baseline.control_run; 0: not)
+    control_reps: int = 0
 
 
 # ---------------------------------------------------------------------------- one call
