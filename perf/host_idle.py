@@ -71,7 +71,8 @@ def after_idle(reps: int) -> dict:
     try:
         for poller in (False, True):
             with awake_on(cpu if poller else None) as said:
-                out.setdefault("poller", said)
+                if poller:
+                    out["poller"] = said["said"]
                 for name, call in calls.items():
                     for _ in range(50):
                         call()

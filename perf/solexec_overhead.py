@@ -29,11 +29,13 @@ reads), median and spread.
 
     python perf/solexec_overhead.py --member L1-012_fused_cos_sin_embedding_generation \
         [--data-dir DIR] [--workloads 4] [--technique compile_default] [--batches 1 16]
-        [--awake] [--out FILE]
+        [--net-timing preset|pinned|unpinned] [--launch subprocess|forkserver|guarded]
+        [--out FILE]
 
-With `--awake`, the `net` times are taken pinned, with the worker's CPU kept from halting
-(evaluate.Timing.awake_cpu), and `rotate_sleep_awake` is `rotate_sleep` with this thread
-pinned and the same poller on its CPU.
+The `net` times are taken as the GPU preset takes them (pinned, the worker's CPU kept
+from halting by a poller: evaluate.Timing.awake_cpu), or pinned without the poller, or
+neither (`--net-timing`); `rotate_sleep_awake` is `rotate_sleep` with this thread pinned
+and the same poller on its CPU.
 """
 
 from __future__ import annotations
@@ -263,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="how the `net` column's worker starts: a subprocess of its own, "
                     "forked by a forkserver as in a trial, or that under the runtime guard "
                     "(its hook and import finder, every path allowed)")
-    ap.add_argument("--awake", action="store_true",
-                    help="time the worker pinned, its CPU kept from halting")
+    ap.add_argument("--net-timing", choices=("preset", "pinned", "unpinned"),
+                    default="preset", help="the GPU preset's timing (pinned, poller on), "
+                    "pinned without the poller, or neither")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -299,37 +302,42 @@ def main(argv: list[str] | None = None) -> int:
             for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps,
                                              device, idle), strict=True):
                 row[f"rotate_{idle}_us"] = t
-        if args.awake:
-            from benchmarks.solexec.evaluate import awake_on
+        from benchmarks.solexec.evaluate import awake_on
 
-            cpu = sorted(os.sched_getaffinity(0))[-1]
-            before = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {cpu})
-            try:
-                with awake_on(cpu):
-                    for row, t in zip(rows, rotating(problem, workloads, module.run,
-                                                     args.reps, device, "sleep"),
-                                      strict=True):
-                        row["rotate_sleep_awake_us"] = t
-            finally:
-                os.sched_setaffinity(0, before)
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        try:
+            with awake_on(cpu) as poller:
+                for row, t in zip(rows, rotating(problem, workloads, module.run,
+                                                 args.reps, device, "sleep"), strict=True):
+                    row["rotate_sleep_awake_us"] = t
+        finally:
+            os.sched_setaffinity(0, before)
         events: dict = {}
         if args.audit:  # last: an audit hook cannot be removed
             events = audit_events(problem, workloads, module.run, device)
             for row, t in zip(rows, rotating(problem, workloads, module.run, args.reps,
                                              device), strict=True):
                 row["rotate_hooked_us"] = t
+        net_awake: dict[int, str] = {}
         for batch in args.batches:
-            timing = replace(TIMINGS["gpu"], batch=batch, reps=args.reps // batch or 1,
-                             pin_cpus=args.awake, awake_cpu=args.awake)
+            preset = TIMINGS["gpu"]
+            timing = replace(preset, batch=batch, reps=args.reps // batch or 1,
+                             pin_cpus=preset.pin_cpus if args.net_timing == "preset"
+                             else args.net_timing == "pinned",
+                             awake_cpu=preset.awake_cpu and args.net_timing == "preset")
             ev = _net(problem, Path(tmp), timing, workloads, args.launch)
+            net_awake[batch] = ev.awake
             for row, w in zip(rows, ev.workloads, strict=True):
                 row[f"net{batch}_us"] = w.time_ns / 1e3 if w.time_ns else None
                 row[f"overhead{batch}_us"] = w.overhead_ns / 1e3 if w.overhead_ns else None
                 row[f"status{batch}"] = w.status
     out = {"member": args.member, "technique": args.technique, "device":
            torch.cuda.get_device_name(), "host_cpus": os.cpu_count(),
-           "awake": args.awake, "launch": args.launch, "cpuidle": _cpuidle(),
+           "net_timing": args.net_timing, "net_awake": net_awake,
+           "rotate_sleep_awake_poller": poller["said"], "launch": args.launch,
+           "cpuidle": _cpuidle(),
            "ping_pong": ping_pong(), "audit_events_per_call": events, "workloads": rows}
     print(json.dumps(out, indent=1))
     if args.out is not None:

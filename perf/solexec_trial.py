@@ -17,8 +17,9 @@ workload, against that workload's T_SOL, is printed as `ncu_over_tsol`.
 --pin-cpus alternate runs the trials pinned and not pinned in turn (evaluate.Timing.pin_cpus:
 the trusted side and the worker each on a CPU of their own), prepared once as the preset
 says: how much pinning steadies a trial's times. --awake does the same with
-evaluate.Timing.awake_cpu (on: pinned, and the worker's CPU kept from halting by a poller
-of the lowest priority while the evaluation runs; off: as --pin-cpus says). --control
+evaluate.Timing.awake_cpu (on: the worker's CPU kept from halting by a poller of the
+lowest priority while the evaluation runs), which takes effect only in a pinned trial
+(the preset pins; the trial's record says `awake_cpu` as it took effect). --control
 REPS has each trial time the reference first (evaluate.Timing.control_reps), recorded as
 `control_median_us`: how fast the host was just before the trial's candidate ran.
 
@@ -101,14 +102,15 @@ def main(argv: list[str] | None = None) -> int:
                "alternate": i % 2 == 1}[args.pin_cpus]
         awake = {"preset": preset_timing.awake_cpu, "off": False, "on": True,
                  "alternate": i % 2 == 1}[args.awake]
-        member.timing = replace(preset_timing, pin_cpus=pin or awake, awake_cpu=awake,
+        awake = awake and pin  # the poller sits on the pinned worker's CPU
+        member.timing = replace(preset_timing, pin_cpus=pin, awake_cpu=awake,
                                 control_reps=preset_timing.control_reps
                                 if args.control is None else args.control)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
                       prepared_dir=prepared, cache_root=work / "cache",
                       gpu=0 if args.preset == "gpu" else None)
         ncu_us = t.evidence.get("ncu_gpu_time_us")
-        trials.append({"technique": name, "seed": seed, "pin_cpus": pin or awake,
+        trials.append({"technique": name, "seed": seed, "pin_cpus": pin,
                        "awake_cpu": awake,
                        "ncu_over_tsol": (round(ncu_us * 1e3 / t_sol_ns, 3)
                                          if ncu_us is not None and t_sol_ns else None),

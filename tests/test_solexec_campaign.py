@@ -426,6 +426,30 @@ def test_a_baseline_timed_with_other_calls_a_round_trip_is_measured_again(member
     assert member._measured_here(folder / "baseline.json") == (not member.timing.awake_cpu)
 
 
+def test_a_baseline_whose_poller_did_not_run_throughout_is_measured_again(member, prepared,
+                                                                          monkeypatch):
+    """Where the timing keeps the worker's CPU awake (the GPU preset), a T_b table counts
+    only if every mode's run said its poller polled throughout: one that ran without it
+    times T_b slower than the candidates are timed."""
+    from dataclasses import replace
+
+    table = json.loads((prepared / "baseline.json").read_text())
+    monkeypatch.setattr(member, "timing", replace(member.timing, pin_cpus=True,
+                                                  awake_cpu=True))
+    folder = prepared.parent / "awake"
+    folder.mkdir(exist_ok=True)
+    cases = [({"eager": "polling on CPU 1"}, True),
+             ({"eager": "polling on CPU 1", "compile": "polling on CPU 1"}, True),
+             ({"eager": "not polling: it exited"}, False),
+             ({"eager": "polling on CPU 1, until it exited early (status 1)"}, False),
+             ({"eager": "polling on CPU 1", "compile": ""}, False),
+             ({}, False), (None, False)]
+    for said, kept in cases:
+        (folder / "baseline.json").write_text(json.dumps(
+            {**table, "pin_cpus": True, "awake_cpu": True, "awake": said}))
+        assert member._measured_here(folder / "baseline.json") == kept, said
+
+
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,
                                                                          monkeypatch):
     """Out of memory inside the worker or while drawing inputs is a workload's status,

@@ -485,12 +485,13 @@ def test_the_worker_cpu_is_kept_awake_by_a_poller_of_the_lowest_priority(problem
     timing = replace(FAST, pin_cpus=True, awake_cpu=True)
     _, worker_cpu = pinned_cpus(timing)
     with awake_on(worker_cpu) as said:
-        assert said == f"polling on CPU {worker_cpu}"
+        assert said["said"] == f"polling on CPU {worker_cpu}"
         [poller] = [c for c in psutil.Process().children() if "SCHED_IDLE" in " ".join(
             c.cmdline())]
         assert poller.cpu_affinity() == [worker_cpu]
         assert os.sched_getscheduler(poller.pid) == os.SCHED_IDLE
-        assert poller.cpu_percent(0.2) > 50  # it polls
+        # it polls: never asleep (its share of a busy CPU may be nil, at SCHED_IDLE)
+        assert all(poller.status() == psutil.STATUS_RUNNING for _ in range(20))
     assert not poller.is_running()
     result = evaluate(problem, folder, forks, timing, workloads=problem.workloads[:1])
     assert result.passed, result
@@ -506,13 +507,31 @@ def test_the_worker_cpu_is_kept_awake_by_a_poller_of_the_lowest_priority(problem
 
 def test_a_poller_that_cannot_start_is_said_and_the_evaluation_goes_on(problems, forks,
                                                                        tmp_path, monkeypatch):
+    import psutil
+
     import benchmarks.solexec.evaluate as evaluate_module
 
+    others = {c.pid for c in psutil.Process().children()}  # the fixture's forkserver
     with evaluate_module.awake_on(None) as said:
-        assert said == ""
-    monkeypatch.setattr(evaluate_module, "_SPINNER", "raise SystemExit('no such policy')")
+        assert said["said"] == ""
+    monkeypatch.setattr(evaluate_module, "POLLER_START_S", 1.0)
+    for spinner, expected in [
+            ("raise SystemExit('no such policy')", "not polling: no such policy"),
+            ("import time\ntime.sleep(60)", "not polling: it did not start within 1 s"),
+            ("import sys, time\nsys.stdout.write('hello\\n')\nsys.stdout.flush()\n"
+             "time.sleep(60)", "not polling: it said b'hello'")]:
+        monkeypatch.setattr(evaluate_module, "_SPINNER", spinner)
+        started = time.monotonic()
+        with evaluate_module.awake_on(0) as said:
+            assert said["said"] == expected
+        assert time.monotonic() - started < 10  # none is waited for longer than allowed
+    monkeypatch.setattr(evaluate_module, "_SPINNER", "import sys, time\nsys.stdout.write("
+                        "'polling\\n')\nsys.stdout.flush()\ntime.sleep(0.1)\nsys.exit(3)")
     with evaluate_module.awake_on(0) as said:
-        assert said == "not polling: no such policy"
+        time.sleep(0.5)
+    assert said["said"] == "polling on CPU 0, until it exited early (status 3)"
+    assert {c.pid for c in psutil.Process().children()} <= others  # pollers reaped
+    monkeypatch.setattr(evaluate_module, "_SPINNER", "raise SystemExit('no such policy')")
     if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
         problem = problems["L1/001_small_matmul"]
         folder = write_solution(tmp_path / "sol", """

@@ -212,6 +212,9 @@ def baseline_table(problem: Problem, splits: dict[str, list[Workload]], timing: 
     out: dict = {"device": device_name(timing.device), "problem": problem.key,
                  "modes": list(modes), "calls_per_trip": timing.batch,
                  "pin_cpus": timing.pin_cpus, "awake_cpu": timing.awake_cpu,
+                 # what each mode's run said of its poller (evaluate.awake_on)
+                 "awake": {m: (row.get(m) or {}).get("awake", "") for m in modes
+                           if m in row},
                  "protocol": PROTOCOL,
                  "measured_as": measured_as, "splits": {}}
     for split, ws in splits.items():

@@ -82,8 +82,8 @@ TIMINGS = {
     # where the candidate's code, in the same process, can find it (evaluate.py, "Round
     # trips")
     # a trial's worker pinned, its CPU kept from halting while it sleeps between calls
-    # (evaluate.awake_on): on an H100 host the worker's net time of a call fell by about
-    # 100 µs, to the CUDA events' time of the same call in one process (RESULTS.md)
+    # (evaluate.awake_on): on an H100 host a trial's median time of the reference of a
+    # launch-bound problem fell from 88-143 µs to 52-92 µs, trials alternating (RESULTS.md)
     "gpu": Timing(device="cuda", pin_cpus=True, awake_cpu=True),
     "cpu": Timing(device="cpu", warmup=1, reps=3, call_timeout_s=30.0, load_timeout_s=300.0,
                   flush_bytes=1 << 16, max_elements=256, idle_cpu_floor_ms=20.0),
@@ -284,6 +284,8 @@ class SolExecProblem:
                 "awake_cpu")) != self.timing.awake_cpu or table.get(
                 "protocol") != PROTOCOL or table.get("measured_as") != MEASURED_AS:
             return False  # timed another way than the candidates are now
+        if self.timing.awake_cpu and not _kept_awake(table.get("awake")):
+            return False  # its poller did not run throughout: T_b slower than it is
         if self.trial_runner is not None and table.get(
                 "isolation") != self.trial_runner.isolation:
             return False  # in another sandbox than the campaign's trials run in
@@ -717,6 +719,13 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                               (s.get("build_cache") or {}).items()},
                            **{f"eval_{k}_s": float(v) for k, v in
                               (ev.get("phase_s") or {}).items()}})
+
+
+def _kept_awake(said: object) -> bool:
+    """Every mode's run of a T_b table had its worker's CPU kept awake throughout."""
+    return isinstance(said, dict) and bool(said) and all(
+        isinstance(v, str) and v.startswith("polling on CPU") and "until" not in v
+        for v in said.values())
 
 
 def _control_evidence(found: dict | None) -> dict:

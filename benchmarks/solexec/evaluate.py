@@ -503,46 +503,76 @@ while True:
 """
 
 
+POLLER_START_S = 10.0  # how long the poller may take to say it polls
+
+
 @contextmanager
 def awake_on(cpu: int | None):
     """While inside, a process polls on `cpu` at the lowest priority there is (SCHED_IDLE),
     so that the CPU never halts: any other thread woken there preempts it at once. The
     worker sleeps in the kernel between its calls, through the pause, the staging and the
-    flush; on a virtual machine a halted CPU is woken through the hypervisor, late by tens
-    of µs, and what runs on it then runs slowly for a while (an H100 host: one small
-    kernel launched and waited for took 86 µs after 2 ms asleep, 33 µs with this poller,
-    22 µs with no pause). Yields what was done: "" (no CPU given), "polling on CPU n", or
-    "not polling: why" (the evaluation goes on either way, and says which)."""
+    flush; on a virtual machine a halted CPU is woken through the hypervisor, late, and
+    what runs on it then runs slowly for a while (an H100 host: one small kernel launched
+    and waited for took 106 µs after 2 ms asleep, 80 µs with this poller, 14-23 µs with no
+    pause; RESULTS.md). Yields a dict whose "said" is what was done: "" (no CPU given),
+    "polling on CPU n" (with ", until it exited early" where it did), or "not polling:
+    why": the evaluation goes on either way, and says which."""
+    state = {"said": ""}
     if cpu is None:
-        yield ""
+        yield state
         return
+    import select
     import subprocess
     import sys
 
-    proc, why = None, ""
+    proc = None
     try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _SPINNER, str(cpu)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        said = proc.stdout.readline().strip() if proc.stdout is not None else b""
-        if said != b"polling":
-            err = proc.stderr.read() if proc.stderr is not None else b""
-            proc.kill()
-            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
-            why, proc = f"not polling: {why[0][:200]}", None
+        ready = select.select([proc.stdout], [], [], POLLER_START_S)[0]
+        said = os.read(proc.stdout.fileno(), 64).strip() if ready else b""  # one write
+        if said == b"polling":
+            state["said"] = f"polling on CPU {cpu}"
         else:
-            why = f"polling on CPU {cpu}"
+            why = _stop(proc) or (f"it did not start within {POLLER_START_S:g} s"
+                                  if not ready else f"it said {said[:40]!r}" if said
+                                  else "it exited")
+            state["said"], proc = f"not polling: {why[:200]}", None
     except OSError as e:
-        why = f"not polling: {e}"
+        state["said"] = f"not polling: {e}"
+        if proc is not None:
+            _stop(proc)
+            proc = None
+    except BaseException:
+        if proc is not None:
+            _stop(proc)
+        raise
     try:
-        yield why
+        yield state
     finally:
         if proc is not None:
-            proc.kill()
-            proc.wait()
-            for f in (proc.stdout, proc.stderr):
-                if f is not None:
-                    f.close()
+            early = proc.poll()
+            _stop(proc)
+            if early is not None:
+                state["said"] += f", until it exited early (status {early})"
+
+
+def _stop(proc) -> str:
+    """Kill and reap the poller; the last line of what it said on stderr, if any."""
+    import subprocess
+
+    proc.kill()
+    try:
+        _, err = proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        err = b""
+        proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+    lines = (err or b"").decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 @contextmanager
@@ -633,7 +663,7 @@ def evaluate_problem(
         work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
                                 device=timing.device, threads=timing.threads, seeds=seeds,
                                 size=size, copies=copies))
-    own_build, awake = build_dir is None, ""
+    own_build, awake = build_dir is None, {"said": ""}
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
     phases: Counter = Counter()
     try:
@@ -654,7 +684,7 @@ def evaluate_problem(
         problem=problem.key, device=timing.device, workloads=[results[k] for k in sorted(results)],
         load_error=load_error, log_tail=log, wall_s=round(time.monotonic() - started, 3),
         phase_s={k: round(v / 1e9, 3) for k, v in sorted(phases.items())},
-        awake=awake,
+        awake=awake["said"],
     )  # fmt: skip
 
 
