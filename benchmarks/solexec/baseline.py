@@ -98,8 +98,9 @@ def control_run(problem: Problem, workloads: list[Workload], timing: Timing) -> 
             result = evaluate_problem(problem, reference_solution(problem, Path(folder)),
                                       quick, workloads=workloads)
     except Exception as exc:  # noqa: BLE001 - a control that cannot run is said, not fatal
-        release_memory()
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        release_memory()  # the reference's draws and checks, in this long-lived process
     times = {w.uuid: w.time_ns for w in result.workloads if w.status == "ok" and w.time_ns}
     if not times:
         return {"error": "no workload of the control ran"}

@@ -669,7 +669,7 @@ def evaluate_problem(
     try:
         pins = pinned_cpus(timing)
         with _pinned(pins[0] if pins else None), awake_on(
-                pins[1] if pins and timing.awake_cpu else None) as awake:
+                pins[1] if pins and timing.awake_cpu and work else None) as awake:
             load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
                                        phases, pins[1] if pins else None
                                        ) if work else ("", "")
