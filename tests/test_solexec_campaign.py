@@ -84,6 +84,15 @@ def test_the_reference_scores_and_a_broken_kernel_fails(member, prepared,
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
     assert 0.0 < trial.metrics["sol_score"] <= 1.0
     assert trial.evidence["workloads"] == len(member.problem.workloads)
+    # each val workload's T_k, T_b and score, in order: their scores make the trial's
+    t_k, t_b, scores = ([float(x) for x in str(trial.evidence[k]).split()] for k in (
+        "workload_t_k_us", "workload_t_b_us", "workload_scores"))
+    assert len(t_k) == len(t_b) == len(scores) == trial.evidence["workloads"]
+    assert all(x > 0 for x in t_k + t_b)
+    assert abs(sum(scores) / len(scores) - trial.metrics["sol_score"]) < 1e-3
+    table = json.loads((prepared / "baseline.json").read_text())["splits"]["val"]
+    assert sorted(t_b) == sorted(round(v["t_b_ns"] / 1e3, 1) for v in table.values()
+                                 if "t_b_ns" in v)
 
     wrong = {"solution.py": "def run(A, B):\n    return (A @ B.T) * 1.5\n"}
     bad = _trial(member, prepared, tmp_path, wrong)
@@ -138,6 +147,8 @@ def test_the_audit_split_times_workloads_the_candidate_never_saw(member, prepare
     assert hidden and not hidden & shown
     trial = _trial(member, prepared, tmp_path, member.seed_files(), split="audit")
     assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    # a hidden split's trial keeps no workload's time: it would describe the workload
+    assert not [k for k in trial.evidence if k.startswith("workload_")]
 
 
 def test_techniques_are_edits_of_the_solution(member):

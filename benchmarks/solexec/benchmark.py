@@ -716,11 +716,25 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                            **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
                            "eval_s": float(ev.get("wall_s", 0.0)),
                            **({"awake": ev["awake"]} if ev.get("awake") else {}),
+                           **(_by_workload(times, scores, table, ev) if split == "val"
+                              else {}),
                            **_control_evidence(s.get("control")),
                            **{f"build_cache_{k}": v for k, v in
                               (s.get("build_cache") or {}).items()},
                            **{f"eval_{k}_s": float(v) for k, v in
                               (ev.get("phase_s") or {}).items()}})
+
+
+def _by_workload(times: list[float], scores: list[float], table: dict, ev: dict
+                 ) -> dict[str, str]:
+    """Each val workload's T_k, T_b (µs) and score, in the evaluation's order, as text:
+    where a technique wins and where it loses, for the proposer and for whoever reads the
+    trial. Never for a hidden split (its workloads' times would describe them)."""
+    bases = [table[w["uuid"]]["t_b_ns"] for w in ev["workloads"]
+             if "t_b_ns" in (table.get(w["uuid"]) or {})]
+    return {"workload_t_k_us": " ".join(f"{t / 1e3:.1f}" for t in times),
+            "workload_t_b_us": " ".join(f"{t / 1e3:.1f}" for t in bases),
+            "workload_scores": " ".join(f"{x:.3f}" for x in scores)}
 
 
 def _kept_awake(said: object) -> bool:
