@@ -431,6 +431,18 @@ def test_a_fresh_interpreter_worker_behaves_as_a_forked_one(problems, tmp_path):
     assert result.passed, result
 
 
+# a solution that writes the CPUs its worker may use into its build folder (its cwd)
+WRITES_ITS_AFFINITY = """
+    import os
+    import torch
+
+    def run(A, B):
+        with open("affinity.txt", "w") as f:
+            f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+        return torch.matmul(A, B.T)
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="pinning needs two CPUs")
 def test_pinned_timing_puts_the_worker_and_the_trusted_side_each_on_a_cpu(problems, forks,
@@ -438,15 +450,7 @@ def test_pinned_timing_puts_the_worker_and_the_trusted_side_each_on_a_cpu(proble
     from benchmarks.solexec.evaluate import pinned_cpus
 
     problem = problems["L1/001_small_matmul"]
-    folder = write_solution(tmp_path / "sol", """
-        import os
-        import torch
-
-        def run(A, B):
-            with open("affinity.txt", "w") as f:  # the build folder: the worker's cwd
-                f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
-            return torch.matmul(A, B.T)
-    """)
+    folder = write_solution(tmp_path / "sol", WRITES_ITS_AFFINITY)
     timing = replace(FAST, pin_cpus=True)
     ours, worker_cpu = pinned_cpus(timing)
     before = os.sched_getaffinity(0)
@@ -473,15 +477,7 @@ def test_the_worker_cpu_is_kept_awake_by_a_poller_of_the_lowest_priority(problem
     from benchmarks.solexec.evaluate import awake_on, pinned_cpus
 
     problem = problems["L1/001_small_matmul"]
-    folder = write_solution(tmp_path / "sol", """
-        import os
-        import torch
-
-        def run(A, B):
-            with open("affinity.txt", "w") as f:  # the build folder: the worker's cwd
-                f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
-            return torch.matmul(A, B.T)
-    """)
+    folder = write_solution(tmp_path / "sol", WRITES_ITS_AFFINITY)
     timing = replace(FAST, pin_cpus=True, awake_cpu=True)
     _, worker_cpu = pinned_cpus(timing)
     with awake_on(worker_cpu) as said:

@@ -676,7 +676,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
     ev, table = s.get("eval"), s.get("baseline") or {}
     if not ev:
         raise TrialFailure("output", f"no workload of the {split} split was evaluated")
-    scores, times, ratios = [], [], []
+    scores, times, bases, ratios = [], [], [], []
     for w in ev["workloads"]:
         base = table.get(w["uuid"])
         if base is None or "t_b_ns" not in base:
@@ -703,6 +703,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
             problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"],
             t_b=base["t_b_ns"], t_sol=t_sol)))
         times.append(w["time_ns"])
+        bases.append(base["t_b_ns"])
     missing = [u for u, b in table.items() if "t_b_ns" in b
                and u not in {w["uuid"] for w in ev["workloads"]}]
     if missing or not scores:
@@ -716,7 +717,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                            **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
                            "eval_s": float(ev.get("wall_s", 0.0)),
                            **({"awake": ev["awake"]} if ev.get("awake") else {}),
-                           **(_by_workload(times, scores, table, ev) if split == "val"
+                           **(_by_workload(times, bases, scores) if split == "val"
                               else {}),
                            **_control_evidence(s.get("control")),
                            **{f"build_cache_{k}": v for k, v in
@@ -725,13 +726,11 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                               (ev.get("phase_s") or {}).items()}})
 
 
-def _by_workload(times: list[float], scores: list[float], table: dict, ev: dict
+def _by_workload(times: list[float], bases: list[float], scores: list[float]
                  ) -> dict[str, str]:
     """Each val workload's T_k, T_b (µs) and score, in the evaluation's order, as text:
     where a technique wins and where it loses, for the proposer and for whoever reads the
     trial. Never for a hidden split (its workloads' times would describe them)."""
-    bases = [table[w["uuid"]]["t_b_ns"] for w in ev["workloads"]
-             if "t_b_ns" in (table.get(w["uuid"]) or {})]
     return {"workload_t_k_us": " ".join(f"{t / 1e3:.1f}" for t in times),
             "workload_t_b_us": " ".join(f"{t / 1e3:.1f}" for t in bases),
             "workload_scores": " ".join(f"{x:.3f}" for x in scores)}

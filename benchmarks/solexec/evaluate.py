@@ -132,7 +132,10 @@ import math
 import os
 import random
 import secrets
+import select
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -521,10 +524,6 @@ def awake_on(cpu: int | None):
     if cpu is None:
         yield state
         return
-    import select
-    import subprocess
-    import sys
-
     proc = None
     try:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _SPINNER, str(cpu)],
@@ -539,15 +538,12 @@ def awake_on(cpu: int | None):
                                   if not ready else f"it said {said[:40]!r}" if said
                                   else "it exited")
             state["said"], proc = f"not polling: {why[:200]}", None
-    except OSError as e:
-        state["said"] = f"not polling: {e}"
+    except BaseException as e:  # the poller is reaped whatever stopped its start
         if proc is not None:
             _stop(proc)
-            proc = None
-    except BaseException:
-        if proc is not None:
-            _stop(proc)
-        raise
+        if not isinstance(e, OSError):
+            raise
+        state["said"], proc = f"not polling: {e}", None
     try:
         yield state
     finally:
@@ -560,8 +556,6 @@ def awake_on(cpu: int | None):
 
 def _stop(proc) -> str:
     """Kill and reap the poller; the last line of what it said on stderr, if any."""
-    import subprocess
-
     proc.kill()
     try:
         _, err = proc.communicate(timeout=5)
