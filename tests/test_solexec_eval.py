@@ -40,7 +40,8 @@ from benchmarks.solexec.scoring import sol_score, workload_score
 
 FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
 FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, warmup_timeout_s=5.0, load_timeout_s=30.0,
-              flush_bytes=1 << 16, max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0)
+              flush_bytes=1 << 16, max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0,
+              stage_gap_s=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
 # three calls a round trip, as a GPU evaluation batches them: every hack meets the
 # batched path (the unbatched one is tests/test_solexec_eval.py's)
 FAST = Timing(warmup=1, reps=3, call_timeout_s=5.0, warmup_timeout_s=5.0, load_timeout_s=30.0,
-              flush_bytes=1 << 16, max_elements=256, settle_s=0.02, idle_cpu_floor_ms=5.0, batch=3)
+              flush_bytes=1 << 16, max_elements=256, settle_s=0.02, idle_cpu_floor_ms=5.0, batch=3,
+              stage_gap_s=0.05)
 
 
 @pytest.fixture(scope="module")

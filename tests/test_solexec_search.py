@@ -35,7 +35,8 @@ from benchmarks.solexec.search.analysis import analyse
 DATA = Path(os.environ.get("AUTOLAB_SOLEXEC_DIR", Path(__file__).resolve().parents[2] / "shared"
                            / "data" / "sol-execbench"))
 FAST = Timing(warmup=1, reps=2, call_timeout_s=120.0, load_timeout_s=120.0,
-              flush_bytes=1 << 16, max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0)
+              flush_bytes=1 << 16, max_elements=256, settle_s=0.01, idle_cpu_floor_ms=5.0,
+              stage_gap_s=0.05)
 needs_data = pytest.mark.skipif(not (DATA / "benchmark").is_dir() and not DATA.is_dir(),
                                 reason=f"the SOL-ExecBench data is not at {DATA} "
                                 "(set AUTOLAB_SOLEXEC_DIR)")
