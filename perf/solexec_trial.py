@@ -6,7 +6,7 @@ Compute profile.
 
     python perf/solexec_trial.py --member L1-001_... [--preset gpu]
         [--technique NAME ...] [--seeds 1000 1001] [--pin-cpus off|on|alternate]
-        [--awake off|on|alternate] [--control REPS]
+        [--awake off|on|alternate] [--control REPS] [--paired off|on|alternate]
         [--work DIR] [--out FILE]
 
 Several techniques (`reference` for none) take turns at each seed, so that what drifts on
@@ -22,6 +22,10 @@ lowest priority while the evaluation runs), which takes effect only in a pinned 
 (the preset pins; the trial's record says `awake_cpu` as it took effect). --control
 REPS has each trial time the reference first (evaluate.Timing.control_reps), recorded as
 `control_median_us`: how fast the host was just before the trial's candidate ran.
+--paired times the reference in turns with the candidate (evaluate.Timing.paired): the
+score then scales T_b by how fast the reference ran beside the candidate, and the trial
+records that factor's median over the workloads as `turns_drift`; alternate runs trials
+in turns and not in turns one after the other, for how much the scores' spread falls.
 
 Problems come from AUTOLAB_SOLEXEC_DIR or --data-dir (the public layout).
 """
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                     default="preset")
     ap.add_argument("--control", type=int, default=None,
                     help="timed calls a workload of the reference before each trial")
+    ap.add_argument("--paired", choices=("preset", "off", "on", "alternate"),
+                    default="preset")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.data_dir is not None:
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         awake = {"preset": preset_timing.awake_cpu, "off": False, "on": True,
                  "alternate": i % 2 == 1}[args.awake]
         awake = awake and pin  # the poller sits on the pinned worker's CPU
-        member.timing = replace(preset_timing, pin_cpus=pin, awake_cpu=awake,
+        paired = {"preset": preset_timing.paired, "off": False, "on": True,
+                  "alternate": i % 2 == 1}[args.paired]
+        member.timing = replace(preset_timing, pin_cpus=pin, awake_cpu=awake, paired=paired,
                                 control_reps=preset_timing.control_reps
                                 if args.control is None else args.control)
         t = run_trial(member, cid, files, seed, "val", setup, work_root=work / "trials",
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                       gpu=0 if args.preset == "gpu" else None)
         ncu_us = t.evidence.get("ncu_gpu_time_us")
         trials.append({"technique": name, "seed": seed, "pin_cpus": pin,
-                       "awake_cpu": awake,
+                       "awake_cpu": awake, "paired": paired,
                        "ncu_over_tsol": (round(ncu_us * 1e3 / t_sol_ns, 3)
                                          if ncu_us is not None and t_sol_ns else None),
                        "status": t.status, "failure": t.failure,
@@ -127,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
               f"ncu/T_SOL {[t['ncu_over_tsol'] for t in mine if t['ncu_over_tsol'] is not None]}, "
               f"pinned {[t['pin_cpus'] for t in mine]}, "
               f"awake {[t['awake_cpu'] for t in mine]}, "
-              f"control µs {[t['evidence'].get('control_median_us') for t in mine]}",
+              f"control µs {[t['evidence'].get('control_median_us') for t in mine]}, "
+              f"in turns {[t['paired'] for t in mine]}, "
+              f"drift {[t['evidence'].get('turns_drift') for t in mine]}",
               flush=True)
     out = {"member": args.member, "preset": args.preset, "techniques": args.technique,
            "profiled_workload": {"uuid": profiled_w.uuid, "axes": dict(profiled_w.axes),

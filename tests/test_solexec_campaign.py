@@ -467,6 +467,35 @@ def test_a_baseline_whose_poller_did_not_run_throughout_is_measured_again(member
         folder / "baseline.json")
 
 
+def test_a_trial_in_turns_scales_t_b_by_the_reference_beside_it(member, prepared, tmp_path,
+                                                               monkeypatch):
+    """With the timing in turns, a trial (sandboxed, as a campaign's) times the reference
+    beside the candidate and scores against T_b scaled by it: every workload in turns,
+    each T_b the table's times what the reference ran at over its eager time there. The
+    table keeps eager times for that; one from before them is measured again."""
+    from dataclasses import replace
+
+    table = json.loads((prepared / "baseline.json").read_text())
+    assert table["eager_times"] and all(
+        v["eager_ns"] == v["t_b_ns"] for v in table["splits"]["val"].values()
+        if v.get("mode") == "eager")
+    monkeypatch.setattr(member, "timing", replace(member.timing, paired=True))
+    assert member._measured_here(prepared / "baseline.json")
+    old = prepared.parent / "before-turns"
+    old.mkdir(exist_ok=True)
+    (old / "baseline.json").write_text(json.dumps({
+        k: v for k, v in table.items() if k != "eager_times"}))
+    assert not member._measured_here(old / "baseline.json")
+    trial = _trial(member, prepared, tmp_path, member.seed_files())
+    assert trial.status == "ok", (trial.reason, trial.log_tail[-2000:])
+    n = trial.evidence["workloads"]
+    assert trial.evidence["turns"] == "in turns with the reference"
+    assert trial.evidence["turns_workloads"] == n and trial.evidence["turns_drift"] > 0
+    t_b = [float(x) for x in str(trial.evidence["workload_t_b_us"]).split()]
+    table_t_b = sorted(round(v["t_b_ns"] / 1e3, 1) for v in table["splits"]["val"].values())
+    assert sorted(t_b) != table_t_b  # the host's speed just now, not the table's
+
+
 def test_a_prewarm_whose_workloads_ran_out_of_memory_is_not_taken_as_done(family, tmp_path,
                                                                          monkeypatch):
     """Out of memory inside the worker or while drawing inputs is a workload's status,

@@ -92,7 +92,7 @@ def control_run(problem: Problem, workloads: list[Workload], timing: Timing) -> 
     import tempfile
 
     quick = dataclasses.replace(timing, reps=max(1, timing.control_reps), control_reps=0,
-                                late_empties=False)
+                                late_empties=False, paired=False)
     try:
         with tempfile.TemporaryDirectory(prefix="solexec-control-") as folder:
             result = evaluate_problem(problem, reference_solution(problem, Path(folder)),
@@ -129,7 +129,9 @@ def baseline_times(row: dict) -> dict[str, dict]:
         ok = {m: r["time_ns"] for m, r in runs.items() if r["status"] == "ok" and r["time_ns"]}
         if ok:
             mode = min(ok, key=ok.get)
-            out[uuid] = {"t_b_ns": ok[mode], "mode": mode}
+            # the eager time too: a trial in turns times the reference eager against it
+            out[uuid] = {"t_b_ns": ok[mode], "mode": mode,
+                         **({"eager_ns": ok["eager"]} if "eager" in ok else {})}
         else:
             first = runs[modes[0]]
             out[uuid] = {"status": first["status"], "reason": first["reason"][:200]}
@@ -195,8 +197,10 @@ def reference_files(problem: Problem, mode: str) -> dict[str, str]:
 
 
 def mode_timing(timing: Timing, mode: str) -> Timing:
-    """The timing of a T_b run: a compiled reference's first call of each shape compiles,
-    and is allowed the time that takes."""
+    """The timing of a T_b run: never in turns (the reference is what it times); a
+    compiled reference's first call of each shape compiles, and is allowed the time that
+    takes."""
+    timing = dataclasses.replace(timing, paired=False)  # the reference is the candidate
     if mode == "eager":
         return timing
     return dataclasses.replace(timing,
@@ -217,6 +221,8 @@ def baseline_table(problem: Problem, splits: dict[str, list[Workload]], timing: 
                  "awake": {m: (row.get(m) or {}).get("awake", "") for m in modes
                            if m in row},
                  "protocol": PROTOCOL,
+                 # each entry keeps the eager time beside T_b (eager_ns), for trials in turns
+                 "eager_times": True,
                  "measured_as": measured_as, "splits": {}}
     for split, ws in splits.items():
         entries = {}

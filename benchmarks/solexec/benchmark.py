@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import types
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,10 @@ MEASURED_AS = "trial"
 # speed of light, so such a time is a hack or a wrong estimate, never a gain (10 % for the
 # noise of the timing and of the peak figures)
 BELOW_SOL = 0.9
+# in turns, how far the reference's time may move T_b either way (its time in turns over
+# its eager time in the table): an H100 host ran the same reference up to 3.3 times
+# slower in one trial than in another; beyond that, something other than the host's speed
+TURNS_CAP = 4.0
 BUILD_CACHE = "build-cache"  # in a candidate's trusted store: its first val trial's compiles
 KEEP_BUILD_CACHES = 8  # those of the candidates used most recently stay, in each campaign
 TB_EVAL = "reference-eval.json"  # in a T_b run's trusted store: what its evaluation measured
@@ -290,6 +295,8 @@ class SolExecProblem:
             return False  # timed another way than the candidates are now
         if self.timing.awake_cpu and not _kept_awake(table.get("awake")):
             return False  # its poller did not run throughout: T_b slower than it is
+        if self.timing.paired and not table.get("eager_times"):
+            return False  # no eager time to hold the reference's time in turns against
         if self.trial_runner is not None and table.get(
                 "isolation") != self.trial_runner.isolation:
             return False  # in another sandbox than the campaign's trials run in
@@ -646,7 +653,7 @@ def _passed(secrets: dict) -> bool:
 
 INTEGRITY = ("answered before", "changed after it answered", "wrote into its input",
              "child process", "more thread", "CPU in the", "broke the protocol",
-             "an empty call failed")
+             "an empty call failed", "stayed busy")
 
 
 def failure_kind(status: str, reason: str) -> str:
@@ -680,7 +687,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
     ev, table = s.get("eval"), s.get("baseline") or {}
     if not ev:
         raise TrialFailure("output", f"no workload of the {split} split was evaluated")
-    scores, times, bases, ratios = [], [], [], []
+    scores, times, bases, ratios, drifts = [], [], [], [], []
     for w in ev["workloads"]:
         base = table.get(w["uuid"])
         if base is None or "t_b_ns" not in base:
@@ -703,11 +710,17 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                                "estimator that is wrong here)")
         if t_sol:
             ratios.append(w["time_ns"] / t_sol)
+        t_b = base["t_b_ns"]
+        if w.get("reference_ns") and base.get("eager_ns"):
+            # in turns: T_b as the host ran the reference just now, beside these calls
+            drift = w["reference_ns"] / base["eager_ns"]
+            drifts.append(drift)
+            t_b *= min(max(drift, 1 / TURNS_CAP), TURNS_CAP)
         scores.append(workload_score(WorkloadResult(
-            problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"],
-            t_b=base["t_b_ns"], t_sol=t_sol)))
+            problem=key, workload=w["uuid"], passed=True, t_k=w["time_ns"], t_b=t_b,
+            t_sol=t_sol)))
         times.append(w["time_ns"])
-        bases.append(base["t_b_ns"])
+        bases.append(t_b)
     missing = [u for u, b in table.items() if "t_b_ns" in b
                and u not in {w["uuid"] for w in ev["workloads"]}]
     if missing or not scores:
@@ -721,6 +734,7 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
                            **({"min_tk_over_tsol": min(ratios)} if ratios else {}),
                            "eval_s": float(ev.get("wall_s", 0.0)),
                            **({"awake": ev["awake"]} if ev.get("awake") else {}),
+                           **_turns_evidence(ev, drifts),
                            **(_by_workload(times, bases, scores) if split == "val"
                               else {}),
                            **_control_evidence(s.get("control")),
@@ -738,6 +752,18 @@ def _by_workload(times: list[float], bases: list[float], scores: list[float]
     return {"workload_t_k_us": " ".join(f"{t / 1e3:.1f}" for t in times),
             "workload_t_b_us": " ".join(f"{t / 1e3:.1f}" for t in bases),
             "workload_scores": " ".join(f"{x:.3f}" for x in scores)}
+
+
+def _turns_evidence(ev: dict, drifts: list[float]) -> dict:
+    """In turns: how the reference ran beside the candidate against the table (the median
+    over workloads of its time in turns over its eager time there) and on how many
+    workloads; what ended the turns early, if anything did."""
+    if not ev.get("paired"):
+        return {}
+    out: dict = {"turns": str(ev["paired"])[:300], "turns_workloads": len(drifts)}
+    if drifts:
+        out["turns_drift"] = statistics.median(drifts)
+    return out
 
 
 def _kept_awake(said: object) -> bool:

@@ -104,6 +104,31 @@ every small workload's score towards 0.5 whatever the kernel does. The raw media
 overhead are kept beside it. The baseline T_b is the reference run as a solution through
 this same path (`reference_solution`), so the two are measured alike.
 
+In turns (`Timing.paired`). A host's speed moves while it runs: on an H100 host one CPU
+ran the same Python loop 1.8 times slower for seconds at a time, each CPU at its own
+times, so the same reference timed in two trials a minute apart differed by up to 3
+times, and a candidate's time against a T_b measured once carries that drift. In turns,
+the reference also runs here, trusted, in a worker of its own started and calibrated
+before any of the candidate's code loads, pinned to the candidate's worker's CPU. Each
+timed round of the candidate's (one call of every workload) goes with a block of the
+reference's (one call of each workload's twin, on draws of its own, checked and timed
+alike), before or after it at random. While one worker's block runs the other is stopped
+(SIGSTOP, every thread seen stopped in /proc first), so no code of the candidate's runs
+while the reference is timed; each block opens with an untimed call, for a worker that
+was stopped meets a CPU whose caches the other filled (on a 2-vCPU host, calls alternating
+one by one took 3 to 5 times as long as calls not in turns; by blocks, 1.5 to 3 times),
+and starts `idle_before_s` after its worker was continued. Work the candidate left on the
+device would still run while it is stopped: on a GPU, an empty call of the reference's
+worker (a device copy and synchronise) goes before each of its timed calls and must take
+at most `probe_factor` times its calibrated median; a call whose probe stays slow is given
+up, and a workload that never finds the device free fails. The time a worker spent stopped
+is not counted as time it waited between calls (the CPU allowance). The workload's result
+carries the reference's time beside its own, and the score scales the table's T_b by how
+fast the reference ran in turns against its eager time there (benchmark.score_trial). If
+the turns cannot go on (the reference's worker lost, a worker that does not stop), they
+end for the rest of the evaluation, which says why; the candidate is then timed as
+without them.
+
 Where this differs from the public SOL-ExecBench harness (NVIDIA/SOL-ExecBench:
 core/bench/timing.py, core/bench/reward_hack.py, driver/templates/eval_driver.py):
 
@@ -134,14 +159,16 @@ import random
 import secrets
 import select
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -214,6 +241,14 @@ class Timing:
     # workload) on the same CPUs, before any of the candidate's code runs: how fast the
     # host is just then (baseline.control_run; 0: not)
     control_reps: int = 0
+    # the reference timed in turns with the candidate (see "In turns" above): each timed
+    # call of the candidate's goes with one of the reference's on the same workload, in
+    # its own worker on the same CPU, the candidate's worker stopped meanwhile
+    paired: bool = False
+    # in turns, on a GPU: an empty call of the reference's worker just before each of its
+    # timed calls may take at most this many times the median of its calibration (slower:
+    # the device is still busy with work the stopped candidate left running)
+    probe_factor: float = 4.0
 
 
 # ---------------------------------------------------------------------------- one call
@@ -404,21 +439,242 @@ def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
         link.flush_ns = sorted(flushes)[len(flushes) // 2]
 
 
+STOP_WAIT_S = 0.2  # how long a stopped worker may take until /proc shows every thread so
+PROBE_TRIES = 3  # slow probes before a turn of the reference is given up
+BUSY = ("the device stayed busy while the reference was timed in turns, its worker stopped "
+        "(work of its own left running)")
+
+
+def _all_stopped(pid: int) -> bool:
+    """Every thread of pid stopped by a signal, or gone (its link then says so)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+@dataclass(eq=False)
+class _Turns:
+    """The reference's side of an evaluation in turns (Timing.paired): its worker, a twin
+    of each of the group's workloads, and the candidate's worker, stopped while it runs."""
+
+    link: WorkerLink
+    twins: dict[int, WorkloadRun]  # by the candidate's workload key
+    candidate_link: WorkerLink
+    timing: Timing
+    flush: CacheFlush
+    phases: Counter
+    off: str = ""  # why the turns ended early, once they have
+    busy: Counter = field(default_factory=Counter)  # turns given up, by workload key
+
+    def stop(self, why: str) -> None:
+        self.off = self.off or why
+        for twin in self.twins.values():
+            twin.finish("failed", f"not timed in turns: {why}"[:500])
+
+    def warm(self, p: WorkloadRun, trip: int) -> None:
+        """Warm-up round trip `trip` of p's twin, the candidate's worker stopped."""
+        twin = self.twins.get(p.key)
+        if not self.off and twin is not None and twin.result is None:
+            self._turn(lambda: _call(
+                self.link, twin, trip, False, self.flush,
+                max(self.timing.warmup_timeout_s, self.timing.call_timeout_s)))
+
+    def block(self, round_: list[WorkloadRun]) -> None:
+        """The reference's block of a round: after an untimed call that warms its worker,
+        one timed call of each workload's twin in the round's order (each after a probe
+        on a GPU), the candidate's worker stopped throughout."""
+        pairs = [(p, t) for p in round_ if (t := self.twins.get(p.key)) is not None
+                 and t.result is None and t.timed_done < self.timing.reps]
+        if not self.off and pairs:
+            self._turn(lambda: self._timed(pairs))
+
+    def _timed(self, pairs: list[tuple[WorkloadRun, WorkloadRun]]) -> None:
+        _rewarm(self.link, pairs[-1][1], self.timing, self.flush)
+        for p, twin in pairs:
+            if twin.result is not None:
+                continue
+            if self.probed and not self._device_free(twin):
+                self.busy[p.key] += 1
+                continue
+            if _call(self.link, twin, self.timing.warmup + twin.timed_done + twin.unclocked,
+                     True, self.flush):
+                twin.timed_done += 1
+            else:
+                twin.unclocked += 1
+                if twin.unclocked > self.timing.reps:
+                    twin.finish("failed", "its calls kept starting their clock late")
+            if self.timing.late_empties and twin.result is None:
+                _late_empty(self.link, twin, self.flush)
+
+    def _turn(self, run: Callable[[], object]) -> None:
+        """run() with the candidate's worker stopped and the reference's continued; each
+        worker's next call starts `idle_before_s` after it was continued (a call right
+        after its worker was continued ran 15-35 µs slower on a CPU host)."""
+        t0 = time.monotonic_ns()
+        if not self._hold(self.candidate_link, "the candidate's worker"):
+            return
+        held = time.perf_counter_ns()
+        self._release(self.link)
+        try:
+            run()
+        except (WorkerLost, RuntimeError) as e:
+            self.stop(f"the reference's worker failed: {getattr(e, 'reason', e)}")
+        finally:
+            if not self.off:
+                self._hold(self.link, "the reference's worker")
+            self._release(self.candidate_link)
+            self.candidate_link.held_ns += time.perf_counter_ns() - held
+            self.phases["turns"] += time.monotonic_ns() - t0
+
+    def _hold(self, link: WorkerLink, who: str) -> bool:
+        """Stop link's worker and wait until every thread of it is stopped; False (the
+        turns ended, saying why) where it cannot be."""
+        try:
+            os.kill(link.worker.pid, signal.SIGSTOP)
+        except OSError as e:
+            self.stop(f"{who} could not be stopped: {e}")
+            return False
+        until = time.monotonic() + STOP_WAIT_S
+        while not _all_stopped(link.worker.pid):
+            if time.monotonic() > until:
+                self._release(link)
+                self.stop(f"{who} did not stop within {STOP_WAIT_S:g} s")
+                return False
+            time.sleep(0.0002)
+        return True
+
+    @staticmethod
+    def _release(link: WorkerLink) -> None:
+        """Continue link's worker; its next call starts `idle_before_s` from now."""
+        with suppress(OSError):
+            os.kill(link.worker.pid, signal.SIGCONT)
+        link.woken()
+
+    def close(self) -> None:
+        """The reference's worker continued (whatever stopped the turns) and closed."""
+        self._release(self.link)
+        for twin in self.twins.values():
+            twin.release()
+        self.link.close()
+
+    @property
+    def candidate(self) -> int:
+        """The candidate's worker, as this process sees it."""
+        return self.candidate_link.worker.pid
+
+    @property
+    def probed(self) -> bool:
+        """Only a device runs work the stopped worker left: a CPU's stops with it."""
+        return torch.device(self.timing.device).type != "cpu" and self.timing.probe_factor > 0
+
+    def _device_free(self, twin: WorkloadRun) -> bool:
+        limit = self.timing.probe_factor * statistics.median(twin.empties)
+        return any(self._probe(twin) <= limit for _ in range(PROBE_TRIES))
+
+    def _probe(self, twin: WorkloadRun) -> int:
+        """An empty call of the twin (the reference's worker copies and synchronises on the
+        device), timed as the calibration's were."""
+        self.link.pause()
+        self.flush()
+        ns, answer = self.link.timed("empty", twin.keys, watch_idle=False)
+        if not answer["ok"]:
+            raise RuntimeError(f"an empty call failed: {answer.get('error', '')}")
+        return ns
+
+    def finish(self) -> None:
+        for twin in self.twins.values():
+            if twin.times:
+                twin.finish("ok")
+            else:
+                twin.finish("failed", "no call of the reference was timed in turns")
+
+
+@dataclass(eq=False)
+class _Reference:
+    """In turns: the reference's twins of the workloads, where its solution lies, how its
+    worker starts, and why turns ended wherever they did."""
+
+    twins: dict[int, WorkloadRun]
+    solution_dir: Path
+    launch: Launch
+    build_dir: Path
+    said: list[str] = field(default_factory=list)
+
+
+def _start_turns(group: list[WorkloadRun], reference: _Reference, candidate: WorkerLink,
+                 timing: Timing, rng: random.Random, flush: CacheFlush,
+                 worker_cpu: int | None, phases: Counter) -> _Turns | None:
+    """The reference's worker for the group, started, calibrated and loaded before the
+    candidate's code is: a _Turns that says why it is off where that failed (None, and
+    said, where the worker did not even start)."""
+    t0 = time.monotonic_ns()
+    mine = {p.key: reference.twins[p.key] for p in group
+            if reference.twins[p.key].result is None}
+    try:
+        link = WorkerLink(reference.launch(reference.build_dir), timing.call_timeout_s,
+                          timing.idle_before_s)
+    except Exception as e:  # noqa: BLE001 - the candidate is timed as without turns
+        reference.said.append(f"the reference's worker did not start: {e}"[:300])
+        for twin in mine.values():
+            twin.finish("failed", reference.said[-1])
+        return None
+    link.stage_gap_ns = int(timing.stage_gap_s * 1e9)  # its phases: its own, not counted
+    turns = _Turns(link, mine, candidate, timing, flush, phases)
+    try:
+        _prepare_worker(link, list(mine.values()), timing, rng, flush, worker_cpu)
+        _, error, _ = _load(link, reference.solution_dir, timing)
+        if error:
+            turns.stop(f"the reference {error}")
+    except RuntimeError as e:
+        turns.stop(str(e))
+    phases["turns"] += time.monotonic_ns() - t0
+    return turns
+
+
+def _rewarm(link: WorkerLink, p: WorkloadRun, timing: Timing, flush: CacheFlush) -> None:
+    """An untimed call of p (fresh inputs, checked) on a worker that was stopped while the
+    other ran: what the other left in this CPU's caches is gone before its timed calls."""
+    if p.result is None:
+        _call(link, p, p.rewarm_trip(timing.warmup, timing.reps), False, flush)
+
+
 def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: random.Random,
-           flush: CacheFlush) -> None:
+           flush: CacheFlush, turns: _Turns | None = None) -> None:
     """Warm-up for every workload of the group, then timed rounds, each in a new shuffled
-    order. A lost worker raises WorkerLost naming the workload whose call it was."""
+    order; with `turns`, the reference's block of each round goes before or after the
+    candidate's at random, and each block opens with an untimed call. A lost worker raises
+    WorkerLost naming the workload whose call it was."""
     current = None
     try:
         for p in group:
             for i in range(timing.warmup):
                 if p.result is None:
                     current = p  # the first call of a shape may compile: its allowance
+                    if turns is not None:
+                        turns.warm(p, i)
                     _call(link, p, i, False, flush,
                           max(timing.warmup_timeout_s, timing.call_timeout_s))
         link.baseline_threads = link.threads()
+        if turns is not None:
+            turns.link.baseline_threads = turns.link.threads()
         while todo := [p for p in group if p.result is None and p.timed_done < timing.reps]:
-            for p in round_order(todo, rng, current):
+            order = round_order(todo, rng, current)
+            first = turns is not None and rng.random() < 0.5
+            if first:
+                turns.block(order)
+            if turns is not None:  # the round's last workload: none is called twice in a row
+                current = order[-1]
+                _rewarm(link, order[-1], timing, flush)
+            for p in order:
                 if p.result is None:
                     current = p
                     if _call(link, p, timing.warmup + p.timed_done + p.unclocked, True,
@@ -434,9 +690,16 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
                                  "inputs were staged (the host kept busy between calls)")
                     if timing.late_empties and p.result is None:
                         _late_empty(link, p, flush)
+            if turns is not None and not first:
+                turns.block(order)
+            for p in order:
+                if turns is not None and turns.busy[p.key] >= timing.reps:
+                    p.finish("failed", BUSY)  # not one turn found the device free
     except WorkerLost as lost:
         lost.culprit = current
         raise
+    if turns is not None:
+        turns.finish()
     time.sleep(timing.settle_s)
     idle = link.idle_problem(timing.idle_cpu_share, timing.idle_cpu_floor_ms)
     for p in group:
@@ -585,33 +848,43 @@ def _pinned(cpu: int | None):
 
 def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch: Launch,
              build_dir: Path, rng: random.Random, phases: Counter,
-             worker_cpu: int | None = None) -> tuple[str, str]:
+             worker_cpu: int | None = None, reference: _Reference | None = None
+             ) -> tuple[str, str]:
     """Every workload to a result: a worker for each group of workloads (and again for the
-    rest of a group when one is lost, at most max_restarts times). Returns (why the
-    solution did not load, or ""; the workers' log tail)."""
+    rest of a group when one is lost, at most max_restarts times), with `reference` the
+    reference's worker beside it in turns. Returns (why the solution did not load, or "";
+    the workers' log tail)."""
     nbytes = timing.flush_bytes if timing.flush_bytes is not None else 2 * cache_bytes(
         timing.device)
     flush, restarts, logs = CacheFlush(timing.device, nbytes), 0, []
     load_error = trace = ""
+    share = 2 if reference is not None else 1  # the twins' arenas beside the candidate's
     while pending := [p for p in work if p.result is None]:
-        group = groups(pending, timing.group_mb * 2**20)[0]
+        group = groups(pending, timing.group_mb * 2**20 / share)[0]
         t0 = time.monotonic_ns()
         link = WorkerLink(launch(build_dir), timing.call_timeout_s, timing.idle_before_s)
         link.phases, link.stage_gap_ns = phases, int(timing.stage_gap_s * 1e9)
         phases["start"] += time.monotonic_ns() - t0
+        turns = None
         try:
             _prepare_worker(link, group, timing, rng, flush, worker_cpu)
+            if reference is not None:
+                turns = _start_turns(group, reference, link, timing, rng, flush, worker_cpu,
+                                     phases)
             status, load_error, trace = _load(link, solution_dir, timing)
             if load_error:
                 for p in pending:
                     p.finish(status, load_error.splitlines()[0][:500])
                 break
-            _drive(link, group, timing, rng, flush)
+            _drive(link, group, timing, rng, flush, turns)
         except WorkerLost as lost:
             for p in [lost.culprit] if lost.culprit is not None else group:
                 p.finish(lost.status, lost.reason)
             for p in group:  # the rest start over in the next worker, on inputs never seen
                 p.restart([rng.getrandbits(63) for _ in p.seeds])
+                if reference is not None:
+                    twin = reference.twins[p.key]
+                    twin.restart([rng.getrandbits(63) for _ in twin.seeds])
             restarts += 1
             if restarts > timing.max_restarts:
                 for p in work:
@@ -620,6 +893,10 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
             for p in group:
                 p.release()
             logs.append(link.close())
+            if turns is not None:
+                turns.close()
+                if turns.off:
+                    reference.said.append(turns.off)
     return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
 
 
@@ -632,11 +909,13 @@ def evaluate_problem(
     launch: Launch = launch_subprocess,
     build_dir: Path | None = None,
     seed: int | None = None,
+    reference_launch: Launch = launch_subprocess,
 ) -> ProblemEval:
     """Evaluate solution_dir/solution.py on the problem's workloads (or those given). The
     candidate's faults never raise: they come back as statuses with reasons. `seed` fixes
     the inputs (by default a secret one); `build_dir` is where its kernels compile (by
-    default a folder made and removed here)."""
+    default a folder made and removed here). In turns (timing.paired), the reference's
+    worker is started with `reference_launch`, here: it runs trusted code."""
     timing = timing or Timing()
     started = time.monotonic()
     rng = random.Random(seed if seed is not None else secrets.randbits(64))
@@ -651,35 +930,64 @@ def evaluate_problem(
         w = shrink(problem, w, timing.max_elements) if timing.max_elements else w
         size = estimate_bytes(problem, w)
         copies = batch_copies(size, timing.batch, timing.batch_mb * 2**20)
-        # warm-up and timed round trips, and as many again for timed ones not counted
+        # warm-up and timed round trips, and as many again for timed ones not counted; in
+        # turns, one untimed call a round besides (_rewarm)
+        rewarms = 2 * timing.reps + 1 if timing.paired else 0
         seeds = [rng.getrandbits(63)
-                 for _ in range((timing.warmup + 2 * timing.reps) * copies)]
+                 for _ in range((timing.warmup + 2 * timing.reps + rewarms) * copies)]
         work.append(WorkloadRun(problem=problem, workload=w, key=key, entry=entry,
                                 device=timing.device, threads=timing.threads, seeds=seeds,
                                 size=size, copies=copies))
     own_build, awake = build_dir is None, {"said": ""}
     build = Path(tempfile.mkdtemp(prefix="solexec-build-")) if own_build else Path(build_dir)
     phases: Counter = Counter()
+    reference = None
+    if timing.paired and work:
+        folder = Path(tempfile.mkdtemp(prefix="solexec-turns-"))
+        twins = {p.key: WorkloadRun(
+            problem=problem, workload=p.workload, key=p.key, entry=entry, device=timing.device,
+            threads=timing.threads, seeds=[rng.getrandbits(63) for _ in p.seeds], size=p.size,
+            copies=p.copies) for p in work}
+        reference = _Reference(twins, reference_solution(problem, folder / "solution"),
+                               reference_launch, folder / "build")
     try:
         pins = pinned_cpus(timing)
         with _pinned(pins[0] if pins else None), awake_on(
                 pins[1] if pins and timing.awake_cpu and work else None) as awake:
             load_error, log = _run_all(Path(solution_dir), work, timing, launch, build, rng,
-                                       phases, pins[1] if pins else None
+                                       phases, pins[1] if pins else None, reference
                                        ) if work else ("", "")
     finally:
         for p in work:
             p.release()
         if own_build:
             shutil.rmtree(build, ignore_errors=True)
+        if reference is not None:
+            for twin in reference.twins.values():
+                twin.release()
+            shutil.rmtree(reference.build_dir.parent, ignore_errors=True)
     for p in work:
         results[p.key] = p.result
+        if reference is not None and p.result is not None:
+            results[p.key] = _with_turns(p.result, reference.twins[p.key])
     return ProblemEval(
         problem=problem.key, device=timing.device, workloads=[results[k] for k in sorted(results)],
         load_error=load_error, log_tail=log, wall_s=round(time.monotonic() - started, 3),
         phase_s={k: round(v / 1e9, 3) for k, v in sorted(phases.items())},
         awake=awake["said"],
+        paired="" if reference is None else "in turns with the reference" + (
+            f" until: {reference.said[0]}" if reference.said else ""),
     )  # fmt: skip
+
+
+def _with_turns(result: WorkloadEval, twin: WorkloadRun) -> WorkloadEval:
+    """The candidate's result with the reference's time in turns, or why there is none."""
+    done = twin.result
+    if done is not None and done.status == "ok" and done.time_ns:
+        return result.model_copy(update={"reference_ns": done.time_ns,
+                                         "reference_calls": len(done.times_ns)})
+    why = done.reason if done is not None else "the reference was not timed in turns"
+    return result.model_copy(update={"reference_note": why[:300]})
 
 
 def reference_solution(problem: Problem, dest: Path) -> Path:

@@ -61,6 +61,7 @@ class WorkerLink:
         self._idle_read: tuple[int, int] | None = None  # at the pause: worker CPU, wall
         self.stage_gap_ns = 1 << 62  # evaluate.py: the most a clock may start after staging
         self.flush_ns = 0  # ... besides the flush's own time, as calibrated
+        self.held_ns = 0  # the worker stopped since its last answer (evaluate.py, in turns)
 
     def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
         """An untimed request (start, load, open a workload); its answer."""
@@ -122,8 +123,15 @@ class WorkerLink:
         self._wait()
         if self._answered is not None:
             answered_at, cpu_then = self._answered
+            # time it spent stopped is no time it could have worked in
             self._idle_read = (max(0, self.cpu_ns() - cpu_then),
-                               time.perf_counter_ns() - answered_at)
+                               max(0, time.perf_counter_ns() - answered_at - self.held_ns))
+        self.held_ns = 0
+
+    def woken(self) -> None:
+        """The worker was continued after a stop: it woke just now, as after an answer, and
+        its next timed round trip starts `idle_before_s` after."""
+        self._heard = time.perf_counter()
 
     def _wait(self) -> None:
         if (wait := self.idle_before_s - (time.perf_counter() - self._heard)) > 0:

@@ -133,6 +133,7 @@ class WorkloadRun:
     late_empties: list[int] = field(default_factory=list)  # timed between the calls
     timed_done: int = 0
     unclocked: int = 0  # timed round trips whose clock started too long after the staging
+    rewarmed: int = 0  # untimed round trips between timed ones (evaluate.py, in turns)
     calls: int = 0
     worst_abs: float = 0.0
     worst_rel: float = 0.0
@@ -186,6 +187,12 @@ class WorkloadRun:
                           else None for i in range(len(first.values))]
             c.out_views = [transport.view(c.arena.tensor, s) for s in self.outputs]
 
+    def rewarm_trip(self, warmup: int, reps: int) -> int:
+        """The next untimed round trip between timed ones: after every warm-up and timed
+        trip the seeds hold (warm-up, then twice `reps`)."""
+        self.rewarmed += 1
+        return warmup + 2 * reps + self.rewarmed - 1
+
     def restart(self, seeds: list[int]) -> None:
         """Start the calls over, on new seeds (a new worker replaces a lost one: nothing it
         may have kept, on disk or elsewhere, from the old one's inputs can answer these)."""
@@ -194,7 +201,7 @@ class WorkloadRun:
             for c in self.slots:
                 c.snapshot = None
             self.times, self.empties, self.late_empties, self.timed_done = [], [], [], 0
-            self.unclocked = 0
+            self.unclocked = self.rewarmed = 0
 
     def release(self) -> None:
         """Drop the arenas, their views and the current draws (the group is done)."""

@@ -43,6 +43,11 @@ class WorkloadEval(BaseModel):
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     calls_checked: int = 0
+    reference_ns: float | None = Field(None, description="in turns (Timing.paired): the "
+                                       "reference's time, taken as time_ns is, its calls "
+                                       "alternating with these")
+    reference_calls: int = Field(0, description="the reference's timed calls in turns")
+    reference_note: str = Field("", description="in turns: why the reference has no time")
 
 
 class ProblemEval(BaseModel):
@@ -57,9 +62,12 @@ class ProblemEval(BaseModel):
         "workers and calibrating (start), loading the solution (load), drawing inputs and "
         "the reference's outputs (draw), the pause before a call (pause), staging and "
         "flushing (stage), warm-up and timed round trips (warmup, call), checking the "
-        "answers (check), late empty calls with their pauses (empty)")
+        "answers (check), late empty calls with their pauses (empty), the reference's "
+        "worker and calls in turns (turns)")
     awake: str = Field("", description="the poller that kept the worker's CPU awake "
                        "(evaluate.awake_on): empty where none was asked")
+    paired: str = Field("", description="whether the reference was timed in turns with "
+                        "the candidate (Timing.paired), and until what if not throughout")
 
     @computed_field
     @property
