@@ -248,3 +248,24 @@ def test_time_a_worker_spent_stopped_is_not_time_it_waited_between_calls(tmp_pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_build_s_smoke_call_is_not_timed_in_turns(problems, forks, tmp_path, monkeypatch):
+    """The build step's one smoke call checks the solution runs: no reference worker is
+    started for it, whatever the trial's timing."""
+    import benchmarks.solexec.build as build_module
+
+    started = []
+
+    def reference_launch(build_dir, **kw):
+        started.append(build_dir)
+        return launch_subprocess(build_dir, **kw)
+
+    real = build_module.evaluate_problem
+    monkeypatch.setattr(build_module, "evaluate_problem", lambda *a, **kw: real(
+        *a, reference_launch=reference_launch, **kw))
+    built = build_module.build_solution(problems["L1/001_small_matmul"],
+                                        _solution(tmp_path / "sol"), tmp_path / "build", TURNS,
+                                        launch=forks.launch)
+    assert built.ok, built
+    assert not started

@@ -144,7 +144,8 @@ def build_solution(
     if workload is None:
         return result("smoke", "no workload of this problem can run here")
     evaluated = evaluate_problem(
-        problem, solution_dir, replace(timing, warmup=1, reps=1), workloads=[workload],
+        problem, solution_dir, replace(timing, warmup=1, reps=1, paired=False),
+        workloads=[workload],
         launch=launch or functools.partial(launch_subprocess, env=env), build_dir=build_dir)
     smoke = evaluated.workloads[0]
     if evaluated.load_error:
