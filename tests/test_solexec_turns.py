@@ -5,6 +5,7 @@ against its table's eager time. Tiny CPU shapes from the fixture problems."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -120,53 +121,162 @@ def test_without_turns_nothing_of_the_reference_runs(problems, forks, tmp_path):
     assert all(w.reference_ns is None for w in result.workloads)
 
 
-def test_a_device_still_busy_before_the_reference_s_turns_fails_the_workload(
+def test_a_device_busy_at_the_flush_before_the_reference_s_call_voids_it(
         problems, forks, tmp_path, monkeypatch):
-    """On a GPU the stopped candidate's kernels would still run: the reference's probe
-    (an empty call) that stays slow gives its turn up, and a workload that keeps finding
-    the device busy fails as an integrity fault. A probe as fast as its calibration lets
-    the turn go on (the probe is real here: a CPU's empty call)."""
+    """On a GPU the stopped candidate's kernels would still run and hold up the flush just
+    before the reference's clock: a call whose clock starts later than the reference's gap
+    allows is made again on a fresh draw, and a reference never timed so leaves the
+    workload without its time in turns, which fails the trial (the device is made to look
+    busy here by allowing no gap at all)."""
+    from benchmarks.protocol import TrialFailure
+    from benchmarks.solexec.benchmark import score_trial
+
+    # on a GPU the reference's gap is turns_gap_s; on a CPU, whose work stops with its
+    # worker, the candidate's
+    gpu = replace(TURNS, device="cuda")
+    assert evaluate_module._reference_gap_s(gpu) == TURNS.turns_gap_s < TURNS.stage_gap_s
+    assert evaluate_module._reference_gap_s(TURNS) == TURNS.stage_gap_s
+    problem = problems["L1/001_small_matmul"]
+    monkeypatch.setattr(evaluate_module, "_reference_gap_s", lambda timing: -1.0)
+    result = evaluate_problem(problem, _solution(tmp_path / "sol"), TURNS, launch=forks.launch,
+                              build_dir=tmp_path / "build", seed=7)
+    assert result.passed  # the candidate's own calls are as they were
+    for w in result.workloads:
+        assert w.reference_ns is None and "clock late" in w.reference_note
+    secrets = {"build": {"ok": True, "wall_s": 1.0},
+               "eval": json.loads(result.model_dump_json()),
+               "baseline": {w.uuid: {"t_b_ns": 1e6, "t_sol_ns": 1.0, "eager_ns": 1e6}
+                            for w in result.workloads}}
+    with pytest.raises(TrialFailure) as err:
+        score_trial(problem.key, secrets, "val")
+    assert err.value.kind == "integrity" and "not timed in turns" in err.value.reason
+    assert "clock late" in err.value.reason
+
+
+def test_a_candidate_whose_worker_will_not_stop_fails(problems, forks, tmp_path, monkeypatch):
+    """A worker that does not stop for the reference's turn could choose when its times
+    are held against the reference's: it fails as an integrity fault, and is continued."""
+    import psutil
+
     from benchmarks.solexec.benchmark import failure_kind
 
     problem = problems["L1/001_small_matmul"]
-    folder = _solution(tmp_path / "sol")
-    monkeypatch.setattr(evaluate_module._Turns, "probed", property(lambda self: True))
-    # a generous factor: a loaded test host's empty calls vary by more than a GPU host's
-    calm = evaluate_problem(problem, folder, replace(TURNS, probe_factor=50.0),
-                            launch=forks.launch, build_dir=tmp_path / "build", seed=7)
-    assert calm.passed and all(w.reference_calls == TURNS.reps for w in calm.workloads)
-    probes = []
-    real_probe = evaluate_module._Turns._probe
-
-    def busy(self, twin):
-        probes.append(real_probe(self, twin))
-        return 10**12
-
-    monkeypatch.setattr(evaluate_module._Turns, "_probe", busy)
-    result = evaluate_problem(problem, folder, TURNS, launch=forks.launch,
+    monkeypatch.setattr(evaluate_module, "_all_stopped", lambda pid: False)
+    monkeypatch.setattr(evaluate_module, "STOP_WAIT_S", 0.05)
+    result = evaluate_problem(problem, _solution(tmp_path / "sol"), TURNS, launch=forks.launch,
                               build_dir=tmp_path / "build", seed=7)
     assert not result.passed
     for w in result.workloads:
-        assert w.status == "failed" and w.reason == evaluate_module.BUSY
+        assert w.status == "failed" and "did not stop within 0.05 s" in w.reason
         assert failure_kind(w.status, w.reason) == "integrity"
-    # each timed turn probed PROBE_TRIES times before it was given up, none timed
-    assert len(probes) == len(problem.workloads) * TURNS.reps * evaluate_module.PROBE_TRIES
-    assert all(w.reference_ns is None for w in result.workloads)
+    assert all(p.status() != psutil.STATUS_STOPPED for p in psutil.Process().children(
+        recursive=True))
 
 
-@pytest.mark.parametrize("fault", ["no_worker", "never_stops", "bad_reference"])
-def test_turns_that_cannot_go_on_are_said_and_the_candidate_is_timed_without_them(
-        problems, forks, tmp_path, monkeypatch, fault):
+CHILD_AFTER_EMPTY = """
+    import subprocess
+    import sys
+    import torch
+
+    worker = sys.modules["__main__"]  # the worker, run as a module
+    _empty = worker._empty
+
+    def _spawning(*args):
+        answer = _empty(*args)
+        # gone before its next call is judged, alive while the reference is timed
+        subprocess.Popen(["sleep", "0.3"], start_new_session=True)
+        return answer
+
+    worker._empty = _spawning
+
+    def run(A, B):
+        return torch.matmul(A, B.T)
+"""
+
+
+def test_a_process_left_running_while_the_candidate_is_stopped_fails_it(problems, forks,
+                                                                        tmp_path):
+    """A process of the candidate's running beside the reference's calls would slow them
+    (raising T_b); a stopped worker cannot start one, so one found once it is stopped
+    fails it. Here each of its empty calls leaves a short-lived process behind."""
+    from benchmarks.solexec.benchmark import failure_kind
+
+    problem = problems["L1/001_small_matmul"]
+    # seed 1: the order of blocks puts the reference's right after the candidate's first
+    # (with another, the candidate's next call finds the process first, and fails so)
+    result = evaluate_problem(problem, _solution(tmp_path / "sol", CHILD_AFTER_EMPTY), TURNS,
+                              launch=forks.launch, build_dir=tmp_path / "build", seed=1,
+                              workloads=problem.workloads[:1])
+    [w] = result.workloads
+    assert w.status == "failed" and "while the reference was timed in turns" in w.reason, w
+    assert failure_kind(w.status, w.reason) == "integrity"
+
+
+def test_a_candidate_slow_on_the_cpu_in_its_calls_passes_in_turns(problems, forks, tmp_path):
+    """The CPU a call itself uses is no work between calls, in an untimed call that opens
+    a block as in a timed one."""
+    problem = problems["L1/001_small_matmul"]
+    slow = _solution(tmp_path / "sol", """
+        import time
+        import torch
+
+        def run(A, B):
+            until = time.thread_time() + 0.03
+            while time.thread_time() < until:
+                pass
+            return torch.matmul(A, B.T)
+    """)
+    timing = replace(TURNS, call_timeout_s=10.0, idle_cpu_floor_ms=20.0)
+    result = evaluate_problem(problem, slow, timing, launch=forks.launch,
+                              build_dir=tmp_path / "build", seed=7)
+    assert result.passed, [w.reason for w in result.workloads]
+    assert all(w.reference_calls == TURNS.reps for w in result.workloads)
+
+
+def test_turns_ended_by_the_reference_s_side_keep_what_was_timed(problems, forks, tmp_path,
+                                                                  monkeypatch):
+    """The reference's worker lost half way: the turns end for the rest of the evaluation,
+    which says why, and each workload keeps the reference's calls timed until then."""
+    import signal
+
+    problem = problems["L1/001_small_matmul"]
+    n = len(problem.workloads)
+    pids, calls = {}, []
+
+    def reference_launch(build_dir, **kw):
+        worker = launch_subprocess(build_dir, **kw)
+        pids["reference"] = worker.pid
+        return worker
+
+    real = WorkerLink.timed
+
+    def timed(self, op, keys, watch_idle, timeout_s=None):
+        if self.worker.pid == pids.get("reference") and op == "call":
+            calls.append(op)
+            if len(calls) == n * TURNS.warmup + n + 2:  # the second block's untimed call
+                import os
+
+                os.kill(self.worker.pid, signal.SIGKILL)
+        return real(self, op, keys, watch_idle, timeout_s)
+
+    monkeypatch.setattr(WorkerLink, "timed", timed)
+    result = evaluate_problem(problem, _solution(tmp_path / "sol"), TURNS, launch=forks.launch,
+                              build_dir=tmp_path / "build", seed=7,
+                              reference_launch=reference_launch)
+    assert result.passed
+    assert result.paired.startswith("in turns with the reference until: the reference's "
+                                    "worker failed"), result.paired
+    assert all(w.reference_calls == 1 and w.reference_ns for w in result.workloads)
+
+
+@pytest.mark.parametrize("fault", ["no_worker", "bad_reference"])
+def test_turns_that_cannot_start_are_said(problems, forks, tmp_path, monkeypatch, fault):
     problem = problems["L1/001_small_matmul"]
     reference_launch = launch_subprocess
     if fault == "no_worker":
         def reference_launch(build_dir, **kw):
             raise OSError("no interpreter")
         expected = "the reference's worker did not start: no interpreter"
-    elif fault == "never_stops":
-        monkeypatch.setattr(evaluate_module, "_all_stopped", lambda pid: False)
-        monkeypatch.setattr(evaluate_module, "STOP_WAIT_S", 0.05)
-        expected = "the candidate's worker did not stop within 0.05 s"
     else:
         def reference_solution(problem, dest):
             return _solution(Path(dest), "raise ImportError('broken reference')")
@@ -175,12 +285,12 @@ def test_turns_that_cannot_go_on_are_said_and_the_candidate_is_timed_without_the
     result = evaluate_problem(problem, _solution(tmp_path / "sol"), TURNS, launch=forks.launch,
                               build_dir=tmp_path / "build", seed=7,
                               reference_launch=reference_launch)
-    assert result.passed, result  # the candidate is timed, as it would be without turns
+    assert result.passed, result  # the candidate's own calls are timed as ever
     assert result.paired == f"in turns with the reference until: {expected}", result.paired
     for w in result.workloads:
         assert w.reference_ns is None and expected in w.reference_note
         assert len(w.times_ns) == TURNS.reps
-    # the candidate's worker runs on: nothing left it stopped
+    # no worker is left stopped
     import psutil
 
     assert all(p.status() != psutil.STATUS_STOPPED for p in psutil.Process().children(
@@ -200,6 +310,7 @@ def _secrets(ref_ns, eager_ns=3000.0, t_b_ns=2000.0):
 
 
 def test_in_turns_t_b_follows_the_reference_s_time_beside_the_candidate():
+    from benchmarks.protocol import TrialFailure
     from benchmarks.solexec.benchmark import TURNS_CAP, score_trial
     from benchmarks.solexec.scoring import sol_score
 
@@ -223,6 +334,16 @@ def test_in_turns_t_b_follows_the_reference_s_time_beside_the_candidate():
     kept = score_trial("L1/x", _secrets(6000.0, eager_ns=None), "val")
     assert kept.metrics["sol_score"] == pytest.approx(plain.metrics["sol_score"])
     assert kept.evidence["turns_workloads"] == 0
+    # in turns, a workload without the reference's time fails the trial
+    missing = _secrets(6000.0)
+    del missing["eval"]["workloads"][1]["reference_ns"]
+    missing["eval"]["workloads"][1]["reference_note"] = "not timed in turns: lost"
+    with pytest.raises(TrialFailure) as err:
+        score_trial("L1/x", missing, "val")
+    assert err.value.kind == "integrity" and "lost" in err.value.reason
+    with pytest.raises(TrialFailure) as err:  # a hidden split's: without the words
+        score_trial("L1/x", missing, "audit")
+    assert "lost" not in err.value.reason
 
 
 def test_time_a_worker_spent_stopped_is_not_time_it_waited_between_calls(tmp_path):
@@ -242,9 +363,8 @@ def test_time_a_worker_spent_stopped_is_not_time_it_waited_between_calls(tmp_pat
         link.pause()
         waited = link._idle_read[1]
         assert 10_000_000 <= waited < 30_000_000, waited
-        assert link.held_ns == 0  # each wait counts its own stops
-        link.pause()
-        assert link._idle_read[1] >= 50_000_000
+        link.pause()  # an unwatched call between: the stops still count until the next
+        assert link._idle_read[1] < 30_000_000  # watched answer starts the window afresh
     finally:
         proc.kill()
         proc.wait()

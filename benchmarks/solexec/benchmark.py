@@ -653,7 +653,8 @@ def _passed(secrets: dict) -> bool:
 
 INTEGRITY = ("answered before", "changed after it answered", "wrote into its input",
              "child process", "more thread", "CPU in the", "broke the protocol",
-             "an empty call failed", "stayed busy")
+             "an empty call failed", "reference was timed in turns",
+             "for the reference's turn")
 
 
 def failure_kind(status: str, reason: str) -> str:
@@ -711,8 +712,15 @@ def score_trial(key: str, s: dict, split: str, sol_check: bool = True) -> Score:
         if t_sol:
             ratios.append(w["time_ns"] / t_sol)
         t_b = base["t_b_ns"]
-        if w.get("reference_ns") and base.get("eager_ns"):
-            # in turns: T_b as the host ran the reference just now, beside these calls
+        if ev.get("paired") and base.get("eager_ns"):
+            # in turns: T_b as the host ran the reference just now, beside these calls; a
+            # workload without that time fails, or a candidate that could make the turns
+            # fail (device memory it takes, a worker that will not stop) would choose
+            # between the two T_b
+            if not w.get("reference_ns"):
+                why = (w.get("reference_note") or "no time") if split == "val" else ""
+                raise TrialFailure("integrity", f"workload {name}: the reference was not "
+                                   f"timed in turns beside it{': ' + why if why else ''}"[:500])
             drift = w["reference_ns"] / base["eager_ns"]
             drifts.append(drift)
             t_b *= min(max(drift, 1 / TURNS_CAP), TURNS_CAP)

@@ -114,20 +114,24 @@ timed round of the candidate's (one call of every workload) goes with a block of
 reference's (one call of each workload's twin, on draws of its own, checked and timed
 alike), before or after it at random. While one worker's block runs the other is stopped
 (SIGSTOP, every thread seen stopped in /proc first), so no code of the candidate's runs
-while the reference is timed; each block opens with an untimed call, for a worker that
-was stopped meets a CPU whose caches the other filled (on a 2-vCPU host, calls alternating
-one by one took 3 to 5 times as long as calls not in turns; by blocks, 1.5 to 3 times),
-and starts `idle_before_s` after its worker was continued. Work the candidate left on the
-device would still run while it is stopped: on a GPU, an empty call of the reference's
-worker (a device copy and synchronise) goes before each of its timed calls and must take
-at most `probe_factor` times its calibrated median; a call whose probe stays slow is given
-up, and a workload that never finds the device free fails. The time a worker spent stopped
-is not counted as time it waited between calls (the CPU allowance). The workload's result
-carries the reference's time beside its own, and the score scales the table's T_b by how
-fast the reference ran in turns against its eager time there (benchmark.score_trial). If
-the turns cannot go on (the reference's worker lost, a worker that does not stop), they
-end for the rest of the evaluation, which says why; the candidate is then timed as
-without them.
+while the reference is timed; a candidate's worker that does not stop, or that has a
+process running beside it once stopped (a stopped process cannot start one), fails. Each
+block opens with an untimed call, for a worker that was stopped meets a CPU whose caches
+the other filled (on a 2-vCPU host, calls alternating one by one took 3 to 5 times as
+long as calls not in turns; by blocks, 1.1 to 3 times), and starts `idle_before_s` after
+its worker was continued. Work the candidate left on the device would still run while it
+is stopped and slow the reference's calls: on a GPU a reference's call counts only if its
+clock starts within `turns_gap_s` of its staging besides the calibrated flush, so the
+flush just before the clock (this process writing its buffer and synchronising) must not
+have waited for another context's kernels; one that did is made again on a fresh draw.
+The time a worker spent stopped is not counted as time it waited between calls (the CPU
+allowance), and an untimed call that opens a block bounds that watch as a timed one does.
+The workload's result carries the reference's time beside its own, and the score scales
+the table's T_b by how fast the reference ran in turns against its eager time there
+(benchmark.score_trial); a workload in turns without the reference's time fails the
+trial, so ending the turns gains a candidate nothing. If the reference's side fails, the
+turns end for the rest of the evaluation, which says why, and each workload keeps the
+reference's calls timed until then.
 
 Where this differs from the public SOL-ExecBench harness (NVIDIA/SOL-ExecBench:
 core/bench/timing.py, core/bench/reward_hack.py, driver/templates/eval_driver.py):
@@ -160,7 +164,6 @@ import secrets
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,19 +248,21 @@ class Timing:
     # call of the candidate's goes with one of the reference's on the same workload, in
     # its own worker on the same CPU, the candidate's worker stopped meanwhile
     paired: bool = False
-    # in turns, on a GPU: an empty call of the reference's worker just before each of its
-    # timed calls may take at most this many times the median of its calibration (slower:
-    # the device is still busy with work the stopped candidate left running)
-    probe_factor: float = 4.0
+    # in turns, on a GPU: the most a reference's timed call may start its clock after its
+    # staging besides the calibrated flush (stage_gap_s for the candidate's): the flush
+    # just before the clock must find the device free of the stopped candidate's work
+    turns_gap_s: float = 0.00025
 
 
 # ---------------------------------------------------------------------------- one call
 
 
 def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: CacheFlush,
-          timeout_s: float | None = None) -> bool:
+          timeout_s: float | None = None, watched: bool = False) -> bool:
     """Round trip `trip` of workload p: its calls (one per copy), each on its own draw; a
-    failed check finishes p. The answer is awaited timeout_s (default: the link's).
+    failed check finishes p. The answer is awaited timeout_s (default: the link's). A
+    timed trip, or an untimed one `watched`, bounds the worker's CPU watch between calls
+    (link.timed) and has its threads counted.
     False for a timed trip whose clock started more than the link's `stage_gap_ns` after
     its inputs were staged and flushed (the flush's calibrated time allowed besides): its
     time is not kept (it is judged all the same)."""
@@ -286,14 +291,14 @@ def _call(link: WorkerLink, p: WorkloadRun, trip: int, timed: bool, flush: Cache
     staged = time.perf_counter_ns()  # from here the inputs are in the worker's reach
     flush()
     t2 = time.monotonic_ns()
-    ns, answer = link.timed("call", p.keys, watch_idle=timed, timeout_s=timeout_s)
+    ns, answer = link.timed("call", p.keys, watch_idle=timed or watched, timeout_s=timeout_s)
     clocked = link.sent_ns - staged <= link.flush_ns + link.stage_gap_ns
     t3 = time.monotonic_ns()
     snapshots = [[v.clone() for v in c.out_views] for c in p.slots]
     sync_device(flush.device)
     for c, snapshot in zip(p.slots, snapshots, strict=True):
         c.snapshot = snapshot
-    verdict = _judge(link, p, draws, answer, snapshots, timed)
+    verdict = _judge(link, p, draws, answer, snapshots, timed or watched)
     link.phases["stage"] += t2 - t1
     link.phases["call" if timed else "warmup"] += t3 - t2
     link.phases["check"] += time.monotonic_ns() - t3
@@ -440,9 +445,6 @@ def _calibrate(link: WorkerLink, group: list[WorkloadRun], timing: Timing,
 
 
 STOP_WAIT_S = 0.2  # how long a stopped worker may take until /proc shows every thread so
-PROBE_TRIES = 3  # slow probes before a turn of the reference is given up
-BUSY = ("the device stayed busy while the reference was timed in turns, its worker stopped "
-        "(work of its own left running)")
 
 
 def _all_stopped(pid: int) -> bool:
@@ -464,7 +466,10 @@ def _all_stopped(pid: int) -> bool:
 @dataclass(eq=False)
 class _Turns:
     """The reference's side of an evaluation in turns (Timing.paired): its worker, a twin
-    of each of the group's workloads, and the candidate's worker, stopped while it runs."""
+    of each of the group's workloads, and the candidate's worker, stopped while it runs.
+    `off` says why the turns ended early (the reference's side failed); `fault`, what the
+    candidate did that fails it (it did not stop, or left processes running while it
+    was stopped)."""
 
     link: WorkerLink
     twins: dict[int, WorkloadRun]  # by the candidate's workload key
@@ -472,13 +477,17 @@ class _Turns:
     timing: Timing
     flush: CacheFlush
     phases: Counter
-    off: str = ""  # why the turns ended early, once they have
-    busy: Counter = field(default_factory=Counter)  # turns given up, by workload key
+    off: str = ""
+    fault: str = ""
 
     def stop(self, why: str) -> None:
+        """No more turns: each twin keeps what was timed of it so far."""
         self.off = self.off or why
         for twin in self.twins.values():
-            twin.finish("failed", f"not timed in turns: {why}"[:500])
+            if twin.times:
+                twin.finish("ok")
+            else:
+                twin.finish("failed", f"not timed in turns: {why}"[:500])
 
     def warm(self, p: WorkloadRun, trip: int) -> None:
         """Warm-up round trip `trip` of p's twin, the candidate's worker stopped."""
@@ -490,8 +499,8 @@ class _Turns:
 
     def block(self, round_: list[WorkloadRun]) -> None:
         """The reference's block of a round: after an untimed call that warms its worker,
-        one timed call of each workload's twin in the round's order (each after a probe
-        on a GPU), the candidate's worker stopped throughout."""
+        one timed call of each workload's twin in the round's order, the candidate's
+        worker stopped throughout."""
         pairs = [(p, t) for p in round_ if (t := self.twins.get(p.key)) is not None
                  and t.result is None and t.timed_done < self.timing.reps]
         if not self.off and pairs:
@@ -499,11 +508,8 @@ class _Turns:
 
     def _timed(self, pairs: list[tuple[WorkloadRun, WorkloadRun]]) -> None:
         _rewarm(self.link, pairs[-1][1], self.timing, self.flush)
-        for p, twin in pairs:
+        for _, twin in pairs:
             if twin.result is not None:
-                continue
-            if self.probed and not self._device_free(twin):
-                self.busy[p.key] += 1
                 continue
             if _call(self.link, twin, self.timing.warmup + twin.timed_done + twin.unclocked,
                      True, self.flush):
@@ -511,7 +517,8 @@ class _Turns:
             else:
                 twin.unclocked += 1
                 if twin.unclocked > self.timing.reps:
-                    twin.finish("failed", "its calls kept starting their clock late")
+                    twin.finish("failed", "its calls kept starting their clock late (on a "
+                                "GPU: the device busy at the flush before them)")
             if self.timing.late_empties and twin.result is None:
                 _late_empty(self.link, twin, self.flush)
 
@@ -523,31 +530,47 @@ class _Turns:
         if not self._hold(self.candidate_link, "the candidate's worker"):
             return
         held = time.perf_counter_ns()
-        self._release(self.link)
         try:
-            run()
-        except (WorkerLost, RuntimeError) as e:
-            self.stop(f"the reference's worker failed: {getattr(e, 'reason', e)}")
-        finally:
+            # a stopped worker cannot start a process: what runs beside it now would run
+            # beside the reference's calls, on its CPU
+            if (n := self.candidate_link.children()) > 0:
+                self.fault = (f"it left {n} child process(es) running while the reference "
+                              "was timed in turns, its worker stopped")
+                return
+            self._release(self.link)
+            try:
+                run()
+            except (WorkerLost, RuntimeError) as e:
+                self.stop(f"the reference's worker failed: {getattr(e, 'reason', e)}")
             if not self.off:
                 self._hold(self.link, "the reference's worker")
+        finally:
             self._release(self.candidate_link)
             self.candidate_link.held_ns += time.perf_counter_ns() - held
             self.phases["turns"] += time.monotonic_ns() - t0
 
     def _hold(self, link: WorkerLink, who: str) -> bool:
-        """Stop link's worker and wait until every thread of it is stopped; False (the
-        turns ended, saying why) where it cannot be."""
+        """Stop link's worker and wait until every thread of it is stopped. False where it
+        cannot be: a candidate's worker that does not stop is its fault (it would choose
+        when its times are held against the reference's); the reference's ends the turns."""
+        candidate = link is self.candidate_link
         try:
             os.kill(link.worker.pid, signal.SIGSTOP)
         except OSError as e:
-            self.stop(f"{who} could not be stopped: {e}")
+            if candidate:
+                self.fault = f"its worker could not be stopped for the reference's turn: {e}"
+            else:
+                self.stop(f"{who} could not be stopped: {e}")
             return False
         until = time.monotonic() + STOP_WAIT_S
         while not _all_stopped(link.worker.pid):
             if time.monotonic() > until:
                 self._release(link)
-                self.stop(f"{who} did not stop within {STOP_WAIT_S:g} s")
+                if candidate:
+                    self.fault = (f"its worker did not stop within {STOP_WAIT_S:g} s for the "
+                                  "reference's turn")
+                else:
+                    self.stop(f"{who} did not stop within {STOP_WAIT_S:g} s")
                 return False
             time.sleep(0.0002)
         return True
@@ -566,36 +589,14 @@ class _Turns:
             twin.release()
         self.link.close()
 
-    @property
-    def candidate(self) -> int:
-        """The candidate's worker, as this process sees it."""
-        return self.candidate_link.worker.pid
-
-    @property
-    def probed(self) -> bool:
-        """Only a device runs work the stopped worker left: a CPU's stops with it."""
-        return torch.device(self.timing.device).type != "cpu" and self.timing.probe_factor > 0
-
-    def _device_free(self, twin: WorkloadRun) -> bool:
-        limit = self.timing.probe_factor * statistics.median(twin.empties)
-        return any(self._probe(twin) <= limit for _ in range(PROBE_TRIES))
-
-    def _probe(self, twin: WorkloadRun) -> int:
-        """An empty call of the twin (the reference's worker copies and synchronises on the
-        device), timed as the calibration's were."""
-        self.link.pause()
-        self.flush()
-        ns, answer = self.link.timed("empty", twin.keys, watch_idle=False)
-        if not answer["ok"]:
-            raise RuntimeError(f"an empty call failed: {answer.get('error', '')}")
-        return ns
-
     def finish(self) -> None:
         for twin in self.twins.values():
             if twin.times:
                 twin.finish("ok")
             else:
-                twin.finish("failed", "no call of the reference was timed in turns")
+                late = (f": {twin.unclocked} started their clock late (on a GPU: the device "
+                        "busy at the flush before them)" if twin.unclocked else "")
+                twin.finish("failed", f"no call of the reference was timed in turns{late}")
 
 
 @dataclass(eq=False)
@@ -615,10 +616,15 @@ def _start_turns(group: list[WorkloadRun], reference: _Reference, candidate: Wor
                  worker_cpu: int | None, phases: Counter) -> _Turns | None:
     """The reference's worker for the group, started, calibrated and loaded before the
     candidate's code is: a _Turns that says why it is off where that failed (None, and
-    said, where the worker did not even start)."""
+    said, where the worker did not even start, or where turns ended in an earlier group:
+    once ended they stay so)."""
     t0 = time.monotonic_ns()
     mine = {p.key: reference.twins[p.key] for p in group
             if reference.twins[p.key].result is None}
+    if reference.said:
+        for twin in mine.values():
+            twin.finish("failed", f"not timed in turns: {reference.said[0]}"[:500])
+        return None
     try:
         link = WorkerLink(reference.launch(reference.build_dir), timing.call_timeout_s,
                           timing.idle_before_s)
@@ -627,24 +633,34 @@ def _start_turns(group: list[WorkloadRun], reference: _Reference, candidate: Wor
         for twin in mine.values():
             twin.finish("failed", reference.said[-1])
         return None
-    link.stage_gap_ns = int(timing.stage_gap_s * 1e9)  # its phases: its own, not counted
+    # its phases are its own, not counted; on a device, its calls allow a gap between
+    # staging and clock of turns_gap_s only, so that the flush just before the clock finds
+    # the device free: the stopped candidate's kernels would hold the flush up
+    link.stage_gap_ns = int(_reference_gap_s(timing) * 1e9)
     turns = _Turns(link, mine, candidate, timing, flush, phases)
     try:
         _prepare_worker(link, list(mine.values()), timing, rng, flush, worker_cpu)
         _, error, _ = _load(link, reference.solution_dir, timing)
         if error:
             turns.stop(f"the reference {error}")
-    except RuntimeError as e:
-        turns.stop(str(e))
+    except Exception as e:  # noqa: BLE001 - the turns end; the worker is closed by the caller
+        turns.stop(str(e) or type(e).__name__)
     phases["turns"] += time.monotonic_ns() - t0
     return turns
+
+
+def _reference_gap_s(timing: Timing) -> float:
+    """The gap the reference's calls in turns allow between staging and clock."""
+    if torch.device(timing.device).type == "cpu":  # a stopped worker's CPU work stops too
+        return timing.stage_gap_s
+    return min(timing.stage_gap_s, timing.turns_gap_s)
 
 
 def _rewarm(link: WorkerLink, p: WorkloadRun, timing: Timing, flush: CacheFlush) -> None:
     """An untimed call of p (fresh inputs, checked) on a worker that was stopped while the
     other ran: what the other left in this CPU's caches is gone before its timed calls."""
-    if p.result is None:
-        _call(link, p, p.rewarm_trip(timing.warmup, timing.reps), False, flush)
+    if p.result is None:  # watched: the call's own CPU is no work between calls
+        _call(link, p, p.rewarm_trip(timing.warmup, timing.reps), False, flush, watched=True)
 
 
 def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: random.Random,
@@ -661,6 +677,9 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
                     current = p  # the first call of a shape may compile: its allowance
                     if turns is not None:
                         turns.warm(p, i)
+                        if turns.fault:
+                            p.finish("failed", turns.fault)
+                            continue
                     _call(link, p, i, False, flush,
                           max(timing.warmup_timeout_s, timing.call_timeout_s))
         link.baseline_threads = link.threads()
@@ -671,6 +690,10 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
             first = turns is not None and rng.random() < 0.5
             if first:
                 turns.block(order)
+                if turns.fault:
+                    for p in group:
+                        p.finish("failed", turns.fault)
+                    break
             if turns is not None:  # the round's last workload: none is called twice in a row
                 current = order[-1]
                 _rewarm(link, order[-1], timing, flush)
@@ -692,9 +715,10 @@ def _drive(link: WorkerLink, group: list[WorkloadRun], timing: Timing, rng: rand
                         _late_empty(link, p, flush)
             if turns is not None and not first:
                 turns.block(order)
-            for p in order:
-                if turns is not None and turns.busy[p.key] >= timing.reps:
-                    p.finish("failed", BUSY)  # not one turn found the device free
+            if turns is not None and turns.fault:
+                for p in group:
+                    p.finish("failed", turns.fault)
+                break
     except WorkerLost as lost:
         lost.culprit = current
         raise

@@ -61,7 +61,7 @@ class WorkerLink:
         self._idle_read: tuple[int, int] | None = None  # at the pause: worker CPU, wall
         self.stage_gap_ns = 1 << 62  # evaluate.py: the most a clock may start after staging
         self.flush_ns = 0  # ... besides the flush's own time, as calibrated
-        self.held_ns = 0  # the worker stopped since its last answer (evaluate.py, in turns)
+        self.held_ns = 0  # stopped since its last watched answer (evaluate.py, in turns)
 
     def request(self, msg: dict, timeout_s: float, fds: tuple[int, ...] = ()) -> dict:
         """An untimed request (start, load, open a workload); its answer."""
@@ -110,7 +110,7 @@ class WorkerLink:
         except (wire.WireError, OSError) as e:
             raise self._lost(e, timeout_s) from None
         if watch_idle:
-            self._answered = (t1, self.cpu_ns())
+            self._answered, self.held_ns = (t1, self.cpu_ns()), 0
         return t1 - t0, self._decode(answer, call_id)
 
     def pause(self) -> None:
@@ -126,7 +126,6 @@ class WorkerLink:
             # time it spent stopped is no time it could have worked in
             self._idle_read = (max(0, self.cpu_ns() - cpu_then),
                                max(0, time.perf_counter_ns() - answered_at - self.held_ns))
-        self.held_ns = 0
 
     def woken(self) -> None:
         """The worker was continued after a stop: it woke just now, as after an answer, and
