@@ -492,7 +492,8 @@ def test_a_trial_in_turns_scales_t_b_by_the_reference_beside_it(member, prepared
     assert trial.evidence["turns"] == "in turns with the reference"
     assert trial.evidence["turns_workloads"] == n
     # each workload's T_b is the table's times the reference's time in turns over its
-    # eager time there (the CPU preset's T_b is eager): their median is the trial's drift
+    # eager time there, held within the cap (the CPU preset's T_b is eager): their median
+    # is the trial's drift
     import statistics
 
     t_b = [float(x) for x in str(trial.evidence["workload_t_b_us"]).split()]

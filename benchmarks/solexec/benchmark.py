@@ -764,13 +764,16 @@ def _by_workload(times: list[float], bases: list[float], scores: list[float]
 
 def _turns_evidence(ev: dict, drifts: list[float]) -> dict:
     """In turns: how the reference ran beside the candidate against the table (the median
-    over workloads of its time in turns over its eager time there) and on how many
-    workloads; what ended the turns early, if anything did."""
+    over workloads of the factor T_b was scaled by: its time in turns over its eager time
+    there, held within TURNS_CAP), on how many workloads, on how many the cap held it;
+    what ended the turns early, if anything did."""
     if not ev.get("paired"):
         return {}
     out: dict = {"turns": str(ev["paired"])[:300], "turns_workloads": len(drifts)}
     if drifts:
-        out["turns_drift"] = statistics.median(drifts)
+        held = [min(max(d, 1 / TURNS_CAP), TURNS_CAP) for d in drifts]
+        out["turns_drift"] = statistics.median(held)
+        out["turns_capped"] = sum(h != d for h, d in zip(held, drifts, strict=True))
     return out
 
 
