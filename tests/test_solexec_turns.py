@@ -390,3 +390,31 @@ def test_the_build_s_smoke_call_is_not_timed_in_turns(problems, forks, tmp_path,
                                         launch=forks.launch)
     assert built.ok, built
     assert not started
+
+
+def test_a_worker_that_dies_between_calls_is_lost_not_a_fault_of_the_turns(problems, forks,
+                                                                           tmp_path):
+    """A worker gone before the reference's turn (it exited after answering) is found lost
+    by its next call, as without turns: a crash, not an integrity fault."""
+    from benchmarks.solexec.benchmark import failure_kind
+
+    problem = problems["L1/001_small_matmul"]
+    dying = _solution(tmp_path / "sol", """
+        import os
+        import threading
+        import torch
+
+        calls = [0]
+
+        def run(A, B):
+            calls[0] += 1
+            if calls[0] == 2:  # after the warm-up: gone a moment after it answers
+                threading.Timer(0.0005, os._exit, (3,)).start()
+            return torch.matmul(A, B.T)
+    """)
+    result = evaluate_problem(problem, dying, TURNS, launch=forks.launch,
+                              build_dir=tmp_path / "build", seed=7,
+                              workloads=problem.workloads[:1])
+    [w] = result.workloads
+    assert w.status != "ok"
+    assert failure_kind(w.status, w.reason) == "crash", w.reason

@@ -556,6 +556,8 @@ class _Turns:
         candidate = link is self.candidate_link
         try:
             os.kill(link.worker.pid, signal.SIGSTOP)
+        except ProcessLookupError:  # gone: its next call finds the worker lost
+            return False
         except OSError as e:
             if candidate:
                 self.fault = f"its worker could not be stopped for the reference's turn: {e}"
