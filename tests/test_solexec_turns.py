@@ -233,10 +233,12 @@ def test_a_candidate_slow_on_the_cpu_in_its_calls_passes_in_turns(problems, fork
     assert all(w.reference_calls == TURNS.reps for w in result.workloads)
 
 
-def test_turns_ended_by_the_reference_s_side_keep_what_was_timed(problems, forks, tmp_path,
-                                                                  monkeypatch):
+def test_turns_ended_by_the_reference_s_side_end_for_good_and_keep_nothing(
+        problems, forks, tmp_path, monkeypatch):
     """The reference's worker lost half way: the turns end for the rest of the evaluation,
-    which says why, and each workload keeps the reference's calls timed until then."""
+    which says why; what was timed of the reference is not kept (the candidate's later
+    rounds ran without turns), so the workloads have no time in turns and fail in the
+    score."""
     import signal
 
     problem = problems["L1/001_small_matmul"]
@@ -266,7 +268,9 @@ def test_turns_ended_by_the_reference_s_side_keep_what_was_timed(problems, forks
     assert result.passed
     assert result.paired.startswith("in turns with the reference until: the reference's "
                                     "worker failed"), result.paired
-    assert all(w.reference_calls == 1 and w.reference_ns for w in result.workloads)
+    assert all(w.reference_ns is None and "not timed in turns: the reference's worker "
+               "failed" in w.reference_note for w in result.workloads)
+    assert all(len(w.times_ns) == TURNS.reps for w in result.workloads)
 
 
 @pytest.mark.parametrize("fault", ["no_worker", "bad_reference"])
@@ -418,3 +422,48 @@ def test_a_worker_that_dies_between_calls_is_lost_not_a_fault_of_the_turns(probl
     [w] = result.workloads
     assert w.status != "ok"
     assert failure_kind(w.status, w.reason) == "crash", w.reason
+
+
+CONTINUES_ITSELF = """
+    import ctypes
+    import signal
+    import torch
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+    class Itimerspec(ctypes.Structure):
+        _fields_ = [("interval", Timespec), ("value", Timespec)]
+
+    class Sigevent(ctypes.Structure):  # SIGEV_SIGNAL: sent by the kernel, stopped or not
+        _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int),
+                    ("notify", ctypes.c_int), ("rest", ctypes.c_int * 12)]
+
+    signal.signal(signal.SIGCONT, lambda *args: None)  # handled, so the timer stays armed
+    timer = ctypes.c_void_p()
+    event = Sigevent(None, int(signal.SIGCONT), 0)
+    assert libc.timer_create(1, ctypes.byref(event), ctypes.byref(timer)) == 0
+    every = Itimerspec(Timespec(0, 3_000_000), Timespec(0, 3_000_000))
+    assert libc.timer_settime(timer, 0, ctypes.byref(every), None) == 0
+
+    def run(A, B):
+        return torch.matmul(A, B.T)
+"""
+
+
+def test_a_worker_that_continues_itself_while_held_fails(problems, forks, tmp_path):
+    """A timer of the candidate's own can send its worker SIGCONT while it is held for the
+    reference's turn (the kernel continues a stopped process whatever stopped it): by the
+    turn's end it has used CPU or is no longer stopped, and it fails."""
+    from benchmarks.solexec.benchmark import failure_kind
+
+    problem = problems["L1/001_small_matmul"]
+    result = evaluate_problem(problem, _solution(tmp_path / "sol", CONTINUES_ITSELF), TURNS,
+                              launch=forks.launch, build_dir=tmp_path / "build", seed=7)
+    assert not result.passed
+    for w in result.workloads:
+        assert w.status == "failed" and ("ran while it was stopped" in w.reason
+                                         or "did not stop within" in w.reason), w.reason
+        assert failure_kind(w.status, w.reason) == "integrity"

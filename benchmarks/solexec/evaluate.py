@@ -130,8 +130,10 @@ The workload's result carries the reference's time beside its own, and the score
 the table's T_b by how fast the reference ran in turns against its eager time there
 (benchmark.score_trial); a workload in turns without the reference's time fails the
 trial, so ending the turns gains a candidate nothing. If the reference's side fails, the
-turns end for the rest of the evaluation, which says why, and each workload keeps the
-reference's calls timed until then.
+turns end for the rest of the evaluation, which says why, and the trial fails with it (the
+candidate's later rounds would run without turns, against a T_b scaled by them). A
+candidate's worker that ran while it was held (something of its own continued it: its CPU
+time, its threads or its state changed by the end of the turn) fails as well.
 
 Where this differs from the public SOL-ExecBench harness (NVIDIA/SOL-ExecBench:
 core/bench/timing.py, core/bench/reward_hack.py, driver/templates/eval_driver.py):
@@ -481,13 +483,12 @@ class _Turns:
     fault: str = ""
 
     def stop(self, why: str) -> None:
-        """No more turns: each twin keeps what was timed of it so far."""
+        """No more turns. What was timed of the twins so far is not kept: the candidate's
+        rounds after it would run without turns, faster, against a T_b scaled by the
+        turns (so its workloads fail in the score, whoever ended the turns)."""
         self.off = self.off or why
         for twin in self.twins.values():
-            if twin.times:
-                twin.finish("ok")
-            else:
-                twin.finish("failed", f"not timed in turns: {why}"[:500])
+            twin.finish("failed", f"not timed in turns: {why}"[:500])
 
     def warm(self, p: WorkloadRun, trip: int) -> None:
         """Warm-up round trip `trip` of p's twin, the candidate's worker stopped."""
@@ -526,28 +527,37 @@ class _Turns:
         """run() with the candidate's worker stopped and the reference's continued; each
         worker's next call starts `idle_before_s` after it was continued (a call right
         after its worker was continued ran 15-35 µs slower on a CPU host)."""
-        t0 = time.monotonic_ns()
-        if not self._hold(self.candidate_link, "the candidate's worker"):
+        t0 = held = time.perf_counter_ns()
+        candidate = self.candidate_link
+        if not self._hold(candidate, "the candidate's worker"):
+            candidate.held_ns += time.perf_counter_ns() - held
             return
-        held = time.perf_counter_ns()
         try:
             # a stopped worker cannot start a process: what runs beside it now would run
             # beside the reference's calls, on its CPU
-            if (n := self.candidate_link.children()) > 0:
+            if (n := candidate.children()) > 0:
                 self.fault = (f"it left {n} child process(es) running while the reference "
                               "was timed in turns, its worker stopped")
                 return
+            # ... and it stays stopped unless something continues it (a timer of its own
+            # sending it SIGCONT): then it used CPU, or is no longer stopped, at the end
+            cpu, threads = candidate.cpu_ns(), candidate.threads()
             self._release(self.link)
             try:
                 run()
-            except (WorkerLost, RuntimeError) as e:
-                self.stop(f"the reference's worker failed: {getattr(e, 'reason', e)}")
+            except WorkerLost as e:
+                self.stop(f"the reference's worker failed: {e.reason}")
             if not self.off:
                 self._hold(self.link, "the reference's worker")
+            if (candidate.cpu_ns() != cpu or candidate.threads() != threads
+                    or not _all_stopped(candidate.worker.pid)
+                    or candidate.children() > 0):
+                self.fault = ("its worker ran while it was stopped for the reference's turn "
+                              "(something continued it)")
         finally:
-            self._release(self.candidate_link)
-            self.candidate_link.held_ns += time.perf_counter_ns() - held
-            self.phases["turns"] += time.monotonic_ns() - t0
+            self._release(candidate)
+            candidate.held_ns += time.perf_counter_ns() - held
+            self.phases["turns"] += time.perf_counter_ns() - t0
 
     def _hold(self, link: WorkerLink, who: str) -> bool:
         """Stop link's worker and wait until every thread of it is stopped. False where it
@@ -916,13 +926,15 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
                 for p in work:
                     p.finish("failed", f"not run: the worker was lost {restarts} times")
         finally:
-            for p in group:
-                p.release()
-            logs.append(link.close())
-            if turns is not None:
-                turns.close()
-                if turns.off:
-                    reference.said.append(turns.off)
+            try:
+                if turns is not None:  # first: it continues the reference's worker
+                    turns.close()
+                    if turns.off:
+                        reference.said.append(turns.off)
+            finally:
+                for p in group:
+                    p.release()
+                logs.append(link.close())
     return load_error, "\n".join(x for x in [*logs, trace] if x)[-2 * TRACE_CHARS:]
 
 
