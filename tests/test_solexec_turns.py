@@ -368,8 +368,8 @@ def test_time_a_worker_spent_stopped_is_not_time_it_waited_between_calls(tmp_pat
         link.pause()
         waited = link._idle_read[1]
         assert 10_000_000 <= waited < 30_000_000, waited
-        link.pause()  # an unwatched call between: the stops still count until the next
-        assert link._idle_read[1] < 30_000_000  # watched answer starts the window afresh
+        link.pause()  # read again (as an unwatched call's pause would): the stops still
+        assert link._idle_read[1] < 30_000_000  # count until a watched answer resets them
     finally:
         proc.kill()
         proc.wait()
