@@ -6,19 +6,17 @@ against its table's eager time. Tiny CPU shapes from the fixture problems."""
 from __future__ import annotations
 
 import json
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import test_solexec_eval as _evaluation
 
 import benchmarks.solexec.evaluate as evaluate_module
 from benchmarks.solexec.evaluate import Timing, evaluate_problem
-from benchmarks.solexec.launch import Forkserver, launch_subprocess
+from benchmarks.solexec.launch import launch_subprocess
 from benchmarks.solexec.link import WorkerLink
-from benchmarks.solexec.problems import load_problems
 
-FIXTURES = Path(__file__).parent / "fixtures" / "solexec"
 TURNS = Timing(warmup=1, reps=4, call_timeout_s=5.0, warmup_timeout_s=5.0,
                load_timeout_s=30.0, flush_bytes=1 << 16, max_elements=256, settle_s=0.01,
                idle_cpu_floor_ms=5.0, stage_gap_s=0.05, paired=True)
@@ -30,21 +28,21 @@ MATMUL = """
 """
 
 
-@pytest.fixture(scope="module")
-def problems():
-    return {p.key: p for p in load_problems(FIXTURES)}
-
-
-@pytest.fixture(scope="module")
-def forks():
-    with Forkserver() as server:
-        yield server
+# the evaluation tests' fixture problems and forkserver, and how they write a solution
+problems, forks = _evaluation.problems, _evaluation.forks
 
 
 def _solution(folder: Path, source: str = MATMUL) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "solution.py").write_text(textwrap.dedent(source))
-    return folder
+    return _evaluation.write_solution(folder, source)
+
+
+def _recorded(launch, pids: dict[str, int], name: str):
+    """launch, keeping the pid of the worker it starts as pids[name]."""
+    def start(build_dir, **kw):
+        worker = launch(build_dir, **kw)
+        pids[name] = worker.pid
+        return worker
+    return start
 
 
 def _state(pid: int) -> str:
@@ -58,16 +56,8 @@ def test_each_round_goes_with_one_of_the_reference_s_while_the_candidate_is_stop
     # (whose worker, op, the other worker's state)
     seen: list[tuple[str, str, str]] = []
 
-    def candidate_launch(build_dir, **kw):
-        worker = forks.launch(build_dir, **kw)
-        pids["candidate"] = worker.pid
-        return worker
-
-    def reference_launch(build_dir, **kw):
-        worker = launch_subprocess(build_dir, **kw)
-        pids["reference"] = worker.pid
-        return worker
-
+    candidate_launch = _recorded(forks.launch, pids, "candidate")
+    reference_launch = _recorded(launch_subprocess, pids, "reference")
     real = WorkerLink.timed
 
     def timed(self, op, keys, watch_idle, timeout_s=None):
@@ -244,12 +234,7 @@ def test_turns_ended_by_the_reference_s_side_end_for_good_and_keep_nothing(
     problem = problems["L1/001_small_matmul"]
     n = len(problem.workloads)
     pids, calls = {}, []
-
-    def reference_launch(build_dir, **kw):
-        worker = launch_subprocess(build_dir, **kw)
-        pids["reference"] = worker.pid
-        return worker
-
+    reference_launch = _recorded(launch_subprocess, pids, "reference")
     real = WorkerLink.timed
 
     def timed(self, op, keys, watch_idle, timeout_s=None):

@@ -173,7 +173,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -614,13 +614,13 @@ class _Turns:
 @dataclass(eq=False)
 class _Reference:
     """In turns: the reference's twins of the workloads, where its solution lies, how its
-    worker starts, and why turns ended wherever they did."""
+    worker starts, and why the turns ended, if they did (once ended they stay so)."""
 
     twins: dict[int, WorkloadRun]
     solution_dir: Path
     launch: Launch
     build_dir: Path
-    said: list[str] = field(default_factory=list)
+    off: str = ""
 
 
 def _start_turns(group: list[WorkloadRun], reference: _Reference, candidate: WorkerLink,
@@ -633,17 +633,17 @@ def _start_turns(group: list[WorkloadRun], reference: _Reference, candidate: Wor
     t0 = time.monotonic_ns()
     mine = {p.key: reference.twins[p.key] for p in group
             if reference.twins[p.key].result is None}
-    if reference.said:
+    if reference.off:
         for twin in mine.values():
-            twin.finish("failed", f"not timed in turns: {reference.said[0]}"[:500])
+            twin.finish("failed", f"not timed in turns: {reference.off}"[:500])
         return None
     try:
         link = WorkerLink(reference.launch(reference.build_dir), timing.call_timeout_s,
                           timing.idle_before_s)
     except Exception as e:  # noqa: BLE001 - the candidate is timed as without turns
-        reference.said.append(f"the reference's worker did not start: {e}"[:300])
+        reference.off = f"the reference's worker did not start: {e}"[:300]
         for twin in mine.values():
-            twin.finish("failed", reference.said[-1])
+            twin.finish("failed", reference.off)
         return None
     # its phases are its own, not counted; on a device, its calls allow a gap between
     # staging and clock of turns_gap_s only, so that the flush just before the clock finds
@@ -929,8 +929,7 @@ def _run_all(solution_dir: Path, work: list[WorkloadRun], timing: Timing, launch
             try:
                 if turns is not None:  # first: it continues the reference's worker
                     turns.close()
-                    if turns.off:
-                        reference.said.append(turns.off)
+                    reference.off = reference.off or turns.off
             finally:
                 for p in group:
                     p.release()
@@ -1014,7 +1013,7 @@ def evaluate_problem(
         phase_s={k: round(v / 1e9, 3) for k, v in sorted(phases.items())},
         awake=awake["said"],
         paired="" if reference is None else "in turns with the reference" + (
-            f" until: {reference.said[0]}" if reference.said else ""),
+            f" until: {reference.off}" if reference.off else ""),
     )  # fmt: skip
 
 
